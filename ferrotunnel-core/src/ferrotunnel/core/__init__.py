@@ -1,0 +1,1 @@
+"""ferrotunnel kernel."""
