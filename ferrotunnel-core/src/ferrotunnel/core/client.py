@@ -1,0 +1,440 @@
+"""The tunnel client: one session to the server, each incoming stream relayed locally.
+
+The client keeps its session up for as long as it runs. When the connection drops it
+reconnects with exponential backoff and full jitter, and its HELLO — with the same client id
+— claims the same tunnels again; the server hands them back at once. A REJECT that retrying
+cannot fix (a wrong token, an unsupported version, a name held by someone else) ends the
+client with :class:`RejectedError` instead of a retry storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ferrotunnel.protocol import (
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    GrantedTunnel,
+    Hello,
+    ProtocolError,
+    Reject,
+    TunnelKind,
+    TunnelRequest,
+    Welcome,
+)
+
+from .backoff import Backoff
+from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError
+from .links import ProtocolLink, StreamLink
+from .net import Address, running_asyncio_loop
+from .relay import SpliceProtocol, pump
+from .session import Role, Session, SessionConfig
+from .stream import Stream
+
+__all__ = ["Client", "ClientBuilder", "ClientConfig", "ClientStatus", "Tunnel"]
+
+log = logging.getLogger("ferrotunnel.core.client")
+
+AGENT = "ferrotunnel-python/0.1"
+
+StreamHandler = Callable[[Stream], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """One tunnel the client serves: streams for ``name`` go to ``local_addr`` (or ``handler``).
+
+    ``remote_port`` asks the server for a specific public TCP port; without it the server
+    chooses. ``handler`` serves streams in-process instead of connecting to a local address.
+    """
+
+    name: str
+    local_addr: Address | None = None
+    kind: TunnelKind = TunnelKind.TCP
+    remote_port: int | None = None
+    hostnames: tuple[str, ...] = ()
+    handler: StreamHandler | None = None
+
+    def __post_init__(self) -> None:
+        if (self.local_addr is None) == (self.handler is None):
+            raise ConfigError(f"tunnel {self.name!r} needs exactly one of local_addr or handler")
+
+    def request(self) -> TunnelRequest:
+        return TunnelRequest(self.name, self.kind, self.remote_port, self.hostnames)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    server_addr: Address
+    tunnels: tuple[Tunnel, ...]
+    token: str | None = None
+    #: identifies this client across reconnects, so it gets its tunnels back at once
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    reconnect: bool = True
+    backoff: Backoff = field(default_factory=Backoff)
+    drain_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.tunnels:
+            raise ConfigError("at least one tunnel is required")
+        names = [t.name for t in self.tunnels]
+        if len(set(names)) != len(names):
+            raise ConfigError("tunnel names must be unique")
+
+
+class ClientStatus(enum.Enum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+class Client:
+    """A ferrotunnel client.
+
+    ``async with Client(server_addr="host:7835", token="...", local_addr="127.0.0.1:8000",
+    protocol="tcp") as client: print(client.tunnels)``; or ``await client.start()`` and later
+    ``await client.shutdown()`` from the same task.
+    """
+
+    def __init__(self, config: ClientConfig | None = None, **settings: object) -> None:
+        if config is None:
+            config = _client_config(settings)
+        elif settings:
+            raise TypeError("pass either a ClientConfig or keyword settings, not both")
+        self.config = config
+        self.status = ClientStatus.IDLE
+        self.session: Session | None = None
+        #: what the server granted, after :meth:`start`
+        self.tunnels: tuple[GrantedTunnel, ...] = ()
+        self.reconnects = 0
+        self._by_name = {t.name: t for t in config.tunnels}
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._connecting: set[asyncio.Task[object]] = set()
+        self._connected = anyio.Event()
+
+    @staticmethod
+    def builder() -> ClientBuilder:
+        return ClientBuilder()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> tuple[GrantedTunnel, ...]:
+        """Connect and register the tunnels; returns once the first session is up.
+
+        Raises :class:`RejectedError` if the server refuses for good, and with
+        ``reconnect=False`` any connection error of the first attempt.
+        """
+        if self._tg is not None:
+            raise RuntimeError("client already started")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            await tg.start(self._run)
+        except BaseException:
+            await self._close_task_group()
+            raise
+        return self.tunnels
+
+    async def shutdown(self) -> None:
+        """Tell the server we are going, let open streams finish briefly, disconnect."""
+        if self._tg is None or self._stopping:
+            return
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            if self.session is not None and not self.session.closed:
+                await self.session.drain(self.config.drain_timeout)
+        await self._close_task_group()
+        self.status = ClientStatus.CLOSED
+
+    async def _close_task_group(self) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and run until cancelled or rejected for good."""
+        if self._tg is None:
+            await self.start()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            await self.shutdown()
+
+    async def wait_connected(self) -> None:
+        """Wait until a session is up (again, after a reconnect)."""
+        while self.status is not ClientStatus.CONNECTED:
+            await self._connected.wait()
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        attempt = 0
+        started = False
+        self.status = ClientStatus.CONNECTING
+        while True:
+            try:
+                session, welcome = await self._connect()
+            except RejectedError as exc:
+                if exc.code.is_final or not self.config.reconnect:
+                    log.error("%s", exc)
+                    self.status = ClientStatus.CLOSED
+                    raise
+                error: BaseException = exc
+            except (OSError, HandshakeError, ProtocolError, TimeoutError) as exc:
+                if not self.config.reconnect:
+                    self.status = ClientStatus.CLOSED
+                    raise HandshakeError(f"cannot connect to {self.config.server_addr}: "
+                                         f"{_describe(exc)}") from exc  # fmt: skip
+                error = exc
+            else:
+                attempt = 0
+                self.session = session
+                self.tunnels = welcome.tunnels
+                self.status = ClientStatus.CONNECTED
+                self._connected.set()
+                self._connected = anyio.Event()
+                for tunnel in welcome.tunnels:
+                    log.info("tunnel %r is public at %s", tunnel.name, tunnel.public_url)
+                if not started:
+                    started = True
+                    task_status.started()
+                await session.run()
+                if self._stopping:
+                    return
+                self.status = ClientStatus.RECONNECTING
+                self.reconnects += 1
+                log.warning("lost the connection to %s (%s); reconnecting",
+                            self.config.server_addr, _describe(session.close_reason))  # fmt: skip
+                if not self.config.reconnect:
+                    return
+                continue
+            delay = self.config.backoff.delay(attempt)
+            attempt += 1
+            log.warning("cannot connect to %s: %s; retrying in %.1f s",
+                        self.config.server_addr, _describe(error), delay)  # fmt: skip
+            await anyio.sleep(delay)
+
+    async def _connect(self) -> tuple[Session, Welcome]:
+        """Connect, send HELLO, return the session once WELCOME arrives."""
+        cfg = self.config
+        assert self._tg is not None
+        session: Session | None = None
+        try:
+            with anyio.fail_after(cfg.session.handshake_timeout):
+                session = await self._open_connection()
+                session.on_stream = self._on_stream
+                session.send_hello(
+                    Hello(
+                        versions=SUPPORTED_VERSIONS,
+                        client_id=cfg.client_id,
+                        tunnels=tuple(t.request() for t in cfg.tunnels),
+                        token=cfg.token,
+                        window=cfg.session.window,
+                        max_frame=cfg.session.max_frame,
+                        agent=AGENT,
+                    )
+                )
+                reply = await session.wait_handshake()
+        except TimeoutError:
+            if session is not None:
+                session.abort()
+            raise HandshakeError(f"no answer from the server within "
+                                 f"{cfg.session.handshake_timeout:.0f} s") from None  # fmt: skip
+        except SessionClosedError as exc:
+            raise HandshakeError(str(session.close_reason if session else exc)) from exc
+        if isinstance(reply, Reject):
+            raise RejectedError(reply.code, reply.message)
+        assert isinstance(reply, Welcome)
+        return session, reply
+
+    async def _open_connection(self) -> Session:
+        address = self.config.server_addr
+        loop = running_asyncio_loop()
+        if loop is not None:
+            _, link = await loop.create_connection(
+                lambda: ProtocolLink(Role.CLIENT, self.config.session), address.host, address.port
+            )
+            return link.session
+        sock = await anyio.connect_tcp(address.host, address.port)
+        stream_link = StreamLink(sock, self.config.session)
+        session = Session(stream_link, Role.CLIENT, self.config.session, peer=None)
+        assert self._tg is not None
+        self._tg.start_soon(stream_link.run, session)
+        return session
+
+    # ------------------------------------------------------------------ streams
+
+    def _on_stream(self, stream: Stream) -> None:
+        tunnel = self._by_name.get(stream.tunnel)
+        if tunnel is None:
+            log.warning("server opened a stream for unknown tunnel %r", stream.tunnel)
+            stream.reset(ErrorCode.REFUSED_STREAM)
+            return
+        assert self._tg is not None
+        if tunnel.handler is not None:
+            self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream)
+            return
+        assert tunnel.local_addr is not None
+        loop = running_asyncio_loop()
+        if loop is not None:
+            self._splice_local(loop, stream, tunnel.local_addr)
+        else:
+            self._tg.start_soon(self._pump_local, stream, tunnel.local_addr)
+
+    def _splice_local(self, loop: asyncio.AbstractEventLoop, stream: Stream, addr: Address) -> None:
+        """asyncio: connect to the local service; from then on bytes move in callbacks."""
+        task = loop.create_task(
+            loop.create_connection(lambda: SpliceProtocol(lambda _: stream), addr.host, addr.port)
+        )
+        self._connecting.add(task)
+
+        def connected(task: asyncio.Task[object]) -> None:
+            self._connecting.discard(task)
+            if task.cancelled() or task.exception() is not None:
+                _local_connect_failed(stream, addr, None if task.cancelled() else task.exception())
+
+        task.add_done_callback(connected)
+
+    async def _pump_local(self, stream: Stream, addr: Address) -> None:
+        try:
+            sock = await anyio.connect_tcp(addr.host, addr.port)
+        except OSError as exc:
+            _local_connect_failed(stream, addr, exc)
+            return
+        await pump(stream, sock)
+
+    async def _serve_with_handler(self, handler: StreamHandler, stream: Stream) -> None:
+        try:
+            await handler(stream)
+        except Exception:
+            log.exception("stream handler for tunnel %r failed", stream.tunnel)
+            stream.reset(ErrorCode.INTERNAL_ERROR)
+        finally:
+            stream.close()
+
+
+def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | None) -> None:
+    log.warning("tunnel %r: cannot connect to %s: %s", stream.tunnel, addr, _describe(exc))
+    stream.reset(ErrorCode.CONNECT_ERROR)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "closed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _client_config(settings: dict[str, object]) -> ClientConfig:
+    """Keyword settings → :class:`ClientConfig`; a single tunnel may be given inline with
+    ``local_addr``, ``protocol``, ``tunnel_id`` and ``remote_port``."""
+    values = dict(settings)
+    server = values.pop("server_addr", None)
+    if not isinstance(server, str | Address):
+        raise ConfigError("server_addr is required")
+    values["server_addr"] = Address.parse(server, what="server_addr") if isinstance(
+        server, str) else server  # fmt: skip
+    inline = {k: values.pop(k) for k in ("local_addr", "protocol", "tunnel_id", "remote_port",
+                                         "handler") if k in values}  # fmt: skip
+    if "tunnels" in values:
+        if inline:
+            raise ConfigError("give either tunnels or local_addr/protocol/tunnel_id, not both")
+        values["tunnels"] = tuple(values["tunnels"])  # type: ignore[call-overload]
+    else:
+        values["tunnels"] = (_inline_tunnel(inline),)
+    try:
+        return ClientConfig(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _inline_tunnel(inline: dict[str, object]) -> Tunnel:
+    kind = TunnelKind(str(inline.get("protocol", "tcp")))
+    local = inline.get("local_addr")
+    local_addr = Address.parse(local, what="local_addr") if isinstance(local, str) else local
+    handler = inline.get("handler")
+    name = inline.get("tunnel_id")
+    if name is None:
+        name = f"{kind}-{local_addr.port}" if isinstance(local_addr, Address) else str(kind)
+    port = inline.get("remote_port")
+    return Tunnel(
+        name=str(name),
+        local_addr=local_addr if isinstance(local_addr, Address) else None,
+        kind=kind,
+        remote_port=int(port) if isinstance(port, int) else None,
+        hostnames=(str(name),) if kind is TunnelKind.HTTP else (),
+        handler=handler,  # type: ignore[arg-type]
+    )
+
+
+class ClientBuilder:
+    """``Client.builder().server_addr("host:7835").token("t").local_addr("127.0.0.1:8000").build()``"""
+
+    def __init__(self) -> None:
+        self._settings: dict[str, object] = {}
+
+    def _set(self, key: str, value: object) -> ClientBuilder:
+        self._settings[key] = value
+        return self
+
+    def server_addr(self, address: str) -> ClientBuilder:
+        return self._set("server_addr", address)
+
+    def token(self, token: str) -> ClientBuilder:
+        return self._set("token", token)
+
+    def local_addr(self, address: str) -> ClientBuilder:
+        return self._set("local_addr", address)
+
+    def protocol(self, protocol: str) -> ClientBuilder:
+        return self._set("protocol", protocol)
+
+    def tunnel_id(self, name: str) -> ClientBuilder:
+        return self._set("tunnel_id", name)
+
+    def remote_port(self, port: int) -> ClientBuilder:
+        return self._set("remote_port", port)
+
+    def tunnels(self, tunnels: Sequence[Tunnel]) -> ClientBuilder:
+        return self._set("tunnels", tuple(tunnels))
+
+    def client_id(self, client_id: str) -> ClientBuilder:
+        return self._set("client_id", client_id)
+
+    def auto_reconnect(self, enabled: bool) -> ClientBuilder:
+        return self._set("reconnect", enabled)
+
+    def backoff(self, base: float, cap: float) -> ClientBuilder:
+        return self._set("backoff", Backoff(base, cap))
+
+    def session_config(self, config: SessionConfig) -> ClientBuilder:
+        return self._set("session", config)
+
+    def build(self) -> Client:
+        return Client(**self._settings)

@@ -1,0 +1,54 @@
+"""Exceptions a library user of ferrotunnel may catch."""
+
+from __future__ import annotations
+
+import anyio
+
+from ferrotunnel.protocol import ErrorCode, ProtocolError, RejectCode
+
+__all__ = [
+    "ConfigError",
+    "FerroTunnelError",
+    "HandshakeError",
+    "ProtocolError",
+    "RejectedError",
+    "SessionClosedError",
+    "StreamResetError",
+]
+
+
+class FerroTunnelError(Exception):
+    """Base class of ferrotunnel's own errors."""
+
+
+class ConfigError(FerroTunnelError, ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class HandshakeError(FerroTunnelError):
+    """The session could not be set up (timeout, closed connection, unexpected frame)."""
+
+
+class RejectedError(HandshakeError):
+    """The server refused the client's HELLO.
+
+    ``code.is_final`` tells whether retrying can help (a wrong token cannot).
+    """
+
+    def __init__(self, code: RejectCode, message: str) -> None:
+        super().__init__(f"server rejected the session: {message} ({code})")
+        self.code = code
+        self.reason = message
+
+
+class SessionClosedError(FerroTunnelError, anyio.BrokenResourceError):
+    """The session carrying this stream is gone."""
+
+
+class StreamResetError(FerroTunnelError, anyio.BrokenResourceError):
+    """The peer reset the stream (or the stream was reset locally)."""
+
+    def __init__(self, code: ErrorCode | int) -> None:
+        name = code.name if isinstance(code, ErrorCode) else str(code)
+        super().__init__(f"stream reset ({name})")
+        self.code = code

@@ -1,0 +1,176 @@
+"""Connections under a session: the asyncio fast path and the portable anyio path.
+
+:class:`ProtocolLink` is an ``asyncio.Protocol``: the event loop calls it with each read
+(up to 256 KiB) and the session writes frames straight into the transport's buffer. This is
+what runs under the CLI, on asyncio or uvloop, TLS included (a native ``ssl=`` transport).
+
+:class:`StreamLink` drives the same session over any :class:`anyio.abc.ByteStream` — a trio
+socket, an anyio TLS stream, an in-memory pipe — with one reader and one writer task. The
+writer coalesces every frame written since its last send into a single ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import ByteStream
+
+from .session import Role, Session, SessionConfig
+
+__all__ = ["ProtocolLink", "StreamLink", "set_nodelay"]
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class ProtocolLink(asyncio.Protocol):
+    """A session riding on an asyncio transport's callbacks."""
+
+    session: Session
+
+    def __init__(
+        self,
+        role: Role,
+        config: SessionConfig,
+        on_session: Callable[[Session], None] | None = None,
+    ) -> None:
+        self._role = role
+        self._config = config
+        self._on_session = on_session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        set_nodelay(transport.get_extra_info("socket"))
+        high = self._config.write_high_water
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self.write = transport.write  # type: ignore[method-assign]
+        self.writelines = transport.writelines  # type: ignore[method-assign,assignment]
+        peer = transport.get_extra_info("peername")
+        self.session = Session(self, self._role, self._config, peer=_host_port(peer))
+        if self._on_session is not None:
+            self._on_session(self.session)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.session.resume_writing()
+
+    # the Link interface (write/writelines are bound to the transport in connection_made)
+    def write(self, data: bytes) -> None:
+        raise ConnectionError("not connected")
+
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
+        raise ConnectionError("not connected")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class StreamLink:
+    """A session over any anyio byte stream; :meth:`run` pumps it until it closes."""
+
+    def __init__(self, stream: ByteStream, config: SessionConfig) -> None:
+        self._stream = stream
+        self._high = config.write_high_water
+        self._out: list[bytes | memoryview] = []
+        self._out_size = 0
+        self._wakeup = anyio.Event()
+        self._paused = False
+        self._closing = False
+        self._aborting = False
+        self._session: Session | None = None
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._queued(len(data))
+
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
+        self._out += chunks
+        self._queued(sum(map(len, chunks)))
+
+    def _queued(self, n: int) -> None:
+        self._out_size += n
+        self._wakeup.set()
+        if not self._paused and self._out_size > self._high and self._session is not None:
+            self._paused = True
+            self._session.pause_writing()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+
+    def abort(self) -> None:
+        self._closing = self._aborting = True
+        self._wakeup.set()
+
+    async def run(self, session: Session) -> None:
+        """Read into and write out of ``session`` until either side closes."""
+        self._session = session
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_loop, session)
+                await self._write_loop(session)
+                tg.cancel_scope.cancel()
+        finally:
+            session.connection_lost(None)
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+
+    async def _read_loop(self, session: Session) -> None:
+        receive = self._stream.receive
+        try:
+            while True:
+                session.data_received(await receive(256 << 10))
+        except anyio.EndOfStream:
+            session.connection_lost(None)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            session.connection_lost(exc)
+        self.close()
+
+    async def _write_loop(self, session: Session) -> None:
+        while not self._aborting:
+            if not self._out:
+                if self._closing:
+                    return
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            data = b"".join(self._out)
+            self._out.clear()
+            self._out_size = 0
+            try:
+                await self._stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                session.connection_lost(exc)
+                return
+            if self._paused and self._out_size <= self._high // 4:
+                self._paused = False
+                session.resume_writing()
+
+
+def _host_port(address: object) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None

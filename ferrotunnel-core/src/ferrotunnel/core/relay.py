@@ -1,0 +1,157 @@
+"""Moving bytes between a tunneled stream and a real socket.
+
+On asyncio, :class:`SpliceProtocol` is the socket's protocol and is attached to the stream as
+its sink: both directions run in event-loop callbacks with no task per connection (see the
+theory of operation in ``stream.py``). Everywhere else, :func:`pump` copies both ways with
+two tasks over the anyio byte-stream API. Both pass half-close (EOF) and resets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import ByteStream
+
+from ferrotunnel.protocol import ErrorCode
+
+from .links import set_nodelay
+from .stream import Stream
+
+__all__ = ["SpliceProtocol", "pump"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+class SpliceProtocol(asyncio.Protocol):
+    """A socket spliced to a stream. ``make_stream`` supplies the stream when it connects
+    (the server opens one per visitor; the client already has one) or None to refuse."""
+
+    __slots__ = ("_eof_in", "_make_stream", "_closing", "_paused", "stream", "transport", "write")
+
+    def __init__(self, make_stream: Callable[[tuple[str, int] | None], Stream | None]) -> None:
+        self._make_stream = make_stream
+        self._paused = 0  # PAUSED_BY_* reasons
+        self._eof_in = False
+        self._closing = False
+        self.stream: Stream | None = None
+        self.transport: asyncio.Transport | None = None
+        #: the Sink's write: the transport's own ``write`` once connected
+        self.write: Callable[[bytes | memoryview], None] = _not_connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        set_nodelay(sock)
+        peer = transport.get_extra_info("peername")
+        address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        stream = self._make_stream(address)
+        self._make_stream = _no_stream  # drop the reference to the session/closure
+        if stream is None:
+            self._closing = True
+            transport.abort()
+            return
+        self.stream = stream
+        self.write = transport.write
+        stream.attach(self)
+
+    # ---- socket → stream
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.feed(data)
+
+    def eof_received(self) -> bool:
+        self._eof_in = True
+        if self.stream is not None:
+            self.stream.feed_eof()
+        self.close_if_done()
+        return True  # keep our sending side open: this is a half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        stream = self.stream
+        if stream is not None and not stream.done:
+            stream.reset(ErrorCode.CANCEL if exc is None else ErrorCode.CONNECT_ERROR)
+        self.stream = None
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.sink_paused()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.sink_resumed()
+
+    # ---- the Sink interface: stream → socket (and ``write``, set in connection_made)
+
+    def write_eof(self) -> None:
+        transport = self.transport
+        if transport is not None and not self._closing:
+            if transport.can_write_eof():
+                transport.write_eof()
+            self.close_if_done()
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        was_paused = self._paused
+        self._paused &= ~reason
+        if was_paused and not self._paused and self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """The stream was reset: reset the socket too (RST, not FIN)."""
+        transport = self.transport
+        if transport is not None and not self._closing:
+            self._closing = True
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
+
+    def close_if_done(self) -> None:
+        """Close the socket once both directions have ended."""
+        stream = self.stream
+        transport = self.transport
+        if stream is not None and transport is not None and not self._closing:
+            if stream.done and self._eof_in:
+                self._closing = True
+                transport.close()
+
+
+def _not_connected(data: bytes | memoryview) -> None:
+    raise ConnectionError("not connected")
+
+
+def _no_stream(address: tuple[str, int] | None) -> Stream | None:
+    return None
+
+
+async def pump(stream: Stream, sock: ByteStream) -> None:
+    """Copy both ways between ``stream`` and ``sock`` until both directions end."""
+    async with sock, anyio.create_task_group() as tg:
+
+        async def copy(source: ByteStream, sink: ByteStream) -> None:
+            try:
+                async for chunk in source:
+                    await sink.send(chunk)
+                await sink.send_eof()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                stream.reset(ErrorCode.CONNECT_ERROR)
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(copy, stream, sock)
+        tg.start_soon(copy, sock, stream)
+    stream.close()

@@ -1,0 +1,534 @@
+"""The tunnel server: control listener, handshakes, tunnel registry, TCP ingress.
+
+Each control connection is a :class:`Session`. Its handshake runs in its own task under a
+deadline, so a silent or slow client never delays anyone else's accept. A HELLO is checked
+(token in constant time, protocol version), then its tunnels are *claimed*: a claim names a
+public resource (a TCP port) and is owned by an *owner* — the authenticated identity plus the
+client id the client sends. A claim held by a different owner is refused; one held by the
+same owner is taken over at once and its stale session closed, so a client that crashed or
+lost its network gets its names back on reconnect without waiting for timeouts. When a
+session ends its claims are released and its dynamically bound ports closed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import anyio
+from anyio.abc import SocketStream, TaskGroup
+
+from ferrotunnel.protocol import (
+    SUPPORTED_VERSIONS,
+    GrantedTunnel,
+    Hello,
+    Reject,
+    RejectCode,
+    TunnelKind,
+    TunnelRequest,
+    Welcome,
+)
+
+from .errors import ConfigError, SessionClosedError
+from .links import ProtocolLink, StreamLink
+from .net import Address, Listener, listen
+from .relay import SpliceProtocol, pump
+from .session import Role, Session, SessionConfig
+from .stream import Stream
+
+__all__ = ["Refused", "Server", "ServerBuilder", "ServerConfig"]
+
+log = logging.getLogger("ferrotunnel.core.server")
+
+Authenticator = Callable[[Hello, "tuple[str, int] | None"], Awaitable[str]]
+
+
+class Refused(Exception):
+    """Raised by an authenticator (or the registry) to answer a HELLO with REJECT."""
+
+    def __init__(self, code: RejectCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything a :class:`Server` needs. Addresses accept ``"host:port"`` strings."""
+
+    token: str | None = None
+    bind: Address = Address("0.0.0.0", 7835)
+    tcp_bind: Address | None = None
+    tcp_port_range: tuple[int, int] | None = None
+    #: host name shown in public URLs (default: the ingress bind address, or this host's name)
+    public_host: str | None = None
+    session: SessionConfig = field(default_factory=SessionConfig)
+    max_sessions: int = 1000
+    #: on shutdown, how long open streams may take to finish
+    drain_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token:
+            raise ConfigError("token must not be empty")
+        if self.tcp_port_range is not None:
+            low, high = self.tcp_port_range
+            if not 1 <= low <= high <= 65535:
+                raise ConfigError(f"tcp_port_range {low}-{high} is not a valid port range")
+
+
+@dataclass(eq=False, slots=True)
+class _TcpIngress:
+    """A public TCP listener and the tunnel it currently feeds."""
+
+    listener: Listener
+    dynamic: bool  # bound for one claim: closed when the claim is released
+    session: Session | None = None
+    tunnel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    identity: str
+    client_id: str
+
+
+class Server:
+    """A ferrotunnel server. ``async with Server(token=...) as server: ...``"""
+
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        **settings: object,
+    ) -> None:
+        if config is None:
+            config = _server_config(settings)
+        elif settings:
+            raise TypeError("pass either a ServerConfig or keyword settings, not both")
+        if config.token is None and authenticator is None:
+            raise ConfigError("token is required (or pass an authenticator)")
+        self.config = config
+        self._authenticate = authenticator or self._check_token
+        self._tg: TaskGroup | None = None
+        self._control: Listener | None = None
+        self._fixed_ingress: _TcpIngress | None = None
+        self._ingress: dict[int, _TcpIngress] = {}
+        self._claims: dict[int, _Owner] = {}  # TCP port -> owner
+        self._remembered_ports: dict[tuple[_Owner, str], int] = {}
+        self._sessions: dict[Session, _Owner] = {}
+        self._pending_handshakes = 0
+        self._stopping = False
+
+    @staticmethod
+    def builder() -> ServerBuilder:
+        return ServerBuilder()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Bind the listeners and start serving. Call :meth:`shutdown` from the same task."""
+        if self._tg is not None:
+            raise RuntimeError("server already started")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            self._control = await listen(
+                self.config.bind,
+                tg,
+                protocol_factory=lambda: ProtocolLink(
+                    Role.SERVER, self.config.session, self._on_fast_session
+                ),
+                handler=self._handle_portable_connection,
+            )
+            if self.config.tcp_bind is not None:
+                self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
+        except BaseException:
+            await self._close_task_group()
+            raise
+        log.info("control plane listening on %s", self._control.address)
+        if self._fixed_ingress is not None:
+            log.info("TCP ingress listening on %s", self._fixed_ingress.listener.address)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let open streams drain (``drain_timeout``), close everything."""
+        if self._tg is None or self._stopping:
+            return
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            if self._control is not None:
+                await self._control.aclose()
+            for ingress in {id(i): i for i in self._all_ingress()}.values():
+                await ingress.listener.aclose()
+            async with anyio.create_task_group() as tg:
+                for session in list(self._sessions):
+                    tg.start_soon(session.drain, self.config.drain_timeout)
+            for session in list(self._sessions):
+                session.abort()
+        await self._close_task_group()
+
+    async def _close_task_group(self) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+
+    async def serve_forever(self) -> None:
+        """Start (if needed) and serve until cancelled."""
+        if self._tg is None:
+            await self.start()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            await self.shutdown()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def control_address(self) -> Address:
+        if self._control is None:
+            raise RuntimeError("server not started")
+        return self._control.address
+
+    @property
+    def tcp_address(self) -> Address | None:
+        return self._fixed_ingress.listener.address if self._fixed_ingress else None
+
+    @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    def _all_ingress(self) -> list[_TcpIngress]:
+        extra = [self._fixed_ingress] if self._fixed_ingress else []
+        return [*self._ingress.values(), *extra]
+
+    # ------------------------------------------------------------------ sessions
+
+    def _on_fast_session(self, session: Session) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_session, session)
+
+    async def _handle_portable_connection(self, sock: SocketStream) -> None:
+        link = StreamLink(sock, self.config.session)
+        peer = sock.extra(anyio.abc.SocketAttribute.remote_address)
+        session = Session(link, Role.SERVER, self.config.session, peer=_pair(peer))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(link.run, session)
+            await self._serve_session(session)
+
+    async def _serve_session(self, session: Session) -> None:
+        if len(self._sessions) + self._pending_handshakes >= self.config.max_sessions:
+            log.warning("refusing %s: max_sessions (%d) reached", session.peer,
+                        self.config.max_sessions)  # fmt: skip
+            session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
+            return
+        self._pending_handshakes += 1
+        try:
+            hello = await self._receive_hello(session)
+            if hello is None:
+                return
+            owner = await self._admit(session, hello)
+        finally:
+            self._pending_handshakes -= 1
+        if owner is None:
+            return
+        try:
+            await session.run()
+        finally:
+            self._release(session)
+            reason = session.close_reason
+            log.info("session %s from %s closed%s", session.session_id, _fmt(session.peer),
+                     f": {reason}" if reason else "")  # fmt: skip
+
+    async def _receive_hello(self, session: Session) -> Hello | None:
+        timeout = self.config.session.handshake_timeout
+        try:
+            with anyio.fail_after(timeout):
+                hello = await session.wait_handshake()
+        except TimeoutError:
+            log.info("handshake from %s timed out after %.1f s", _fmt(session.peer), timeout)
+            session.abort()
+            return None
+        except SessionClosedError as exc:
+            log.info("connection from %s closed during the handshake: %s", _fmt(session.peer),
+                     session.close_reason or exc)  # fmt: skip
+            return None
+        assert isinstance(hello, Hello)
+        return hello
+
+    async def _admit(self, session: Session, hello: Hello) -> _Owner | None:
+        """Authenticate, negotiate and claim: WELCOME, or REJECT with the reason."""
+        try:
+            versions = set(hello.versions) & set(SUPPORTED_VERSIONS)
+            if not versions:
+                raise Refused(RejectCode.UNSUPPORTED_VERSION,
+                              f"no common protocol version: client speaks {list(hello.versions)}, "
+                              f"server {list(SUPPORTED_VERSIONS)}")  # fmt: skip
+            identity = await self._authenticate(hello, session.peer)
+            owner = _Owner(identity, hello.client_id)
+            granted, stale = await self._claim(session, owner, hello.tunnels)
+        except Refused as refusal:
+            log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id,
+                        refusal)  # fmt: skip
+            session.reject(Reject(refusal.code, str(refusal)))
+            return None
+        for old in stale:
+            log.info("client %r reconnected: closing its stale session %s", owner.client_id,
+                     old.session_id)  # fmt: skip
+            old.abort(SessionClosedError("replaced by a new session of the same client"))
+            self._sessions.pop(old, None)
+        session.on_stream = None  # clients do not open streams towards the server
+        self._sessions[session] = owner
+        session.accept(
+            Welcome(
+                version=max(versions),
+                session_id=uuid.uuid4().hex,
+                tunnels=tuple(granted),
+                window=self.config.session.window,
+                max_frame=self.config.session.max_frame,
+                ping_interval=self.config.session.ping_interval,
+            ),
+            hello,
+        )
+        log.info("session %s from %s (client %r): %s", session.session_id, _fmt(session.peer),
+                 hello.client_id, ", ".join(t.public_url for t in granted) or "no tunnels")  # fmt: skip
+        return owner
+
+    async def _check_token(self, hello: Hello, peer: tuple[str, int] | None) -> str:
+        expected = (self.config.token or "").encode()
+        offered = (hello.token or "").encode()
+        if not hmac.compare_digest(expected, offered):
+            raise Refused(RejectCode.AUTH_FAILED, "invalid token")
+        return "token"
+
+    # ------------------------------------------------------------------ claims
+
+    async def _claim(
+        self, session: Session, owner: _Owner, requests: tuple[TunnelRequest, ...]
+    ) -> tuple[list[GrantedTunnel], set[Session]]:
+        names = [t.name for t in requests]
+        if len(set(names)) != len(names):
+            raise Refused(RejectCode.BAD_REQUEST, "tunnel names must be unique")
+        plan: list[tuple[TunnelRequest, int]] = []
+        taken_now: set[int] = set()
+        stale: set[Session] = set()
+        for request in requests:
+            if request.kind is not TunnelKind.TCP:
+                raise Refused(RejectCode.BAD_REQUEST,
+                              f"tunnel {request.name!r}: this server has no {request.kind} "
+                              "ingress; ask for a TCP tunnel")  # fmt: skip
+            port = self._choose_port(owner, request, taken_now)
+            holder = self._claims.get(port)
+            if holder is not None:
+                if holder != owner:
+                    raise Refused(RejectCode.PORT_UNAVAILABLE,
+                                  f"port {port} is held by another client")  # fmt: skip
+                stale.update(s for s, o in self._sessions.items() if o == owner)
+            taken_now.add(port)
+            plan.append((request, port))
+        granted = []
+        opened: list[_TcpIngress] = []
+        try:
+            for request, port in plan:
+                ingress = self._ingress_for(port)
+                if ingress is None:
+                    ingress = await self._open_ingress(Address(self._ingress_host(), port), True)
+                    opened.append(ingress)
+                granted.append((request, ingress))
+        except OSError as exc:
+            for ingress in opened:
+                await ingress.listener.aclose()
+            raise Refused(RejectCode.PORT_UNAVAILABLE, f"cannot listen: {exc.strerror}") from exc
+        result = []
+        for request, ingress in granted:
+            port = ingress.listener.address.port
+            # a stale session's listener passes to the new session as it is (no rebind race);
+            # its other ports are released when it closes
+            self._claims[port] = owner
+            self._remembered_ports[owner, request.name] = port
+            ingress.session, ingress.tunnel = session, request.name
+            if ingress.dynamic:
+                self._ingress[port] = ingress
+            result.append(GrantedTunnel(request.name, TunnelKind.TCP,
+                                        f"tcp://{self._public_host(ingress)}:{port}",
+                                        remote_port=port))  # fmt: skip
+        return result, stale
+
+    def _choose_port(self, owner: _Owner, request: TunnelRequest, taken_now: set[int]) -> int:
+        fixed = self._fixed_ingress
+        fixed_port = fixed.listener.address.port if fixed else None
+        if request.remote_port:
+            port = request.remote_port
+            if port != fixed_port and not self._in_range(port):
+                raise Refused(RejectCode.PORT_UNAVAILABLE,
+                              f"port {port} is outside this server's TCP port range "
+                              f"({self._range_text()})")  # fmt: skip
+            if port in taken_now:
+                raise Refused(RejectCode.BAD_REQUEST, f"port {port} requested twice")
+            return port
+        remembered = self._remembered_ports.get((owner, request.name))
+        candidates = [remembered] if remembered is not None else []
+        if fixed_port is not None:
+            candidates.append(fixed_port)
+        if self.config.tcp_port_range is not None:
+            low, high = self.config.tcp_port_range
+            candidates.extend(range(low, high + 1))
+        for port in candidates:
+            if port in taken_now or (port != fixed_port and not self._in_range(port)):
+                continue
+            holder = self._claims.get(port)
+            if holder is None or holder == owner:
+                return port
+        if fixed_port is None and self.config.tcp_port_range is None:
+            raise Refused(RejectCode.PORT_UNAVAILABLE,
+                          "this server has no TCP ingress (start it with --tcp-bind or "
+                          "--tcp-port-range)")  # fmt: skip
+        raise Refused(RejectCode.PORT_UNAVAILABLE, "no free TCP port on this server")
+
+    def _in_range(self, port: int) -> bool:
+        span = self.config.tcp_port_range
+        return span is not None and span[0] <= port <= span[1]
+
+    def _range_text(self) -> str:
+        span = self.config.tcp_port_range
+        return f"{span[0]}-{span[1]}" if span else "none configured"
+
+    def _ingress_for(self, port: int) -> _TcpIngress | None:
+        fixed = self._fixed_ingress
+        if fixed is not None and fixed.listener.address.port == port:
+            return fixed
+        return self._ingress.get(port)
+
+    def _ingress_host(self) -> str:
+        tcp_bind = self.config.tcp_bind
+        return tcp_bind.host if tcp_bind is not None else self.config.bind.host
+
+    def _public_host(self, ingress: _TcpIngress) -> str:
+        if self.config.public_host:
+            return self.config.public_host
+        host = ingress.listener.address.host
+        if host in ("", "0.0.0.0", "::"):
+            return socket.gethostname()
+        return f"[{host}]" if ":" in host else host
+
+    def _release(self, session: Session) -> None:
+        self._sessions.pop(session, None)
+        self._drop_claims_of(session)
+
+    def _drop_claims_of(self, session: Session) -> None:
+        for ingress in self._all_ingress():
+            if ingress.session is not session:
+                continue
+            ingress.session = None
+            port = ingress.listener.address.port
+            self._claims.pop(port, None)
+            if ingress.dynamic:
+                self._ingress.pop(port, None)
+                if self._tg is not None:
+                    self._tg.start_soon(ingress.listener.aclose)
+
+    # ------------------------------------------------------------------ TCP ingress
+
+    async def _open_ingress(self, address: Address, dynamic: bool) -> _TcpIngress:
+        assert self._tg is not None
+        ingress = _TcpIngress(Listener(address, _nothing), dynamic)
+
+        def open_visitor_stream(visitor: tuple[str, int] | None) -> Stream | None:
+            session = ingress.session
+            if session is None or session.closed or session.going_away:
+                return None
+            try:
+                return session.open_stream(ingress.tunnel, TunnelKind.TCP, visitor=visitor)
+            except SessionClosedError:
+                return None
+
+        async def handle(sock: SocketStream) -> None:
+            visitor = _pair(sock.extra(anyio.abc.SocketAttribute.remote_address))
+            stream = open_visitor_stream(visitor)
+            if stream is None:
+                await sock.aclose()
+                return
+            await pump(stream, sock)
+
+        ingress.listener = await listen(
+            address,
+            self._tg,
+            protocol_factory=lambda: SpliceProtocol(open_visitor_stream),
+            handler=handle,
+        )
+        return ingress
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _pair(address: object) -> tuple[str, int] | None:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), int(address[1])
+    return None
+
+
+def _fmt(peer: tuple[str, int] | None) -> str:
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+def _server_config(settings: dict[str, object]) -> ServerConfig:
+    """Keyword settings (strings allowed for addresses) → :class:`ServerConfig`."""
+    values = dict(settings)
+    for key in ("bind", "tcp_bind"):
+        value = values.get(key)
+        if isinstance(value, str):
+            values[key] = Address.parse(value, what=key)
+    try:
+        return ServerConfig(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class ServerBuilder:
+    """``Server.builder().bind("0.0.0.0:7835").token("secret").build()``"""
+
+    def __init__(self) -> None:
+        self._settings: dict[str, object] = {}
+
+    def _set(self, key: str, value: object) -> ServerBuilder:
+        self._settings[key] = value
+        return self
+
+    def bind(self, address: str) -> ServerBuilder:
+        return self._set("bind", address)
+
+    def token(self, token: str) -> ServerBuilder:
+        return self._set("token", token)
+
+    def tcp_bind(self, address: str) -> ServerBuilder:
+        return self._set("tcp_bind", address)
+
+    def tcp_port_range(self, low: int, high: int) -> ServerBuilder:
+        return self._set("tcp_port_range", (low, high))
+
+    def public_host(self, host: str) -> ServerBuilder:
+        return self._set("public_host", host)
+
+    def session_config(self, config: SessionConfig) -> ServerBuilder:
+        return self._set("session", config)
+
+    def build(self) -> Server:
+        return Server(**self._settings)
+
