@@ -125,6 +125,7 @@ class Client:
         self._stopping = False
         self._connecting: set[asyncio.Task[object]] = set()
         self._connected = anyio.Event()
+        self._finished = anyio.Event()
 
     @staticmethod
     def builder() -> ClientBuilder:
@@ -177,11 +178,12 @@ class Client:
             await tg.__aexit__(None, None, None)
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and run until cancelled or rejected for good."""
+        """Start (if needed) and run until cancelled, rejected for good, or — with
+        ``reconnect=False`` — disconnected."""
         if self._tg is None:
             await self.start()
         try:
-            await anyio.sleep_forever()
+            await self._finished.wait()
         finally:
             await self.shutdown()
 
@@ -193,6 +195,12 @@ class Client:
     # ------------------------------------------------------------------ connection loop
 
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        try:
+            await self._connect_loop(task_status)
+        finally:
+            self._finished.set()
+
+    async def _connect_loop(self, task_status: TaskStatus[None]) -> None:
         attempt = 0
         started = False
         self.status = ClientStatus.CONNECTING

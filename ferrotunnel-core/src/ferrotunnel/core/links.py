@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 from anyio.abc import ByteStream
@@ -45,8 +46,7 @@ class ProtocolLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         set_nodelay(transport.get_extra_info("socket"))
         high = self._config.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import Callable
+from typing import cast
 
 import anyio
 from anyio.abc import ByteStream
@@ -43,8 +44,7 @@ class SpliceProtocol(asyncio.Protocol):
         self.write: Callable[[bytes | memoryview], None] = _not_connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         set_nodelay(sock)
         peer = transport.get_extra_info("peername")

@@ -101,9 +101,10 @@ def encode(event: Event, limits: Limits = DEFAULT_LIMITS) -> bytes:
     payload: bytes | memoryview
     match event:
         case Data(stream_id, data):
-            if len(data) > limits.max_frame_size:
+            payload = bytes(data)  # len() of a memoryview counts items, not bytes
+            if len(payload) > limits.max_frame_size:
                 raise ProtocolError("DATA payload exceeds max_frame_size", ErrorCode.FRAME_SIZE_ERROR)
-            return data_header(_check_stream(stream_id), len(data)) + bytes(data)
+            return data_header(_check_stream(stream_id), len(payload)) + payload
         case WindowUpdate(stream_id, increment):
             if not 1 <= increment <= MAX_WINDOW:
                 raise ProtocolError(f"window increment {increment} out of range")

@@ -1,0 +1,104 @@
+"""What every command shares: logging, the event loop choice, signals, error exits."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import anyio
+import click
+
+from ferrotunnel.core import ConfigError, FerroTunnelError, RejectedError
+
+LOOPS = ("auto", "asyncio", "uvloop", "trio")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+log = logging.getLogger("ferrotunnel.cli")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
+    """Run ``main`` on the chosen event loop until it returns or a signal stops it.
+
+    The first SIGINT/SIGTERM cancels ``main``, whose ``finally`` blocks shut down gracefully;
+    a second one exits at once.
+    """
+    backend, options = _backend(loop)
+
+    async def guarded() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if tg.cancel_scope.cancel_called:
+                            fail("interrupted again, exiting now", status=130)
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+
+            tg.start_soon(watch_signals)
+            await main()
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(guarded, backend=backend, backend_options=options)
+    except* RejectedError as group:
+        fail(str(group.exceptions[0]), status=1)
+    except* ConfigError as group:
+        fail(str(group.exceptions[0]), status=2)
+    except* (FerroTunnelError, OSError) as group:
+        fail(_describe(group.exceptions[0]), status=1)
+
+
+def _backend(loop: str) -> tuple[str, dict[str, Any]]:
+    if loop == "trio":
+        return "trio", {}
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    if loop == "uvloop" and not has_uvloop:
+        fail("--loop uvloop: uvloop is not installed (pip install uvloop)", status=2)
+    return "asyncio", {"use_uvloop": loop == "uvloop" or (loop == "auto" and has_uvloop)}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        target = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{target}"
+    return str(exc)
+
+
+def fail(message: str, status: int = 1) -> NoReturn:
+    """One line on stderr, then exit with ``status`` (2: bad usage or configuration)."""
+    click.echo(f"ferrotunnel: error: {message}", err=True)
+    sys.exit(status)
+
+
+def config_errors(func: Callable[[], Any]) -> Any:
+    """Call ``func``; a ConfigError becomes a one-line usage error (exit status 2)."""
+    try:
+        return func()
+    except ConfigError as exc:
+        fail(str(exc), status=2)
+
+
+def read_token(token: str | None, *, required: bool) -> str | None:
+    """The token from the flag or environment, else a no-echo prompt on a terminal."""
+    if token:
+        return token
+    if sys.stdin.isatty():
+        value: str = click.prompt("Token", hide_input=True, err=True)
+        return value
+    if required:
+        fail("missing token: pass --token or set FERROTUNNEL_TOKEN", status=2)
+    return None

@@ -1,0 +1,100 @@
+"""``ferrotunnel client``: the side next to the service being exposed."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import click
+
+from ferrotunnel.core import Address, Client, ClientConfig, Tunnel
+from ferrotunnel.protocol import TunnelKind
+
+from ._run import LOG_LEVELS, config_errors, read_token, run, setup_logging
+
+
+def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
+    """The same command on the same machine gets the same id, so a restarted client
+    (even after ``kill -9``) reclaims its tunnels at once."""
+    parts = [socket.gethostname(), str(server)]
+    parts += [f"{t.name}:{t.kind}:{t.local_addr}:{t.remote_port}" for t in tunnels]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+@click.command()
+@click.option("--server", "server_addr", envvar="FERROTUNNEL_SERVER", required=True,
+              help="Server control address, HOST:PORT.")
+@click.option("--token", envvar="FERROTUNNEL_TOKEN",
+              help="Auth token (else FERROTUNNEL_TOKEN, else a prompt).")
+@click.option("--local-addr", envvar="FERROTUNNEL_LOCAL_ADDR", default="127.0.0.1:8000",
+              show_default=True, help="The local service to expose.")
+@click.option("--protocol", type=click.Choice(["http", "tcp"]), default="http",
+              envvar="FERROTUNNEL_PROTOCOL", show_default=True, help="Tunnel kind.")
+@click.option("--tunnel-id", envvar="FERROTUNNEL_TUNNEL_ID",
+              help="Tunnel name (for HTTP: the hostname to route).")
+@click.option("--remote-port", type=click.IntRange(1, 65535), envvar="FERROTUNNEL_REMOTE_PORT",
+              help="Public TCP port to ask for (within the server's --tcp-port-range).")
+@click.option("--client-id", envvar="FERROTUNNEL_CLIENT_ID",
+              help="Stable id for reclaiming tunnels after a restart [default: derived from "
+                   "this machine and the options].")  # fmt: skip
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=4040,
+              envvar="FERROTUNNEL_DASHBOARD_PORT", show_default=True,
+              help="Dashboard port (needs ferrotunnel-observability).")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
+@click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost.")
+@click.option("--log-level", envvar="FERROTUNNEL_LOG_LEVEL", type=click.Choice(LOG_LEVELS),
+              default="info", show_default=True)
+@click.pass_context
+def client(
+    ctx: click.Context,
+    server_addr: str,
+    token: str | None,
+    local_addr: str,
+    protocol: str,
+    tunnel_id: str | None,
+    remote_port: int | None,
+    client_id: str | None,
+    dashboard_port: int,
+    no_dashboard: bool,
+    no_reconnect: bool,
+    log_level: str,
+) -> None:
+    """Connect to a server and expose a local service through it."""
+    setup_logging(log_level)
+    token = read_token(token, required=False)
+
+    def build() -> ClientConfig:
+        server = Address.parse(server_addr, what="--server")
+        local = Address.parse(local_addr, what="--local-addr")
+        kind = TunnelKind(protocol)
+        name = tunnel_id or f"{kind}-{local.port}"
+        hostnames = (name,) if kind is TunnelKind.HTTP else ()
+        tunnels = (Tunnel(name, local, kind, remote_port, hostnames),)
+        return ClientConfig(
+            server_addr=server,
+            tunnels=tunnels,
+            token=token,
+            client_id=client_id or stable_client_id(server, tunnels),
+            reconnect=not no_reconnect,
+        )
+
+    config: ClientConfig = config_errors(build)
+
+    async def main() -> None:
+        tunnel_client = Client(config)
+        click.echo(f"connecting to {config.server_addr} ...")
+        try:
+            await tunnel_client.start()
+            click.echo("ferrotunnel client connected")
+            local = {t.name: t.local_addr for t in config.tunnels}
+            for granted in tunnel_client.tunnels:
+                click.echo(f"  {granted.public_url}  ->  {local.get(granted.name)}")
+            if not no_dashboard:
+                click.echo(f"  dashboard: not available: install ferrotunnel-observability "
+                           f"to serve 127.0.0.1:{dashboard_port}")  # fmt: skip
+            click.echo("Press Ctrl-C to stop.")
+            await tunnel_client.serve_forever()
+        finally:
+            await tunnel_client.shutdown()
+
+    run(main, ctx.obj["loop"])

@@ -1,0 +1,91 @@
+"""``ferrotunnel server``: the public side."""
+
+from __future__ import annotations
+
+import click
+
+from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
+
+from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+
+
+def _port_range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    low, sep, high = text.partition("-")
+    if not (sep and low.isdigit() and high.isdigit()):
+        raise ConfigError(f"--tcp-port-range {text!r} must look like 20000-20100")
+    return int(low), int(high)
+
+
+@click.command()
+@click.option("--token", envvar="FERROTUNNEL_TOKEN", help="Token clients must present.")
+@click.option("--bind", envvar="FERROTUNNEL_BIND", default="0.0.0.0:7835", show_default=True,
+              help="Control plane: where clients connect.")
+@click.option("--http-bind", envvar="FERROTUNNEL_HTTP_BIND", default="0.0.0.0:8080",
+              show_default=True, help="HTTP ingress (needs the ferrotunnel-http package).")
+@click.option("--tcp-bind", envvar="FERROTUNNEL_TCP_BIND",
+              help="TCP ingress for a client tunnel started with --protocol tcp.")
+@click.option("--tcp-port-range", envvar="FERROTUNNEL_TCP_PORT_RANGE", metavar="LOW-HIGH",
+              help="Ports clients may ask for with --remote-port (or be given).")
+@click.option("--public-host", envvar="FERROTUNNEL_PUBLIC_HOST",
+              help="Host name shown in public URLs.")
+@click.option("--handshake-timeout", type=click.FloatRange(0.1, 300), default=10.0,
+              show_default=True, help="Seconds a new connection has to complete its handshake.")
+@click.option("--max-sessions", type=click.IntRange(1), default=1000, show_default=True,
+              help="Most client sessions at once.")
+@click.option("--log-level", envvar="FERROTUNNEL_LOG_LEVEL", type=click.Choice(LOG_LEVELS),
+              default="info", show_default=True)
+@click.pass_context
+def server(
+    ctx: click.Context,
+    token: str | None,
+    bind: str,
+    http_bind: str,
+    tcp_bind: str | None,
+    tcp_port_range: str | None,
+    public_host: str | None,
+    handshake_timeout: float,
+    max_sessions: int,
+    log_level: str,
+) -> None:
+    """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
+    setup_logging(log_level)
+    token = read_token(token, required=True)
+
+    def build() -> ServerConfig:
+        Address.parse(http_bind, what="--http-bind")
+        return ServerConfig(
+            token=token,
+            bind=Address.parse(bind, what="--bind"),
+            tcp_bind=Address.parse(tcp_bind, what="--tcp-bind") if tcp_bind else None,
+            tcp_port_range=_port_range(tcp_port_range),
+            public_host=public_host,
+            session=SessionConfig(handshake_timeout=handshake_timeout),
+            max_sessions=max_sessions,
+        )
+
+    config: ServerConfig = config_errors(build)
+
+    async def main() -> None:
+        tunnel_server = Server(config)
+        try:
+            await tunnel_server.start()
+        except OSError as exc:
+            fail(f"cannot listen: {exc.strerror or exc}", status=1)
+        try:
+            click.echo("ferrotunnel server ready")
+            click.echo(f"  control plane   {tunnel_server.control_address}")
+            if tunnel_server.tcp_address is not None:
+                click.echo(f"  TCP ingress     {tunnel_server.tcp_address}")
+            if config.tcp_port_range is not None:
+                low, high = config.tcp_port_range
+                click.echo(f"  TCP port range  {low}-{high}")
+            click.echo("  HTTP ingress    not available: install ferrotunnel-http "
+                       f"to serve {http_bind}")  # fmt: skip
+            click.echo("Press Ctrl-C to stop.", nl=True)
+            await tunnel_server.serve_forever()
+        finally:
+            await tunnel_server.shutdown()
+
+    run(main, ctx.obj["loop"])
