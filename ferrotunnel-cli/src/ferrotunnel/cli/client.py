@@ -22,28 +22,67 @@ def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
 
 
 @click.command()
-@click.option("--server", "server_addr", envvar="FERROTUNNEL_SERVER", required=True,
-              help="Server control address, HOST:PORT.")
-@click.option("--token", envvar="FERROTUNNEL_TOKEN",
-              help="Auth token (else FERROTUNNEL_TOKEN, else a prompt).")
-@click.option("--local-addr", envvar="FERROTUNNEL_LOCAL_ADDR", default="127.0.0.1:8000",
-              show_default=True, help="The local service to expose.")
-@click.option("--protocol", type=click.Choice(["http", "tcp"]), default="http",
-              envvar="FERROTUNNEL_PROTOCOL", show_default=True, help="Tunnel kind.")
-@click.option("--tunnel-id", envvar="FERROTUNNEL_TUNNEL_ID",
-              help="Tunnel name (for HTTP: the hostname to route).")
-@click.option("--remote-port", type=click.IntRange(1, 65535), envvar="FERROTUNNEL_REMOTE_PORT",
-              help="Public TCP port to ask for (within the server's --tcp-port-range).")
-@click.option("--client-id", envvar="FERROTUNNEL_CLIENT_ID",
-              help="Stable id for reclaiming tunnels after a restart [default: derived from "
-                   "this machine and the options].")  # fmt: skip
-@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=4040,
-              envvar="FERROTUNNEL_DASHBOARD_PORT", show_default=True,
-              help="Dashboard port (needs ferrotunnel-observability).")
+@click.option(
+    "--server",
+    "server_addr",
+    envvar="FERROTUNNEL_SERVER",
+    required=True,
+    help="Server control address, HOST:PORT.",
+)
+@click.option(
+    "--token",
+    envvar="FERROTUNNEL_TOKEN",
+    help="Auth token (else FERROTUNNEL_TOKEN, else a prompt).",
+)
+@click.option(
+    "--local-addr",
+    envvar="FERROTUNNEL_LOCAL_ADDR",
+    default="127.0.0.1:8000",
+    show_default=True,
+    help="The local service to expose.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["http", "tcp"]),
+    default="http",
+    envvar="FERROTUNNEL_PROTOCOL",
+    show_default=True,
+    help="Tunnel kind.",
+)
+@click.option(
+    "--tunnel-id",
+    envvar="FERROTUNNEL_TUNNEL_ID",
+    help="Tunnel name (for HTTP: the hostname to route).",
+)
+@click.option(
+    "--remote-port",
+    type=click.IntRange(1, 65535),
+    envvar="FERROTUNNEL_REMOTE_PORT",
+    help="Public TCP port to ask for (within the server's --tcp-port-range).",
+)
+@click.option(
+    "--client-id",
+    envvar="FERROTUNNEL_CLIENT_ID",
+    help="Stable id for reclaiming tunnels after a restart [default: derived from "
+    "this machine and the options].",
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=4040,
+    envvar="FERROTUNNEL_DASHBOARD_PORT",
+    show_default=True,
+    help="Dashboard port (needs ferrotunnel-observability).",
+)
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost.")
-@click.option("--log-level", envvar="FERROTUNNEL_LOG_LEVEL", type=click.Choice(LOG_LEVELS),
-              default="info", show_default=True)
+@click.option(
+    "--log-level",
+    envvar="FERROTUNNEL_LOG_LEVEL",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
 @click.pass_context
 def client(
     ctx: click.Context,
@@ -90,8 +129,10 @@ def client(
             for granted in tunnel_client.tunnels:
                 click.echo(f"  {granted.public_url}  ->  {local.get(granted.name)}")
             if not no_dashboard:
-                click.echo(f"  dashboard: not available: install ferrotunnel-observability "
-                           f"to serve 127.0.0.1:{dashboard_port}")  # fmt: skip
+                click.echo(
+                    f"  dashboard: not available: install ferrotunnel-observability "
+                    f"to serve 127.0.0.1:{dashboard_port}"
+                )
             click.echo("Press Ctrl-C to stop.")
             await tunnel_client.serve_forever()
         finally:

@@ -7,6 +7,7 @@ tells you how to try it.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 
@@ -38,14 +39,12 @@ async def sample_app(sock: SocketStream) -> None:
             f"You asked for: {request_line}\n"
             f"Visit #{visits}, served at {time.strftime('%H:%M:%S')} by the demo's local app.\n"
         ).encode()
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await sock.send(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + body
             )
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
 
 
 async def fetch(host: str, port: int) -> bytes:
@@ -76,23 +75,30 @@ def demo(ctx: click.Context, log_level: str) -> None:
             tg.start_soon(app.serve, sample_app)
             async with (
                 Server(token=token, bind="127.0.0.1:0", tcp_bind="127.0.0.1:0") as server,
-                Client(server_addr=str(server.control_address), token=token,
-                       local_addr=f"127.0.0.1:{app_port}", protocol="tcp",
-                       tunnel_id="demo") as client,
-            ):  # fmt: skip
+                Client(
+                    server_addr=str(server.control_address),
+                    token=token,
+                    local_addr=f"127.0.0.1:{app_port}",
+                    protocol="tcp",
+                    tunnel_id="demo",
+                ) as client,
+            ):
                 public = server.tcp_address
                 assert public is not None
                 started = time.perf_counter()
                 reply = await fetch(public.host, public.port)
                 took = (time.perf_counter() - started) * 1000
                 ok = reply.startswith(b"HTTP/1.1 200")
-                click.echo("ferrotunnel demo: a tunnel server, a client and a sample web app, "
-                           "all on this machine.")  # fmt: skip
+                click.echo(
+                    "ferrotunnel demo: a tunnel server, a client and a sample web app, "
+                    "all on this machine."
+                )
                 click.echo(f"  local app (behind the tunnel)  http://127.0.0.1:{app_port}/")
                 click.echo(f"  tunnel server control plane    {server.control_address}")
                 click.echo(f"  public address                 {client.tunnels[0].public_url}")
-                click.echo(f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} "
-                           f"({took:.1f} ms)")  # fmt: skip
+                click.echo(
+                    f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
+                )
                 if not ok:
                     raise SystemExit(1)
                 click.echo("")

@@ -20,22 +20,55 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
 
 @click.command()
 @click.option("--token", envvar="FERROTUNNEL_TOKEN", help="Token clients must present.")
-@click.option("--bind", envvar="FERROTUNNEL_BIND", default="0.0.0.0:7835", show_default=True,
-              help="Control plane: where clients connect.")
-@click.option("--http-bind", envvar="FERROTUNNEL_HTTP_BIND", default="0.0.0.0:8080",
-              show_default=True, help="HTTP ingress (needs the ferrotunnel-http package).")
-@click.option("--tcp-bind", envvar="FERROTUNNEL_TCP_BIND",
-              help="TCP ingress for a client tunnel started with --protocol tcp.")
-@click.option("--tcp-port-range", envvar="FERROTUNNEL_TCP_PORT_RANGE", metavar="LOW-HIGH",
-              help="Ports clients may ask for with --remote-port (or be given).")
-@click.option("--public-host", envvar="FERROTUNNEL_PUBLIC_HOST",
-              help="Host name shown in public URLs.")
-@click.option("--handshake-timeout", type=click.FloatRange(0.1, 300), default=10.0,
-              show_default=True, help="Seconds a new connection has to complete its handshake.")
-@click.option("--max-sessions", type=click.IntRange(1), default=1000, show_default=True,
-              help="Most client sessions at once.")
-@click.option("--log-level", envvar="FERROTUNNEL_LOG_LEVEL", type=click.Choice(LOG_LEVELS),
-              default="info", show_default=True)
+@click.option(
+    "--bind",
+    envvar="FERROTUNNEL_BIND",
+    default="0.0.0.0:7835",
+    show_default=True,
+    help="Control plane: where clients connect.",
+)
+@click.option(
+    "--http-bind",
+    envvar="FERROTUNNEL_HTTP_BIND",
+    default="0.0.0.0:8080",
+    show_default=True,
+    help="HTTP ingress (needs the ferrotunnel-http package).",
+)
+@click.option(
+    "--tcp-bind",
+    envvar="FERROTUNNEL_TCP_BIND",
+    help="TCP ingress for a client tunnel started with --protocol tcp.",
+)
+@click.option(
+    "--tcp-port-range",
+    envvar="FERROTUNNEL_TCP_PORT_RANGE",
+    metavar="LOW-HIGH",
+    help="Ports clients may ask for with --remote-port (or be given).",
+)
+@click.option(
+    "--public-host", envvar="FERROTUNNEL_PUBLIC_HOST", help="Host name shown in public URLs."
+)
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0.1, 300),
+    default=10.0,
+    show_default=True,
+    help="Seconds a new connection has to complete its handshake.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Most client sessions at once.",
+)
+@click.option(
+    "--log-level",
+    envvar="FERROTUNNEL_LOG_LEVEL",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+)
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -81,8 +114,9 @@ def server(
             if config.tcp_port_range is not None:
                 low, high = config.tcp_port_range
                 click.echo(f"  TCP port range  {low}-{high}")
-            click.echo("  HTTP ingress    not available: install ferrotunnel-http "
-                       f"to serve {http_bind}")  # fmt: skip
+            click.echo(
+                f"  HTTP ingress    not available: install ferrotunnel-http to serve {http_bind}"
+            )
             click.echo("Press Ctrl-C to stop.", nl=True)
             await tunnel_server.serve_forever()
         finally:

@@ -19,5 +19,5 @@ class Backoff:
 
     def delay(self, attempt: int, rand: float | None = None) -> float:
         """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
-        bound = min(self.cap, self.base * 2 ** min(attempt, 32))
+        bound = min(self.cap, self.base * 2.0 ** min(attempt, 32))
         return (random.random() if rand is None else rand) * bound

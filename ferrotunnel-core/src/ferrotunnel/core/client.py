@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -368,12 +368,12 @@ def _client_config(settings: dict[str, object]) -> ClientConfig:
         raise ConfigError("server_addr is required")
     values["server_addr"] = Address.parse(server, what="server_addr") if isinstance(
         server, str) else server  # fmt: skip
-    inline = {k: values.pop(k) for k in ("local_addr", "protocol", "tunnel_id", "remote_port",
+    inline: dict[str, object] = {k: values.pop(k) for k in ("local_addr", "protocol", "tunnel_id", "remote_port",
                                          "handler") if k in values}  # fmt: skip
     if "tunnels" in values:
         if inline:
             raise ConfigError("give either tunnels or local_addr/protocol/tunnel_id, not both")
-        values["tunnels"] = tuple(values["tunnels"])  # type: ignore[call-overload]
+        values["tunnels"] = tuple(cast(Sequence[Tunnel], values["tunnels"]))
     else:
         values["tunnels"] = (_inline_tunnel(inline),)
     try:
@@ -445,4 +445,4 @@ class ClientBuilder:
         return self._set("session", config)
 
     def build(self) -> Client:
-        return Client(**self._settings)
+        return Client(_client_config(self._settings))

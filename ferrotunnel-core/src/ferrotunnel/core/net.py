@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -65,7 +66,7 @@ async def listen(
     *,
     protocol_factory: Callable[[], asyncio.Protocol],
     handler: Callable[[SocketStream], Awaitable[None]],
-    ssl: object = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Listener:
     """Listen on ``address``. On asyncio each connection gets ``protocol_factory()``; on
     other backends ``handler(stream)`` runs in a new task of ``task_group``."""
@@ -73,7 +74,7 @@ async def listen(
     loop = running_asyncio_loop()
     if loop is not None:
         server = await loop.create_server(
-            protocol_factory, host, address.port, backlog=4096, reuse_address=True, ssl=ssl  # type: ignore[arg-type]
+            protocol_factory, host, address.port, backlog=4096, reuse_address=True, ssl=ssl_context
         )
         sockname = server.sockets[0].getsockname()
 

@@ -530,5 +530,5 @@ class ServerBuilder:
         return self._set("session", config)
 
     def build(self) -> Server:
-        return Server(**self._settings)
+        return Server(_server_config(self._settings))
 

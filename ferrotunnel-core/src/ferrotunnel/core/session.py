@@ -298,7 +298,7 @@ class Session:
                         self._data_for_unknown_stream(event)
                 else:
                     self._on_control(event)
-                if self._state is _State.CLOSED:
+                if self.closed:
                     return
         except ProtocolError as exc:
             self._protocol_error(exc)
@@ -341,11 +341,14 @@ class Session:
                 raise ProtocolError(f"unexpected {type(event).__name__} frame after handshake")
 
     def _on_handshake_frame(self, event: Event) -> None:
-        expected: tuple[type, ...] = (Hello,) if self.role is Role.SERVER else (Welcome, Reject)
         if isinstance(event, Ping):
             self._write(encode(Pong(event.opaque)))
             return
-        if not isinstance(event, expected) or self._handshake is not None:
+        expected = isinstance(event, Hello) if self.role is Role.SERVER else isinstance(
+            event, Welcome | Reject
+        )
+        valid = expected and isinstance(event, Hello | Welcome | Reject)
+        if not valid or self._handshake is not None:
             raise ProtocolError(f"unexpected {type(event).__name__} frame during the handshake")
         self._handshake = event
         if isinstance(event, Welcome):
@@ -471,10 +474,10 @@ class Session:
         idle_ticks_allowed = max(1, math.ceil(timeout / interval))
         idle_ticks = 0
         seen = self.bytes_in
-        while self._state is not _State.CLOSED:
+        while not self.closed:
             with anyio.move_on_after(interval):
                 await self._closed_event.wait()
-            if self._state is _State.CLOSED:
+            if self.closed:
                 break
             if self.bytes_in != seen:
                 seen = self.bytes_in

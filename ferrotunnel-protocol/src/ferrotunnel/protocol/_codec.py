@@ -58,9 +58,15 @@ MAX_WINDOW = (1 << 31) - 1
 _DATA = int(FrameType.DATA)
 _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 _SESSION_FRAMES = frozenset(
-    {FrameType.HELLO, FrameType.WELCOME, FrameType.REJECT, FrameType.PING, FrameType.PONG,
-     FrameType.GOAWAY}
-)  # fmt: skip
+    {
+        FrameType.HELLO,
+        FrameType.WELCOME,
+        FrameType.REJECT,
+        FrameType.PING,
+        FrameType.PONG,
+        FrameType.GOAWAY,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +109,9 @@ def encode(event: Event, limits: Limits = DEFAULT_LIMITS) -> bytes:
         case Data(stream_id, data):
             payload = bytes(data)  # len() of a memoryview counts items, not bytes
             if len(payload) > limits.max_frame_size:
-                raise ProtocolError("DATA payload exceeds max_frame_size", ErrorCode.FRAME_SIZE_ERROR)
+                raise ProtocolError(
+                    "DATA payload exceeds max_frame_size", ErrorCode.FRAME_SIZE_ERROR
+                )
             return data_header(_check_stream(stream_id), len(payload)) + payload
         case WindowUpdate(stream_id, increment):
             if not 1 <= increment <= MAX_WINDOW:
@@ -152,7 +160,9 @@ def encode(event: Event, limits: Limits = DEFAULT_LIMITS) -> bytes:
             }
             return _frame(FrameType.WELCOME, 0, _json(obj, limits))
         case Reject(code, message):
-            return _frame(FrameType.REJECT, 0, _json({"code": str(code), "message": message}, limits))
+            return _frame(
+                FrameType.REJECT, 0, _json({"code": str(code), "message": message}, limits)
+            )
     raise TypeError(f"not a frame event: {event!r}")
 
 
@@ -204,7 +214,7 @@ def _granted_obj(t: GrantedTunnel) -> dict[str, Any]:
 class FrameDecoder:
     """Turns received bytes into events. One per connection and direction."""
 
-    __slots__ = ("_limits", "_max_data", "_max_control", "_partial", "_broken")
+    __slots__ = ("_broken", "_limits", "_max_control", "_max_data", "_partial")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
@@ -271,7 +281,8 @@ class FrameDecoder:
             if len(partial) < HEADER_SIZE:
                 return pos
         word, flags, stream_id = HEADER.unpack_from(partial)
-        length, ftype = word >> 8, word & 0xFF
+        length: int = word >> 8
+        ftype: int = word & 0xFF
         self._check_length(ftype, length)
         take = min(HEADER_SIZE + length - len(partial), len(view) - pos)
         partial += view[pos : pos + take]
@@ -306,14 +317,16 @@ _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
 
 
 def _too_big(name: str, length: int, limit: int) -> ProtocolError:
-    return ProtocolError(f"{name} frame of {length} bytes exceeds limit {limit}",
-                         ErrorCode.FRAME_SIZE_ERROR)  # fmt: skip
+    return ProtocolError(
+        f"{name} frame of {length} bytes exceeds limit {limit}", ErrorCode.FRAME_SIZE_ERROR
+    )
 
 
 def _fixed(payload: memoryview, size: int, name: str) -> None:
     if len(payload) != size:
-        raise ProtocolError(f"{name} payload must be {size} bytes, got {len(payload)}",
-                            ErrorCode.FRAME_SIZE_ERROR)  # fmt: skip
+        raise ProtocolError(
+            f"{name} payload must be {size} bytes, got {len(payload)}", ErrorCode.FRAME_SIZE_ERROR
+        )
 
 
 def _parse_data(stream_id: int, payload: memoryview) -> Event:
@@ -334,8 +347,9 @@ def _parse_window_update(stream_id: int, payload: memoryview) -> Event:
     _fixed(payload, 4, "WINDOW_UPDATE")
     increment = _U32.unpack(payload)[0]
     if not 1 <= increment <= MAX_WINDOW:
-        raise ProtocolError(f"window increment {increment} out of range",
-                            ErrorCode.FLOW_CONTROL_ERROR)  # fmt: skip
+        raise ProtocolError(
+            f"window increment {increment} out of range", ErrorCode.FLOW_CONTROL_ERROR
+        )
     return WindowUpdate(stream_id, increment)
 
 
@@ -398,7 +412,9 @@ class _Obj:
             raise self._fail(key, "a string")
         return value
 
-    def integer(self, key: str, default: int | None = None, lo: int = 0, hi: int = MAX_WINDOW) -> int:
+    def integer(
+        self, key: str, default: int | None = None, lo: int = 0, hi: int = MAX_WINDOW
+    ) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise self._fail(key, f"an integer within {lo}..{hi}")
@@ -439,11 +455,23 @@ class _Obj:
 
 
 def _load(payload: memoryview, what: str) -> _Obj:
+    text = _text(payload, what)
     try:
-        value = json.loads(_text(payload, what))
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"{what} is not valid JSON") from exc
+    if "\\ud" in text.lower() and not _encodable(value):
+        # a JSON escape can smuggle in a lone surrogate, which no later .encode() survives
+        raise ProtocolError(f"{what} contains an unpaired surrogate")
     return _Obj(value, what)
+
+
+def _encodable(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_open(stream_id: int, payload: memoryview) -> Event:

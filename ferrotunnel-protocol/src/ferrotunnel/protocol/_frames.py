@@ -165,7 +165,8 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class WindowUpdate:
-    """The receiver consumed ``increment`` bytes of this stream: the sender may send as many more."""
+    """The receiver consumed ``increment`` bytes of this stream; the sender may send that many
+    more."""
 
     stream_id: int
     increment: int
