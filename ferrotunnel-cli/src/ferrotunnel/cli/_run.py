@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -38,22 +39,29 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
     backend, options = _backend(loop)
 
     async def guarded() -> None:
-        async with anyio.create_task_group() as tg:
+        # the signal watcher must outlive the cancellation of ``main`` (and its graceful
+        # shutdown), or a second signal is lost or lands as a KeyboardInterrupt mid-shutdown
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                main_scope = anyio.CancelScope()
 
-            async def watch_signals() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async def watch_signals() -> None:
                     async for signum in signals:
-                        if tg.cancel_scope.cancel_called:
-                            fail("interrupted again, exiting now", status=130)
+                        if main_scope.cancel_called:
+                            _exit_now("interrupted again, exiting now", status=130)
                         log.info("%s: shutting down", signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
+                        main_scope.cancel()
 
-            tg.start_soon(watch_signals)
-            await main()
-            tg.cancel_scope.cancel()
+                tg.start_soon(watch_signals)
+                with main_scope:
+                    await main()
+                tg.cancel_scope.cancel()
 
     try:
         anyio.run(guarded, backend=backend, backend_options=options)
+    except* SystemExit as group:
+        # fail() called inside the event loop: the task group wrapped its SystemExit
+        raise group.exceptions[0] from None
     except* RejectedError as group:
         fail(str(group.exceptions[0]), status=1)
     except* ConfigError as group:
@@ -76,6 +84,14 @@ def _describe(exc: BaseException) -> str:
         target = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{target}"
     return str(exc)
+
+
+def _exit_now(message: str, status: int) -> NoReturn:
+    """Exit without waiting for the graceful shutdown in progress (shielded from cancellation)."""
+    click.echo(f"ferrotunnel: error: {message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def fail(message: str, status: int = 1) -> NoReturn:

@@ -10,7 +10,7 @@ import click
 from ferrotunnel.core import Address, Client, ClientConfig, Tunnel
 from ferrotunnel.protocol import TunnelKind
 
-from ._run import LOG_LEVELS, config_errors, read_token, run, setup_logging
+from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
 
 
 def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
@@ -135,6 +135,8 @@ def client(
                 )
             click.echo("Press Ctrl-C to stop.")
             await tunnel_client.serve_forever()
+            # it returns (rather than being cancelled) only when the session ended for good
+            fail(f"lost the connection to {config.server_addr}", status=1)
         finally:
             await tunnel_client.shutdown()
 

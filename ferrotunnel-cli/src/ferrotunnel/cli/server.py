@@ -15,6 +15,8 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     low, sep, high = text.partition("-")
     if not (sep and low.isdigit() and high.isdigit()):
         raise ConfigError(f"--tcp-port-range {text!r} must look like 20000-20100")
+    if not 1 <= int(low) <= int(high) <= 65535:
+        raise ConfigError(f"--tcp-port-range {text!r}: need 1 <= LOW <= HIGH <= 65535")
     return int(low), int(high)
 
 

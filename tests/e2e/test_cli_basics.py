@@ -1,0 +1,100 @@
+"""The command line itself: version, help, and how bad input is reported."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import socket
+
+import pytest
+
+from .conftest import Launch, client_args
+from .helpers import HOST, TunnelClient, TunnelServer, child_env, run_cli
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVER_FLAGS = ["--token", "--bind", "--http-bind", "--tcp-bind", "--tcp-port-range", "--log-level"]
+CLIENT_FLAGS = [
+    "--server", "--token", "--local-addr", "--protocol", "--tunnel-id", "--remote-port",
+    "--no-dashboard", "--dashboard-port",
+]  # fmt: skip
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = run_cli(["version"])
+    assert result.returncode == 0, result.stderr
+    expected = importlib.metadata.version("ferrotunnel-core")
+    assert expected == importlib.metadata.version("ferrotunnel-cli")
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"ferrotunnel {expected}"
+    assert lines[1].startswith("python ")
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0, result.stderr
+    for command in ("server", "client", "version", "demo"):
+        assert f"\n  {command} " in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(("command", "flags"), [("server", SERVER_FLAGS), ("client", CLIENT_FLAGS)])
+def test_command_help_lists_its_flags(command: str, flags: list[str]) -> None:
+    result = run_cli([command, "--help"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: ferrotunnel {command} "), result.stdout
+    listed = {word.rstrip(",") for word in result.stdout.split() if word.startswith("--")}
+    missing = [flag for flag in flags if flag not in listed]
+    assert not missing, f"{missing} not in:\n{result.stdout}"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["server", "--token", "t", "--bind", "nope"], "--bind"),
+        (["server", "--token", "t", "--bind", "127.0.0.1:99999"], "--bind"),
+        (["server", "--token", "t", "--tcp-port-range", "5-x"], "--tcp-port-range"),
+        (["server", "--token", "t", "--tcp-port-range", "10-5"], "--tcp-port-range"),
+        (["server", "--token", "t", "--tcp-port-range", "0-5"], "--tcp-port-range"),
+        (["server", "--token", "t", "--tcp-port-range", "5-65536"], "--tcp-port-range"),
+        (["server", "--token", "t", "--http-bind", "nope"], "--http-bind"),
+        (["server", "--token", "t", "--tcp-bind", "nope"], "--tcp-bind"),
+        (["client", "--server", "nope", "--token", "t"], "--server"),
+        (
+            ["client", "--server", "127.0.0.1:1", "--token", "t", "--local-addr", "bad"],
+            "--local-addr",
+        ),
+        (["server"], "missing token"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_bad_input_is_one_line_and_status_2(args: list[str], needle: str) -> None:
+    # stdin is /dev/null, not a terminal: no token prompt, and the environment is scrubbed
+    result = run_cli(args)
+    assert result.returncode == 2, f"status {result.returncode}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ferrotunnel: error: "), lines[0]
+    assert needle in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def test_occupied_control_port_is_one_line_and_status_1() -> None:
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(["server", "--token", "t", "--bind", f"{HOST}:{port}"])
+    assert result.returncode == 1, f"status {result.returncode}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ferrotunnel: error: cannot listen"), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_token_from_the_environment(launch: Launch) -> None:
+    token = "env-token-7d1e"
+    env = child_env(FERROTUNNEL_TOKEN=token)
+    args = ["server", "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0", "--tcp-bind", f"{HOST}:0"]
+    server = TunnelServer(launch(*args, env=env))
+    # the server really uses the environment's token: a client presenting it gets in
+    client = TunnelClient(launch(*client_args(server.control, token, 9)))
+    assert client.public_port == server.tcp_port

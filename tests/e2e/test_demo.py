@@ -1,0 +1,39 @@
+"""``ferrotunnel demo`` as a user runs it: start, curl the printed URL, Ctrl-C."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import Launch
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_demo_serves_curl_and_stops_on_ctrl_c(launch: Launch) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("the curl command is not installed")
+    demo = launch("demo")
+    demo.expect(r"self-check through the tunnel\s+OK")
+    url = demo.expect(r"^\s+curl (?P<url>http://\S+:\d+/hello)$").group("url")
+    demo.expect(r"^Press Ctrl-C to stop\.$")
+    result = subprocess.run(
+        [curl, "--silent", "--show-error", "--max-time", "5", url],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Hello from behind the tunnel" in result.stdout, result.stdout
+    assert "GET /hello HTTP/1.1" in result.stdout
+    signalled = time.monotonic()
+    demo.signal(signal.SIGINT)
+    assert demo.wait_exit(timeout=5.0) == 0, demo.describe()
+    assert time.monotonic() - signalled < 5.0
+    assert "Traceback" not in demo.stderr, demo.describe()
