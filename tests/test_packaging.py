@@ -22,7 +22,8 @@ PARTS = [d.name.removeprefix("ferrotunnel-") for d in DISTRIBUTIONS]
 LAYERS = {
     "ferrotunnel-protocol": set[str](),
     "ferrotunnel-core": {"ferrotunnel-protocol"},
-    "ferrotunnel-cli": {"ferrotunnel-core"},
+    "ferrotunnel-http": {"ferrotunnel-core"},
+    "ferrotunnel-cli": {"ferrotunnel-core", "ferrotunnel-http"},
 }
 
 

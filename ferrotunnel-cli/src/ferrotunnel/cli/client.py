@@ -7,18 +7,24 @@ import socket
 
 import click
 
-from ferrotunnel.core import Address, Client, ClientConfig, Tunnel
-from ferrotunnel.protocol import TunnelKind
+from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
 
 from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+from .tunnels import TunnelOptions, parse_tunnel_spec
 
 
 def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
     """The same command on the same machine gets the same id, so a restarted client
     (even after ``kill -9``) reclaims its tunnels at once."""
     parts = [socket.gethostname(), str(server)]
-    parts += [f"{t.name}:{t.kind}:{t.local_addr}:{t.remote_port}" for t in tunnels]
+    parts += [f"{t.name}:{t.kind}:{t.local_addr}:{t.remote_port}:{t.path}" for t in tunnels]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _target(tunnel: Tunnel) -> str:
+    if tunnel.kind is TunnelKind.TCP:
+        return str(tunnel.local_addr)
+    return f"{'https' if tunnel.local_tls else 'http'}://{tunnel.local_addr}"
 
 
 @click.command()
@@ -61,6 +67,31 @@ def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
     help="Public TCP port to ask for (within the server's --tcp-port-range).",
 )
 @click.option(
+    "--path",
+    envvar="FERROTUNNEL_PATH",
+    help="HTTP: serve only requests under this path prefix (longest prefix wins).",
+)
+@click.option(
+    "--host-header",
+    default="preserve",
+    show_default=True,
+    metavar="preserve|rewrite|VALUE",
+    help="HTTP: the Host the local service sees (rewrite: the --local-addr).",
+)
+@click.option("--local-https", is_flag=True, help="HTTP: the local service speaks HTTPS.")
+@click.option(
+    "--local-ca",
+    type=click.Path(dir_okay=False),
+    help="With --local-https: CA file to verify the local service (default: system roots).",
+)
+@click.option(
+    "--tunnel",
+    "tunnel_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="Several tunnels: http:HOST[/PATH]=LOCAL or tcp:NAME[@PORT]=LOCAL (repeatable).",
+)
+@click.option(
     "--client-id",
     envvar="FERROTUNNEL_CLIENT_ID",
     help="Stable id for reclaiming tunnels after a restart [default: derived from "
@@ -93,6 +124,11 @@ def client(
     tunnel_id: str | None,
     remote_port: int | None,
     client_id: str | None,
+    path: str | None,
+    host_header: str,
+    local_https: bool,
+    local_ca: str | None,
+    tunnel_specs: tuple[str, ...],
     dashboard_port: int,
     no_dashboard: bool,
     no_reconnect: bool,
@@ -104,11 +140,17 @@ def client(
 
     def build() -> ClientConfig:
         server = Address.parse(server_addr, what="--server")
-        local = Address.parse(local_addr, what="--local-addr")
-        kind = TunnelKind(protocol)
-        name = tunnel_id or f"{kind}-{local.port}"
-        hostnames = (name,) if kind is TunnelKind.HTTP else ()
-        tunnels = (Tunnel(name, local, kind, remote_port, hostnames),)
+        options = TunnelOptions(host_header, local_https, local_ca)
+        tunnels: tuple[Tunnel, ...]
+        if tunnel_specs:
+            if tunnel_id or remote_port or path:
+                raise ConfigError("--tunnel replaces --tunnel-id/--remote-port/--path")
+            tunnels = tuple(parse_tunnel_spec(spec, options) for spec in tunnel_specs)
+        else:
+            local = Address.parse(local_addr, what="--local-addr")
+            kind = TunnelKind(protocol)
+            name = tunnel_id or f"{kind}-{local.port}"
+            tunnels = (options.make(kind, name, local, path=path, remote_port=remote_port),)
         return ClientConfig(
             server_addr=server,
             tunnels=tunnels,
@@ -125,9 +167,9 @@ def client(
         try:
             await tunnel_client.start()
             click.echo("ferrotunnel client connected")
-            local = {t.name: t.local_addr for t in config.tunnels}
+            by_name = {t.name: t for t in config.tunnels}
             for granted in tunnel_client.tunnels:
-                click.echo(f"  {granted.public_url}  ->  {local.get(granted.name)}")
+                click.echo(f"  {granted.public_url}  ->  {_target(by_name[granted.name])}")
             if not no_dashboard:
                 click.echo(
                     f"  dashboard: not available: install ferrotunnel-observability "

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import click
 
 from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
+from ferrotunnel.core.net import running_asyncio_loop
+from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
 
@@ -34,7 +38,33 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     envvar="FERROTUNNEL_HTTP_BIND",
     default="0.0.0.0:8080",
     show_default=True,
-    help="HTTP ingress (needs the ferrotunnel-http package).",
+    help="HTTP ingress: visitors' HTTP requests, routed by Host.",
+)
+@click.option(
+    "--domain",
+    envvar="FERROTUNNEL_DOMAIN",
+    help="A tunnel named NAME (no dot) serves NAME.<domain>.",
+)
+@click.option(
+    "--trust-proxy",
+    "trust_proxy",
+    multiple=True,
+    metavar="CIDR",
+    envvar="FERROTUNNEL_TRUST_PROXY",
+    help="Keep X-Forwarded-*/Forwarded from visitors in CIDR (repeatable).",
+)
+@click.option(
+    "--response-timeout",
+    type=click.FloatRange(0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds an origin has to start answering an HTTP request (then 504).",
+)
+@click.option(
+    "--health-path",
+    default="/health",
+    show_default=True,
+    help="Path the server answers itself on the HTTP ingress ('' to disable).",
 )
 @click.option(
     "--tcp-bind",
@@ -79,6 +109,10 @@ def server(
     http_bind: str,
     tcp_bind: str | None,
     tcp_port_range: str | None,
+    domain: str | None,
+    trust_proxy: tuple[str, ...],
+    response_timeout: float,
+    health_path: str,
     public_host: str | None,
     handshake_timeout: float,
     max_sessions: int,
@@ -88,8 +122,23 @@ def server(
     setup_logging(log_level)
     token = read_token(token, required=True)
 
+    def build_http() -> HttpIngressConfig:
+        for cidr in trust_proxy:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trust-proxy {cidr!r} is not an address or CIDR") from None
+        if health_path and not health_path.startswith("/"):
+            raise ConfigError(f"--health-path {health_path!r} must start with /")
+        return HttpIngressConfig(
+            bind=Address.parse(http_bind, what="--http-bind"),
+            domain=domain.strip(".").lower() if domain else None,
+            health_path=health_path or None,
+            response_timeout=response_timeout,
+            trusted_proxies=trust_proxy,
+        )
+
     def build() -> ServerConfig:
-        Address.parse(http_bind, what="--http-bind")
         return ServerConfig(
             token=token,
             bind=Address.parse(bind, what="--bind"),
@@ -101,9 +150,13 @@ def server(
         )
 
     config: ServerConfig = config_errors(build)
+    http_config: HttpIngressConfig = config_errors(build_http)
 
     async def main() -> None:
-        tunnel_server = Server(config)
+        ingresses = []
+        if running_asyncio_loop() is not None:
+            ingresses.append(HttpIngress(http_config))
+        tunnel_server = Server(config, ingresses=ingresses)
         try:
             await tunnel_server.start()
         except OSError as exc:
@@ -116,9 +169,11 @@ def server(
             if config.tcp_port_range is not None:
                 low, high = config.tcp_port_range
                 click.echo(f"  TCP port range  {low}-{high}")
-            click.echo(
-                f"  HTTP ingress    not available: install ferrotunnel-http to serve {http_bind}"
-            )
+            for ingress in tunnel_server.ingresses:
+                for label, value in ingress.describe():
+                    click.echo(f"  {label:<15} {value}")
+            if not ingresses:
+                click.echo("  HTTP ingress    off: it needs --loop asyncio or uvloop")
             click.echo("Press Ctrl-C to stop.", nl=True)
             await tunnel_server.serve_forever()
         finally:

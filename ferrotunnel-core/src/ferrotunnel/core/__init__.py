@@ -28,10 +28,12 @@ from .errors import (
     SessionClosedError,
     StreamResetError,
 )
+from .ingress import Ingress
 from .net import Address
 from .server import Refused, Server, ServerBuilder, ServerConfig
 from .session import Role, Session, SessionConfig
 from .stream import Stream, StreamAttribute
+from ferrotunnel.protocol import GrantedTunnel, TunnelKind, TunnelRequest
 
 __version__ = "0.1.0"
 
@@ -44,7 +46,9 @@ __all__ = [
     "ClientStatus",
     "ConfigError",
     "FerroTunnelError",
+    "GrantedTunnel",
     "HandshakeError",
+    "Ingress",
     "ProtocolError",
     "Refused",
     "RejectedError",
@@ -53,10 +57,13 @@ __all__ = [
     "ServerBuilder",
     "ServerConfig",
     "Session",
+    "SessionClosedError",
     "SessionConfig",
     "Stream",
     "StreamAttribute",
     "StreamResetError",
     "Tunnel",
+    "TunnelKind",
+    "TunnelRequest",
     "__version__",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ class Tunnel:
     """One tunnel the client serves: streams for ``name`` go to ``local_addr`` (or ``handler``).
 
     ``remote_port`` asks the server for a specific public TCP port; without it the server
-    chooses. ``handler`` serves streams in-process instead of connecting to a local address.
+    chooses. HTTP tunnels are routed by ``hostnames`` (default: ``name``) and ``path`` prefix;
+    ``host_header`` is the Host the origin sees (None: the visitor's). ``local_tls`` connects to
+    an HTTPS origin. ``handler`` serves streams in-process instead of a local address.
     """
 
     name: str
@@ -64,13 +67,19 @@ class Tunnel:
     remote_port: int | None = None
     hostnames: tuple[str, ...] = ()
     handler: StreamHandler | None = None
+    path: str | None = None
+    host_header: str | None = None
+    local_tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         if (self.local_addr is None) == (self.handler is None):
             raise ConfigError(f"tunnel {self.name!r} needs exactly one of local_addr or handler")
 
     def request(self) -> TunnelRequest:
-        return TunnelRequest(self.name, self.kind, self.remote_port, self.hostnames)
+        options = {"host_header": self.host_header} if self.host_header else {}
+        return TunnelRequest(
+            self.name, self.kind, self.remote_port, self.hostnames, self.path, options
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +284,10 @@ class Client:
                                  f"{cfg.session.handshake_timeout:.0f} s") from None  # fmt: skip
         except SessionClosedError as exc:
             raise HandshakeError(str(session.close_reason if session else exc)) from exc
+        except BaseException:
+            if session is not None:
+                session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
+            raise
         if isinstance(reply, Reject):
             raise RejectedError(reply.code, reply.message)
         assert isinstance(reply, Welcome)
@@ -310,14 +323,24 @@ class Client:
         assert tunnel.local_addr is not None
         loop = running_asyncio_loop()
         if loop is not None:
-            self._splice_local(loop, stream, tunnel.local_addr)
+            self._splice_local(loop, stream, tunnel)
         else:
-            self._tg.start_soon(self._pump_local, stream, tunnel.local_addr)
+            self._tg.start_soon(self._pump_local, stream, tunnel)
 
-    def _splice_local(self, loop: asyncio.AbstractEventLoop, stream: Stream, addr: Address) -> None:
+    def _splice_local(
+        self, loop: asyncio.AbstractEventLoop, stream: Stream, tunnel: Tunnel
+    ) -> None:
         """asyncio: connect to the local service; from then on bytes move in callbacks."""
+        addr = tunnel.local_addr
+        assert addr is not None
         task = loop.create_task(
-            loop.create_connection(lambda: SpliceProtocol(lambda _: stream), addr.host, addr.port)
+            loop.create_connection(
+                lambda: SpliceProtocol(lambda _: stream),
+                addr.host,
+                addr.port,
+                ssl=tunnel.local_tls,
+                server_hostname=addr.host if tunnel.local_tls is not None else None,
+            )
         )
         self._connecting.add(task)
 
@@ -328,9 +351,18 @@ class Client:
 
         task.add_done_callback(connected)
 
-    async def _pump_local(self, stream: Stream, addr: Address) -> None:
+    async def _pump_local(self, stream: Stream, tunnel: Tunnel) -> None:
+        addr = tunnel.local_addr
+        assert addr is not None
         try:
-            sock = await anyio.connect_tcp(addr.host, addr.port)
+            sock: anyio.abc.ByteStream
+            if tunnel.local_tls is None:
+                sock = await anyio.connect_tcp(addr.host, addr.port)
+            else:
+                sock = await anyio.connect_tcp(
+                    addr.host, addr.port, tls=True, ssl_context=tunnel.local_tls,
+                    tls_hostname=addr.host,
+                )  # fmt: skip
         except OSError as exc:
             _local_connect_failed(stream, addr, exc)
             return

@@ -16,7 +16,7 @@ import hmac
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -36,6 +36,7 @@ from ferrotunnel.protocol import (
 )
 
 from .errors import ConfigError, SessionClosedError
+from .ingress import Ingress
 from .links import ProtocolLink, StreamLink
 from .net import Address, Listener, listen
 from .relay import SpliceProtocol, pump
@@ -105,6 +106,7 @@ class Server:
         config: ServerConfig | None = None,
         *,
         authenticator: Authenticator | None = None,
+        ingresses: Sequence[Ingress] = (),
         **settings: object,
     ) -> None:
         if config is None:
@@ -120,9 +122,14 @@ class Server:
         self._fixed_ingress: _TcpIngress | None = None
         self._ingress: dict[int, _TcpIngress] = {}
         self._claims: dict[int, _Owner] = {}  # TCP port -> owner
+        self._ingresses = {ingress.kind: ingress for ingress in ingresses}
+        #: keys claimed through an Ingress -> (owner, session holding it)
+        self._ingress_claims: dict[Hashable, tuple[_Owner, Session]] = {}
         self._remembered_ports: dict[tuple[_Owner, str], int] = {}
         self._sessions: dict[Session, _Owner] = {}
         self._pending_handshakes = 0
+        # claiming awaits (binding a port): concurrent handshakes must claim one at a time
+        self._claim_lock = anyio.Lock()
         self._stopping = False
 
     @staticmethod
@@ -158,6 +165,8 @@ class Server:
             )
             if self.config.tcp_bind is not None:
                 self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
+            for ingress in self._ingresses.values():
+                await ingress.start(tg)
         except BaseException:
             await self._close_task_group()
             raise
@@ -175,6 +184,8 @@ class Server:
                 await self._control.aclose()
             for ingress in {id(i): i for i in self._all_ingress()}.values():
                 await ingress.listener.aclose()
+            for extension in self._ingresses.values():
+                await extension.aclose()
             async with anyio.create_task_group() as tg:
                 for session in list(self._sessions):
                     tg.start_soon(session.drain, self.config.drain_timeout)
@@ -210,6 +221,10 @@ class Server:
         return self._fixed_ingress.listener.address if self._fixed_ingress else None
 
     @property
+    def ingresses(self) -> list[Ingress]:
+        return list(self._ingresses.values())
+
+    @property
     def sessions(self) -> list[Session]:
         return list(self._sessions)
 
@@ -243,6 +258,9 @@ class Server:
             if hello is None:
                 return
             owner = await self._admit(session, hello)
+        except BaseException:
+            session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
+            raise
         finally:
             self._pending_handshakes -= 1
         if owner is None:
@@ -281,7 +299,8 @@ class Server:
                               f"server {list(SUPPORTED_VERSIONS)}")  # fmt: skip
             identity = await self._authenticate(hello, session.peer)
             owner = _Owner(identity, hello.client_id)
-            granted, stale = await self._claim(session, owner, hello.tunnels)
+            async with self._claim_lock:
+                granted, stale = await self._claim(session, owner, hello.tunnels)
         except Refused as refusal:
             log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id,
                         refusal)  # fmt: skip
@@ -327,11 +346,29 @@ class Server:
         plan: list[tuple[TunnelRequest, int]] = []
         taken_now: set[int] = set()
         stale: set[Session] = set()
+        extension_plan: list[tuple[Ingress, TunnelRequest, list[Hashable]]] = []
+        keys_now: set[Hashable] = set()
         for request in requests:
             if request.kind is not TunnelKind.TCP:
-                raise Refused(RejectCode.BAD_REQUEST,
-                              f"tunnel {request.name!r}: this server has no {request.kind} "
-                              "ingress; ask for a TCP tunnel")  # fmt: skip
+                extension = self._ingresses.get(request.kind)
+                if extension is None:
+                    raise Refused(RejectCode.BAD_REQUEST,
+                                  f"tunnel {request.name!r}: this server has no {request.kind} "
+                                  "ingress")  # fmt: skip
+                keys = extension.claim_keys(request)
+                for key in keys:
+                    if key in keys_now:
+                        raise Refused(RejectCode.BAD_REQUEST, f"{_key_text(key)} requested twice")
+                    held = self._ingress_claims.get(key)
+                    if held is not None:
+                        if held[0] != owner:
+                            raise Refused(RejectCode.NAME_TAKEN,
+                                          f"{_key_text(key)} is held by another client")  # fmt: skip
+                        if held[1] is not session:
+                            stale.add(held[1])
+                keys_now.update(keys)
+                extension_plan.append((extension, request, keys))
+                continue
             port = self._choose_port(owner, request, taken_now)
             holder = self._claims.get(port)
             if holder is not None:
@@ -367,6 +404,12 @@ class Server:
             result.append(GrantedTunnel(request.name, TunnelKind.TCP,
                                         f"tcp://{self._public_host(ingress)}:{port}",
                                         remote_port=port))  # fmt: skip
+        for extension, request, keys in extension_plan:
+            for key in keys:
+                self._ingress_claims[key] = (owner, session)
+            result.append(extension.grant(request, session))
+        order = {request.name: i for i, request in enumerate(requests)}
+        result.sort(key=lambda granted: order[granted.name])
         return result, stale
 
     def _choose_port(self, owner: _Owner, request: TunnelRequest, taken_now: set[int]) -> int:
@@ -429,6 +472,10 @@ class Server:
     def _release(self, session: Session) -> None:
         self._sessions.pop(session, None)
         self._drop_claims_of(session)
+        for key in [k for k, (_, holder) in self._ingress_claims.items() if holder is session]:
+            del self._ingress_claims[key]
+        for extension in self._ingresses.values():
+            extension.revoke(session)
 
     def _drop_claims_of(self, session: Session) -> None:
         for ingress in self._all_ingress():
@@ -482,6 +529,12 @@ def _pair(address: object) -> tuple[str, int] | None:
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), int(address[1])
     return None
+
+
+def _key_text(key: Hashable) -> str:
+    if isinstance(key, tuple):
+        return " ".join(str(part) for part in key[1:]) or str(key)
+    return str(key)
 
 
 def _fmt(peer: tuple[str, int] | None) -> str:

@@ -347,8 +347,7 @@ class Session:
         expected = isinstance(event, Hello) if self.role is Role.SERVER else isinstance(
             event, Welcome | Reject
         )
-        valid = expected and isinstance(event, Hello | Welcome | Reject)
-        if not valid or self._handshake is not None:
+        if not (expected and isinstance(event, Hello | Welcome | Reject)) or self._handshake:
             raise ProtocolError(f"unexpected {type(event).__name__} frame during the handshake")
         self._handshake = event
         if isinstance(event, Welcome):

@@ -136,6 +136,11 @@ class Stream(ByteStream):
         return self._queued
 
     @property
+    def reset_code(self) -> ErrorCode | int | None:
+        """Why the stream was reset (by either side), or None."""
+        return self._reset_code
+
+    @property
     def done(self) -> bool:
         """Both directions have ended, or the stream was reset."""
         return self._reset_code is not None or (self._fin_sent and self._fin_received)

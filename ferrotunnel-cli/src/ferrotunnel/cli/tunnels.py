@@ -1,0 +1,77 @@
+"""Turning the client's command-line options into :class:`~ferrotunnel.core.Tunnel` objects."""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+from ferrotunnel.core import Address, ConfigError, Tunnel, TunnelKind
+
+__all__ = ["TunnelOptions", "parse_tunnel_spec"]
+
+_SPEC = re.compile(
+    r"(?P<kind>http|tcp):(?P<name>[^=/@]+)(?P<path>/[^=@]*)?(?:@(?P<port>\d+))?=(?P<local>.+)"
+)
+
+
+class TunnelOptions:
+    """Settings shared by every HTTP tunnel of one client command."""
+
+    def __init__(self, host_header: str, local_https: bool, local_ca: str | None) -> None:
+        self.host_header = host_header
+        self.local_tls: ssl.SSLContext | None = None
+        if local_https:
+            try:
+                self.local_tls = ssl.create_default_context(cafile=local_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--local-ca {local_ca}: {exc}") from None
+        elif local_ca:
+            raise ConfigError("--local-ca needs --local-https")
+
+    def host_header_for(self, local: Address) -> str | None:
+        if self.host_header == "preserve":
+            return None
+        if self.host_header == "rewrite":
+            return str(local)
+        return self.host_header
+
+    def make(
+        self,
+        kind: TunnelKind,
+        name: str,
+        local: Address,
+        *,
+        path: str | None = None,
+        remote_port: int | None = None,
+    ) -> Tunnel:
+        if kind is TunnelKind.TCP:
+            if path:
+                raise ConfigError(f"tunnel {name!r}: a path prefix needs an HTTP tunnel")
+            return Tunnel(name, local, kind, remote_port)
+        if remote_port is not None:
+            raise ConfigError(f"tunnel {name!r}: --remote-port is for TCP tunnels")
+        return Tunnel(
+            name,
+            local,
+            kind,
+            hostnames=(name,),
+            path=path,
+            host_header=self.host_header_for(local),
+            local_tls=self.local_tls,
+        )
+
+
+def parse_tunnel_spec(spec: str, options: TunnelOptions) -> Tunnel:
+    """``http:app.example.com/api=127.0.0.1:3000`` or ``tcp:db@20005=127.0.0.1:5432``."""
+    match = _SPEC.fullmatch(spec.strip())
+    if match is None:
+        raise ConfigError(
+            f"--tunnel {spec!r} must look like http:HOST[/PATH]=LOCAL or tcp:NAME[@PORT]=LOCAL"
+        )
+    local = Address.parse(match["local"], what=f"--tunnel {spec!r}")
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"--tunnel {spec!r}: port must be within 1..65535")
+    return options.make(
+        TunnelKind(match["kind"]), match["name"], local, path=match["path"], remote_port=port
+    )

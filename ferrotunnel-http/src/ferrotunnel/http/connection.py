@@ -1,0 +1,588 @@
+"""One visitor connection on the HTTP ingress.
+
+Theory of operation
+-------------------
+Each visitor connection is an ``asyncio.Protocol`` that reads requests one at a time. For
+each request head it:
+
+1. answers ``/health`` itself, or a 404 naming the host if no tunnel serves it;
+2. picks the tunnel by host and longest path prefix, and reuses the connection's current
+   stream if it leads to that tunnel (the client splices each stream to one origin
+   connection, so a kept-alive visitor keeps a kept-alive origin connection), else opens one;
+3. forwards the head — Host as the tunnel asks, X-Forwarded-* and Forwarded added — then
+   the body, byte for byte, as far as :class:`~ferrotunnel.http.h1.BodyFramer` says it goes.
+
+The response comes back through the stream, which calls this connection as its *sink*: the
+head is parsed (to learn the framing and whether the connection may stay open), and then
+head and body are written to the visitor as they arrive, unmodified. A ``101`` after an
+Upgrade request, or an HTTP/2 prior-knowledge preface, turns the connection into a raw
+bidirectional tunnel. Nothing is buffered beyond a head: flow control is the stream's
+windows, so a 1 GiB body moves in constant memory and an event stream is delivered as the
+origin produces it.
+
+Failures are answered where they happen: 400/431/408 for a bad, huge or slow head (and the
+connection closed), 502 when the tunnel is offline or the origin refuses or breaks the
+exchange before answering, 504 when the origin does not answer in time. Once part of a
+response has been written, the only honest signal left is to abort the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ferrotunnel.core import SessionClosedError, Stream
+from ferrotunnel.protocol import ErrorCode, TunnelKind
+
+from .forwarded import add_forwarding_headers
+from .h1 import (
+    BodyFramer,
+    Framing,
+    HttpError,
+    RequestHead,
+    find_head_end,
+    parse_request_head,
+    parse_response_head,
+)
+from .h2c import PREFACE, first_authority
+from .pages import error_response
+from .routes import Route
+
+if TYPE_CHECKING:
+    from .ingress import HttpIngress
+
+__all__ = ["IngressConnection"]
+
+log = logging.getLogger("ferrotunnel.http.ingress")
+
+
+class _Phase(enum.Enum):
+    HEAD = 1  # waiting for (the rest of) a request head
+    BODY = 2  # forwarding the request body
+    SENT = 3  # request forwarded; waiting for the response to finish
+    TUNNEL = 4  # upgraded or HTTP/2: raw bytes both ways
+    CLOSED = 5
+
+
+class _Response(enum.Enum):
+    IDLE = 1
+    HEAD = 2
+    BODY = 3
+
+
+class _Sink:
+    """The stream's view of the connection; events from a stream no longer current are
+    ignored (it is only being closed)."""
+
+    __slots__ = ("conn", "stream")
+
+    def __init__(self, conn: IngressConnection, stream: Stream) -> None:
+        self.conn = conn
+        self.stream = stream
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.conn._stream is self.stream:
+            self.conn._on_response_data(data)
+
+    def write_eof(self) -> None:
+        if self.conn._stream is self.stream:
+            self.conn._on_stream_end(None)
+        else:
+            self.stream.feed_eof()
+
+    def abort(self) -> None:
+        if self.conn._stream is self.stream:
+            self.conn._on_stream_end(self.stream)
+
+    def pause_reading(self, reason: int) -> None:
+        if self.conn._stream is self.stream:
+            self.conn._pause_reading(reason)
+
+    def resume_reading(self, reason: int) -> None:
+        self.conn._resume_reading(reason)
+
+    def close_if_done(self) -> None:
+        if self.conn._stream is self.stream:
+            self.conn._close_tunnel_if_done()
+
+
+_PAUSED_BY_PIPELINE = 4
+
+
+class IngressConnection(asyncio.Protocol):
+    def __init__(self, ingress: HttpIngress) -> None:
+        self._ingress = ingress
+        self._config = ingress.config
+        self.transport: asyncio.Transport | None = None
+        self._visitor: tuple[str, int] = ("", 0)
+        self._phase = _Phase.HEAD
+        self._buf = bytearray()
+        self._request: RequestHead | None = None
+        self._req_framer: BodyFramer | None = None
+        self._first = True
+        self._stream: Stream | None = None
+        self._route: Route | None = None
+        self._stream_usable = False
+        self._resp = _Response.IDLE
+        self._resp_buf = bytearray()
+        self._resp_framer: BodyFramer | None = None
+        self._resp_keep_alive = True
+        self._resp_started = False
+        self._paused = 0
+        self._visitor_eof = False
+        self._stream_eof = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_callback: object = None
+
+    # ------------------------------------------------------------------ visitor side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._visitor = (str(peer[0]), int(peer[1]))
+        self._ingress.connections.add(self)
+        self._arm(self._config.idle_timeout, self._idle_expired)
+
+    def data_received(self, data: bytes) -> None:
+        phase = self._phase
+        if phase is _Phase.TUNNEL:
+            assert self._stream is not None
+            self._stream.feed(data)
+        elif phase is _Phase.BODY and not self._buf:
+            self._forward_body(data)
+            self._process()
+        elif phase is not _Phase.CLOSED:
+            self._buf += data
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._visitor_eof = True
+        phase = self._phase
+        if phase is _Phase.TUNNEL:
+            assert self._stream is not None
+            self._stream.feed_eof()
+            self._close_tunnel_if_done()
+            return True
+        if phase is _Phase.SENT:
+            return True  # a request then a half-close: still answer it
+        if phase is _Phase.BODY:
+            self._abandon_stream(ErrorCode.CANCEL)
+        self._close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = _Phase.CLOSED
+        self._cancel_timer()
+        self._ingress.connections.discard(self)
+        stream = self._stream
+        if stream is not None and not stream.done:
+            if self._resp is _Response.IDLE and self._stream_usable:
+                stream.feed_eof()  # between exchanges: let the origin connection end cleanly
+            else:
+                stream.reset(ErrorCode.CANCEL)
+        self._stream = None
+
+    def pause_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.sink_paused()
+
+    def resume_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.sink_resumed()
+
+    # ------------------------------------------------------------------ requests
+
+    def _process(self) -> None:
+        """Handle buffered visitor bytes as far as the current phase allows."""
+        while self._buf and self._phase in (_Phase.HEAD, _Phase.BODY):
+            if self._phase is _Phase.BODY:
+                data = bytes(self._buf)
+                self._buf.clear()
+                self._forward_body(data)
+                continue
+            if self._first and self._buf[:3] == PREFACE[:3]:
+                self._sniff_http2()
+                return
+            end = find_head_end(self._buf)
+            if end < 0:
+                if len(self._buf) > self._config.max_head_size:
+                    self._reply_and_close(431, "the request head is larger than this server "
+                                          f"accepts ({self._config.max_head_size} bytes)")  # fmt: skip
+                elif not self._timer_is(self._head_expired):
+                    self._arm(self._config.head_timeout, self._head_expired)
+                return
+            head = bytes(self._buf[:end])
+            del self._buf[:end]
+            self._first = False
+            try:
+                request = parse_request_head(head)
+            except HttpError as exc:
+                self._reply_and_close(exc.status, str(exc))
+                return
+            self._start_exchange(request)
+        if self._phase is _Phase.SENT and len(self._buf) > self._config.max_head_size:
+            self._pause_reading(_PAUSED_BY_PIPELINE)
+
+    def _start_exchange(self, request: RequestHead) -> None:
+        self._cancel_timer()
+        config = self._config
+        accept = request.get(b"accept")
+        has_body = request.framing is not Framing.NONE
+        if config.health_path and request.path == config.health_path:
+            self._reply(200, "OK", accept=None, close=has_body or not request.keep_alive,
+                        plain_body=b"OK\n")  # fmt: skip
+            return
+        route = self._ingress.routes.lookup(request.host, request.path)
+        if route is None:
+            self._reply(404, self._ingress.not_found_text(request.host), accept=accept,
+                        close=has_body or not request.keep_alive)  # fmt: skip
+            return
+        stream = self._stream_for(route)
+        if stream is None:
+            self._reply(502, f"the tunnel for {request.host} is offline", accept=accept,
+                        close=has_body or not request.keep_alive)  # fmt: skip
+            return
+        headers = request.headers
+        if route.host_header is not None:
+            headers = [(k, v) for k, v in headers if k.lower() != b"host"]
+            headers.insert(0, (b"Host", route.host_header))
+        request.headers = add_forwarding_headers(
+            headers,
+            self._visitor[0],
+            request.get(b"host"),
+            config.scheme,
+            self._visitor[0] in self._ingress.trusted,
+        )
+        self._request = request
+        self._resp = _Response.HEAD
+        self._resp_started = False
+        stream.feed(request.serialize())
+        self._req_framer = framer = BodyFramer(request.framing, request.length)
+        self._phase = _Phase.SENT if framer.done else _Phase.BODY
+        self._arm(config.response_timeout, self._response_expired)
+
+    def _forward_body(self, data: bytes) -> None:
+        framer = self._req_framer
+        assert framer is not None and self._stream is not None
+        try:
+            n = framer.feed(data)
+        except HttpError as exc:
+            self._abandon_stream(ErrorCode.CANCEL)
+            self._reply_and_close(exc.status, str(exc))
+            return
+        if n:
+            self._stream.feed(data if n == len(data) else data[:n])
+        if framer.done:
+            self._phase = _Phase.SENT
+            if n < len(data):
+                self._buf[:0] = data[n:]
+
+    def _stream_for(self, route: Route) -> Stream | None:
+        current = self._stream
+        if current is not None:
+            same = self._route is not None and (self._route.session, self._route.tunnel) == (
+                route.session,
+                route.tunnel,
+            )
+            if same and self._stream_usable and not current.done:
+                return current
+            self._stream = None
+            if not current.done:
+                current.feed_eof()
+        session = route.session
+        if session.closed or session.going_away:
+            return None
+        try:
+            stream = session.open_stream(route.tunnel, TunnelKind.HTTP, visitor=self._visitor)
+        except SessionClosedError:
+            return None
+        self._stream, self._route = stream, route
+        self._stream_usable = True
+        self._stream_eof = False
+        stream.attach(_Sink(self, stream))
+        return stream
+
+    def _sniff_http2(self) -> None:
+        buf = self._buf
+        if len(buf) < len(PREFACE):
+            if not PREFACE.startswith(bytes(buf)):
+                self._first = False
+                self._process()
+            return
+        if not buf.startswith(PREFACE):
+            self._first = False
+            self._process()
+            return
+        try:
+            authority = first_authority(buf)
+        except HttpError as exc:
+            log.info("HTTP/2 connection from %s refused: %s", self._visitor[0], exc)
+            self._close()
+            return
+        if authority is None:
+            if len(buf) > self._config.max_head_size:
+                self._close()
+            return
+        route = self._ingress.routes.lookup(authority, "/")
+        stream = self._stream_for(route) if route is not None else None
+        if stream is None:
+            log.info("HTTP/2 connection for unknown or offline host %r closed", authority)
+            self._close()
+            return
+        self._cancel_timer()
+        self._phase = _Phase.TUNNEL
+        data = bytes(buf)
+        buf.clear()
+        stream.feed(data)
+
+    # ------------------------------------------------------------------ responses
+
+    def _on_response_data(self, data: bytes | memoryview) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._phase is _Phase.TUNNEL:
+            transport.write(data)
+            return
+        if self._resp is _Response.IDLE:
+            # bytes the origin sent with no request outstanding: it broke HTTP framing
+            self._abandon_stream(ErrorCode.PROTOCOL_ERROR)
+            return
+        if self._resp is _Response.HEAD:
+            self._resp_buf += data
+            end = find_head_end(self._resp_buf)
+            if end < 0:
+                if len(self._resp_buf) > self._config.max_head_size:
+                    self._origin_failed("the origin's response head is too large")
+                return
+            head = bytes(self._resp_buf[:end])
+            rest = memoryview(bytes(self._resp_buf[end:]))
+            self._resp_buf.clear()
+            if not self._response_head(head):
+                return
+            data = rest
+        framer = self._resp_framer
+        assert framer is not None
+        try:
+            n = framer.feed(data)
+        except HttpError:
+            transport.abort()
+            self._abandon_stream(ErrorCode.PROTOCOL_ERROR)
+            return
+        if n:
+            transport.write(data if n == len(data) else data[:n])
+        if framer.done:
+            if n < len(data):
+                self._stream_usable = False  # extra bytes after the response
+            self._response_complete()
+
+    def _response_head(self, head: bytes) -> bool:
+        """Handle a whole response head; False if nothing more should be read now."""
+        request = self._request
+        transport = self.transport
+        assert request is not None and transport is not None
+        try:
+            response = parse_response_head(head, request.method)
+        except HttpError as exc:
+            self._origin_failed(str(exc))
+            return False
+        status = response.status
+        if status < 200:
+            transport.write(head)
+            if status == 101 and request.upgrade:
+                self._cancel_timer()
+                self._phase = _Phase.TUNNEL
+                self._resp = _Response.IDLE
+                stream = self._stream
+                assert stream is not None
+                if self._buf:
+                    data = bytes(self._buf)
+                    self._buf.clear()
+                    stream.feed(data)
+                rest = self._resp_buf
+                if rest:
+                    transport.write(bytes(rest))
+                    rest.clear()
+                return False
+            self._resp_started = True
+            return True  # 100 Continue, 103 Early Hints: the final head is still to come
+        self._cancel_timer()
+        transport.write(head)
+        self._resp_started = True
+        self._resp = _Response.BODY
+        self._resp_keep_alive = response.keep_alive
+        self._resp_framer = BodyFramer(response.framing, response.length)
+        return True
+
+    def _response_complete(self) -> None:
+        request = self._request
+        self._resp = _Response.IDLE
+        self._resp_framer = None
+        self._request = None
+        if self._phase is _Phase.BODY:
+            # the origin answered before the request body ended: the rest cannot be skipped
+            self._abandon_stream(ErrorCode.CANCEL)
+            self._close()
+            return
+        keep = (
+            self._resp_keep_alive
+            and request is not None
+            and request.keep_alive
+            and not self._visitor_eof
+        )
+        if not self._resp_keep_alive:
+            self._stream_usable = False
+        if not keep:
+            self._close()
+            return
+        self._phase = _Phase.HEAD
+        self._resume_reading(_PAUSED_BY_PIPELINE)
+        self._arm(self._config.idle_timeout, self._idle_expired)
+        self._process()
+
+    def _on_stream_end(self, reset: Stream | None) -> None:
+        """The stream ended from the client's side (FIN, or RESET if ``reset``)."""
+        stream = self._stream
+        self._stream_usable = False
+        if self._phase is _Phase.TUNNEL:
+            if reset is not None:
+                self._abort()
+            else:
+                self._stream_eof = True
+                if self.transport is not None and self.transport.can_write_eof():
+                    self.transport.write_eof()
+                self._close_tunnel_if_done()
+            return
+        if reset is None and stream is not None:
+            stream.feed_eof()
+        if self._resp is _Response.IDLE:
+            return
+        framer = self._resp_framer
+        if self._resp is _Response.BODY and framer is not None and reset is None:
+            try:
+                framer.feed_eof()
+            except HttpError:
+                self._abort()
+                return
+            self._resp_keep_alive = False
+            self._response_complete()
+            return
+        if reset is not None and reset.reset_code == ErrorCode.CONNECT_ERROR:
+            self._origin_failed("the tunnel's local service refused the connection")
+        else:
+            self._origin_failed("the origin closed the connection without a complete response")
+
+    def _origin_failed(self, why: str) -> None:
+        """502 if nothing of the response was sent yet, else abort the connection."""
+        self._abandon_stream(ErrorCode.CANCEL)
+        if self._resp_started or self._phase is _Phase.TUNNEL:
+            self._abort()
+        else:
+            request = self._request
+            self._reply_and_close(502, why, accept=request.get(b"accept") if request else None)
+
+    def _close_tunnel_if_done(self) -> None:
+        if self._phase is _Phase.TUNNEL and self._visitor_eof and self._stream_eof:
+            self._close()
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+        self._timer_callback = callback
+
+    def _timer_is(self, callback: Callable[[], None]) -> bool:
+        return self._timer is not None and self._timer_callback == callback
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_expired(self) -> None:
+        self._timer = None
+        if self._phase is _Phase.HEAD and not self._buf:
+            self._close()
+
+    def _head_expired(self) -> None:
+        self._timer = None
+        if self._phase is _Phase.HEAD:
+            self._reply_and_close(408, "the request head did not arrive in time")
+
+    def _response_expired(self) -> None:
+        self._timer = None
+        if self._resp is _Response.HEAD and self._phase is not _Phase.TUNNEL:
+            timeout = self._config.response_timeout
+            self._abandon_stream(ErrorCode.TIMEOUT)
+            request = self._request
+            self._reply_and_close(504, f"the origin did not answer within {timeout:g} s",
+                                  accept=request.get(b"accept") if request else None)  # fmt: skip
+
+    # ------------------------------------------------------------------ helpers
+
+    def _reply(
+        self,
+        status: int,
+        detail: str,
+        *,
+        accept: bytes | None,
+        close: bool,
+        plain_body: bytes | None = None,
+    ) -> None:
+        transport = self.transport
+        assert transport is not None
+        if plain_body is not None:
+            transport.write(
+                b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s"
+                % (status, len(plain_body), b"connection: close\r\n" if close else b"",
+                   plain_body)  # fmt: skip
+            )
+        else:
+            transport.write(error_response(status, detail, accept=accept, close=close))
+        if close:
+            self._close()
+        else:
+            self._arm(self._config.idle_timeout, self._idle_expired)
+
+    def _reply_and_close(self, status: int, detail: str, accept: bytes | None = None) -> None:
+        if self._phase is _Phase.CLOSED:
+            return
+        self._reply(status, detail, accept=accept, close=True)
+
+    def _abandon_stream(self, code: ErrorCode) -> None:
+        stream, self._stream = self._stream, None
+        self._stream_usable = False
+        if stream is not None and not stream.done:
+            stream.reset(code)
+
+    def _close(self) -> None:
+        if self._phase is not _Phase.CLOSED and self.transport is not None:
+            self._phase = _Phase.CLOSED
+            self._cancel_timer()
+            self.transport.close()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self._phase = _Phase.CLOSED
+            self._cancel_timer()
+            self.transport.abort()
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and self._phase is not _Phase.CLOSED:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        was = self._paused
+        self._paused &= ~reason
+        if was and not self._paused and self.transport is not None:
+            if self._phase is not _Phase.CLOSED:
+                self.transport.resume_reading()

@@ -1,0 +1,305 @@
+"""HTTP/1.1 message framing, sans-IO: heads parsed, bodies delimited, bytes passed through.
+
+The ingress never re-encodes a body: it only needs to know where each message ends, so that
+every request on a kept-alive connection can be routed on its own Host and every response is
+delimited. :func:`parse_request_head` / :func:`parse_response_head` parse a head strictly
+(RFC 9112; anything ambiguous that could desynchronise two parsers — both Content-Length and
+Transfer-Encoding, differing Content-Lengths, obs-fold, bare LF — is an :class:`HttpError`).
+A :class:`BodyFramer` then tells how many of the following bytes belong to the body, chunked
+encoding included, without copying them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "BodyFramer",
+    "Framing",
+    "HttpError",
+    "RequestHead",
+    "ResponseHead",
+    "find_head_end",
+    "parse_request_head",
+    "parse_response_head",
+]
+
+Headers = list[tuple[bytes, bytes]]
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+
+
+class HttpError(Exception):
+    """A malformed or unacceptable message; ``status`` is what to answer the visitor."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Framing(enum.Enum):
+    NONE = "none"  # no body
+    LENGTH = "length"  # Content-Length bytes
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked
+    UNTIL_CLOSE = "until_close"  # a response delimited by the end of the connection
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    minor: int  # HTTP/1.<minor>
+    headers: Headers
+    framing: Framing = Framing.NONE
+    length: int = 0
+    keep_alive: bool = True
+    #: the normalised Host: lower case, no port, no trailing dot ("" if missing)
+    host: str = ""
+    upgrade: bool = False
+    expect_continue: bool = False
+
+    @property
+    def path(self) -> str:
+        return self.target.split(b"?", 1)[0].decode("latin-1")
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower case)."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def serialize(self) -> bytes:
+        lines = [b"%s %s HTTP/1.%d" % (self.method, self.target, self.minor)]
+        lines += [b"%s: %s" % pair for pair in self.headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: bytes
+    minor: int
+    headers: Headers = field(default_factory=list)
+    framing: Framing = Framing.NONE
+    length: int = 0
+    keep_alive: bool = True
+
+
+def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
+    """Index just past the blank line ending a head, or -1 if it has not arrived."""
+    end = buffer.find(b"\r\n\r\n", max(0, start - 3))
+    return -1 if end < 0 else end + 4
+
+
+def _split_head(head: bytes) -> tuple[bytes, Headers, dict[bytes, list[bytes]]]:
+    lines = head[:-4].split(b"\r\n")
+    headers: Headers = []
+    index: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        match = _HEADER.fullmatch(line)
+        if match is None:
+            if line[:1] in (b" ", b"\t"):
+                raise HttpError(400, "obsolete line folding in a header")
+            raise HttpError(400, "malformed header line")
+        name, value = match.groups()
+        headers.append((name, value))
+        index.setdefault(name.lower(), []).append(value)
+    if b"\n" in lines[0] or any(b"\n" in line for line in lines):
+        raise HttpError(400, "bare LF in the head")
+    return lines[0], headers, index
+
+
+def _tokens(values: list[bytes] | None) -> list[bytes]:
+    if not values:
+        return []
+    return [t.strip().lower() for value in values for t in value.split(b",") if t.strip()]
+
+
+def _content_length(values: list[bytes]) -> int:
+    lengths = {v.strip() for value in values for v in value.split(b",")}
+    if len(lengths) != 1:
+        raise HttpError(400, "conflicting Content-Length headers")
+    (text,) = lengths
+    if not text.isdigit() or len(text) > 18:
+        raise HttpError(400, "invalid Content-Length")
+    return int(text)
+
+
+def normalize_host(value: bytes | str) -> str:
+    """``Example.COM:8080.`` → ``example.com``; ``[::1]:80`` → ``::1``."""
+    host = value.decode("latin-1") if isinstance(value, bytes) else value
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end > 0 else ""
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".").lower()
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Parse a request head (``head`` ends with the blank line)."""
+    first, headers, index = _split_head(head)
+    match = _REQUEST_LINE.fullmatch(first)
+    if match is None:
+        if first.startswith(b"PRI * HTTP/2.0"):
+            raise HttpError(400, "HTTP/2 preface in an HTTP/1 connection")
+        if re.fullmatch(rb"\S+ \S+ HTTP/\d\.\d", first):
+            raise HttpError(505, "HTTP version not supported")
+        raise HttpError(400, "malformed request line")
+    method, target, minor_text = match.groups()
+    minor = int(minor_text)
+    request = RequestHead(method, target, minor, headers)
+    hosts = index.get(b"host", [])
+    if len(hosts) > 1:
+        raise HttpError(400, "more than one Host header")
+    if hosts:
+        request.host = normalize_host(hosts[0])
+    elif minor == 1:
+        raise HttpError(400, "missing Host header")
+    transfer = _tokens(index.get(b"transfer-encoding"))
+    if transfer:
+        if b"content-length" in index:
+            raise HttpError(400, "both Transfer-Encoding and Content-Length")
+        if transfer[-1] != b"chunked" or transfer.count(b"chunked") != 1 or minor == 0:
+            raise HttpError(400, "unsupported Transfer-Encoding")
+        request.framing = Framing.CHUNKED
+    elif b"content-length" in index:
+        request.length = _content_length(index[b"content-length"])
+        request.framing = Framing.LENGTH if request.length else Framing.NONE
+    connection = _tokens(index.get(b"connection"))
+    request.keep_alive = b"close" not in connection and (minor == 1 or b"keep-alive" in connection)
+    request.upgrade = b"upgrade" in connection and b"upgrade" in index
+    request.expect_continue = _tokens(index.get(b"expect")) == [b"100-continue"]
+    return request
+
+
+def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
+    """Parse a response head; the request's method decides whether a body may follow."""
+    first, headers, index = _split_head(head)
+    match = _STATUS_LINE.fullmatch(first)
+    if match is None:
+        raise HttpError(502, "malformed status line from the origin")
+    minor_text, status_text, reason = match.groups()
+    minor = int(minor_text)
+    response = ResponseHead(int(status_text), reason or b"", minor, headers)
+    connection = _tokens(index.get(b"connection"))
+    response.keep_alive = b"close" not in connection and (minor == 1 or b"keep-alive" in connection)
+    status = response.status
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return response  # no body, whatever the headers say
+    transfer = _tokens(index.get(b"transfer-encoding"))
+    if transfer:
+        if transfer[-1] == b"chunked":
+            response.framing = Framing.CHUNKED
+        else:
+            response.framing = Framing.UNTIL_CLOSE
+            response.keep_alive = False
+    elif b"content-length" in index:
+        try:
+            response.length = _content_length(index[b"content-length"])
+        except HttpError as exc:
+            raise HttpError(502, f"{exc} from the origin") from None
+        response.framing = Framing.LENGTH if response.length else Framing.NONE
+    else:
+        response.framing = Framing.UNTIL_CLOSE
+        response.keep_alive = False
+    return response
+
+
+class _Chunk(enum.Enum):
+    SIZE = 1
+    DATA = 2
+    DATA_END = 3
+    TRAILER = 4
+    DONE = 5
+
+
+class BodyFramer:
+    """Follows one body through the bytes that carry it, without copying them.
+
+    :meth:`feed` returns how many bytes of ``data`` belong to the body; once :attr:`done`,
+    what follows belongs to the next message.
+    """
+
+    __slots__ = ("_framing", "_line", "_remaining", "_state", "done", "max_line")
+
+    def __init__(self, framing: Framing, length: int = 0, max_line: int = 4096) -> None:
+        self._framing = framing
+        self._remaining = length
+        self._state = _Chunk.SIZE
+        self._line = bytearray()
+        self.max_line = max_line
+        self.done = framing is Framing.NONE or (framing is Framing.LENGTH and length == 0)
+
+    def feed(self, data: bytes | memoryview) -> int:
+        if self.done:
+            return 0
+        framing = self._framing
+        if framing is Framing.LENGTH:
+            n = min(self._remaining, len(data))
+            self._remaining -= n
+            self.done = self._remaining == 0
+            return n
+        if framing is Framing.UNTIL_CLOSE:
+            return len(data)
+        return self._feed_chunked(memoryview(data))
+
+    def feed_eof(self) -> None:
+        """The connection ended: that completes an until-close body, and nothing else."""
+        if self._framing is Framing.UNTIL_CLOSE:
+            self.done = True
+        elif not self.done:
+            raise HttpError(502, "the connection ended in the middle of a body")
+
+    def _feed_chunked(self, data: memoryview) -> int:
+        pos = 0
+        end = len(data)
+        while pos < end and self._state is not _Chunk.DONE:
+            state = self._state
+            if state is _Chunk.DATA:
+                n = min(self._remaining, end - pos)
+                self._remaining -= n
+                pos += n
+                if self._remaining == 0:
+                    self._state = _Chunk.DATA_END
+                continue
+            newline = bytes(data[pos:]).find(b"\n")
+            if newline < 0:
+                self._line += data[pos:]
+                if len(self._line) > self.max_line:
+                    raise HttpError(400, "chunk header or trailer line too long")
+                return end
+            self._line += data[pos : pos + newline + 1]
+            pos += newline + 1
+            line = bytes(self._line)
+            self._line.clear()
+            if len(line) > self.max_line:
+                raise HttpError(400, "chunk header or trailer line too long")
+            if not line.endswith(b"\r\n"):
+                raise HttpError(400, "bare LF in chunked body")
+            line = line[:-2]
+            if state is _Chunk.SIZE:
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    raise HttpError(400, "invalid chunk size")
+                self._remaining = int(match.group(1), 16)
+                self._state = _Chunk.DATA if self._remaining else _Chunk.TRAILER
+            elif state is _Chunk.DATA_END:
+                if line:
+                    raise HttpError(400, "chunk data longer than its size")
+                self._state = _Chunk.SIZE
+            elif state is _Chunk.TRAILER:
+                if not line:
+                    self._state = _Chunk.DONE
+                elif _HEADER.fullmatch(line) is None:
+                    raise HttpError(400, "malformed trailer")
+        self.done = self._state is _Chunk.DONE
+        return pos

@@ -1,0 +1,143 @@
+"""The HTTP ingress: a public HTTP/1.1 (and h2c) listener that routes by Host and path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from anyio.abc import TaskGroup
+
+from ferrotunnel.core import (
+    Address,
+    ConfigError,
+    GrantedTunnel,
+    Refused,
+    Session,
+    TunnelKind,
+    TunnelRequest,
+)
+from ferrotunnel.core.net import running_asyncio_loop
+from ferrotunnel.protocol import RejectCode
+
+from .connection import IngressConnection
+from .forwarded import TrustedProxies
+from .h1 import normalize_host
+from .routes import Route, RouteTable, normalize_path_prefix
+
+__all__ = ["HttpIngress", "HttpIngressConfig"]
+
+_HOST_LABEL = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpIngressConfig:
+    bind: Address = Address("0.0.0.0", 8080)
+    #: a tunnel named ``app`` (no dot) serves ``app.<domain>``
+    domain: str | None = None
+    #: answered by the server itself, before routing (None: no health path)
+    health_path: str | None = "/health"
+    max_head_size: int = 64 * 1024
+    #: a request head must arrive within this many seconds of its first byte (else 408)
+    head_timeout: float = 10.0
+    #: a kept-alive connection with no request for this long is closed
+    idle_timeout: float = 75.0
+    #: the origin must start its response within this many seconds (else 504)
+    response_timeout: float = 60.0
+    #: visitors whose X-Forwarded-* / Forwarded headers are believed (CIDRs)
+    trusted_proxies: tuple[str, ...] = ()
+    scheme: bytes = b"http"
+    #: shown in public URLs (default: the bind address, or ``domain``)
+    public_port: int | None = None
+
+
+class HttpIngress:
+    """Plug into :class:`~ferrotunnel.core.Server` with ``ingresses=[HttpIngress(...)]``."""
+
+    kind = TunnelKind.HTTP
+
+    def __init__(self, config: HttpIngressConfig | None = None) -> None:
+        self.config = config = config or HttpIngressConfig()
+        try:
+            self.trusted = TrustedProxies(config.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"trusted proxies: {exc}") from None
+        self.routes = RouteTable()
+        self.connections: set[IngressConnection] = set()
+        self._server: asyncio.Server | None = None
+        self.address: Address | None = None
+
+    async def start(self, task_group: TaskGroup) -> None:
+        loop = running_asyncio_loop()
+        if loop is None:
+            raise ConfigError("the HTTP ingress needs the asyncio backend (or uvloop)")
+        bind = self.config.bind
+        self._server = await loop.create_server(
+            lambda: IngressConnection(self),
+            bind.host or None,
+            bind.port,
+            backlog=4096,
+            reuse_address=True,
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = Address(bind.host, port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for conn in list(self.connections):
+            conn._close()
+
+    def describe(self) -> list[tuple[str, str]]:
+        return [("HTTP ingress", str(self.address or self.config.bind))]
+
+    # ------------------------------------------------------------------ claims
+
+    def hostnames(self, request: TunnelRequest) -> list[str]:
+        names = request.hostnames or (request.name,)
+        hosts = []
+        for name in names:
+            host = normalize_host(name)
+            if not host or not set(host) <= _HOST_LABEL or ".." in host:
+                raise Refused(RejectCode.BAD_REQUEST, f"{name!r} is not a valid host name")
+            if "." not in host and self.config.domain:
+                host = f"{host}.{self.config.domain}"
+            hosts.append(host)
+        return hosts
+
+    def claim_keys(self, request: TunnelRequest) -> list[Hashable]:
+        prefix = normalize_path_prefix(request.path)
+        return [("http", host, prefix) for host in self.hostnames(request)]
+
+    def grant(self, request: TunnelRequest, session: Session) -> GrantedTunnel:
+        prefix = normalize_path_prefix(request.path)
+        host_header = request.options.get("host_header")
+        header = None if host_header in (None, "", "preserve") else host_header.encode()
+        hosts = self.hostnames(request)
+        for host in hosts:
+            self.routes.add(Route(host, prefix, session, request.name, header))
+        return GrantedTunnel(
+            request.name,
+            TunnelKind.HTTP,
+            self.public_url(hosts[0], prefix),
+            hostnames=tuple(hosts),
+        )
+
+    def revoke(self, session: Session) -> None:
+        self.routes.remove_session(session)
+
+    def public_url(self, host: str, prefix: str = "/") -> str:
+        port = self.config.public_port or (self.address.port if self.address else 80)
+        scheme = self.config.scheme.decode()
+        default = 443 if scheme == "https" else 80
+        authority = host if port == default else f"{host}:{port}"
+        return f"{scheme}://{authority}{'' if prefix == '/' else prefix}"
+
+    def not_found_text(self, host: str) -> str:
+        if not host:
+            return "the request has no Host header, so no tunnel can be chosen"
+        return (
+            f"no tunnel serves the host {host!r}. Start a client for it, e.g. "
+            f"ferrotunnel client --protocol http --tunnel-id {host} --local-addr HOST:PORT"
+        )

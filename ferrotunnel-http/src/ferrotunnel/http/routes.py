@@ -1,0 +1,61 @@
+"""Which tunnel serves a request: its host name, then the longest matching path prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ferrotunnel.core import Session
+
+__all__ = ["Route", "RouteTable", "normalize_path_prefix"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    host: str
+    prefix: str  # "/" or "/api" (no trailing slash)
+    session: Session
+    tunnel: str
+    #: the Host the origin sees: None keeps the visitor's
+    host_header: bytes | None = None
+
+
+def normalize_path_prefix(path: str | None) -> str:
+    if not path or path == "/":
+        return "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    return path.rstrip("/")
+
+
+def _matches(prefix: str, path: str) -> bool:
+    if prefix == "/":
+        return True
+    return path == prefix or path.startswith(prefix + "/")
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._by_host: dict[str, list[Route]] = {}
+
+    def add(self, route: Route) -> None:
+        routes = [r for r in self._by_host.get(route.host, []) if r.prefix != route.prefix]
+        routes.append(route)
+        routes.sort(key=lambda r: len(r.prefix), reverse=True)
+        self._by_host[route.host] = routes
+
+    def remove_session(self, session: Session) -> None:
+        for host in list(self._by_host):
+            kept = [r for r in self._by_host[host] if r.session is not session]
+            if kept:
+                self._by_host[host] = kept
+            else:
+                del self._by_host[host]
+
+    def lookup(self, host: str, path: str) -> Route | None:
+        for route in self._by_host.get(host, ()):
+            if _matches(route.prefix, path):
+                return route
+        return None
+
+    def hosts(self) -> list[str]:
+        return sorted(self._by_host)
