@@ -51,7 +51,7 @@ class TunnelOptions:
         if remote_port is not None:
             raise ConfigError(f"tunnel {name!r}: --remote-port is for TCP tunnels")
         return Tunnel(
-            name,
+            name + (path or "").rstrip("/"),  # unique per host and path prefix
             local,
             kind,
             hostnames=(name,),
