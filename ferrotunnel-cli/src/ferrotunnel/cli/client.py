@@ -5,11 +5,16 @@ from __future__ import annotations
 import hashlib
 import socket
 
+from typing import Any
+
 import click
+from click.core import ParameterSource
 
 from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
+from ferrotunnel.core.plugin import Config, PluginHost
 
 from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+from .settings import ClientSettings, TunnelSettings, load_settings, merge
 from .tunnels import TunnelOptions, parse_tunnel_spec
 
 
@@ -19,6 +24,22 @@ def stable_client_id(server: Address, tunnels: tuple[Tunnel, ...]) -> str:
     parts = [socket.gethostname(), str(server)]
     parts += [f"{t.name}:{t.kind}:{t.local_addr}:{t.remote_port}:{t.path}" for t in tunnels]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _explicit(ctx: click.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _file_tunnel(entry: TunnelSettings) -> Tunnel:
+    where = f"[[client.tunnels]] {entry.name!r}"
+    options = TunnelOptions(entry.host_header, entry.local_https, entry.local_ca)
+    try:
+        kind = TunnelKind(entry.protocol)
+    except ValueError:
+        raise ConfigError(f"{where}: protocol must be http or tcp") from None
+    local = Address.parse(entry.local_addr, what=f"{where} local_addr")
+    return options.make(kind, entry.name, local, path=entry.path, remote_port=entry.remote_port)
 
 
 def _target(tunnel: Tunnel) -> str:
@@ -32,7 +53,6 @@ def _target(tunnel: Tunnel) -> str:
     "--server",
     "server_addr",
     envvar="FERROTUNNEL_SERVER",
-    required=True,
     help="Server control address, HOST:PORT.",
 )
 @click.option(
@@ -114,49 +134,58 @@ def _target(tunnel: Tunnel) -> str:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="FERROTUNNEL_CONFIG",
+    help="TOML configuration file ([client], [[client.tunnels]]); flags win over it.",
+)
 @click.pass_context
-def client(
-    ctx: click.Context,
-    server_addr: str,
-    token: str | None,
-    local_addr: str,
-    protocol: str,
-    tunnel_id: str | None,
-    remote_port: int | None,
-    client_id: str | None,
-    path: str | None,
-    host_header: str,
-    local_https: bool,
-    local_ca: str | None,
-    tunnel_specs: tuple[str, ...],
-    dashboard_port: int,
-    no_dashboard: bool,
-    no_reconnect: bool,
-    log_level: str,
-) -> None:
+def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
     """Connect to a server and expose a local service through it."""
+    plugins: PluginHost = ctx.obj["plugins"]
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
+    file_settings: ClientSettings = loaded.table("client")
+    for flag, key in (("no_reconnect", "reconnect"), ("no_dashboard", "dashboard")):
+        if not _explicit(ctx, flag) and loaded.given("client", key):
+            merged[flag] = not getattr(file_settings, key)
+    log_level: str = merged["log_level"]
+    no_dashboard: bool = merged["no_dashboard"]
+    dashboard_port: int = merged["dashboard_port"]
     setup_logging(log_level)
-    token = read_token(token, required=False)
+    config_errors(lambda: plugins.configure(loaded))
+    token = read_token(merged["token"], required=False)
 
     def build() -> ClientConfig:
-        server = Address.parse(server_addr, what="--server")
-        options = TunnelOptions(host_header, local_https, local_ca)
+        if not merged["server_addr"]:
+            raise ConfigError("missing --server (or server in the [client] table)")
+        server = Address.parse(merged["server_addr"], what="--server")
+        options = TunnelOptions(merged["host_header"], merged["local_https"], merged["local_ca"])
+        specs: tuple[str, ...] = merged["tunnel_specs"]
+        single = [k for k in ("local_addr", "tunnel_id", "remote_port", "path") if _explicit(ctx, k)]
         tunnels: tuple[Tunnel, ...]
-        if tunnel_specs:
-            if tunnel_id or remote_port or path:
+        if specs:
+            if any(merged[k] for k in ("tunnel_id", "remote_port", "path")):
                 raise ConfigError("--tunnel replaces --tunnel-id/--remote-port/--path")
-            tunnels = tuple(parse_tunnel_spec(spec, options) for spec in tunnel_specs)
+            tunnels = tuple(parse_tunnel_spec(spec, options) for spec in specs)
+        elif file_settings.tunnels and not single:
+            tunnels = tuple(_file_tunnel(t) for t in file_settings.tunnels)
         else:
-            local = Address.parse(local_addr, what="--local-addr")
-            kind = TunnelKind(protocol)
-            name = tunnel_id or f"{kind}-{local.port}"
-            tunnels = (options.make(kind, name, local, path=path, remote_port=remote_port),)
+            local = Address.parse(merged["local_addr"], what="--local-addr")
+            kind = TunnelKind(merged["protocol"])
+            name = merged["tunnel_id"] or f"{kind}-{local.port}"
+            tunnels = (
+                options.make(kind, name, local, path=merged["path"],
+                             remote_port=merged["remote_port"]),
+            )  # fmt: skip
         return ClientConfig(
             server_addr=server,
             tunnels=tunnels,
             token=token,
-            client_id=client_id or stable_client_id(server, tunnels),
-            reconnect=not no_reconnect,
+            client_id=merged["client_id"] or stable_client_id(server, tunnels),
+            reconnect=not merged["no_reconnect"],
         )
 
     config: ClientConfig = config_errors(build)

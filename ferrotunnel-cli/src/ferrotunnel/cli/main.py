@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
 import click
 
+from ferrotunnel.core import ConfigError
 from ferrotunnel.core import __version__ as core_version
+from ferrotunnel.core.plugin import PluginHost, load_plugins
 
-from ._run import LOOPS
+from ._run import LOOPS, fail
 from .client import client
+from .config_commands import config
 from .demo import demo
 from .server import server
 
@@ -24,10 +28,27 @@ from .server import server
     show_default=True,
     help="Event loop: auto picks uvloop when installed.",
 )
+@click.option("--no-plugins", is_flag=True, help="Load no plugins (not even the built-ins).")
+@click.option(
+    "--block-plugin",
+    multiple=True,
+    metavar="NAME",
+    help="Do not load this plugin (repeatable; FERROTUNNEL_BLOCK_PLUGINS=a,b).",
+)
+@click.option(
+    "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error."
+)
 @click.pass_context
-def cli(ctx: click.Context, loop: str) -> None:
+def cli(
+    ctx: click.Context,
+    loop: str,
+    no_plugins: bool,
+    block_plugin: tuple[str, ...],
+    strict_plugins: bool,
+) -> None:
     """ferrotunnel: expose services behind NAT through one multiplexed connection."""
-    ctx.obj = {"loop": loop}
+    ctx.ensure_object(dict)
+    ctx.obj["loop"] = loop
 
 
 @cli.command()
@@ -38,10 +59,59 @@ def version() -> None:
     click.echo(f"platform {sys.platform} {platform.machine()}")
 
 
+@cli.group()
+def plugins() -> None:
+    """Inspect plugins."""
+
+
+@plugins.command("list")
+@click.pass_context
+def plugins_list(ctx: click.Context) -> None:
+    """Show every plugin found: name, distribution, version, hooks, status."""
+    host: PluginHost = ctx.obj["plugins"]
+    if not host.infos:
+        click.echo("no plugins found")
+        return
+    rows = [("NAME", "DISTRIBUTION", "VERSION", "STATUS", "HOOKS")]
+    for info in host.infos:
+        hooks = ", ".join(h.removeprefix("ferrotunnel_") for h in info.hooks) or "-"
+        status = info.status + (f" ({info.error})" if info.error else "")
+        rows.append((info.name, info.distribution, info.version, status, hooks))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
+                   + row[4])  # fmt: skip
+
+
 cli.add_command(server)
 cli.add_command(client)
 cli.add_command(demo)
+cli.add_command(config)
+
+
+def _plugin_switches(argv: list[str]) -> tuple[bool, list[str], bool]:
+    """The group's plugin options, read before click parses (plugins add commands)."""
+    enabled, strict = True, False
+    blocked = [b for b in os.environ.get("FERROTUNNEL_BLOCK_PLUGINS", "").split(",") if b]
+    for i, arg in enumerate(argv):
+        if arg in ("server", "client", "demo", "config", "plugins", "version"):
+            break
+        if arg == "--no-plugins":
+            enabled = False
+        elif arg == "--strict-plugins":
+            strict = True
+        elif arg == "--block-plugin" and i + 1 < len(argv):
+            blocked.append(argv[i + 1])
+        elif arg.startswith("--block-plugin="):
+            blocked.append(arg.split("=", 1)[1])
+    return enabled, blocked, strict
 
 
 def main() -> None:
-    cli(prog_name="ferrotunnel")
+    enabled, blocked, strict = _plugin_switches(sys.argv[1:])
+    try:
+        host = load_plugins(enabled=enabled, block=blocked, strict=strict)
+        host.register_commands(cli)
+    except ConfigError as exc:
+        fail(str(exc), status=2)
+    cli(prog_name="ferrotunnel", obj={"plugins": host})

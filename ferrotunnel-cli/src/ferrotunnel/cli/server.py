@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import click
 
 from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
+from ferrotunnel.core.plugin import Config, PluginHost
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+from .settings import ServerSettings, load_settings, merge
 
 
 def _port_range(text: str | None) -> tuple[int, int] | None:
@@ -101,52 +104,52 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="FERROTUNNEL_CONFIG",
+    help="TOML configuration file ([server] and plugin tables); flags win over it.",
+)
 @click.pass_context
-def server(
-    ctx: click.Context,
-    token: str | None,
-    bind: str,
-    http_bind: str,
-    tcp_bind: str | None,
-    tcp_port_range: str | None,
-    domain: str | None,
-    trust_proxy: tuple[str, ...],
-    response_timeout: float,
-    health_path: str,
-    public_host: str | None,
-    handshake_timeout: float,
-    max_sessions: int,
-    log_level: str,
-) -> None:
+def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
-    setup_logging(log_level)
-    token = read_token(token, required=True)
+    plugins: PluginHost = ctx.obj["plugins"]
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    settings = ServerSettings(**merge(ctx, options, loaded, "server"))
+    setup_logging(settings.log_level)
+    config_errors(lambda: plugins.configure(loaded))
+    authenticators = plugins.authenticators(loaded)
+    token = read_token(settings.token, required=not authenticators)
 
     def build_http() -> HttpIngressConfig:
-        for cidr in trust_proxy:
+        for cidr in settings.trust_proxy:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"--trust-proxy {cidr!r} is not an address or CIDR") from None
+        health_path = settings.health_path
         if health_path and not health_path.startswith("/"):
             raise ConfigError(f"--health-path {health_path!r} must start with /")
         return HttpIngressConfig(
-            bind=Address.parse(http_bind, what="--http-bind"),
-            domain=domain.strip(".").lower() if domain else None,
+            bind=Address.parse(settings.http_bind, what="--http-bind"),
+            domain=settings.domain.strip(".").lower() if settings.domain else None,
             health_path=health_path or None,
-            response_timeout=response_timeout,
-            trusted_proxies=trust_proxy,
+            response_timeout=settings.response_timeout,
+            trusted_proxies=tuple(settings.trust_proxy),
         )
 
     def build() -> ServerConfig:
         return ServerConfig(
             token=token,
-            bind=Address.parse(bind, what="--bind"),
-            tcp_bind=Address.parse(tcp_bind, what="--tcp-bind") if tcp_bind else None,
-            tcp_port_range=_port_range(tcp_port_range),
-            public_host=public_host,
-            session=SessionConfig(handshake_timeout=handshake_timeout),
-            max_sessions=max_sessions,
+            bind=Address.parse(settings.bind, what="--bind"),
+            tcp_bind=Address.parse(settings.tcp_bind, what="--tcp-bind")
+            if settings.tcp_bind
+            else None,
+            tcp_port_range=_port_range(settings.tcp_port_range),
+            public_host=settings.public_host,
+            session=SessionConfig(handshake_timeout=settings.handshake_timeout),
+            max_sessions=settings.max_sessions,
         )
 
     config: ServerConfig = config_errors(build)
@@ -155,8 +158,15 @@ def server(
     async def main() -> None:
         ingresses = []
         if running_asyncio_loop() is not None:
-            ingresses.append(HttpIngress(http_config))
-        tunnel_server = Server(config, ingresses=ingresses)
+            ingresses.append(HttpIngress(http_config, middlewares=plugins.http_middlewares(loaded),
+                                         plugins=plugins))  # fmt: skip
+        tunnel_server = Server(
+            config,
+            authenticators=authenticators,
+            ingresses=ingresses,
+            tcp_middlewares=plugins.tcp_middlewares(loaded),
+            plugins=plugins,
+        )
         try:
             await tunnel_server.start()
         except OSError as exc:
@@ -174,6 +184,8 @@ def server(
                     click.echo(f"  {label:<15} {value}")
             if not ingresses:
                 click.echo("  HTTP ingress    off: it needs --loop asyncio or uvloop")
+            enabled = [i.name for i in plugins.infos if i.status == "enabled"]
+            click.echo(f"  plugins         {', '.join(enabled) or 'none'}")
             click.echo("Press Ctrl-C to stop.", nl=True)
             await tunnel_server.serve_forever()
         finally:

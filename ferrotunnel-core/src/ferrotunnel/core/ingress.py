@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from ferrotunnel.protocol import GrantedTunnel, TunnelKind, TunnelRequest
 
+from .plugin.types import Identity
 from .session import Session
 
 __all__ = ["Ingress"]
@@ -34,8 +35,9 @@ class Ingress(Protocol):
         """(label, value) lines for start-up output, e.g. ``("HTTP ingress", "0.0.0.0:8080")``."""
         ...
 
-    def claim_keys(self, request: TunnelRequest) -> list[Hashable]:
-        """What ``request`` would occupy; raise :class:`~ferrotunnel.core.Refused` if invalid.
+    def claim_keys(self, request: TunnelRequest, identity: Identity) -> list[Hashable]:
+        """What ``request`` would occupy; raise :class:`~ferrotunnel.core.Refused` if invalid
+        or not allowed for ``identity`` (see :meth:`Identity.may_claim_host`).
 
         Two tunnels with a key in common cannot be held by different owners.
         """

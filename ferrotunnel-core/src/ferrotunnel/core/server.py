@@ -37,6 +37,8 @@ from ferrotunnel.protocol import (
 
 from .errors import ConfigError, SessionClosedError
 from .ingress import Ingress
+from .plugin.manager import PluginHost
+from .plugin.types import Authenticator, Identity, TcpConnection, TcpMiddleware
 from .links import ProtocolLink, StreamLink
 from .net import Address, Listener, listen
 from .relay import SpliceProtocol, pump
@@ -47,7 +49,6 @@ __all__ = ["Refused", "Server", "ServerBuilder", "ServerConfig"]
 
 log = logging.getLogger("ferrotunnel.core.server")
 
-Authenticator = Callable[[Hello, "tuple[str, int] | None"], Awaitable[str]]
 
 
 class Refused(Exception):
@@ -105,18 +106,23 @@ class Server:
         self,
         config: ServerConfig | None = None,
         *,
-        authenticator: Authenticator | None = None,
+        authenticators: Sequence[Authenticator] = (),
         ingresses: Sequence[Ingress] = (),
+        tcp_middlewares: Sequence[TcpMiddleware] = (),
+        plugins: PluginHost | None = None,
         **settings: object,
     ) -> None:
         if config is None:
             config = _server_config(settings)
         elif settings:
             raise TypeError("pass either a ServerConfig or keyword settings, not both")
-        if config.token is None and authenticator is None:
-            raise ConfigError("token is required (or pass an authenticator)")
+        if config.token is None and not authenticators:
+            raise ConfigError("token is required (or pass authenticators)")
         self.config = config
-        self._authenticate = authenticator or self._check_token
+        self._authenticators = tuple(authenticators)
+        self._tcp_middlewares = tuple(tcp_middlewares)
+        self.plugins = plugins
+        self._granted: dict[Session, list[GrantedTunnel]] = {}
         self._tg: TaskGroup | None = None
         self._control: Listener | None = None
         self._fixed_ingress: _TcpIngress | None = None
@@ -170,6 +176,8 @@ class Server:
         except BaseException:
             await self._close_task_group()
             raise
+        if self.plugins is not None:
+            await self.plugins.startup(self)
         log.info("control plane listening on %s", self._control.address)
         if self._fixed_ingress is not None:
             log.info("TCP ingress listening on %s", self._fixed_ingress.listener.address)
@@ -180,6 +188,11 @@ class Server:
             return
         self._stopping = True
         with anyio.CancelScope(shield=True):
+            if self.plugins is not None:
+                try:
+                    await self.plugins.shutdown(self)
+                except Exception:
+                    log.exception("a plugin failed in ferrotunnel_shutdown")
             if self._control is not None:
                 await self._control.aclose()
             for ingress in {id(i): i for i in self._all_ingress()}.values():
@@ -269,6 +282,9 @@ class Server:
             await session.run()
         finally:
             self._release(session)
+            for tunnel in self._granted.pop(session, ()):
+                self._notify("ferrotunnel_tunnel_closed", session=session, tunnel=tunnel)
+            self._notify("ferrotunnel_session_closed", session=session)
             reason = session.close_reason
             log.info("session %s from %s closed%s", session.session_id, _fmt(session.peer),
                      f": {reason}" if reason else "")  # fmt: skip
@@ -297,10 +313,16 @@ class Server:
                 raise Refused(RejectCode.UNSUPPORTED_VERSION,
                               f"no common protocol version: client speaks {list(hello.versions)}, "
                               f"server {list(SUPPORTED_VERSIONS)}")  # fmt: skip
-            identity = await self._authenticate(hello, session.peer)
-            owner = _Owner(identity, hello.client_id)
+            try:
+                identity = await self._authenticate(hello, session.peer)
+            except Refused:
+                raise
+            except Exception as exc:  # a broken authenticator must not take the server down
+                log.exception("authenticator failed for %s", _fmt(session.peer))
+                raise Refused(RejectCode.SERVER_BUSY, "cannot check credentials now") from exc
+            owner = _Owner(identity.name, hello.client_id)
             async with self._claim_lock:
-                granted, stale = await self._claim(session, owner, hello.tunnels)
+                granted, stale = await self._claim(session, owner, identity, hello.tunnels)
         except Refused as refusal:
             log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id,
                         refusal)  # fmt: skip
@@ -326,19 +348,43 @@ class Server:
         )
         log.info("session %s from %s (client %r): %s", session.session_id, _fmt(session.peer),
                  hello.client_id, ", ".join(t.public_url for t in granted) or "no tunnels")  # fmt: skip
+        self._granted[session] = granted
+        self._notify("ferrotunnel_session_opened", session=session, identity=identity)
+        for tunnel in granted:
+            self._notify("ferrotunnel_tunnel_registered", session=session, tunnel=tunnel)
         return owner
 
-    async def _check_token(self, hello: Hello, peer: tuple[str, int] | None) -> str:
-        expected = (self.config.token or "").encode()
-        offered = (hello.token or "").encode()
-        if not hmac.compare_digest(expected, offered):
-            raise Refused(RejectCode.AUTH_FAILED, "invalid token")
-        return "token"
+    def _notify(self, hook_name: str, **kwargs: object) -> None:
+        """Call an event hook if any plugin listens; a plugin that raises is only logged."""
+        plugins = self.plugins
+        if plugins is None or not plugins.listens(hook_name):
+            return
+        try:
+            getattr(plugins.hook, hook_name)(**kwargs)
+        except Exception:
+            log.exception("a plugin failed in %s", hook_name)
+
+    async def _authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity:
+        """The first authenticator's identity; then the configured token; else refused."""
+        for authenticator in self._authenticators:
+            identity = await authenticator.authenticate(hello, peer)
+            if identity is not None:
+                return identity
+        if self.config.token is not None:
+            expected = self.config.token.encode()
+            offered = (hello.token or "").encode()
+            if hmac.compare_digest(expected, offered):
+                return Identity("token")
+        raise Refused(RejectCode.AUTH_FAILED, "invalid token")
 
     # ------------------------------------------------------------------ claims
 
     async def _claim(
-        self, session: Session, owner: _Owner, requests: tuple[TunnelRequest, ...]
+        self,
+        session: Session,
+        owner: _Owner,
+        identity: Identity,
+        requests: tuple[TunnelRequest, ...],
     ) -> tuple[list[GrantedTunnel], set[Session]]:
         names = [t.name for t in requests]
         if len(set(names)) != len(names):
@@ -355,7 +401,7 @@ class Server:
                     raise Refused(RejectCode.BAD_REQUEST,
                                   f"tunnel {request.name!r}: this server has no {request.kind} "
                                   "ingress")  # fmt: skip
-                keys = extension.claim_keys(request)
+                keys = extension.claim_keys(request, identity)
                 for key in keys:
                     if key in keys_now:
                         raise Refused(RejectCode.BAD_REQUEST, f"{_key_text(key)} requested twice")
@@ -369,7 +415,7 @@ class Server:
                 keys_now.update(keys)
                 extension_plan.append((extension, request, keys))
                 continue
-            port = self._choose_port(owner, request, taken_now)
+            port = self._choose_port(owner, identity, request, taken_now)
             holder = self._claims.get(port)
             if holder is not None:
                 if holder != owner:
@@ -412,7 +458,9 @@ class Server:
         result.sort(key=lambda granted: order[granted.name])
         return result, stale
 
-    def _choose_port(self, owner: _Owner, request: TunnelRequest, taken_now: set[int]) -> int:
+    def _choose_port(
+        self, owner: _Owner, identity: Identity, request: TunnelRequest, taken_now: set[int]
+    ) -> int:
         fixed = self._fixed_ingress
         fixed_port = fixed.listener.address.port if fixed else None
         if request.remote_port:
@@ -423,6 +471,9 @@ class Server:
                               f"({self._range_text()})")  # fmt: skip
             if port in taken_now:
                 raise Refused(RejectCode.BAD_REQUEST, f"port {port} requested twice")
+            if not identity.may_claim_port(port):
+                raise Refused(RejectCode.FORBIDDEN,
+                              f"{identity.name!r} may not claim port {port}")  # fmt: skip
             return port
         remembered = self._remembered_ports.get((owner, request.name))
         candidates = [remembered] if remembered is not None else []
@@ -434,6 +485,8 @@ class Server:
         for port in candidates:
             if port in taken_now or (port != fixed_port and not self._in_range(port)):
                 continue
+            if not identity.may_claim_port(port):
+                continue
             holder = self._claims.get(port)
             if holder is None or holder == owner:
                 return port
@@ -441,7 +494,8 @@ class Server:
             raise Refused(RejectCode.PORT_UNAVAILABLE,
                           "this server has no TCP ingress (start it with --tcp-bind or "
                           "--tcp-port-range)")  # fmt: skip
-        raise Refused(RejectCode.PORT_UNAVAILABLE, "no free TCP port on this server")
+        raise Refused(RejectCode.PORT_UNAVAILABLE,
+                      f"no free TCP port on this server that {identity.name!r} may claim")  # fmt: skip
 
     def _in_range(self, port: int) -> bool:
         span = self.config.tcp_port_range
@@ -499,6 +553,8 @@ class Server:
             session = ingress.session
             if session is None or session.closed or session.going_away:
                 return None
+            if self._tcp_middlewares and not self._tcp_allowed(ingress, visitor):
+                return None
             try:
                 return session.open_stream(ingress.tunnel, TunnelKind.TCP, visitor=visitor)
             except SessionClosedError:
@@ -519,6 +575,19 @@ class Server:
             handler=handle,
         )
         return ingress
+
+
+    def _tcp_allowed(self, ingress: _TcpIngress, visitor: tuple[str, int] | None) -> bool:
+        conn = TcpConnection(ingress.tunnel, ingress.listener.address.port,
+                             *(visitor or ("", 0)))  # fmt: skip
+        for middleware in self._tcp_middlewares:
+            try:
+                if not middleware.on_connect(conn):
+                    return False
+            except Exception:
+                log.exception("TCP middleware %r failed; refusing the connection", middleware)
+                return False
+        return True
 
 
 async def _nothing() -> None:

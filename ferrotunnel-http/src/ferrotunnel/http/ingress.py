@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from anyio.abc import TaskGroup
@@ -18,6 +18,7 @@ from ferrotunnel.core import (
     TunnelRequest,
 )
 from ferrotunnel.core.net import running_asyncio_loop
+from ferrotunnel.core.plugin import HttpMiddleware, Identity, PluginHost
 from ferrotunnel.protocol import RejectCode
 
 from .connection import IngressConnection
@@ -56,8 +57,16 @@ class HttpIngress:
 
     kind = TunnelKind.HTTP
 
-    def __init__(self, config: HttpIngressConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: HttpIngressConfig | None = None,
+        *,
+        middlewares: Sequence[HttpMiddleware] = (),
+        plugins: PluginHost | None = None,
+    ) -> None:
         self.config = config = config or HttpIngressConfig()
+        self.middlewares = tuple(middlewares)
+        self.plugins = plugins
         try:
             self.trusted = TrustedProxies(config.trusted_proxies)
         except ValueError as exc:
@@ -106,9 +115,13 @@ class HttpIngress:
             hosts.append(host)
         return hosts
 
-    def claim_keys(self, request: TunnelRequest) -> list[Hashable]:
+    def claim_keys(self, request: TunnelRequest, identity: Identity) -> list[Hashable]:
         prefix = normalize_path_prefix(request.path)
-        return [("http", host, prefix) for host in self.hostnames(request)]
+        hosts = self.hostnames(request)
+        for host in hosts:
+            if not identity.may_claim_host(host):
+                raise Refused(RejectCode.FORBIDDEN, f"{identity.name!r} may not claim {host}")
+        return [("http", host, prefix) for host in hosts]
 
     def grant(self, request: TunnelRequest, session: Session) -> GrantedTunnel:
         prefix = normalize_path_prefix(request.path)

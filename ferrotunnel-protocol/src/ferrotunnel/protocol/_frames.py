@@ -53,6 +53,7 @@ class RejectCode(enum.StrEnum):
     NAME_TAKEN = "name_taken"
     PORT_UNAVAILABLE = "port_unavailable"
     BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
     SERVER_BUSY = "server_busy"
     RATE_LIMITED = "rate_limited"
 

@@ -1,0 +1,148 @@
+"""``ferrotunnel config init|check``: starter files and validation without starting."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from pathlib import Path
+from typing import Any
+
+import click
+import tomli_w
+
+from ferrotunnel.core import ConfigError
+from ferrotunnel.core.plugin import ConfigSchema, PluginHost
+
+from ._run import fail
+from .settings import ServerSettings, TunnelSettings, kernel_schema, load_settings
+
+_SERVER_HELP = {
+    "token": "token clients present (for several scoped tokens use the [auth] table)",
+    "bind": "control plane: where clients connect",
+    "http_bind": "HTTP ingress: where web visitors connect",
+    "tcp_bind": "TCP ingress for a client's --protocol tcp tunnel",
+    "tcp_port_range": 'ports handed to TCP tunnels, e.g. "20000-20100"',
+    "domain": "a tunnel named NAME (no dot) serves NAME.<domain>",
+    "trust_proxy": "CIDRs whose X-Forwarded-* headers are kept",
+    "response_timeout": "seconds an origin has to start answering (then 504)",
+    "health_path": "answered by the server itself on the HTTP ingress",
+    "public_host": "host name shown in public TCP URLs",
+    "handshake_timeout": "seconds a new connection has to say HELLO",
+    "max_sessions": "most client sessions at once",
+    "log_level": "debug, info, warning or error",
+}
+
+_CLIENT_HELP = {
+    "server": "the server's control address, HOST:PORT",
+    "token": "auth token (or leave out and set FERROTUNNEL_TOKEN)",
+    "client_id": "stable id for reclaiming tunnels after a restart",
+    "reconnect": "reconnect with backoff when the connection drops",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def _value_lines(key: str, value: Any, help_text: str | None, commented: bool) -> list[str]:
+    lines = [f"# {help_text}"] if help_text else []
+    if value is None:
+        lines.append(f"# {key} = ")
+        return lines
+    text = tomli_w.dumps({key: value}).strip()
+    lines.append(f"# {text}" if commented else text)
+    return lines
+
+
+def _table(name: str, settings: Any, help_texts: dict[str, str], commented: bool) -> list[str]:
+    lines = [f"{'# ' if commented else ''}[{name}]"]
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        if isinstance(value, dict) and not value:
+            continue
+        lines += _value_lines(f.name, value, help_texts.get(f.name), commented)
+    return lines + [""]
+
+
+def _plugin_tables(schema: ConfigSchema) -> list[str]:
+    lines = []
+    for name, spec in schema.tables.items():
+        if name in ("server", "client"):
+            continue
+        lines.append(f"# ---- [{name}] from {spec.owner}" + (f": {spec.help}" if spec.help else ""))
+        try:
+            defaults = spec.settings()
+        except TypeError:
+            lines += [f"# [{name}]  (see the plugin's documentation)", ""]
+            continue
+        lines += _table(name, defaults, {}, commented=True)
+    return lines
+
+
+def starter(kind: str, schema: ConfigSchema) -> str:
+    if kind == "server":
+        lines = [
+            "# ferrotunnel server configuration:  ferrotunnel server --config server.toml",
+            "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "",
+        ]
+        settings = dataclasses.replace(ServerSettings(), token=secrets.token_urlsafe(24))
+        lines += _table("server", settings, _SERVER_HELP, commented=False)
+    else:
+        lines = [
+            "# ferrotunnel client configuration:  ferrotunnel client --config client.toml",
+            "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "",
+            "[client]",
+            *_value_lines("server", "tunnel.example.com:7835", _CLIENT_HELP["server"], False),
+            *_value_lines("token", None, _CLIENT_HELP["token"], True),
+            *_value_lines("reconnect", True, _CLIENT_HELP["reconnect"], False),
+            *_value_lines("log_level", "info", _CLIENT_HELP["log_level"], False),
+            "",
+            "# one [[client.tunnels]] per tunnel",
+        ]
+        examples = [
+            TunnelSettings(name="app.example.com", local_addr="127.0.0.1:3000"),
+            TunnelSettings(name="db", local_addr="127.0.0.1:5432", protocol="tcp"),
+        ]
+        for tunnel in examples:
+            values = {k: v for k, v in dataclasses.asdict(tunnel).items() if v is not None}
+            lines += ["[[client.tunnels]]", tomli_w.dumps(values).strip(), ""]
+    return "\n".join(lines + _plugin_tables(schema)).rstrip() + "\n"
+
+
+@click.group()
+def config() -> None:
+    """Write a starter configuration file, or check one."""
+
+
+@config.command("init")
+@click.argument("kind", type=click.Choice(["server", "client"]))
+@click.option("--out", type=click.Path(dir_okay=False), help="File to write [default: KIND.toml].")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_context
+def config_init(ctx: click.Context, kind: str, out: str | None, force: bool) -> None:
+    """Write a commented starter file for the server or the client."""
+    path = Path(out or f"{kind}.toml")
+    if path.exists() and not force:
+        fail(f"{path} exists (use --force to overwrite)", status=2)
+    host: PluginHost = ctx.obj["plugins"]
+    path.write_text(starter(kind, host.schema(kernel_schema())), encoding="utf-8")
+    if kind == "server":
+        path.chmod(0o600)  # it holds the token
+    click.echo(f"wrote {path}; start with: ferrotunnel {kind} --config {path}")
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.pass_context
+def config_check(ctx: click.Context, file: str) -> None:
+    """Validate FILE (every table and key) without starting anything."""
+    host: PluginHost = ctx.obj["plugins"]
+    try:
+        loaded = load_settings(host, file)
+    except ConfigError as exc:
+        fail(str(exc), status=2)
+    tables = sorted(name for name in loaded.raw)
+    click.echo(f"{file}: ok ({', '.join(tables) or 'no tables'})")

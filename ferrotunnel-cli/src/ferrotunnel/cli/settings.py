@@ -1,0 +1,122 @@
+"""The kernel's configuration tables, and how the command line, environment and file combine.
+
+Precedence: a flag given on the command line, then its environment variable, then the
+``--config`` file, then the default. Every table of the file is validated (plugins declare
+theirs through ``ferrotunnel_add_config``), so a typo is an error naming the key, the file and
+line, and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from ferrotunnel.core.plugin import Config, ConfigSchema, PluginHost, load_toml
+
+__all__ = [
+    "ClientSettings",
+    "ServerSettings",
+    "TunnelSettings",
+    "kernel_schema",
+    "load_settings",
+]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``[server]``: the options of ``ferrotunnel server`` (same names, ``-`` or ``_``)."""
+
+    token: str | None = None
+    bind: str = "0.0.0.0:7835"
+    http_bind: str = "0.0.0.0:8080"
+    tcp_bind: str | None = None
+    #: "20000-20100"
+    tcp_port_range: str | None = None
+    domain: str | None = None
+    #: CIDRs whose X-Forwarded-* headers are kept
+    trust_proxy: tuple[str, ...] = ()
+    response_timeout: float = 60.0
+    health_path: str = "/health"
+    public_host: str | None = None
+    handshake_timeout: float = 10.0
+    max_sessions: int = 1000
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    """One ``[[client.tunnels]]`` entry."""
+
+    name: str
+    local_addr: str
+    protocol: str = "http"
+    remote_port: int | None = None
+    path: str | None = None
+    host_header: str = "preserve"
+    local_https: bool = False
+    local_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """``[client]``: the options of ``ferrotunnel client``, plus ``[[client.tunnels]]``."""
+
+    server: str | None = None
+    token: str | None = None
+    local_addr: str = "127.0.0.1:8000"
+    protocol: str = "http"
+    tunnel_id: str | None = None
+    remote_port: int | None = None
+    path: str | None = None
+    host_header: str = "preserve"
+    local_https: bool = False
+    local_ca: str | None = None
+    client_id: str | None = None
+    reconnect: bool = True
+    dashboard_port: int = 4040
+    dashboard: bool = True
+    log_level: str = "info"
+    tunnels: list[TunnelSettings] = field(default_factory=list)
+
+
+def kernel_schema() -> ConfigSchema:
+    schema = ConfigSchema()
+    schema.add_table("server", ServerSettings, owner="ferrotunnel", help="ferrotunnel server")
+    schema.add_table("client", ClientSettings, owner="ferrotunnel", help="ferrotunnel client")
+    return schema
+
+
+def load_settings(plugins: PluginHost, path: str | None) -> Config:
+    """The validated configuration: kernel and plugin tables, from ``path`` or defaults."""
+    return load_toml(plugins.schema(kernel_schema()), path)
+
+
+def merge(
+    ctx: click.Context,
+    options: dict[str, Any],
+    config: Config,
+    table: str,
+    rename: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``options`` (as click parsed them) with file values where no flag or env var was given."""
+    rename = rename or {}
+    file_values = config.table(table)
+    merged = dict(options)
+    for param, value in options.items():
+        key = rename.get(param, param)
+        if not hasattr(file_values, key):
+            continue
+        source = ctx.get_parameter_source(param)
+        explicit = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        merged[param] = value if explicit or not config.given(table, key) else getattr(
+            file_values, key
+        )
+    return merged
+
+
+def settings_fields(settings: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(settings)]

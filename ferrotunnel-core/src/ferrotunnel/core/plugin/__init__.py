@@ -1,0 +1,57 @@
+"""ferrotunnel's plugin kernel: hookspecs, the plugin host, configuration tables.
+
+Writing a plugin (see ``docs/plugin-development.md``)::
+
+    # ferrotunnel_hello/__init__.py
+    from ferrotunnel.core.plugin import hookimpl
+
+    class Hello:
+        def on_response(self, response, ctx):
+            response.set_header("X-Hello", "world")
+
+    @hookimpl
+    def ferrotunnel_http_middlewares(config):
+        return [Hello()]
+
+    # pyproject.toml
+    [project.entry-points.ferrotunnel]
+    hello = "ferrotunnel_hello"
+"""
+
+from .config import Config, ConfigSchema, TableSpec, load_toml
+from .manager import PluginError, PluginHost, PluginInfo, load_plugins
+from .spec import hookimpl
+from .types import (
+    Authenticator,
+    ExchangeRecord,
+    HttpMiddleware,
+    HttpRequest,
+    HttpResponse,
+    Identity,
+    Reply,
+    RequestContext,
+    TcpConnection,
+    TcpMiddleware,
+)
+
+__all__ = [
+    "Authenticator",
+    "Config",
+    "ConfigSchema",
+    "ExchangeRecord",
+    "HttpMiddleware",
+    "HttpRequest",
+    "HttpResponse",
+    "Identity",
+    "PluginError",
+    "PluginHost",
+    "PluginInfo",
+    "Reply",
+    "RequestContext",
+    "TableSpec",
+    "TcpConnection",
+    "TcpMiddleware",
+    "hookimpl",
+    "load_plugins",
+    "load_toml",
+]

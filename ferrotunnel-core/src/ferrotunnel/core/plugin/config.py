@@ -1,0 +1,233 @@
+"""Configuration tables declared by their owners, validated from TOML.
+
+Every table of a configuration file is declared — by the kernel or by a plugin's
+``ferrotunnel_add_config`` hook — as a dataclass whose fields are the table's keys, with their
+types and defaults. Loading converts each table into an instance of its dataclass and refuses
+anything else: an unknown table or key is an error naming it, the file and line, and the
+closest valid name; a wrong type names the expected one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+
+__all__ = ["Config", "ConfigSchema", "TableSpec", "from_mapping", "load_toml"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    name: str
+    settings: type
+    owner: str
+    help: str = ""
+
+
+class ConfigSchema:
+    """The tables a configuration may contain. Plugins add theirs in ``ferrotunnel_add_config``."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, TableSpec] = {}
+
+    def add_table(self, name: str, settings: type, *, owner: str, help: str = "") -> None:
+        """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``."""
+        if not dataclasses.is_dataclass(settings):
+            raise TypeError(f"settings of table [{name}] must be a dataclass")
+        if name in self.tables:
+            other = self.tables[name].owner
+            raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
+        self.tables[name] = TableSpec(name, settings, owner, help)
+
+
+class Config:
+    """Validated settings: one dataclass instance per declared table."""
+
+    def __init__(
+        self,
+        schema: ConfigSchema,
+        values: Mapping[str, object],
+        source: str,
+        raw: Mapping[str, object] | None = None,
+    ) -> None:
+        self.schema = schema
+        self.source = source
+        self._values = dict(values)
+        #: the tables as written in the file (to tell a key set there from a default)
+        self.raw: Mapping[str, object] = raw or {}
+
+    def given(self, table: str, key: str) -> bool:
+        """Whether the file set ``key`` of ``[table]``."""
+        section = self.raw.get(table)
+        return isinstance(section, dict) and (key in section or key.replace("_", "-") in section)
+
+    def table(self, name: str) -> Any:
+        return self._values[name]
+
+    def get(self, settings: type[T]) -> T:
+        """The instance of ``settings`` (a declared table's dataclass)."""
+        for value in self._values.values():
+            if type(value) is settings:
+                return value
+        raise KeyError(f"no table declared with {settings.__name__}")
+
+    def replace(self, name: str, **changes: object) -> None:
+        """Override keys of one table (command-line flags win over the file)."""
+        if changes:
+            self._values[name] = dataclasses.replace(self._values[name], **changes)  # type: ignore[type-var]
+
+
+def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
+    """Read and validate a TOML file (None: every table at its defaults)."""
+    import tomllib
+
+    data: dict[str, object] = {}
+    text = ""
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            data = tomllib.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return Config(schema, _convert_tables(schema, data, _Locator(source, text)), source, data)
+
+
+def from_mapping(schema: ConfigSchema, data: Mapping[str, object], source: str = "<dict>") -> Config:
+    values = _convert_tables(schema, dict(data), _Locator(source, ""))
+    return Config(schema, values, source, dict(data))
+
+
+class _Locator:
+    """Finds the line of a table or key in the file text, for error messages."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.lines = text.splitlines()
+
+    def where(self, table: str, key: str | None = None) -> str:
+        header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*[\].]")
+        in_table = key is None
+        for number, line in enumerate(self.lines, 1):
+            if header.match(line):
+                if key is None:
+                    return f"{self.source}:{number}"
+                in_table = True
+                continue
+            if in_table and key is not None and re.match(
+                r"^\s*" + re.escape(key) + r"\s*=", line
+            ):
+                return f"{self.source}:{number}"
+        return self.source
+
+
+def _closest(name: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(name, choices, n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _convert_tables(
+    schema: ConfigSchema, data: dict[str, object], locate: _Locator
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in data:
+        if name not in schema.tables:
+            known = sorted(schema.tables)
+            raise ConfigError(
+                f"{locate.where(name)}: unknown table [{name}]{_closest(name, known)} "
+                f"(known: {', '.join(known)})"
+            )
+    for name, spec in schema.tables.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{locate.where(name)}: [{name}] must be a table")
+        values[name] = _to_dataclass(spec.settings, raw, name, locate, name)
+    return values
+
+
+def _to_dataclass(cls: type, raw: dict[str, Any], path: str, locate: _Locator, table: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            choices = [f.replace("_", "-") for f in fields] + list(fields)
+            raise ConfigError(
+                f"{locate.where(table, key)}: unknown key {key!r} in [{path}]"
+                f"{_closest(key, choices)}"
+            )
+        kwargs[name] = _convert(value, hints[name], f"{path}.{key}", locate, table, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        missing = [f for f in fields.values() if f.name not in kwargs and _required(f)]
+        if missing:
+            raise ConfigError(
+                f"{locate.where(table)}: [{path}] needs {missing[0].name.replace('_', '-')!r}"
+            ) from None
+        raise ConfigError(f"{locate.where(table)}: [{path}]: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{locate.where(table)}: [{path}]: {exc}") from None
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _convert(value: Any, hint: Any, path: str, locate: _Locator, table: str, key: str) -> Any:
+    where = locate.where(table, key)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _convert(value, option, path, locate, table, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if hint in _TYPE_NAMES:
+        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ConfigError(f"{where}: {path} must be {_TYPE_NAMES[hint]}, not {value!r}")
+        return value
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {path} must be a list, not {value!r}")
+        item = args[0] if args else Any
+        items = [_convert(v, item, f"{path}[{i}]", locate, table, key) for i, v in enumerate(value)]
+        return tuple(items) if (origin or hint) is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {path} must be a table, not {value!r}")
+        item = args[1] if len(args) == 2 else Any
+        return {k: _convert(v, item, f"{path}.{k}", locate, table, k) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {path} must be a table, not {value!r}")
+        return _to_dataclass(hint, value, path, locate, table)  # type: ignore[arg-type]
+    if hint is Any:
+        return value
+    raise TypeError(f"unsupported setting type {hint!r} for {path}")

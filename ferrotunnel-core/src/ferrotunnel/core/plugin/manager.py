@@ -1,0 +1,199 @@
+"""Finding, loading and calling plugins.
+
+Theory of operation
+-------------------
+:func:`load_plugins` is the one place plugins come from. It builds a pluggy manager with the
+hookspecs of :mod:`.spec`, then walks the ``ferrotunnel`` entry-point group itself (rather than
+pluggy's ``load_setuptools_entrypoints``) so that it can report what pluggy would hide: a
+plugin that fails to import and two distributions claiming the same plugin name are logged
+with the distribution and version, and skipped — or, with ``strict``, fatal. Blocked names
+are recorded but never imported. Built-in plugins are found the same way (the
+``ferrotunnel-plugins`` distribution declares entry points like any third party).
+
+:class:`PluginHost` is the typed facade the kernel calls. The request path never goes
+through it: at start-up the kernel asks it once for authenticators and middlewares and keeps
+the objects; per-exchange notifications are only dispatched if some plugin listens.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from ..errors import ConfigError
+from . import spec
+from .config import Config, ConfigSchema
+from .types import Authenticator, ExchangeRecord, HttpMiddleware, TcpMiddleware
+
+__all__ = ["PluginHost", "PluginInfo", "load_plugins"]
+
+log = logging.getLogger("ferrotunnel.core.plugin")
+
+ENTRY_POINT_GROUP = "ferrotunnel"
+
+
+@dataclass(slots=True)
+class PluginInfo:
+    """One plugin as ``ferrotunnel plugins list`` shows it."""
+
+    name: str
+    distribution: str
+    version: str
+    status: str  # "enabled", "blocked", "failed", "duplicate"
+    hooks: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+class PluginError(ConfigError):
+    """A plugin could not be loaded and ``strict`` was asked for."""
+
+
+class PluginHost:
+    """The loaded plugins, and typed calls of their hooks."""
+
+    def __init__(self, manager: pluggy.PluginManager, infos: list[PluginInfo]) -> None:
+        self.manager = manager
+        self.infos = infos
+        self.hook = manager.hook
+
+    @classmethod
+    def with_plugins(cls, plugins: Iterable[object] = (), *, names: Sequence[str] = ()) -> PluginHost:
+        """A host with exactly these plugin objects (for tests and library users)."""
+        manager = _new_manager()
+        infos = []
+        for i, plugin in enumerate(plugins):
+            name = names[i] if i < len(names) else getattr(plugin, "__name__", repr(plugin))
+            manager.register(plugin, name=name)
+            infos.append(PluginInfo(name, "(registered)", "", "enabled", _hooks_of(manager, plugin)))
+        return cls(manager, infos)
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        name = self.manager.register(plugin, name=name)
+        self.infos.append(PluginInfo(name or "?", "(registered)", "", "enabled",
+                                     _hooks_of(self.manager, plugin)))  # fmt: skip
+
+    # ---- start-up
+
+    def schema(self, base: ConfigSchema | None = None) -> ConfigSchema:
+        """The configuration schema: ``base`` (the kernel's tables) plus every plugin's."""
+        schema = base or ConfigSchema()
+        self.hook.ferrotunnel_add_config.call_historic(kwargs={"schema": schema})
+        return schema
+
+    def configure(self, config: Config) -> None:
+        self.hook.ferrotunnel_configure.call_historic(kwargs={"config": config})
+
+    def register_commands(self, cli: Any) -> None:
+        self.hook.ferrotunnel_register_commands(cli=cli)
+
+    def server_ssl_context(self, config: Config) -> Any:
+        return self.hook.ferrotunnel_server_ssl_context(config=config)
+
+    def client_ssl_context(self, config: Config) -> Any:
+        return self.hook.ferrotunnel_client_ssl_context(config=config)
+
+    def authenticators(self, config: Config) -> list[Authenticator]:
+        return _flatten(self.hook.ferrotunnel_authenticators(config=config))
+
+    def http_middlewares(self, config: Config) -> list[HttpMiddleware]:
+        return _flatten(self.hook.ferrotunnel_http_middlewares(config=config))
+
+    def tcp_middlewares(self, config: Config) -> list[TcpMiddleware]:
+        return _flatten(self.hook.ferrotunnel_tcp_middlewares(config=config))
+
+    async def startup(self, app: object) -> None:
+        for result in self.hook.ferrotunnel_startup(app=app):
+            if inspect.isawaitable(result):
+                await result
+
+    async def shutdown(self, app: object) -> None:
+        for result in self.hook.ferrotunnel_shutdown(app=app):
+            if inspect.isawaitable(result):
+                await result
+
+    # ---- events
+
+    def listens(self, hook_name: str) -> bool:
+        """Whether any plugin implements ``hook_name`` (skip building arguments if not)."""
+        return bool(getattr(self.hook, hook_name).get_hookimpls())
+
+    def exchange_complete(self, record: ExchangeRecord) -> None:
+        self.hook.ferrotunnel_exchange_complete(record=record)
+
+
+def _flatten(results: list[Iterable[Any] | None]) -> list[Any]:
+    return [item for result in results if result for item in result]
+
+
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(spec.PROJECT)
+    manager.add_hookspecs(spec)
+    return manager
+
+
+def _hooks_of(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    callers = manager.get_hookcallers(plugin) or []
+    return sorted(caller.name for caller in callers)
+
+
+def load_plugins(
+    *,
+    block: Iterable[str] = (),
+    enabled: bool = True,
+    strict: bool = False,
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+) -> PluginHost:
+    """Load the ``ferrotunnel`` entry points into a :class:`PluginHost`.
+
+    ``block`` names plugins not to load; ``enabled=False`` loads none (``--no-plugins``);
+    ``strict`` turns a broken or duplicate plugin into a :class:`PluginError`.
+    """
+    manager = _new_manager()
+    blocked = set(block)
+    for name in blocked:
+        manager.set_blocked(name)
+    infos: list[PluginInfo] = []
+    if not enabled:
+        return PluginHost(manager, infos)
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    seen: dict[str, PluginInfo] = {}
+    for ep in sorted(entry_points, key=lambda e: e.name):
+        dist = ep.dist
+        dist_name = dist.name if dist is not None else "?"
+        version = dist.version if dist is not None else "?"
+        info = PluginInfo(ep.name, dist_name, version, "enabled")
+        infos.append(info)
+        if ep.name in seen:
+            first = seen[ep.name]
+            info.status = "duplicate"
+            info.error = f"name already used by {first.distribution} {first.version}"
+            _problem(strict, f"plugin {ep.name!r} from {dist_name} {version}: {info.error}")
+            continue
+        seen[ep.name] = info
+        if ep.name in blocked:
+            info.status = "blocked"
+            continue
+        try:
+            plugin = ep.load()
+            manager.register(plugin, name=ep.name)
+        except Exception as exc:
+            info.status = "failed"
+            info.error = f"{type(exc).__name__}: {exc}"
+            _problem(strict, f"plugin {ep.name!r} from {dist_name} {version} failed to load: "
+                     f"{info.error}")  # fmt: skip
+            continue
+        info.hooks = _hooks_of(manager, plugin)
+    return PluginHost(manager, infos)
+
+
+def _problem(strict: bool, message: str) -> None:
+    if strict:
+        raise PluginError(message + " (--strict-plugins)")
+    log.warning("%s; continuing without it", message)
