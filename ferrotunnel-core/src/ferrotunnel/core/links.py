@@ -101,6 +101,7 @@ class StreamLink:
         self._closing = False
         self._aborting = False
         self._session: Session | None = None
+        self._scope: anyio.CancelScope | None = None  # run()'s, while it runs
 
     def write(self, data: bytes) -> None:
         self._out.append(data)
@@ -124,12 +125,15 @@ class StreamLink:
     def abort(self) -> None:
         self._closing = self._aborting = True
         self._wakeup.set()
+        if self._scope is not None:
+            self._scope.cancel()  # even a send the peer never takes must not hold us
 
     async def run(self, session: Session) -> None:
         """Read into and write out of ``session`` until either side closes."""
         self._session = session
         try:
             async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
                 tg.start_soon(self._read_loop, session)
                 await self._write_loop(session)
                 tg.cancel_scope.cancel()

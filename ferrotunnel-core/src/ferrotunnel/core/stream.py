@@ -165,16 +165,18 @@ class Stream(ByteStream):
         await anyio.lowlevel.checkpoint_if_cancelled()
         while not self._queued:
             self._raise_if_unreadable()
-            self._readable = event = anyio.Event()
-            await event.wait()
+            if self._readable is None:  # shared by every waiting task: none is lost
+                self._readable = anyio.Event()
+            await self._readable.wait()
         queue = self._queue
         assert queue is not None
         chunk = queue[0]
         if len(chunk) <= max_bytes:
             queue.popleft()
         else:
-            queue[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
+            view = memoryview(chunk)
+            queue[0] = view[max_bytes:]
+            chunk = view[:max_bytes]
         n = len(chunk)
         self._queued -= n
         self._consumed(n)
@@ -197,8 +199,9 @@ class Stream(ByteStream):
         while view:
             self._raise_if_unwritable()
             if self._send_window <= 0 or session.write_paused:
-                self._writable = event = anyio.Event()
-                await event.wait()
+                if self._writable is None:  # shared by every waiting task: none is lost
+                    self._writable = anyio.Event()
+                await self._writable.wait()
                 continue
             n = min(len(view), self._send_window)
             self._send_window -= n
@@ -327,7 +330,10 @@ class Stream(ByteStream):
             return
         if self._queue is None:
             self._queue = deque()
-        self._queue.append(data)
+        # a copy: a slice would keep the whole chunk read from the connection alive (other
+        # streams' bytes too), so memory would no longer be bounded by the window. receive()
+        # then returns it without another copy.
+        self._queue.append(bytes(data))
         self._queued += n
         if self._readable is not None:
             self._readable.set()
