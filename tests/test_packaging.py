@@ -24,6 +24,7 @@ LAYERS = {
     "ferrotunnel-core": {"ferrotunnel-protocol"},
     "ferrotunnel-http": {"ferrotunnel-core"},
     "ferrotunnel-cli": {"ferrotunnel-core", "ferrotunnel-http"},
+    "ferrotunnel-plugins": {"ferrotunnel-core"},
 }
 
 

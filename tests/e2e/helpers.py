@@ -53,8 +53,10 @@ def free_port() -> int:
 class CliProcess:
     """A running ``ferrotunnel`` process whose stdout and stderr are read line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.args = [ferrotunnel_exe(), *args]
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, exe: str | None = None
+    ) -> None:
+        self.args = [exe or ferrotunnel_exe(), *args]
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
             self.args,

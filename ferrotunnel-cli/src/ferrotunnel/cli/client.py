@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-
 from typing import Any
 
 import click
@@ -164,7 +163,9 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
         server = Address.parse(merged["server_addr"], what="--server")
         options = TunnelOptions(merged["host_header"], merged["local_https"], merged["local_ca"])
         specs: tuple[str, ...] = merged["tunnel_specs"]
-        single = [k for k in ("local_addr", "tunnel_id", "remote_port", "path") if _explicit(ctx, k)]
+        single = [
+            k for k in ("local_addr", "tunnel_id", "remote_port", "path") if _explicit(ctx, k)
+        ]
         tunnels: tuple[Tunnel, ...]
         if specs:
             if any(merged[k] for k in ("tunnel_id", "remote_port", "path")):
@@ -177,9 +178,10 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             kind = TunnelKind(merged["protocol"])
             name = merged["tunnel_id"] or f"{kind}-{local.port}"
             tunnels = (
-                options.make(kind, name, local, path=merged["path"],
-                             remote_port=merged["remote_port"]),
-            )  # fmt: skip
+                options.make(
+                    kind, name, local, path=merged["path"], remote_port=merged["remote_port"]
+                ),
+            )
         return ClientConfig(
             server_addr=server,
             tunnels=tunnels,

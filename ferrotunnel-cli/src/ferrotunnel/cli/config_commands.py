@@ -62,7 +62,7 @@ def _table(name: str, settings: Any, help_texts: dict[str, str], commented: bool
         if isinstance(value, dict) and not value:
             continue
         lines += _value_lines(f.name, value, help_texts.get(f.name), commented)
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _plugin_tables(schema: ConfigSchema) -> list[str]:

@@ -48,7 +48,9 @@ class SampleApp:
     async def _answer(self, sock: SocketStream, head: bytes) -> None:
         self.visits += 1
         lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])
+        }
         body = (
             "Hello from behind the tunnel!\n"
             f"You asked for: {lines[0]}\n"
@@ -112,8 +114,9 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 click.echo(f"  local app (behind the tunnel)  http://127.0.0.1:{app_port}/")
                 click.echo(f"  tunnel server control plane    {server.control_address}")
                 click.echo(f"  public URL                     {url}/")
-                click.echo(f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} "
-                           f"({took:.1f} ms)")  # fmt: skip
+                click.echo(
+                    f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
+                )
                 if not ok:
                     raise SystemExit(1)
                 click.echo("")

@@ -35,9 +35,7 @@ from .server import server
     metavar="NAME",
     help="Do not load this plugin (repeatable; FERROTUNNEL_BLOCK_PLUGINS=a,b).",
 )
-@click.option(
-    "--strict-plugins", is_flag=True, help="A plugin that fails to load is an error."
-)
+@click.option("--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -79,8 +77,9 @@ def plugins_list(ctx: click.Context) -> None:
         rows.append((info.name, info.distribution, info.version, status, hooks))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
-                   + row[4])  # fmt: skip
+        click.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        )
 
 
 cli.add_command(server)

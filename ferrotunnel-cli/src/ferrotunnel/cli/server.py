@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
-from ferrotunnel.core.plugin import Config, PluginHost
 from ferrotunnel.core.net import running_asyncio_loop
+from ferrotunnel.core.plugin import Config, PluginHost
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
@@ -158,8 +158,11 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     async def main() -> None:
         ingresses = []
         if running_asyncio_loop() is not None:
-            ingresses.append(HttpIngress(http_config, middlewares=plugins.http_middlewares(loaded),
-                                         plugins=plugins))  # fmt: skip
+            ingresses.append(
+                HttpIngress(
+                    http_config, middlewares=plugins.http_middlewares(loaded), plugins=plugins
+                )
+            )
         tunnel_server = Server(
             config,
             authenticators=authenticators,

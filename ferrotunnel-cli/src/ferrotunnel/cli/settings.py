@@ -112,8 +112,8 @@ def merge(
             continue
         source = ctx.get_parameter_source(param)
         explicit = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        merged[param] = value if explicit or not config.given(table, key) else getattr(
-            file_values, key
+        merged[param] = (
+            value if explicit or not config.given(table, key) else getattr(file_values, key)
         )
     return merged
 

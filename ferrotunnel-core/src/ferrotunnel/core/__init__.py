@@ -17,6 +17,8 @@ A TCP tunnel in a few lines::
 See ``docs/ARCHITECTURE.md`` for how the pieces fit.
 """
 
+from ferrotunnel.protocol import GrantedTunnel, TunnelKind, TunnelRequest
+
 from .backoff import Backoff
 from .client import Client, ClientBuilder, ClientConfig, ClientStatus, Tunnel
 from .errors import (
@@ -33,7 +35,6 @@ from .net import Address
 from .server import Refused, Server, ServerBuilder, ServerConfig
 from .session import Role, Session, SessionConfig
 from .stream import Stream, StreamAttribute
-from ferrotunnel.protocol import GrantedTunnel, TunnelKind, TunnelRequest
 
 __version__ = "0.1.0"
 

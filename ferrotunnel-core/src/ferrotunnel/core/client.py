@@ -225,8 +225,9 @@ class Client:
             except (OSError, HandshakeError, ProtocolError, TimeoutError) as exc:
                 if not self.config.reconnect:
                     self.status = ClientStatus.CLOSED
-                    raise HandshakeError(f"cannot connect to {self.config.server_addr}: "
-                                         f"{_describe(exc)}") from exc  # fmt: skip
+                    raise HandshakeError(
+                        f"cannot connect to {self.config.server_addr}: {_describe(exc)}"
+                    ) from exc
                 error = exc
             else:
                 attempt = 0
@@ -245,15 +246,22 @@ class Client:
                     return
                 self.status = ClientStatus.RECONNECTING
                 self.reconnects += 1
-                log.warning("lost the connection to %s (%s); reconnecting",
-                            self.config.server_addr, _describe(session.close_reason))  # fmt: skip
+                log.warning(
+                    "lost the connection to %s (%s); reconnecting",
+                    self.config.server_addr,
+                    _describe(session.close_reason),
+                )
                 if not self.config.reconnect:
                     return
                 continue
             delay = self.config.backoff.delay(attempt)
             attempt += 1
-            log.warning("cannot connect to %s: %s; retrying in %.1f s",
-                        self.config.server_addr, _describe(error), delay)  # fmt: skip
+            log.warning(
+                "cannot connect to %s: %s; retrying in %.1f s",
+                self.config.server_addr,
+                _describe(error),
+                delay,
+            )
             await anyio.sleep(delay)
 
     async def _connect(self) -> tuple[Session, Welcome]:
@@ -280,8 +288,9 @@ class Client:
         except TimeoutError:
             if session is not None:
                 session.abort()
-            raise HandshakeError(f"no answer from the server within "
-                                 f"{cfg.session.handshake_timeout:.0f} s") from None  # fmt: skip
+            raise HandshakeError(
+                f"no answer from the server within {cfg.session.handshake_timeout:.0f} s"
+            ) from None
         except SessionClosedError as exc:
             raise HandshakeError(str(session.close_reason if session else exc)) from exc
         except BaseException:
@@ -360,9 +369,12 @@ class Client:
                 sock = await anyio.connect_tcp(addr.host, addr.port)
             else:
                 sock = await anyio.connect_tcp(
-                    addr.host, addr.port, tls=True, ssl_context=tunnel.local_tls,
+                    addr.host,
+                    addr.port,
+                    tls=True,
+                    ssl_context=tunnel.local_tls,
                     tls_hostname=addr.host,
-                )  # fmt: skip
+                )
         except OSError as exc:
             _local_connect_failed(stream, addr, exc)
             return
@@ -398,10 +410,14 @@ def _client_config(settings: dict[str, object]) -> ClientConfig:
     server = values.pop("server_addr", None)
     if not isinstance(server, str | Address):
         raise ConfigError("server_addr is required")
-    values["server_addr"] = Address.parse(server, what="server_addr") if isinstance(
-        server, str) else server  # fmt: skip
-    inline: dict[str, object] = {k: values.pop(k) for k in ("local_addr", "protocol", "tunnel_id", "remote_port",
-                                         "handler") if k in values}  # fmt: skip
+    values["server_addr"] = (
+        Address.parse(server, what="server_addr") if isinstance(server, str) else server
+    )
+    inline: dict[str, object] = {
+        k: values.pop(k)
+        for k in ("local_addr", "protocol", "tunnel_id", "remote_port", "handler")
+        if k in values
+    }
     if "tunnels" in values:
         if inline:
             raise ConfigError("give either tunnels or local_addr/protocol/tunnel_id, not both")

@@ -46,7 +46,9 @@ class ProtocolLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's is not a subclass
         set_nodelay(transport.get_extra_info("socket"))
         high = self._config.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)

@@ -9,6 +9,7 @@ two tasks over the anyio byte-stream API. Both pass half-close (EOF) and resets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import Callable
@@ -31,7 +32,7 @@ class SpliceProtocol(asyncio.Protocol):
     """A socket spliced to a stream. ``make_stream`` supplies the stream when it connects
     (the server opens one per visitor; the client already has one) or None to refuse."""
 
-    __slots__ = ("_eof_in", "_make_stream", "_closing", "_paused", "stream", "transport", "write")
+    __slots__ = ("_closing", "_eof_in", "_make_stream", "_paused", "stream", "transport", "write")
 
     def __init__(self, make_stream: Callable[[tuple[str, int] | None], Stream | None]) -> None:
         self._make_stream = make_stream
@@ -44,7 +45,9 @@ class SpliceProtocol(asyncio.Protocol):
         self.write: Callable[[bytes | memoryview], None] = _not_connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         set_nodelay(sock)
         peer = transport.get_extra_info("peername")
@@ -115,20 +118,18 @@ class SpliceProtocol(asyncio.Protocol):
             self._closing = True
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
             transport.abort()
 
     def close_if_done(self) -> None:
         """Close the socket once both directions have ended."""
         stream = self.stream
         transport = self.transport
-        if stream is not None and transport is not None and not self._closing:
-            if stream.done and self._eof_in:
-                self._closing = True
-                transport.close()
+        done = stream is not None and stream.done and self._eof_in
+        if done and transport is not None and not self._closing:
+            self._closing = True
+            transport.close()
 
 
 def _not_connected(data: bytes | memoryview) -> None:

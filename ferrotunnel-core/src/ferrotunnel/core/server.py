@@ -16,7 +16,7 @@ import hmac
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -37,10 +37,10 @@ from ferrotunnel.protocol import (
 
 from .errors import ConfigError, SessionClosedError
 from .ingress import Ingress
-from .plugin.manager import PluginHost
-from .plugin.types import Authenticator, Identity, TcpConnection, TcpMiddleware
 from .links import ProtocolLink, StreamLink
 from .net import Address, Listener, listen
+from .plugin.manager import PluginHost
+from .plugin.types import Authenticator, Identity, TcpConnection, TcpMiddleware
 from .relay import SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
@@ -48,7 +48,6 @@ from .stream import Stream
 __all__ = ["Refused", "Server", "ServerBuilder", "ServerConfig"]
 
 log = logging.getLogger("ferrotunnel.core.server")
-
 
 
 class Refused(Exception):
@@ -64,7 +63,7 @@ class ServerConfig:
     """Everything a :class:`Server` needs. Addresses accept ``"host:port"`` strings."""
 
     token: str | None = None
-    bind: Address = Address("0.0.0.0", 7835)
+    bind: Address = Address("0.0.0.0", 7835)  # noqa: RUF009 (frozen, so safe to share)
     tcp_bind: Address | None = None
     tcp_port_range: tuple[int, int] | None = None
     #: host name shown in public URLs (default: the ingress bind address, or this host's name)
@@ -261,8 +260,9 @@ class Server:
 
     async def _serve_session(self, session: Session) -> None:
         if len(self._sessions) + self._pending_handshakes >= self.config.max_sessions:
-            log.warning("refusing %s: max_sessions (%d) reached", session.peer,
-                        self.config.max_sessions)  # fmt: skip
+            log.warning(
+                "refusing %s: max_sessions (%d) reached", session.peer, self.config.max_sessions
+            )
             session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
             return
         self._pending_handshakes += 1
@@ -286,8 +286,12 @@ class Server:
                 self._notify("ferrotunnel_tunnel_closed", session=session, tunnel=tunnel)
             self._notify("ferrotunnel_session_closed", session=session)
             reason = session.close_reason
-            log.info("session %s from %s closed%s", session.session_id, _fmt(session.peer),
-                     f": {reason}" if reason else "")  # fmt: skip
+            log.info(
+                "session %s from %s closed%s",
+                session.session_id,
+                _fmt(session.peer),
+                f": {reason}" if reason else "",
+            )
 
     async def _receive_hello(self, session: Session) -> Hello | None:
         timeout = self.config.session.handshake_timeout
@@ -299,8 +303,11 @@ class Server:
             session.abort()
             return None
         except SessionClosedError as exc:
-            log.info("connection from %s closed during the handshake: %s", _fmt(session.peer),
-                     session.close_reason or exc)  # fmt: skip
+            log.info(
+                "connection from %s closed during the handshake: %s",
+                _fmt(session.peer),
+                session.close_reason or exc,
+            )
             return None
         assert isinstance(hello, Hello)
         return hello
@@ -310,9 +317,11 @@ class Server:
         try:
             versions = set(hello.versions) & set(SUPPORTED_VERSIONS)
             if not versions:
-                raise Refused(RejectCode.UNSUPPORTED_VERSION,
-                              f"no common protocol version: client speaks {list(hello.versions)}, "
-                              f"server {list(SUPPORTED_VERSIONS)}")  # fmt: skip
+                raise Refused(
+                    RejectCode.UNSUPPORTED_VERSION,
+                    f"no common protocol version: client speaks {list(hello.versions)}, "
+                    f"server {list(SUPPORTED_VERSIONS)}",
+                )
             try:
                 identity = await self._authenticate(hello, session.peer)
             except Refused:
@@ -324,13 +333,15 @@ class Server:
             async with self._claim_lock:
                 granted, stale = await self._claim(session, owner, identity, hello.tunnels)
         except Refused as refusal:
-            log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id,
-                        refusal)  # fmt: skip
+            log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id, refusal)
             session.reject(Reject(refusal.code, str(refusal)))
             return None
         for old in stale:
-            log.info("client %r reconnected: closing its stale session %s", owner.client_id,
-                     old.session_id)  # fmt: skip
+            log.info(
+                "client %r reconnected: closing its stale session %s",
+                owner.client_id,
+                old.session_id,
+            )
             old.abort(SessionClosedError("replaced by a new session of the same client"))
             self._sessions.pop(old, None)
         session.on_stream = None  # clients do not open streams towards the server
@@ -346,8 +357,13 @@ class Server:
             ),
             hello,
         )
-        log.info("session %s from %s (client %r): %s", session.session_id, _fmt(session.peer),
-                 hello.client_id, ", ".join(t.public_url for t in granted) or "no tunnels")  # fmt: skip
+        log.info(
+            "session %s from %s (client %r): %s",
+            session.session_id,
+            _fmt(session.peer),
+            hello.client_id,
+            ", ".join(t.public_url for t in granted) or "no tunnels",
+        )
         self._granted[session] = granted
         self._notify("ferrotunnel_session_opened", session=session, identity=identity)
         for tunnel in granted:
@@ -398,9 +414,10 @@ class Server:
             if request.kind is not TunnelKind.TCP:
                 extension = self._ingresses.get(request.kind)
                 if extension is None:
-                    raise Refused(RejectCode.BAD_REQUEST,
-                                  f"tunnel {request.name!r}: this server has no {request.kind} "
-                                  "ingress")  # fmt: skip
+                    raise Refused(
+                        RejectCode.BAD_REQUEST,
+                        f"tunnel {request.name!r}: this server has no {request.kind} ingress",
+                    )
                 keys = extension.claim_keys(request, identity)
                 for key in keys:
                     if key in keys_now:
@@ -408,8 +425,9 @@ class Server:
                     held = self._ingress_claims.get(key)
                     if held is not None:
                         if held[0] != owner:
-                            raise Refused(RejectCode.NAME_TAKEN,
-                                          f"{_key_text(key)} is held by another client")  # fmt: skip
+                            raise Refused(
+                                RejectCode.NAME_TAKEN, f"{_key_text(key)} is held by another client"
+                            )
                         if held[1] is not session:
                             stale.add(held[1])
                 keys_now.update(keys)
@@ -419,8 +437,9 @@ class Server:
             holder = self._claims.get(port)
             if holder is not None:
                 if holder != owner:
-                    raise Refused(RejectCode.PORT_UNAVAILABLE,
-                                  f"port {port} is held by another client")  # fmt: skip
+                    raise Refused(
+                        RejectCode.PORT_UNAVAILABLE, f"port {port} is held by another client"
+                    )
                 stale.update(s for s, o in self._sessions.items() if o == owner)
             taken_now.add(port)
             plan.append((request, port))
@@ -447,9 +466,14 @@ class Server:
             ingress.session, ingress.tunnel = session, request.name
             if ingress.dynamic:
                 self._ingress[port] = ingress
-            result.append(GrantedTunnel(request.name, TunnelKind.TCP,
-                                        f"tcp://{self._public_host(ingress)}:{port}",
-                                        remote_port=port))  # fmt: skip
+            result.append(
+                GrantedTunnel(
+                    request.name,
+                    TunnelKind.TCP,
+                    f"tcp://{self._public_host(ingress)}:{port}",
+                    remote_port=port,
+                )
+            )
         for extension, request, keys in extension_plan:
             for key in keys:
                 self._ingress_claims[key] = (owner, session)
@@ -466,14 +490,14 @@ class Server:
         if request.remote_port:
             port = request.remote_port
             if port != fixed_port and not self._in_range(port):
-                raise Refused(RejectCode.PORT_UNAVAILABLE,
-                              f"port {port} is outside this server's TCP port range "
-                              f"({self._range_text()})")  # fmt: skip
+                raise Refused(
+                    RejectCode.PORT_UNAVAILABLE,
+                    f"port {port} is outside this server's TCP port range ({self._range_text()})",
+                )
             if port in taken_now:
                 raise Refused(RejectCode.BAD_REQUEST, f"port {port} requested twice")
             if not identity.may_claim_port(port):
-                raise Refused(RejectCode.FORBIDDEN,
-                              f"{identity.name!r} may not claim port {port}")  # fmt: skip
+                raise Refused(RejectCode.FORBIDDEN, f"{identity.name!r} may not claim port {port}")
             return port
         remembered = self._remembered_ports.get((owner, request.name))
         candidates = [remembered] if remembered is not None else []
@@ -491,11 +515,14 @@ class Server:
             if holder is None or holder == owner:
                 return port
         if fixed_port is None and self.config.tcp_port_range is None:
-            raise Refused(RejectCode.PORT_UNAVAILABLE,
-                          "this server has no TCP ingress (start it with --tcp-bind or "
-                          "--tcp-port-range)")  # fmt: skip
-        raise Refused(RejectCode.PORT_UNAVAILABLE,
-                      f"no free TCP port on this server that {identity.name!r} may claim")  # fmt: skip
+            raise Refused(
+                RejectCode.PORT_UNAVAILABLE,
+                "this server has no TCP ingress (start it with --tcp-bind or --tcp-port-range)",
+            )
+        raise Refused(
+            RejectCode.PORT_UNAVAILABLE,
+            f"no free TCP port on this server that {identity.name!r} may claim",
+        )
 
     def _in_range(self, port: int) -> bool:
         span = self.config.tcp_port_range
@@ -576,10 +603,8 @@ class Server:
         )
         return ingress
 
-
     def _tcp_allowed(self, ingress: _TcpIngress, visitor: tuple[str, int] | None) -> bool:
-        conn = TcpConnection(ingress.tunnel, ingress.listener.address.port,
-                             *(visitor or ("", 0)))  # fmt: skip
+        conn = TcpConnection(ingress.tunnel, ingress.listener.address.port, *(visitor or ("", 0)))
         for middleware in self._tcp_middlewares:
             try:
                 if not middleware.on_connect(conn):
@@ -653,4 +678,3 @@ class ServerBuilder:
 
     def build(self) -> Server:
         return Server(_server_config(self._settings))
-

@@ -242,9 +242,9 @@ class Session:
         return stream
 
     def forget(self, stream: Stream) -> None:
-        if self._streams.pop(stream.id, None) is not None and self._drained is not None:
-            if not self._streams:
-                self._drained.set()
+        forgotten = self._streams.pop(stream.id, None) is not None
+        if forgotten and self._drained is not None and not self._streams:
+            self._drained.set()
 
     # ------------------------------------------------------------------ frames out
 
@@ -344,8 +344,10 @@ class Session:
         if isinstance(event, Ping):
             self._write(encode(Pong(event.opaque)))
             return
-        expected = isinstance(event, Hello) if self.role is Role.SERVER else isinstance(
-            event, Welcome | Reject
+        expected = (
+            isinstance(event, Hello)
+            if self.role is Role.SERVER
+            else isinstance(event, Welcome | Reject)
         )
         if not (expected and isinstance(event, Hello | Welcome | Reject)) or self._handshake:
             raise ProtocolError(f"unexpected {type(event).__name__} frame during the handshake")
@@ -422,7 +424,7 @@ class Session:
         self._goaway_sent = True
         self._write(encode(GoAway(self._last_peer_id, code, message)))
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound, not a deadline)
         """GOAWAY, then wait up to ``timeout`` for open streams to finish, then close."""
         self.goaway("shutting down", ErrorCode.SHUTDOWN)
         if self._streams and self._state is not _State.CLOSED:

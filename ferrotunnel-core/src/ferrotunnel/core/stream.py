@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import ByteStream
 from anyio import TypedAttributeSet, typed_attribute
+from anyio.abc import ByteStream
 
 from ferrotunnel.protocol import ErrorCode, Open, ProtocolError, TunnelKind
 
@@ -77,26 +77,26 @@ class Stream(ByteStream):
     """A bidirectional byte stream inside a session. Use it like a socket."""
 
     __slots__ = (
-        "id",
-        "open_frame",
-        "_session",
-        "_send_window",
-        "_recv_window",
-        "_unacked",
+        "_closed_locally",
+        "_fin_pending",
+        "_fin_received",
+        "_fin_sent",
         "_held",
-        "_update_threshold",
+        "_pending",
         "_queue",
         "_queued",
-        "_pending",
-        "_fin_pending",
-        "_fin_sent",
-        "_fin_received",
-        "_reset_code",
-        "_closed_locally",
         "_readable",
-        "_writable",
+        "_recv_window",
+        "_reset_code",
+        "_send_window",
+        "_session",
         "_sink",
         "_sink_paused",
+        "_unacked",
+        "_update_threshold",
+        "_writable",
+        "id",
+        "open_frame",
     )
 
     def __init__(self, session: Session, open_frame: Open, send_window: int, recv_window: int):
@@ -357,9 +357,7 @@ class Stream(ByteStream):
     def _on_window_update(self, increment: int) -> None:
         self._send_window += increment
         if self._send_window > (1 << 31) - 1:
-            raise ProtocolError(
-                f"stream {self.id}: window overflow", ErrorCode.FLOW_CONTROL_ERROR
-            )
+            raise ProtocolError(f"stream {self.id}: window overflow", ErrorCode.FLOW_CONTROL_ERROR)
         if self._pending:
             self._flush_pending()
         if self._writable is not None:

@@ -106,7 +106,9 @@ def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
     return Config(schema, _convert_tables(schema, data, _Locator(source, text)), source, data)
 
 
-def from_mapping(schema: ConfigSchema, data: Mapping[str, object], source: str = "<dict>") -> Config:
+def from_mapping(
+    schema: ConfigSchema, data: Mapping[str, object], source: str = "<dict>"
+) -> Config:
     values = _convert_tables(schema, dict(data), _Locator(source, ""))
     return Config(schema, values, source, dict(data))
 
@@ -127,9 +129,7 @@ class _Locator:
                     return f"{self.source}:{number}"
                 in_table = True
                 continue
-            if in_table and key is not None and re.match(
-                r"^\s*" + re.escape(key) + r"\s*=", line
-            ):
+            if in_table and key is not None and re.match(r"^\s*" + re.escape(key) + r"\s*=", line):
                 return f"{self.source}:{number}"
         return self.source
 

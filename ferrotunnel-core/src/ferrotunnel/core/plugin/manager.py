@@ -61,22 +61,30 @@ class PluginHost:
         self.manager = manager
         self.infos = infos
         self.hook = manager.hook
+        self._labels: dict[int, str] = {}  # id(object a hook returned) -> its plugin's label
+        #: the configuration given to :meth:`configure`
+        self.config: Config | None = None
 
     @classmethod
-    def with_plugins(cls, plugins: Iterable[object] = (), *, names: Sequence[str] = ()) -> PluginHost:
+    def with_plugins(
+        cls, plugins: Iterable[object] = (), *, names: Sequence[str] = ()
+    ) -> PluginHost:
         """A host with exactly these plugin objects (for tests and library users)."""
         manager = _new_manager()
         infos = []
         for i, plugin in enumerate(plugins):
             name = names[i] if i < len(names) else getattr(plugin, "__name__", repr(plugin))
             manager.register(plugin, name=name)
-            infos.append(PluginInfo(name, "(registered)", "", "enabled", _hooks_of(manager, plugin)))
+            infos.append(
+                PluginInfo(name, "(registered)", "", "enabled", _hooks_of(manager, plugin))
+            )
         return cls(manager, infos)
 
     def register(self, plugin: object, name: str | None = None) -> None:
         name = self.manager.register(plugin, name=name)
-        self.infos.append(PluginInfo(name or "?", "(registered)", "", "enabled",
-                                     _hooks_of(self.manager, plugin)))  # fmt: skip
+        self.infos.append(
+            PluginInfo(name or "?", "(registered)", "", "enabled", _hooks_of(self.manager, plugin))
+        )
 
     # ---- start-up
 
@@ -87,6 +95,7 @@ class PluginHost:
         return schema
 
     def configure(self, config: Config) -> None:
+        self.config = config
         self.hook.ferrotunnel_configure.call_historic(kwargs={"config": config})
 
     def register_commands(self, cli: Any) -> None:
@@ -99,13 +108,34 @@ class PluginHost:
         return self.hook.ferrotunnel_client_ssl_context(config=config)
 
     def authenticators(self, config: Config) -> list[Authenticator]:
-        return _flatten(self.hook.ferrotunnel_authenticators(config=config))
+        return self._collect("ferrotunnel_authenticators", config)
 
     def http_middlewares(self, config: Config) -> list[HttpMiddleware]:
-        return _flatten(self.hook.ferrotunnel_http_middlewares(config=config))
+        return self._collect("ferrotunnel_http_middlewares", config)
 
     def tcp_middlewares(self, config: Config) -> list[TcpMiddleware]:
-        return _flatten(self.hook.ferrotunnel_tcp_middlewares(config=config))
+        return self._collect("ferrotunnel_tcp_middlewares", config)
+
+    def label_of(self, obj: object) -> str:
+        """``plugin (distribution version)`` for an object a plugin's hook returned."""
+        return self._labels.get(id(obj), type(obj).__name__)
+
+    def _collect(self, hook_name: str, config: Config) -> list[Any]:
+        """Call one collecting hook implementation at a time, remembering who returned what
+        (so a failure on the request path can name the plugin and its distribution)."""
+        infos = {info.name: info for info in self.infos}
+        objects: list[Any] = []
+        for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
+            args = {"config": config}
+            result = impl.function(**{name: args[name] for name in impl.argnames})
+            info = infos.get(impl.plugin_name)
+            label = impl.plugin_name
+            if info is not None and info.distribution != "(registered)":
+                label += f" ({info.distribution} {info.version})"
+            for obj in result or ():
+                self._labels[id(obj)] = label
+                objects.append(obj)
+        return objects
 
     async def startup(self, app: object) -> None:
         for result in self.hook.ferrotunnel_startup(app=app):
@@ -186,8 +216,10 @@ def load_plugins(
         except Exception as exc:
             info.status = "failed"
             info.error = f"{type(exc).__name__}: {exc}"
-            _problem(strict, f"plugin {ep.name!r} from {dist_name} {version} failed to load: "
-                     f"{info.error}")  # fmt: skip
+            _problem(
+                strict,
+                f"plugin {ep.name!r} from {dist_name} {version} failed to load: {info.error}",
+            )
             continue
         info.hooks = _hooks_of(manager, plugin)
     return PluginHost(manager, infos)

@@ -59,9 +59,7 @@ class Authenticator(Protocol):
     authenticator accepts is rejected with ``auth_failed``.
     """
 
-    async def authenticate(
-        self, hello: Hello, peer: tuple[str, int] | None
-    ) -> Identity | None: ...
+    async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity | None: ...
 
 
 class HttpRequest(Protocol):
@@ -140,7 +138,7 @@ class HttpMiddleware(Protocol):
 
     def on_request(
         self, request: HttpRequest, ctx: RequestContext
-    ) -> Reply | None | Awaitable[Reply | None]: ...
+    ) -> Reply | Awaitable[Reply | None] | None: ...
 
     def on_response(self, response: HttpResponse, ctx: RequestContext) -> None: ...
 
