@@ -1,0 +1,149 @@
+"""Pieces the built-in plugins share: tunnel patterns, settings lookup, replies, digests."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from ferrotunnel.core.plugin import Config, Reply, RequestContext
+
+__all__ = [
+    "OWNER",
+    "REPLIED_BY",
+    "USER_KEY",
+    "TunnelMatcher",
+    "parse_sha256",
+    "reply",
+    "resolve_path",
+    "retry_after",
+    "settings_of",
+    "sha256",
+]
+
+T = TypeVar("T")
+
+#: the ``owner`` of every table the built-ins declare
+OWNER = "ferrotunnel-plugins"
+
+#: ``ctx.state`` key a built-in sets (to its plugin name) when it answers a request itself, so
+#: that the circuit breaker does not take that answer for one from the tunnel's origin
+REPLIED_BY = "ferrotunnel.replied_by"
+
+#: ``ctx.state`` key under which ``basic-auth`` leaves the name of the visitor it let in
+USER_KEY = "basic_auth.user"
+
+_WILDCARDS = frozenset("*?[")
+_MISSING = object()
+
+
+class TunnelMatcher(Generic[T]):
+    """Per-tunnel settings keyed by patterns, looked up by a request's host and tunnel name.
+
+    A key is a shell pattern (``fnmatch``, case-insensitive) matched against both the host the
+    visitor asked for and the tunnel's name; ``"*"`` matches every tunnel. One entry applies —
+    the most specific: a key equal to the host, then a key equal to the tunnel name, then the
+    wildcard key with the most literal characters (ties: the one written first), ``"*"`` last.
+    Entries are not merged. Results are cached per (host, tunnel), at most ``cache_size`` of
+    them (the cache is emptied when full).
+    """
+
+    __slots__ = ("_cache", "_cache_size", "_exact", "_wild")
+
+    def __init__(self, entries: Mapping[str, T], *, cache_size: int = 4096) -> None:
+        self._exact: dict[str, T] = {}
+        wild: list[tuple[int, int, re.Pattern[str], T]] = []
+        for index, (pattern, value) in enumerate(entries.items()):
+            key = pattern.lower()
+            if _WILDCARDS.isdisjoint(key):
+                self._exact.setdefault(key, value)
+            else:
+                literal = sum(1 for c in key if c not in _WILDCARDS)
+                wild.append((-literal, index, re.compile(fnmatch.translate(key)), value))
+        wild.sort(key=lambda item: (item[0], item[1]))
+        self._wild = [(regex, value) for _, _, regex, value in wild]
+        self._cache: dict[tuple[str, str], T | None] = {}
+        self._cache_size = cache_size
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._wild)
+
+    def lookup(self, host: str, tunnel: str) -> T | None:
+        """The settings that apply to ``host``/``tunnel``, or None if no key matches."""
+        key = (host, tunnel)
+        found = self._cache.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._find(host.lower(), tunnel.lower())
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[key] = found
+        return found  # type: ignore[return-value]
+
+    def _find(self, host: str, tunnel: str) -> T | None:
+        exact = self._exact
+        if host and host in exact:
+            return exact[host]
+        if tunnel and tunnel in exact:
+            return exact[tunnel]
+        for regex, value in self._wild:
+            if (host and regex.match(host)) or (tunnel and regex.match(tunnel)):
+                return value
+        return None
+
+
+def settings_of(config: Config, name: str, settings: type[T]) -> T:
+    """Table ``[name]`` of ``config``; its defaults if the schema did not declare it."""
+    try:
+        value = config.table(name)
+    except KeyError:
+        return settings()
+    if not isinstance(value, settings):
+        raise TypeError(f"table [{name}] is a {type(value).__name__}, not {settings.__name__}")
+    return value
+
+
+def resolve_path(config: Config, path: str) -> Path:
+    """``path`` with ``~`` expanded; a relative one is relative to the configuration file's
+    folder (to the working directory when the configuration did not come from a file)."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        source = Path(config.source)
+        if source.is_file():
+            return source.parent / resolved
+    return resolved
+
+
+def sha256(data: str) -> bytes:
+    return hashlib.sha256(data.encode("utf-8")).digest()
+
+
+def parse_sha256(text: str) -> bytes:
+    """The 32 bytes a 64-digit hexadecimal SHA-256 digest spells; ValueError otherwise."""
+    text = text.strip()
+    if len(text) != 64:
+        raise ValueError("a sha256 digest is 64 hexadecimal digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ValueError("a sha256 digest is 64 hexadecimal digits") from None
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def reply(
+    ctx: RequestContext,
+    plugin: str,
+    status: int,
+    body: str,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Reply:
+    """A :class:`Reply`, with ``ctx`` marked as answered by ``plugin`` (see :data:`REPLIED_BY`)."""
+    ctx.state[REPLIED_BY] = plugin
+    return Reply(status, body, headers)

@@ -1,0 +1,248 @@
+"""``circuit-breaker``: stop sending requests to a failing origin for a while, per tunnel.
+
+::
+
+    [circuit_breaker.tunnels."*"]
+    failure_threshold = 5
+    open_seconds = 30.0
+
+    [circuit_breaker.tunnels."api.example.com"]
+    failure_statuses = [500, 502, 503, 504]
+
+Each tunnel (a tunnel name together with the host visitors ask for) has a circuit:
+
+* **closed** — requests pass. A response whose status is in ``failure_statuses`` is a
+  failure; ``failure_threshold`` failures in a row open the circuit (any other status resets
+  the count). The ingress answers ``502`` itself when it cannot reach the origin, so that
+  is a failure too.
+* **open** — requests are answered ``503`` at once, with ``Retry-After`` (the seconds until
+  the circuit half-opens), for ``open_seconds``.
+* **half-open** — up to ``half_open_max`` requests at a time go through as probes, the rest
+  get ``503`` (``Retry-After: 1``). A failed probe re-opens the circuit; ``success_threshold``
+  successful probes close it. If a probe's outcome never arrives (its visitor vanished and
+  the exchange was not completed), new probes are let through after ``open_seconds``.
+
+``500`` is not a failure by default: it is usually the application's own error, not a sign
+that the origin is down or overloaded. Outcomes are taken from ``on_complete``; exchanges
+answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``) or started
+before the circuit opened do not count. Only circuits with failures take memory: a circuit
+that closes is forgotten.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ferrotunnel.core.plugin import (
+    Config,
+    ConfigSchema,
+    ExchangeRecord,
+    HttpRequest,
+    Reply,
+    RequestContext,
+    hookimpl,
+)
+
+from ._common import OWNER, REPLIED_BY, TunnelMatcher, reply, retry_after, settings_of
+
+__all__ = [
+    "BreakerSettings",
+    "Circuit",
+    "CircuitBreaker",
+    "CircuitBreakerSettings",
+    "CircuitState",
+]
+
+TABLE = "circuit_breaker"
+PLUGIN = "circuit-breaker"
+STATE_KEY = "circuit_breaker"
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """``[circuit_breaker.tunnels."PATTERN"]``: the circuit of the tunnels PATTERN matches."""
+
+    #: failures in a row that open the circuit (>= 1)
+    failure_threshold: int = 5
+    #: response statuses that count as failures
+    failure_statuses: tuple[int, ...] = (502, 503, 504)
+    #: seconds the circuit stays open before it lets probes through (> 0)
+    open_seconds: float = 30.0
+    #: probe requests let through at once while half-open (>= 1)
+    half_open_max: int = 1
+    #: successful probes that close the circuit again (>= 1)
+    success_threshold: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("failure_threshold", "half_open_max", "success_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not (self.open_seconds > 0 and math.isfinite(self.open_seconds)):
+            raise ValueError("open_seconds must be a positive number")
+        for status in self.failure_statuses:
+            if not 100 <= status <= 599:
+                raise ValueError(f"failure_statuses: {status} is not an HTTP status")
+
+
+@dataclass(frozen=True)
+class CircuitBreakerSettings:
+    """``[circuit_breaker]``: per-tunnel circuit breakers. Unset: the plugin does nothing."""
+
+    #: breakers by tunnel pattern, matched against the host and the tunnel name
+    #: (``"*"``: every tunnel; the most specific key applies)
+    tunnels: dict[str, BreakerSettings] = field(default_factory=dict)
+
+
+class CircuitState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+class Circuit:
+    """One tunnel's circuit (only kept while it is not closed with zero failures)."""
+
+    __slots__ = ("epoch", "failures", "in_flight", "opened_at", "probe_at", "state", "successes")
+
+    def __init__(self) -> None:
+        self.state = CircuitState.CLOSED
+        self.failures = 0
+        self.successes = 0
+        self.in_flight = 0
+        self.opened_at = 0.0
+        self.probe_at = 0.0
+        self.epoch = 0  # which half-open period probes belong to
+
+    def open(self, now: float) -> None:
+        self.state = CircuitState.OPEN
+        self.opened_at = now
+        self.in_flight = 0
+
+    def half_open(self, now: float) -> None:
+        self.state = CircuitState.HALF_OPEN
+        self.epoch += 1
+        self.in_flight = 0
+        self.successes = 0
+        self.probe_at = now
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """What ``on_request`` leaves in ``ctx.state`` for ``on_complete``."""
+
+    settings: BreakerSettings
+    key: tuple[str, str]
+    probe: int | None  # the circuit's epoch, for a half-open probe
+
+
+class CircuitBreaker:
+    """The HTTP middleware: fast ``503`` while a tunnel's circuit is open."""
+
+    __slots__ = ("_circuits", "_clock", "_matcher")
+
+    def __init__(
+        self, tunnels: Mapping[str, BreakerSettings], *, clock: Clock = time.monotonic
+    ) -> None:
+        self._matcher = TunnelMatcher(dict(tunnels))
+        self._clock = clock
+        self._circuits: dict[tuple[str, str], Circuit] = {}
+
+    def state(self, tunnel: str, host: str) -> CircuitState:
+        """The circuit state of a tunnel (for tests and status pages)."""
+        circuit = self._circuits.get((tunnel, host))
+        if circuit is None:
+            return CircuitState.CLOSED
+        if circuit.state is CircuitState.OPEN:
+            settings = self._matcher.lookup(host, tunnel)
+            if settings and self._clock() - circuit.opened_at >= settings.open_seconds:
+                return CircuitState.HALF_OPEN
+        return circuit.state
+
+    def __len__(self) -> int:
+        return len(self._circuits)
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        settings = self._matcher.lookup(ctx.host, ctx.tunnel)
+        if settings is None:
+            return None
+        key = (ctx.tunnel, ctx.host)
+        circuit = self._circuits.get(key)
+        if circuit is None or circuit.state is CircuitState.CLOSED:
+            ctx.state[STATE_KEY] = _Admitted(settings, key, None)
+            return None
+        now = self._clock()
+        if circuit.state is CircuitState.OPEN:
+            remaining = circuit.opened_at + settings.open_seconds - now
+            if remaining > 0:
+                return self._refuse(ctx, remaining)
+            circuit.half_open(now)
+        if circuit.in_flight >= settings.half_open_max:
+            if now - circuit.probe_at < settings.open_seconds:
+                return self._refuse(ctx, 1.0)
+            circuit.half_open(now)  # the probes' outcomes never came: try again
+        circuit.in_flight += 1
+        circuit.probe_at = now
+        ctx.state[STATE_KEY] = _Admitted(settings, key, circuit.epoch)
+        return None
+
+    def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+        admitted = ctx.state.get(STATE_KEY)
+        if not isinstance(admitted, _Admitted):
+            return  # not let through by this breaker
+        neutral = REPLIED_BY in ctx.state  # another middleware answered: not the origin
+        failed = record.status in admitted.settings.failure_statuses
+        circuits = self._circuits
+        circuit = circuits.get(admitted.key)
+        if admitted.probe is not None:
+            if (
+                circuit is None
+                or circuit.state is not CircuitState.HALF_OPEN
+                or circuit.epoch != admitted.probe
+            ):
+                return  # a probe of an earlier half-open period
+            circuit.in_flight -= 1
+            if neutral:
+                return
+            if failed:
+                circuit.open(self._clock())
+            else:
+                circuit.successes += 1
+                if circuit.successes >= admitted.settings.success_threshold:
+                    del circuits[admitted.key]
+            return
+        if neutral:
+            return
+        if circuit is None:
+            if not failed:
+                return
+            circuit = circuits[admitted.key] = Circuit()
+        elif circuit.state is not CircuitState.CLOSED:
+            return  # started before the circuit opened
+        if not failed:
+            del circuits[admitted.key]
+            return
+        circuit.failures += 1
+        if circuit.failures >= admitted.settings.failure_threshold:
+            circuit.open(self._clock())
+
+    @staticmethod
+    def _refuse(ctx: RequestContext, seconds: float) -> Reply:
+        return reply(ctx, PLUGIN, 503, "service unavailable: the tunnel's origin is failing\n",
+                     [("Retry-After", retry_after(seconds))])  # fmt: skip
+
+
+@hookimpl
+def ferrotunnel_add_config(schema: ConfigSchema) -> None:
+    schema.add_table(TABLE, CircuitBreakerSettings, owner=OWNER, help="per-tunnel circuit breakers")
+
+
+@hookimpl(trylast=True)
+def ferrotunnel_http_middlewares(config: Config) -> list[CircuitBreaker]:
+    settings = settings_of(config, TABLE, CircuitBreakerSettings)
+    return [CircuitBreaker(settings.tunnels)] if settings.tunnels else []

@@ -1,0 +1,167 @@
+"""``ip-filter``: allow and deny visitors by address, per tunnel (HTTP and TCP).
+
+::
+
+    [ip_filter.tunnels."*"]
+    deny = ["203.0.113.0/24"]
+
+    [ip_filter.tunnels."admin.example.com"]
+    allow = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+
+A visitor whose address is in a ``deny`` network is refused; otherwise, if ``allow`` is not
+empty, a visitor outside every ``allow`` network is refused. HTTP visitors get ``403``; TCP
+connections are closed (for TCP tunnels the keys are matched against the tunnel name).
+IPv4-mapped IPv6 addresses (``::ffff:192.0.2.7``) are checked as IPv4. One entry applies
+per tunnel — the most specific key; entries are not merged, so repeat global ``deny``
+networks in specific entries. Tunnels no key matches are untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ferrotunnel.core.plugin import (
+    Config,
+    ConfigSchema,
+    HttpRequest,
+    Reply,
+    RequestContext,
+    TcpConnection,
+    hookimpl,
+)
+
+from ._common import OWNER, TunnelMatcher, reply, settings_of
+
+__all__ = ["IpFilterHttp", "IpFilterRule", "IpFilterSettings", "IpFilterTcp", "IpRule"]
+
+TABLE = "ip_filter"
+PLUGIN = "ip-filter"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _networks(cidrs: tuple[str, ...], key: str) -> tuple[Network, ...]:
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{key}: {cidr!r} is not an address or CIDR network") from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class IpFilterRule:
+    """``[ip_filter.tunnels."PATTERN"]``: who may visit the tunnels PATTERN matches."""
+
+    #: networks (``"10.0.0.0/8"``) or addresses allowed in; empty: everyone not denied
+    allow: tuple[str, ...] = ()
+    #: networks or addresses refused; wins over ``allow``
+    deny: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _networks(self.allow, "allow")
+        _networks(self.deny, "deny")
+
+
+@dataclass(frozen=True)
+class IpFilterSettings:
+    """``[ip_filter]``: per-tunnel address rules. Unset: the plugin does nothing."""
+
+    #: rules by tunnel pattern, matched against the host and the tunnel name
+    #: (``"*"``: every tunnel; the most specific key applies)
+    tunnels: dict[str, IpFilterRule] = field(default_factory=dict)
+
+
+def _address(text: str) -> Address | None:
+    try:
+        address = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class IpRule:
+    """A compiled :class:`IpFilterRule`."""
+
+    __slots__ = ("allow", "deny")
+
+    def __init__(self, rule: IpFilterRule) -> None:
+        self.allow = _collapse(_networks(rule.allow, "allow"))
+        self.deny = _collapse(_networks(rule.deny, "deny"))
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def admits(self, visitor_ip: str) -> bool:
+        address = _address(visitor_ip)
+        if address is None:  # not an address we can judge: only rules without allow pass it
+            return not self.allow
+        if any(address in network for network in self.deny):
+            return False
+        return not self.allow or any(address in network for network in self.allow)
+
+
+def _collapse(networks: tuple[Network, ...]) -> tuple[Network, ...]:
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
+
+
+def _matcher(tunnels: Mapping[str, IpFilterRule]) -> TunnelMatcher[IpRule]:
+    return TunnelMatcher({pattern: IpRule(rule) for pattern, rule in tunnels.items()})
+
+
+class IpFilterHttp:
+    """The HTTP middleware: ``403`` for visitors a tunnel's rule refuses."""
+
+    __slots__ = ("_matcher",)
+
+    def __init__(self, tunnels: Mapping[str, IpFilterRule]) -> None:
+        self._matcher = _matcher(tunnels)
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        rule = self._matcher.lookup(ctx.host, ctx.tunnel)
+        if rule is None or rule.admits(ctx.visitor_ip):
+            return None
+        return reply(ctx, PLUGIN, 403, "forbidden\n")
+
+
+class IpFilterTcp:
+    """The TCP middleware: refuses connections a tunnel's rule refuses."""
+
+    __slots__ = ("_matcher",)
+
+    def __init__(self, tunnels: Mapping[str, IpFilterRule]) -> None:
+        self._matcher = _matcher(tunnels)
+
+    def on_connect(self, conn: TcpConnection) -> bool:
+        rule = self._matcher.lookup("", conn.tunnel)
+        return rule is None or rule.admits(conn.visitor_ip)
+
+
+def _configured(config: Config) -> dict[str, IpFilterRule]:
+    settings = settings_of(config, TABLE, IpFilterSettings)
+    return settings.tunnels if any(r.allow or r.deny for r in settings.tunnels.values()) else {}
+
+
+@hookimpl
+def ferrotunnel_add_config(schema: ConfigSchema) -> None:
+    schema.add_table(TABLE, IpFilterSettings, owner=OWNER, help="visitor address rules")
+
+
+@hookimpl(tryfirst=True)
+def ferrotunnel_http_middlewares(config: Config) -> list[IpFilterHttp]:
+    tunnels = _configured(config)
+    return [IpFilterHttp(tunnels)] if tunnels else []
+
+
+@hookimpl(tryfirst=True)
+def ferrotunnel_tcp_middlewares(config: Config) -> list[IpFilterTcp]:
+    tunnels = _configured(config)
+    return [IpFilterTcp(tunnels)] if tunnels else []

@@ -1,0 +1,123 @@
+"""access-log: one JSON line per exchange, to stderr or appended to a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ferrotunnel.core.errors import ConfigError
+from ferrotunnel.core.plugin import load_toml
+from ferrotunnel.plugins import access_log
+from ferrotunnel.plugins.access_log import AccessLog, format_record
+
+from .helpers import config_of, make_ctx, make_record, schema_of
+
+FIELDS = [
+    "time", "tunnel", "host", "method", "path", "status", "bytes_in", "bytes_out",
+    "duration_ms", "visitor_ip", "request_id",
+]  # fmt: skip
+
+
+def test_the_json_fields() -> None:
+    ctx = make_ctx()
+    line = json.loads(format_record(make_record(ctx, 201), ctx))
+    assert list(line) == FIELDS
+    assert line == {
+        "time": "2023-11-14T22:13:20.250Z",
+        "tunnel": "app",
+        "host": "app.example.com",
+        "method": "GET",
+        "path": "/index.html?q=1",
+        "status": 201,
+        "bytes_in": 10,
+        "bytes_out": 2048,
+        "duration_ms": 12.346,
+        "visitor_ip": "192.0.2.7",
+        "request_id": "req-1",
+    }
+
+
+def test_optional_fields() -> None:
+    ctx = make_ctx()
+    ctx.state["trace_id"] = "4bf92f3577b34da6a3ce929d0e0e4736"
+    ctx.state["basic_auth.user"] = "alice"
+    line = json.loads(
+        format_record(make_record(ctx, 502, error="origin refused"), ctx, query=False)
+    )
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert line["user"] == "alice"
+    assert line["error"] == "origin refused"
+    assert line["path"] == "/index.html"
+
+
+def test_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    config = config_of(access_log, "access-log", {"access_log": {"enabled": True}})
+    [mw] = access_log.ferrotunnel_http_middlewares(config)
+    ctx = make_ctx()
+    mw.on_complete(make_record(ctx), ctx)
+    mw.on_complete(make_record(ctx, 404), ctx)
+    err = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["status"] for line in err] == [200, 404]
+
+
+def test_appended_to_a_file_relative_to_the_configuration(tmp_path: Path) -> None:
+    (tmp_path / "access.log").write_text('{"old": true}\n', encoding="utf-8")
+    config_file = tmp_path / "ferrotunnel.toml"
+    config_file.write_text('[access_log]\npath = "access.log"\n', encoding="utf-8")
+    config = load_toml(schema_of(access_log, "access-log"), config_file)
+    access_log.ferrotunnel_configure(config)
+    [mw] = access_log.ferrotunnel_http_middlewares(config)
+    try:
+        ctx = make_ctx()
+        mw.on_complete(make_record(ctx), ctx)
+        # line-buffered: on disk before the file is closed
+        lines = (tmp_path / "access.log").read_text(encoding="utf-8").splitlines()
+    finally:
+        mw.close()
+    assert json.loads(lines[0]) == {"old": True}
+    assert json.loads(lines[1])["request_id"] == "req-1"
+
+
+def test_only_the_listed_tunnels(capsys: pytest.CaptureFixture[str]) -> None:
+    mw = AccessLog(tunnels=("*.example.com",))
+    for host in ["app.example.com", "app.example.org"]:
+        ctx = make_ctx(host=host)
+        mw.on_complete(make_record(ctx), ctx)
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["host"] for line in lines] == ["app.example.com"]
+
+
+def test_write_failures_are_reported_once(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    stream = (tmp_path / "x.log").open("a", encoding="utf-8")
+    stream.close()
+    mw = AccessLog(stream)
+    ctx = make_ctx()
+    mw.on_complete(make_record(ctx), ctx)
+    mw.on_complete(make_record(ctx), ctx)
+    assert caplog.text.count("cannot write") == 1
+
+
+def test_a_bad_path_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "access.log"
+    config = config_of(access_log, "access-log", {"access_log": {"path": str(path)}})
+    with pytest.raises(ConfigError, match=r"access\.log"):
+        access_log.ferrotunnel_configure(config)
+
+
+def test_off_unless_enabled_or_given_a_path(tmp_path: Path) -> None:
+    def count(table: dict[str, object]) -> int:
+        middlewares = access_log.ferrotunnel_http_middlewares(
+            config_of(access_log, "access-log", {"access_log": table})
+        )
+        for mw in middlewares:
+            mw.close()
+        return len(middlewares)
+
+    log = str(tmp_path / "a.log")
+    assert count({}) == 0
+    assert count({"enabled": True}) == 1
+    assert count({"path": log}) == 1
+    assert count({"path": log, "enabled": False}) == 0
+    assert count({"enabled": True, "tunnels": []}) == 0

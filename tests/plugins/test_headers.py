@@ -1,0 +1,86 @@
+"""headers: remove, then set, then add — on requests and responses, per tunnel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ferrotunnel.plugins import headers
+from ferrotunnel.plugins.headers import RequestHeaders, ResponseHeaders
+
+from .helpers import FakeRequest, FakeResponse, config_of, make_ctx
+
+
+def middlewares(**entries: Any) -> list[RequestHeaders | ResponseHeaders]:
+    config = config_of(headers, "headers", {"headers": {"tunnels": entries}})
+    return headers.ferrotunnel_http_middlewares(config)
+
+
+RULES = {
+    "*": {
+        "request_set": {"X-Tunnel": "any"},
+        "response_set": {"Strict-Transport-Security": "max-age=31536000"},
+        "response_remove": ["Server", "x-powered-by"],
+    },
+    "api.example.com": {
+        "request_set": {"X-Tunnel": "api", "X-Forwarded-Proto": "https"},
+        "request_add": {"Via": "1.1 ferrotunnel", "X-New": "fresh"},
+        "request_remove": ["Cookie", "X-Tunnel"],
+        "response_add": {"Vary": "Origin"},
+        "response_set": {"Cache-Control": "no-store"},
+    },
+}
+
+
+def test_request_and_response_edits() -> None:
+    request_mw, response_mw = middlewares(**RULES)
+    assert isinstance(request_mw, RequestHeaders)
+    assert isinstance(response_mw, ResponseHeaders)
+    request = FakeRequest(
+        {"Cookie": "a=b", "Via": "1.1 proxy", "X-Tunnel": "client's", "Accept": "*/*"},
+        host="api.example.com",
+    )
+    ctx = make_ctx(host="api.example.com", tunnel="api")
+    assert request_mw.on_request(request, ctx) is None
+    assert request.as_dict() == {
+        "Accept": "*/*",
+        "Via": "1.1 proxy, 1.1 ferrotunnel",
+        "X-Tunnel": "api",  # removed, then set
+        "X-Forwarded-Proto": "https",
+        "X-New": "fresh",
+    }
+    response = FakeResponse(
+        200, {"Server": "nginx", "Vary": "Accept", "Cache-Control": "max-age=60"}
+    )
+    response_mw.on_response(response, ctx)
+    assert response.as_dict() == {
+        "Server": "nginx",  # the api entry applies alone: entries are not merged
+        "Vary": "Accept, Origin",
+        "Cache-Control": "no-store",
+    }
+
+
+def test_the_wildcard_entry() -> None:
+    request_mw, response_mw = middlewares(**RULES)
+    assert isinstance(request_mw, RequestHeaders)
+    assert isinstance(response_mw, ResponseHeaders)
+    request = FakeRequest({"X-Tunnel": "client's"})
+    ctx = make_ctx()
+    request_mw.on_request(request, ctx)
+    assert request.as_dict() == {"X-Tunnel": "any"}
+    response = FakeResponse(200, {"Server": "nginx", "X-Powered-By": "php", "ETag": '"1"'})
+    response_mw.on_response(response, ctx)
+    assert response.as_dict() == {
+        "ETag": '"1"',
+        "Strict-Transport-Security": "max-age=31536000",
+    }
+
+
+def test_only_the_directions_in_use() -> None:
+    assert middlewares() == []
+    assert middlewares(**{"*": {}}) == []
+    [only] = middlewares(**{"*": {"response_remove": ["Server"]}})
+    assert isinstance(only, ResponseHeaders)
+    assert not hasattr(only, "on_request")
+    [only_request] = middlewares(**{"*": {"request_add": {"Via": "x"}}})
+    assert isinstance(only_request, RequestHeaders)
+    assert not hasattr(only_request, "on_response")
