@@ -21,23 +21,34 @@ from ferrotunnel.core.plugin.config import from_mapping
 
 
 class FakeHeaders:
+    """Header lines in order, like a real head (a name may repeat)."""
+
     def __init__(self, headers: Mapping[str, str] | None = None) -> None:
-        self.headers: dict[str, tuple[str, str]] = {}
-        for name, value in (headers or {}).items():
-            self.set_header(name, value)
+        self.lines: list[tuple[str, str]] = list((headers or {}).items())
 
     def header(self, name: str) -> str | None:
-        found = self.headers.get(name.lower())
-        return found[1] if found else None
+        values = self.header_values(name)
+        return values[0] if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.lines if k.lower() == name.lower()]
 
     def set_header(self, name: str, value: str) -> None:
-        self.headers[name.lower()] = (name, value)
+        self.remove_header(name)
+        self.lines.append((name, value))
+
+    def add_header(self, name: str, value: str) -> None:
+        self.lines.append((name, value))
 
     def remove_header(self, name: str) -> None:
-        self.headers.pop(name.lower(), None)
+        self.lines = [(k, v) for k, v in self.lines if k.lower() != name.lower()]
 
     def as_dict(self) -> dict[str, str]:
-        return {name: value for name, value in self.headers.values()}
+        """Repeated lines joined with ", " (the list form HTTP defines for them)."""
+        joined: dict[str, tuple[str, list[str]]] = {}
+        for name, value in self.lines:
+            joined.setdefault(name.lower(), (name, []))[1].append(value)
+        return {name: ", ".join(values) for name, values in joined.values()}
 
 
 class FakeRequest(FakeHeaders):

@@ -119,7 +119,9 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)
     config_errors(lambda: plugins.configure(loaded))
-    authenticators = plugins.authenticators(loaded)
+    authenticators = config_errors(lambda: plugins.authenticators(loaded))
+    http_middlewares = config_errors(lambda: plugins.http_middlewares(loaded))
+    tcp_middlewares = config_errors(lambda: plugins.tcp_middlewares(loaded))
     token = read_token(settings.token, required=not authenticators)
 
     def build_http() -> HttpIngressConfig:
@@ -158,16 +160,12 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     async def main() -> None:
         ingresses = []
         if running_asyncio_loop() is not None:
-            ingresses.append(
-                HttpIngress(
-                    http_config, middlewares=plugins.http_middlewares(loaded), plugins=plugins
-                )
-            )
+            ingresses.append(HttpIngress(http_config, middlewares=http_middlewares, plugins=plugins))
         tunnel_server = Server(
             config,
             authenticators=authenticators,
             ingresses=ingresses,
-            tcp_middlewares=plugins.tcp_middlewares(loaded),
+            tcp_middlewares=tcp_middlewares,
             plugins=plugins,
         )
         try:

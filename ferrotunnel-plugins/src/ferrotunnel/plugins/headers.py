@@ -136,8 +136,7 @@ class HeaderOps:
         for name, value in self.set:
             message.set_header(name, value)
         for name, value in self.add:
-            old = message.header(name)
-            message.set_header(name, f"{old}, {value}" if old else value)
+            message.add_header(name, value)
 
 
 def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[HeaderOps]:

@@ -18,7 +18,7 @@ Writing a plugin (see ``docs/plugin-development.md``)::
     hello = "ferrotunnel_hello"
 """
 
-from .config import Config, ConfigSchema, TableSpec, load_toml
+from .config import Config, ConfigSchema, TableSpec, from_mapping, load_toml
 from .manager import PluginError, PluginHost, PluginInfo, load_plugins
 from .spec import hookimpl
 from .types import (
@@ -51,6 +51,7 @@ __all__ = [
     "TableSpec",
     "TcpConnection",
     "TcpMiddleware",
+    "from_mapping",
     "hookimpl",
     "load_plugins",
     "load_toml",

@@ -71,8 +71,14 @@ class HttpRequest(Protocol):
     def path(self) -> str: ...
     @property
     def host(self) -> str: ...
-    def header(self, name: str) -> str | None: ...
-    def set_header(self, name: str, value: str) -> None: ...
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name``, one per header line."""
+    def set_header(self, name: str, value: str) -> None:
+        """Replace every ``name`` header with one line ``name: value``."""
+    def add_header(self, name: str, value: str) -> None:
+        """Append one more ``name: value`` line."""
     def remove_header(self, name: str) -> None: ...
 
 
@@ -82,7 +88,9 @@ class HttpResponse(Protocol):
     @property
     def status(self) -> int: ...
     def header(self, name: str) -> str | None: ...
+    def header_values(self, name: str) -> list[str]: ...
     def set_header(self, name: str, value: str) -> None: ...
+    def add_header(self, name: str, value: str) -> None: ...
     def remove_header(self, name: str) -> None: ...
 
 
@@ -126,6 +134,9 @@ class ExchangeRecord:
     visitor_ip: str
     request_id: str
     error: str | None = None
+    #: who produced the status: "origin", "ingress" (its own 404/502/504...) or the label
+    #: of the plugin whose Reply answered
+    replied_by: str = "origin"
 
 
 class HttpMiddleware(Protocol):
