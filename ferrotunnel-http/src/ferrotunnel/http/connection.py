@@ -22,8 +22,9 @@ origin produces it.
 
 Failures are answered where they happen: 400/431/408 for a bad, huge or slow head (and the
 connection closed), 502 when the tunnel is offline or the origin refuses or breaks the
-exchange before answering, 504 when the origin does not answer in time. Once part of a
-response has been written, the only honest signal left is to abort the connection.
+exchange before answering, 504 when the origin does not answer in time (counted from the
+end of the request: an upload counts only while it stalls). Once part of a response has been
+written, the only honest signal left is to abort the connection.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from .h1 import (
     parse_request_head,
     parse_response_head,
 )
-from .h2c import PREFACE, first_authority
+from .h2c import EMPTY_SETTINGS, PREFACE, SettingsAckFilter, first_authority
 from .pages import error_response
 from .routes import Route
 
@@ -137,6 +138,9 @@ class IngressConnection(asyncio.Protocol):
         self._stream_eof = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_callback: object = None
+        self._loop = asyncio.get_running_loop()
+        self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
+        self._body_progress = 0.0  # loop time request body bytes last moved
 
     # ------------------------------------------------------------------ visitor side
 
@@ -155,6 +159,11 @@ class IngressConnection(asyncio.Protocol):
         phase = self._phase
         if phase is _Phase.TUNNEL:
             assert self._stream is not None
+            h2_filter = self._h2_filter
+            if h2_filter is not None:
+                data = h2_filter.feed(data)
+                if h2_filter.done:
+                    self._h2_filter = None
             self._stream.feed(data)
         elif phase is _Phase.BODY and not self._buf:
             self._forward_body(data)
@@ -212,12 +221,14 @@ class IngressConnection(asyncio.Protocol):
                 self._sniff_http2()
                 return
             end = find_head_end(self._buf)
-            if end < 0:
-                if len(self._buf) > self._config.max_head_size:
-                    self._reply_and_close(431, "the request head is larger than this server "
-                                          f"accepts ({self._config.max_head_size} bytes)")  # fmt: skip
-                elif not self._timer_is(self._head_expired):
-                    self._arm(self._config.head_timeout, self._head_expired)
+            if end < 0 or end > self._config.max_head_size:
+                if end > 0 or len(self._buf) > self._config.max_head_size:
+                    limit = self._config.max_head_size
+                    self._reply_and_close(
+                        431, f"the request head is larger than this server accepts ({limit} bytes)"
+                    )
+                else:
+                    self._await_head()
                 return
             head = bytes(self._buf[:end])
             del self._buf[:end]
@@ -235,20 +246,21 @@ class IngressConnection(asyncio.Protocol):
         self._cancel_timer()
         config = self._config
         accept = request.get(b"accept")
-        has_body = request.framing is not Framing.NONE
+        close = request.framing is not Framing.NONE or not request.keep_alive
+        head_only = request.method == b"HEAD"
         if config.health_path and request.path == config.health_path:
-            self._reply(200, "OK", accept=None, close=has_body or not request.keep_alive,
+            self._reply(200, "OK", accept=None, close=close, head_only=head_only,
                         plain_body=b"OK\n")  # fmt: skip
             return
         route = self._ingress.routes.lookup(request.host, request.path)
         if route is None:
             self._reply(404, self._ingress.not_found_text(request.host), accept=accept,
-                        close=has_body or not request.keep_alive)  # fmt: skip
+                        close=close, head_only=head_only)  # fmt: skip
             return
         stream = self._stream_for(route)
         if stream is None:
             self._reply(502, f"the tunnel for {request.host} is offline", accept=accept,
-                        close=has_body or not request.keep_alive)  # fmt: skip
+                        close=close, head_only=head_only)  # fmt: skip
             return
         headers = request.headers
         if route.host_header is not None:
@@ -267,21 +279,29 @@ class IngressConnection(asyncio.Protocol):
         stream.feed(request.serialize())
         self._req_framer = framer = BodyFramer(request.framing, request.length)
         self._phase = _Phase.SENT if framer.done else _Phase.BODY
+        self._body_progress = self._loop.time()
         self._arm(config.response_timeout, self._response_expired)
 
     def _forward_body(self, data: bytes) -> None:
         framer = self._req_framer
-        assert framer is not None and self._stream is not None
+        assert framer is not None
+        assert self._stream is not None
         try:
             n = framer.feed(data)
         except HttpError as exc:
             self._abandon_stream(ErrorCode.CANCEL)
-            self._reply_and_close(exc.status, str(exc))
+            if self._resp is _Response.BODY:
+                self._abort()  # the response is under way: a 400 now would be read as its body
+            else:
+                self._reply_and_close(exc.status, str(exc))
             return
         if n:
             self._stream.feed(data if n == len(data) else data[:n])
+            self._body_progress = self._loop.time()
         if framer.done:
             self._phase = _Phase.SENT
+            if self._resp is _Response.HEAD:  # the origin's time to answer starts now
+                self._arm(self._config.response_timeout, self._response_expired)
             if n < len(data):
                 self._buf[:0] = data[n:]
 
@@ -316,11 +336,18 @@ class IngressConnection(asyncio.Protocol):
             if not PREFACE.startswith(bytes(buf)):
                 self._first = False
                 self._process()
+            else:
+                self._await_head()
             return
         if not buf.startswith(PREFACE):
             self._first = False
             self._process()
             return
+        if self._h2_filter is None:
+            # some clients wait for the server's SETTINGS before their first request
+            assert self.transport is not None
+            self.transport.write(EMPTY_SETTINGS)
+            self._h2_filter = SettingsAckFilter()
         try:
             authority = first_authority(buf)
         except HttpError as exc:
@@ -330,6 +357,8 @@ class IngressConnection(asyncio.Protocol):
         if authority is None:
             if len(buf) > self._config.max_head_size:
                 self._close()
+            else:
+                self._await_head()
             return
         route = self._ingress.routes.lookup(authority, "/")
         stream = self._stream_for(route) if route is not None else None
@@ -339,7 +368,11 @@ class IngressConnection(asyncio.Protocol):
             return
         self._cancel_timer()
         self._phase = _Phase.TUNNEL
-        data = bytes(buf)
+        h2_filter = self._h2_filter
+        assert h2_filter is not None
+        data = PREFACE + h2_filter.feed(bytes(buf[len(PREFACE) :]))
+        if h2_filter.done:
+            self._h2_filter = None
         buf.clear()
         stream.feed(data)
 
@@ -356,18 +389,22 @@ class IngressConnection(asyncio.Protocol):
             self._abandon_stream(ErrorCode.PROTOCOL_ERROR)
             return
         if self._resp is _Response.HEAD:
-            self._resp_buf += data
-            end = find_head_end(self._resp_buf)
-            if end < 0:
-                if len(self._resp_buf) > self._config.max_head_size:
-                    self._origin_failed("the origin's response head is too large")
-                return
-            head = bytes(self._resp_buf[:end])
-            rest = memoryview(bytes(self._resp_buf[end:]))
-            self._resp_buf.clear()
-            if not self._response_head(head):
-                return
-            data = rest
+            buf = self._resp_buf
+            buf += data
+            # informational heads (100 Continue, 103 Early Hints) come before the final one,
+            # possibly in the same read; a 101 leaves what follows it in ``buf`` for the tunnel
+            while self._resp is _Response.HEAD:
+                end = find_head_end(buf)
+                if end < 0 or end > self._config.max_head_size:
+                    if end > 0 or len(buf) > self._config.max_head_size:
+                        self._origin_failed("the origin's response head is too large")
+                    return
+                head = bytes(buf[:end])
+                del buf[:end]
+                if not self._response_head(head):
+                    return
+            data = memoryview(bytes(buf))
+            buf.clear()
         framer = self._resp_framer
         assert framer is not None
         try:
@@ -387,7 +424,8 @@ class IngressConnection(asyncio.Protocol):
         """Handle a whole response head; False if nothing more should be read now."""
         request = self._request
         transport = self.transport
-        assert request is not None and transport is not None
+        assert request is not None
+        assert transport is not None
         try:
             response = parse_response_head(head, request.method)
         except HttpError as exc:
@@ -496,7 +534,7 @@ class IngressConnection(asyncio.Protocol):
 
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+        self._timer = self._loop.call_later(delay, callback)
         self._timer_callback = callback
 
     def _timer_is(self, callback: Callable[[], None]) -> bool:
@@ -512,15 +550,30 @@ class IngressConnection(asyncio.Protocol):
         if self._phase is _Phase.HEAD and not self._buf:
             self._close()
 
+    def _await_head(self) -> None:
+        """Part of a head (or of an HTTP/2 preface and first request) is in: the rest must
+        follow within ``head_timeout``."""
+        if not self._timer_is(self._head_expired):
+            self._arm(self._config.head_timeout, self._head_expired)
+
     def _head_expired(self) -> None:
         self._timer = None
         if self._phase is _Phase.HEAD:
-            self._reply_and_close(408, "the request head did not arrive in time")
+            if self._first and self._buf[:3] == PREFACE[:3]:
+                self._close()  # an HTTP/2 client would not understand a 408
+            else:
+                self._reply_and_close(408, "the request head did not arrive in time")
 
     def _response_expired(self) -> None:
         self._timer = None
+        timeout = self._config.response_timeout
+        if self._phase is _Phase.BODY:
+            # still uploading: only an upload that stopped moving counts against the origin
+            quiet = self._loop.time() - self._body_progress
+            if quiet < timeout:
+                self._arm(timeout - quiet, self._response_expired)
+                return
         if self._resp is _Response.HEAD and self._phase is not _Phase.TUNNEL:
-            timeout = self._config.response_timeout
             self._abandon_stream(ErrorCode.TIMEOUT)
             request = self._request
             self._reply_and_close(504, f"the origin did not answer within {timeout:g} s",
@@ -535,18 +588,21 @@ class IngressConnection(asyncio.Protocol):
         *,
         accept: bytes | None,
         close: bool,
+        head_only: bool = False,
         plain_body: bytes | None = None,
     ) -> None:
+        """Answer the visitor ourselves (no body after the head if ``head_only``: a HEAD)."""
         transport = self.transport
         assert transport is not None
         if plain_body is not None:
-            transport.write(
-                b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s"
-                % (status, len(plain_body), b"connection: close\r\n" if close else b"",
-                   plain_body)  # fmt: skip
-            )
+            connection = b"connection: close\r\n" if close else b""
+            head = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n"
+            body = b"" if head_only else plain_body
+            transport.write(head % (status, len(plain_body), connection) + body)
         else:
-            transport.write(error_response(status, detail, accept=accept, close=close))
+            transport.write(
+                error_response(status, detail, accept=accept, close=close, head_only=head_only)
+            )
         if close:
             self._close()
         else:
@@ -583,6 +639,6 @@ class IngressConnection(asyncio.Protocol):
     def _resume_reading(self, reason: int) -> None:
         was = self._paused
         self._paused &= ~reason
-        if was and not self._paused and self.transport is not None:
-            if self._phase is not _Phase.CLOSED:
-                self.transport.resume_reading()
+        transport = self.transport
+        if was and not self._paused and transport is not None and self._phase is not _Phase.CLOSED:
+            transport.resume_reading()

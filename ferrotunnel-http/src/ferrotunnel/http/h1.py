@@ -80,6 +80,27 @@ class RequestHead:
         lines += [b"%s: %s" % pair for pair in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
+    # the HttpRequest view plugins get (str in, str out)
+    @property
+    def method_text(self) -> str:
+        return self.method.decode("latin-1")
+
+    def header(self, name: str) -> str | None:
+        value = self.get(name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    def header_values(self, name: str) -> list[str]:
+        return _values(self.headers, name)
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers = _set_header(self.headers, name, value)
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers = [*self.headers, _field(name, value)]
+
+    def remove_header(self, name: str) -> None:
+        self.headers = _without(self.headers, name)
+
 
 @dataclass(slots=True)
 class ResponseHead:
@@ -90,6 +111,60 @@ class ResponseHead:
     framing: Framing = Framing.NONE
     length: int = 0
     keep_alive: bool = True
+    #: a middleware changed the headers: the head must be re-serialised
+    modified: bool = False
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        return _values(self.headers, name)
+
+    def set_header(self, name: str, value: str) -> None:
+        self.headers = _set_header(self.headers, name, value)
+        self.modified = True
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers = [*self.headers, _field(name, value)]
+        self.modified = True
+
+    def remove_header(self, name: str) -> None:
+        self.headers = _without(self.headers, name)
+        self.modified = True
+
+    def serialize(self) -> bytes:
+        lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
+        lines += [b"%s: %s" % pair for pair in self.headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+_FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _without(headers: Headers, name: str) -> Headers:
+    wanted = name.lower().encode("latin-1")
+    return [(k, v) for k, v in headers if k.lower() != wanted]
+
+
+def _values(headers: Headers, name: str) -> list[str]:
+    wanted = name.lower().encode("latin-1")
+    return [v.decode("latin-1") for k, v in headers if k.lower() == wanted]
+
+
+def _field(name: str, value: str) -> tuple[bytes, bytes]:
+    """One header line, refusing names and values that would break the head (CR/LF...)."""
+    if _FORBIDDEN_IN_FIELD.search(value) or not re.fullmatch(_TOKEN.decode(), name):
+        raise ValueError(f"invalid header {name!r}: {value!r}")
+    return name.encode("latin-1"), value.encode("latin-1")
+
+
+def _set_header(headers: Headers, name: str, value: str) -> Headers:
+    """Replace every ``name`` header with one ``name: value``."""
+    return [*_without(headers, name), _field(name, value)]
 
 
 def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
@@ -250,7 +325,7 @@ class BodyFramer:
             return n
         if framing is Framing.UNTIL_CLOSE:
             return len(data)
-        return self._feed_chunked(memoryview(data))
+        return self._feed_chunked(data)
 
     def feed_eof(self) -> None:
         """The connection ended: that completes an until-close body, and nothing else."""
@@ -259,9 +334,10 @@ class BodyFramer:
         elif not self.done:
             raise HttpError(502, "the connection ended in the middle of a body")
 
-    def _feed_chunked(self, data: memoryview) -> int:
+    def _feed_chunked(self, data: bytes | memoryview) -> int:
         pos = 0
         end = len(data)
+        text: bytes | None = None  # ``data`` as bytes, made (at most once) to find a line
         while pos < end and self._state is not _Chunk.DONE:
             state = self._state
             if state is _Chunk.DATA:
@@ -271,18 +347,19 @@ class BodyFramer:
                 if self._remaining == 0:
                     self._state = _Chunk.DATA_END
                 continue
-            newline = bytes(data[pos:]).find(b"\n")
+            if text is None:
+                text = data if isinstance(data, bytes) else bytes(data)
+            room = self.max_line - len(self._line)  # what this line may still take, LF included
+            newline = text.find(b"\n", pos, pos + room)
             if newline < 0:
-                self._line += data[pos:]
-                if len(self._line) > self.max_line:
+                if end - pos >= room:
                     raise HttpError(400, "chunk header or trailer line too long")
+                self._line += text[pos:]
                 return end
-            self._line += data[pos : pos + newline + 1]
-            pos += newline + 1
+            self._line += text[pos : newline + 1]
+            pos = newline + 1
             line = bytes(self._line)
             self._line.clear()
-            if len(line) > self.max_line:
-                raise HttpError(400, "chunk header or trailer line too long")
             if not line.endswith(b"\r\n"):
                 raise HttpError(400, "bare LF in chunked body")
             line = line[:-2]

@@ -5,6 +5,12 @@ connection is going — the connection preface, then frames up to the end of the
 block — decodes that block with hpack, and from then on passes the connection's bytes
 through untouched (so gRPC trailers and flow control are the origin's business). Every
 request on one HTTP/2 connection therefore goes to the tunnel of its first request.
+
+Some clients (gRPC's C core among them) send no request until the server's SETTINGS frame has
+arrived. So the ingress answers the preface with an empty SETTINGS frame of its own (it
+changes nothing: every setting keeps its initial value) and removes the client's
+acknowledgement of it — the first SETTINGS ACK the client sends — from what it passes on,
+so the origin never sees an ACK for a frame it did not send.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ import hpack
 
 from .h1 import HttpError, normalize_host
 
-__all__ = ["PREFACE", "first_authority"]
+__all__ = ["EMPTY_SETTINGS", "PREFACE", "SettingsAckFilter", "first_authority"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _FRAME = struct.Struct("!HBBBI")  # length (u24 as u16+u8), type, flags, stream id
-_HEADERS, _CONTINUATION = 0x1, 0x9
+_HEADERS, _SETTINGS, _CONTINUATION = 0x1, 0x4, 0x9
 _END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
+_ACK = 0x1
+#: a SETTINGS frame with no parameters, on stream 0
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 def first_authority(data: bytes | bytearray) -> str | None:
@@ -65,3 +74,46 @@ def _authority(block: bytes) -> str:
     if not authority:
         raise HttpError(400, "HTTP/2 request without :authority")
     return normalize_host(authority)
+
+
+class SettingsAckFilter:
+    """Passes a client's frames (after the preface) through, minus its first SETTINGS ACK.
+
+    It follows frame boundaries only until that ACK has gone by (:attr:`done`); a partial
+    frame header is held back until the rest of it arrives.
+    """
+
+    __slots__ = ("_held", "_skip", "done")
+
+    def __init__(self) -> None:
+        self._held = b""  # the start of a frame header
+        self._skip = 0  # payload bytes of the current frame still to pass through
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return data
+        data = self._held + data
+        self._held = b""
+        out = bytearray()
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                n = min(self._skip, len(data) - pos)
+                out += data[pos : pos + n]
+                pos += n
+                self._skip -= n
+                continue
+            if len(data) - pos < 9:
+                self._held = data[pos:]
+                break
+            header = data[pos : pos + 9]
+            pos += 9
+            high, low, ftype, flags, _stream = _FRAME.unpack(header)
+            if ftype == _SETTINGS and flags & _ACK:
+                self.done = True
+                out += data[pos:]
+                break
+            out += header
+            self._skip = high << 8 | low
+        return bytes(out)

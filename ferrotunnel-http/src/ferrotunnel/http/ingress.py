@@ -29,11 +29,12 @@ from .routes import Route, RouteTable, normalize_path_prefix
 __all__ = ["HttpIngress", "HttpIngressConfig"]
 
 _HOST_LABEL = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_DEFAULT_BIND = Address("0.0.0.0", 8080)
 
 
 @dataclass(frozen=True, slots=True)
 class HttpIngressConfig:
-    bind: Address = Address("0.0.0.0", 8080)
+    bind: Address = _DEFAULT_BIND
     #: a tunnel named ``app`` (no dot) serves ``app.<domain>``
     domain: str | None = None
     #: answered by the server itself, before routing (None: no health path)
@@ -43,7 +44,8 @@ class HttpIngressConfig:
     head_timeout: float = 10.0
     #: a kept-alive connection with no request for this long is closed
     idle_timeout: float = 75.0
-    #: the origin must start its response within this many seconds (else 504)
+    #: the origin must start its response within this many seconds of the end of the request
+    #: (else 504); during an upload, of the last body bytes forwarded
     response_timeout: float = 60.0
     #: visitors whose X-Forwarded-* / Forwarded headers are believed (CIDRs)
     trusted_proxies: tuple[str, ...] = ()

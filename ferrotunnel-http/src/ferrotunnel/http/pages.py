@@ -24,7 +24,8 @@ REASONS = {
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {reason}</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;padding:0 1em;color:#222}}
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:4em auto;
+padding:0 1em;color:#222}}
 h1{{font-size:1.4em}}code{{background:#f2f2f2;padding:.1em .3em;border-radius:3px}}
 footer{{margin-top:3em;color:#888;font-size:.85em}}</style></head>
 <body><h1>{status} {reason}</h1><p>{detail}</p><footer>ferrotunnel</footer></body></html>
