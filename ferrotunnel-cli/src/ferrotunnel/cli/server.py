@@ -160,7 +160,9 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     async def main() -> None:
         ingresses = []
         if running_asyncio_loop() is not None:
-            ingresses.append(HttpIngress(http_config, middlewares=http_middlewares, plugins=plugins))
+            ingresses.append(
+                HttpIngress(http_config, middlewares=http_middlewares, plugins=plugins)
+            )
         tunnel_server = Server(
             config,
             authenticators=authenticators,

@@ -77,8 +77,8 @@ async def running_tunnel(
     """
     token = secrets.token_urlsafe(16)
     config = plugins.config if plugins is not None else None
-    async with anyio.create_task_group() as tg:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
         origin_port = listener.extra(anyio.abc.SocketAttribute.local_port)
         tg.start_soon(listener.serve, origin)
         server = Server(

@@ -32,11 +32,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from ferrotunnel.core import SessionClosedError, Stream
+from ferrotunnel.core.plugin import ExchangeRecord, Reply, RequestContext
 from ferrotunnel.protocol import ErrorCode, TunnelKind
 
 from .forwarded import add_forwarding_headers
@@ -50,6 +53,7 @@ from .h1 import (
     parse_response_head,
 )
 from .h2c import EMPTY_SETTINGS, PREFACE, SettingsAckFilter, first_authority
+from .middleware import PLUGIN_FAILED, reply_bytes
 from .pages import error_response
 from .routes import Route
 
@@ -65,6 +69,7 @@ class _Phase(enum.Enum):
     HEAD = 1  # waiting for (the rest of) a request head
     BODY = 2  # forwarding the request body
     SENT = 3  # request forwarded; waiting for the response to finish
+    PLUGIN = 6  # an async middleware is deciding about the request
     TUNNEL = 4  # upgraded or HTTP/2: raw bytes both ways
     CLOSED = 5
 
@@ -112,6 +117,7 @@ class _Sink:
 
 
 _PAUSED_BY_PIPELINE = 4
+_PAUSED_BY_PLUGIN = 8
 
 
 class IngressConnection(asyncio.Protocol):
@@ -141,6 +147,12 @@ class IngressConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._body_progress = 0.0  # loop time request body bytes last moved
+        self._chain = ingress.chain
+        self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
+        self._status = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._wall = 0.0
 
     # ------------------------------------------------------------------ visitor side
 
@@ -189,6 +201,8 @@ class IngressConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._phase = _Phase.CLOSED
+        if self._ctx is not None:
+            self._finish_record(self._status, "the visitor closed the connection", "origin")
         self._cancel_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
@@ -249,18 +263,84 @@ class IngressConnection(asyncio.Protocol):
         close = request.framing is not Framing.NONE or not request.keep_alive
         head_only = request.method == b"HEAD"
         if config.health_path and request.path == config.health_path:
-            self._reply(200, "OK", accept=None, close=close, head_only=head_only,
-                        plain_body=b"OK\n")  # fmt: skip
+            self._reply(
+                200, "OK", accept=None, close=close, head_only=head_only, plain_body=b"OK\n"
+            )
             return
         route = self._ingress.routes.lookup(request.host, request.path)
         if route is None:
-            self._reply(404, self._ingress.not_found_text(request.host), accept=accept,
-                        close=close, head_only=head_only)  # fmt: skip
+            self._reply(
+                404,
+                self._ingress.not_found_text(request.host),
+                accept=accept,
+                close=close,
+                head_only=head_only,
+            )
             return
+        if self._chain.active:
+            ctx = self._begin_record(request, route)
+            decision = self._chain.on_request(request, ctx)
+            if isinstance(decision, Reply):
+                self._plugin_reply(decision, request)
+                return
+            if decision is not None:
+                self._await_plugins(decision, request, route)
+                return
+        self._forward_request(request, route)
+
+    def _await_plugins(
+        self, decision: Awaitable[Reply | None], request: RequestHead, route: Route
+    ) -> None:
+        """An async middleware decides: stop reading until it has."""
+        self._phase = _Phase.PLUGIN
+        self._pause_reading(_PAUSED_BY_PLUGIN)
+        task = asyncio.ensure_future(decision)
+        self._ingress.tasks.add(task)
+
+        def decided(task: asyncio.Future[Reply | None]) -> None:
+            self._ingress.tasks.discard(task)
+            if self._phase is not _Phase.PLUGIN:
+                return  # the connection went away meanwhile
+            self._phase = _Phase.HEAD
+            self._resume_reading(_PAUSED_BY_PLUGIN)
+            reply = PLUGIN_FAILED if task.cancelled() or task.exception() else task.result()
+            if reply is not None:
+                self._plugin_reply(reply, request)
+            else:
+                self._forward_request(request, route)
+            self._process()
+
+        task.add_done_callback(decided)
+
+    def _plugin_reply(self, reply: Reply, request: RequestHead) -> None:
+        """A middleware answered the request itself."""
+        transport = self.transport
+        assert transport is not None
+        close = request.framing is not Framing.NONE or not request.keep_alive
+        data = reply_bytes(reply, close=close, head_only=request.method == b"HEAD")
+        transport.write(data)
+        self._bytes_out += len(data)
+        self._finish_record(reply.status, None)
+        if close:
+            self._close()
+        else:
+            self._arm(self._config.idle_timeout, self._idle_expired)
+
+    def _forward_request(self, request: RequestHead, route: Route) -> None:
+        config = self._config
+        accept = request.get(b"accept")
+        close = request.framing is not Framing.NONE or not request.keep_alive
+        head_only = request.method == b"HEAD"
         stream = self._stream_for(route)
         if stream is None:
-            self._reply(502, f"the tunnel for {request.host} is offline", accept=accept,
-                        close=close, head_only=head_only)  # fmt: skip
+            self._reply(
+                502,
+                f"the tunnel for {request.host} is offline",
+                accept=accept,
+                close=close,
+                head_only=head_only,
+            )
+            self._finish_record(502, "tunnel offline", "ingress")
             return
         headers = request.headers
         if route.host_header is not None:
@@ -276,7 +356,9 @@ class IngressConnection(asyncio.Protocol):
         self._request = request
         self._resp = _Response.HEAD
         self._resp_started = False
-        stream.feed(request.serialize())
+        head = request.serialize()
+        self._bytes_in += len(head)
+        stream.feed(head)
         self._req_framer = framer = BodyFramer(request.framing, request.length)
         self._phase = _Phase.SENT if framer.done else _Phase.BODY
         self._body_progress = self._loop.time()
@@ -298,6 +380,7 @@ class IngressConnection(asyncio.Protocol):
         if n:
             self._stream.feed(data if n == len(data) else data[:n])
             self._body_progress = self._loop.time()
+            self._bytes_in += n
         if framer.done:
             self._phase = _Phase.SENT
             if self._resp is _Response.HEAD:  # the origin's time to answer starts now
@@ -415,6 +498,7 @@ class IngressConnection(asyncio.Protocol):
             return
         if n:
             transport.write(data if n == len(data) else data[:n])
+            self._bytes_out += n
         if framer.done:
             if n < len(data):
                 self._stream_usable = False  # extra bytes after the response
@@ -452,6 +536,16 @@ class IngressConnection(asyncio.Protocol):
             self._resp_started = True
             return True  # 100 Continue, 103 Early Hints: the final head is still to come
         self._cancel_timer()
+        ctx = self._ctx
+        if ctx is not None:
+            if self._chain.response_steps:
+                if not self._chain.on_response(response, ctx):
+                    self._origin_failed("a plugin failed while handling the response", 500)
+                    return False
+                if response.modified:
+                    head = response.serialize()
+            self._status = status
+            self._bytes_out += len(head)
         transport.write(head)
         self._resp_started = True
         self._resp = _Response.BODY
@@ -461,6 +555,8 @@ class IngressConnection(asyncio.Protocol):
 
     def _response_complete(self) -> None:
         request = self._request
+        if self._ctx is not None:
+            self._finish_record(self._status, None, "origin")
         self._resp = _Response.IDLE
         self._resp_framer = None
         self._request = None
@@ -517,14 +613,16 @@ class IngressConnection(asyncio.Protocol):
         else:
             self._origin_failed("the origin closed the connection without a complete response")
 
-    def _origin_failed(self, why: str) -> None:
+    def _origin_failed(self, why: str, status: int = 502) -> None:
         """502 if nothing of the response was sent yet, else abort the connection."""
         self._abandon_stream(ErrorCode.CANCEL)
         if self._resp_started or self._phase is _Phase.TUNNEL:
+            self._finish_record(self._status, why, "origin")
             self._abort()
         else:
             request = self._request
-            self._reply_and_close(502, why, accept=request.get(b"accept") if request else None)
+            self._finish_record(status, why, "ingress")
+            self._reply_and_close(status, why, accept=request.get(b"accept") if request else None)
 
     def _close_tunnel_if_done(self) -> None:
         if self._phase is _Phase.TUNNEL and self._visitor_eof and self._stream_eof:
@@ -575,9 +673,51 @@ class IngressConnection(asyncio.Protocol):
                 return
         if self._resp is _Response.HEAD and self._phase is not _Phase.TUNNEL:
             self._abandon_stream(ErrorCode.TIMEOUT)
+            self._finish_record(504, "origin timed out", "ingress")
             request = self._request
-            self._reply_and_close(504, f"the origin did not answer within {timeout:g} s",
-                                  accept=request.get(b"accept") if request else None)  # fmt: skip
+            self._reply_and_close(
+                504,
+                f"the origin did not answer within {timeout:g} s",
+                accept=request.get(b"accept") if request else None,
+            )
+
+    # ------------------------------------------------------------------ exchange records
+
+    def _begin_record(self, request: RequestHead, route: Route) -> RequestContext:
+        self._ctx = ctx = RequestContext(
+            route.tunnel, request.host, self._visitor[0], self._visitor[1], os.urandom(8).hex()
+        )
+        self._request = request
+        self._status = 0
+        self._bytes_in = self._bytes_out = 0
+        self._wall = time.time()
+        return ctx
+
+    def _finish_record(self, status: int, error: str | None, replied_by: str | None = None) -> None:
+        """Tell the middlewares how the exchange ended (once)."""
+        ctx, self._ctx = self._ctx, None
+        request = self._request
+        if ctx is None or request is None:
+            return
+        by = ctx.state.get("ferrotunnel.replied_by") or replied_by or "origin"
+        self._chain.on_complete(
+            ExchangeRecord(
+                time=self._wall,
+                tunnel=ctx.tunnel,
+                host=ctx.host,
+                method=request.method_text,
+                path=request.target.decode("latin-1"),
+                status=status,
+                bytes_in=self._bytes_in,
+                bytes_out=self._bytes_out,
+                duration=time.monotonic() - ctx.started,
+                visitor_ip=ctx.visitor_ip,
+                request_id=ctx.request_id,
+                error=error,
+                replied_by=str(by),
+            ),
+            ctx,
+        )
 
     # ------------------------------------------------------------------ helpers
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from anyio.abc import TaskGroup
 
@@ -24,9 +27,12 @@ from ferrotunnel.protocol import RejectCode
 from .connection import IngressConnection
 from .forwarded import TrustedProxies
 from .h1 import normalize_host
+from .middleware import MiddlewareChain
 from .routes import Route, RouteTable, normalize_path_prefix
 
 __all__ = ["HttpIngress", "HttpIngressConfig"]
+
+log = logging.getLogger("ferrotunnel.http.ingress")
 
 _HOST_LABEL = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
 _DEFAULT_BIND = Address("0.0.0.0", 8080)
@@ -69,6 +75,9 @@ class HttpIngress:
         self.config = config = config or HttpIngressConfig()
         self.middlewares = tuple(middlewares)
         self.plugins = plugins
+        self.chain = MiddlewareChain(self.middlewares, plugins)
+        #: tasks of async middlewares in progress
+        self.tasks: set[asyncio.Future[Any]] = set()
         try:
             self.trusted = TrustedProxies(config.trusted_proxies)
         except ValueError as exc:
@@ -99,6 +108,17 @@ class HttpIngress:
             self._server = None
         for conn in list(self.connections):
             conn._close()
+        for task in list(self.tasks):
+            task.cancel()
+        for middleware in self.middlewares:  # e.g. the access log's file
+            close = getattr(middleware, "close", None)
+            if callable(close):
+                try:
+                    result = close()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("closing middleware %r failed", middleware)
 
     def describe(self) -> list[tuple[str, str]]:
         return [("HTTP ingress", str(self.address or self.config.bind))]

@@ -49,10 +49,12 @@ class MiddlewareChain:
             for m in middlewares
             if hasattr(m, "on_request")
         ]
-        self.response_steps = [(label(m), m.on_response) for m in middlewares
-                               if hasattr(m, "on_response")]  # fmt: skip
-        self.complete_steps = [(label(m), m.on_complete) for m in middlewares
-                               if hasattr(m, "on_complete")]  # fmt: skip
+        self.response_steps = [
+            (label(m), m.on_response) for m in middlewares if hasattr(m, "on_response")
+        ]
+        self.complete_steps = [
+            (label(m), m.on_complete) for m in middlewares if hasattr(m, "on_complete")
+        ]
         listening = plugins is not None and plugins.listens("ferrotunnel_exchange_complete")
         self.notify = plugins.exchange_complete if plugins is not None and listening else None
         #: whether exchanges need a context and a record at all
@@ -62,7 +64,7 @@ class MiddlewareChain:
 
     def on_request(
         self, request: HttpRequest, ctx: RequestContext
-    ) -> Reply | None | Awaitable[Reply | None]:
+    ) -> Reply | Awaitable[Reply | None] | None:
         """None to forward the request, a Reply to answer it, or an awaitable of either."""
         for index, (label, step, is_async) in enumerate(self.request_steps):
             if is_async:
@@ -118,8 +120,10 @@ def reply_bytes(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:
     """A middleware's :class:`Reply` as a whole HTTP/1.1 response."""
     body = reply.body.encode() if isinstance(reply.body, str) else bytes(reply.body)
     reason = REASONS.get(reply.status, "Status").encode()
-    headers = [(b"content-type", reply.content_type.encode("latin-1")),
-               (b"content-length", str(len(body)).encode())]  # fmt: skip
+    headers = [
+        (b"content-type", reply.content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+    ]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
     if close:
         headers.append((b"connection", b"close"))

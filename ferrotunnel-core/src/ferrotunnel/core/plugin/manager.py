@@ -101,12 +101,6 @@ class PluginHost:
     def register_commands(self, cli: Any) -> None:
         self.hook.ferrotunnel_register_commands(cli=cli)
 
-    def server_ssl_context(self, config: Config) -> Any:
-        return self.hook.ferrotunnel_server_ssl_context(config=config)
-
-    def client_ssl_context(self, config: Config) -> Any:
-        return self.hook.ferrotunnel_client_ssl_context(config=config)
-
     def authenticators(self, config: Config) -> list[Authenticator]:
         return self._collect("ferrotunnel_authenticators", config)
 

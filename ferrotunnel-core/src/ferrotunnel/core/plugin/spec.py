@@ -8,7 +8,6 @@ objects the ``*_middlewares`` and ``authenticators`` hooks return.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -74,32 +73,6 @@ def ferrotunnel_register_commands(cli: Any) -> None:
             @cli.command()
             def hello():
                 click.echo("hello")
-    """
-
-
-@hookspec(firstresult=True)
-def ferrotunnel_server_ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The TLS context of the server's control listener, or None (the first answer wins).
-
-    Example::
-
-        @hookimpl
-        def ferrotunnel_server_ssl_context(config):
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain("server.pem", "server-key.pem")
-            return ctx
-    """
-
-
-@hookspec(firstresult=True)
-def ferrotunnel_client_ssl_context(config: Config) -> ssl.SSLContext | None:
-    """The TLS context the client connects to the server with, or None (plain TCP).
-
-    Example::
-
-        @hookimpl
-        def ferrotunnel_client_ssl_context(config):
-            return ssl.create_default_context(cafile="ca.pem")
     """
 
 

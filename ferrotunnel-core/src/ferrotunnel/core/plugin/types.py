@@ -73,12 +73,16 @@ class HttpRequest(Protocol):
     def host(self) -> str: ...
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
+
     def header_values(self, name: str) -> list[str]:
         """Every value of header ``name``, one per header line."""
+
     def set_header(self, name: str, value: str) -> None:
         """Replace every ``name`` header with one line ``name: value``."""
+
     def add_header(self, name: str, value: str) -> None:
         """Append one more ``name: value`` line."""
+
     def remove_header(self, name: str) -> None: ...
 
 

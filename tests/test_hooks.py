@@ -1,0 +1,228 @@
+"""Meta-tests over the hookspecs: each one is documented, and each one is really called.
+
+A recorder plugin implements every hookspec in ``ferrotunnel.core.plugin.spec``; a server, a
+client and one HTTP exchange (and the CLI's command registration) then run with it, and
+every hook must have been called with the arguments its spec promises. A new hookspec
+without a caller, a test or documentation fails here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import click
+import pytest
+
+from ferrotunnel.core import Address, Client, GrantedTunnel, Server, Session, Tunnel, TunnelKind
+from ferrotunnel.core.plugin import (
+    Config,
+    ConfigSchema,
+    ExchangeRecord,
+    Identity,
+    PluginHost,
+    RequestContext,
+    TcpConnection,
+    hookimpl,
+    spec,
+)
+from ferrotunnel.core.plugin.config import from_mapping
+from ferrotunnel.http import HttpIngress, HttpIngressConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = sorted(
+    name
+    for name, _ in inspect.getmembers(spec, inspect.isfunction)
+    if name.startswith("ferrotunnel_")
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the HTTP ingress is asyncio-only
+
+
+def test_every_hookspec_has_a_docstring_with_an_example() -> None:
+    assert HOOKS, "no hookspecs found"
+    for name in HOOKS:
+        doc = inspect.getdoc(getattr(spec, name)) or ""
+        assert "Example::" in doc, f"{name} has no example in its docstring"
+        assert "@hookimpl" in doc, f"{name}'s example does not show @hookimpl"
+
+
+def test_every_hookspec_is_documented_for_plugin_authors() -> None:
+    text = (ROOT / "docs" / "plugin-development.md").read_text()
+    documented = set(re.findall(r"^### (ferrotunnel_\w+)\(", text, re.MULTILINE))
+    assert documented == set(HOOKS)
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    greeting: str = "hi"
+
+
+class Recorder:
+    """Implements every hook and notes each call."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.session_closed = anyio.Event()
+
+    def _note(self, name: str, **kwargs: Any) -> None:
+        self.calls.setdefault(name, kwargs)
+
+    @hookimpl
+    def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
+        self._note("ferrotunnel_add_config", schema=schema)
+        schema.add_table("recorder", RecorderSettings, owner="tests")
+
+    @hookimpl
+    def ferrotunnel_configure(self, config: Config) -> None:
+        self._note("ferrotunnel_configure", config=config)
+
+    @hookimpl
+    def ferrotunnel_register_commands(self, cli: Any) -> None:
+        self._note("ferrotunnel_register_commands", cli=cli)
+
+    @hookimpl
+    def ferrotunnel_authenticators(self, config: Config) -> list[Any]:
+        recorder = self
+
+        class Accept:
+            async def authenticate(self, hello: Any, peer: Any) -> Identity | None:
+                recorder._note("authenticate", hello=hello)
+                return Identity("recorded") if hello.token == "t" else None
+
+        self._note("ferrotunnel_authenticators", config=config)
+        return [Accept()]
+
+    @hookimpl
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Any]:
+        recorder = self
+
+        class Middleware:
+            def on_request(self, request: Any, ctx: RequestContext) -> None:
+                recorder._note("on_request", request=request, ctx=ctx)
+
+            def on_response(self, response: Any, ctx: RequestContext) -> None:
+                response.set_header("X-Greeting", config.table("recorder").greeting)
+
+            def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+                recorder._note("on_complete", record=record)
+
+        self._note("ferrotunnel_http_middlewares", config=config)
+        return [Middleware()]
+
+    @hookimpl
+    def ferrotunnel_tcp_middlewares(self, config: Config) -> list[Any]:
+        self._note("ferrotunnel_tcp_middlewares", config=config)
+        return []
+
+    @hookimpl
+    async def ferrotunnel_startup(self, app: Any) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._note("ferrotunnel_startup", app=app)
+
+    @hookimpl
+    async def ferrotunnel_shutdown(self, app: Any) -> None:
+        self._note("ferrotunnel_shutdown", app=app)
+
+    @hookimpl
+    def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
+        self._note("ferrotunnel_session_opened", session=session, identity=identity)
+
+    @hookimpl
+    def ferrotunnel_session_closed(self, session: Session) -> None:
+        self._note("ferrotunnel_session_closed", session=session)
+        self.session_closed.set()
+
+    @hookimpl
+    def ferrotunnel_tunnel_registered(self, session: Session, tunnel: GrantedTunnel) -> None:
+        self._note("ferrotunnel_tunnel_registered", tunnel=tunnel)
+
+    @hookimpl
+    def ferrotunnel_tunnel_closed(self, session: Session, tunnel: GrantedTunnel) -> None:
+        self._note("ferrotunnel_tunnel_closed", tunnel=tunnel)
+
+    @hookimpl
+    def ferrotunnel_exchange_complete(self, record: ExchangeRecord) -> None:
+        self._note("ferrotunnel_exchange_complete", record=record)
+
+
+async def _origin(sock: Any) -> None:
+    async with sock:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await sock.receive()
+        await sock.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def test_every_hook_is_called_through_a_real_tunnel() -> None:
+    recorder = Recorder()
+    host = PluginHost.with_plugins([recorder], names=["recorder"])
+    config = from_mapping(host.schema(), {"recorder": {"greeting": "hello"}})
+    host.configure(config)
+    host.register_commands(click.Group())
+    ingress = HttpIngress(
+        HttpIngressConfig(bind=Address("127.0.0.1", 0)),
+        middlewares=host.http_middlewares(config),
+        plugins=host,
+    )
+    async with anyio.create_task_group() as tg:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        origin_port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        tg.start_soon(listener.serve, _origin)
+        server = Server(
+            bind="127.0.0.1:0",
+            authenticators=host.authenticators(config),
+            tcp_middlewares=host.tcp_middlewares(config),
+            ingresses=[ingress],
+            plugins=host,
+        )
+        async with server:
+            tunnel = Tunnel("rec.localhost", Address("127.0.0.1", origin_port), TunnelKind.HTTP)
+            async with Client(server_addr=str(server.control_address), token="t", tunnels=[tunnel]):
+                assert ingress.address is not None
+                async with await anyio.connect_tcp("127.0.0.1", ingress.address.port) as sock:
+                    await sock.send(b"GET /x HTTP/1.1\r\nHost: rec.localhost\r\n\r\n")
+                    reply = b""
+                    with anyio.fail_after(5):
+                        while not reply.endswith(b"ok"):
+                            reply += await sock.receive()
+                assert b"X-Greeting: hello" in reply
+            with anyio.fail_after(5):
+                await recorder.session_closed.wait()
+        tg.cancel_scope.cancel()
+    await listener.aclose()
+
+    missing = set(HOOKS) - set(recorder.calls)
+    assert not missing, f"hooks never called: {sorted(missing)}"
+    assert recorder.calls["ferrotunnel_session_opened"]["identity"] == Identity("recorded")
+    assert recorder.calls["ferrotunnel_tunnel_registered"]["tunnel"].name == "rec.localhost"
+    record: ExchangeRecord = recorder.calls["ferrotunnel_exchange_complete"]["record"]
+    assert (record.method, record.path, record.status, record.host) == (
+        "GET",
+        "/x",
+        200,
+        "rec.localhost",
+    )
+    assert record.bytes_out > 0
+    assert recorder.calls["on_request"]["ctx"].tunnel == "rec.localhost"
+    assert isinstance(recorder.calls["ferrotunnel_startup"]["app"], Server)
+
+
+def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:
+    conn = TcpConnection("db", 20000, "203.0.113.9", 5555)
+    assert (conn.tunnel, conn.port, conn.visitor_ip, conn.visitor_port) == (
+        "db",
+        20000,
+        "203.0.113.9",
+        5555,
+    )
