@@ -82,28 +82,18 @@ async def test_plain_http_to_an_https_origin_is_a_502(ca: trustme.CA) -> None:
     assert response.status_code == 502
 
 
-@pytest.mark.parametrize(
-    "tls",
-    [
-        pytest.param(False, id="plain"),
-        pytest.param(
-            True,
-            id="tls",
-            marks=pytest.mark.xfail(
-                reason="core: SpliceProtocol.write_eof cannot half-close a TLS transport, so "
-                "the visitor's FIN never reaches a TLS origin and its connection (and the "
-                "stream) stay open until the origin's own idle timeout",
-                strict=True,
-            ),
-        ),
-    ],
-)
-async def test_origin_connection_ends_with_the_visitors(ca: trustme.CA, tls: bool) -> None:
-    async with (
-        Origin(name="o", ssl_context=server_context(ca, HOST) if tls else None) as origin,
-        tunnel_stack(
+@pytest.mark.parametrize("tls", [pytest.param(False, id="plain"), pytest.param(True, id="tls")])
+async def test_origin_connections_are_pooled_across_visitors(ca: trustme.CA, tls: bool) -> None:
+    """A visitor's connection ends; its origin connection stays in the client's pool, the next
+    visitor's request reuses it, and the client's shutdown closes it."""
+    async with Origin(name="o", ssl_context=server_context(ca, HOST) if tls else None) as origin:
+        async with tunnel_stack(
             [http_tunnel(APP, origin.port, local_tls=trusting(ca) if tls else None)]
-        ) as stack,
-    ):
-        assert (await fetch(stack.port)).status_code == 200  # fetch closes its connection
+        ) as stack:
+            for _ in range(3):
+                assert (await fetch(stack.port)).status_code == 200  # closes its connection
+            await wait_until(
+                lambda: len(stack.clients[0].origin_pool) == 1, within=1, what="a pooled origin"
+            )
+            assert origin.connections == 1
         await wait_until(lambda: not origin._tasks, within=1, what="the origin connection to end")

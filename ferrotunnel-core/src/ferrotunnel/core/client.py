@@ -38,7 +38,7 @@ from .backoff import Backoff
 from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError
 from .links import ProtocolLink, StreamLink
 from .net import Address, running_asyncio_loop
-from .relay import SpliceProtocol, pump
+from .relay import OriginPool, SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
 
@@ -135,6 +135,8 @@ class Client:
         self._connecting: set[asyncio.Task[object]] = set()
         self._connected = anyio.Event()
         self._finished = anyio.Event()
+        #: idle origin connections of HTTP tunnels (asyncio), reused across visitors
+        self.origin_pool = OriginPool()
 
     @staticmethod
     def builder() -> ClientBuilder:
@@ -177,6 +179,7 @@ class Client:
         with anyio.CancelScope(shield=True):
             if self.session is not None and not self.session.closed:
                 await self.session.drain(self.config.drain_timeout)
+        self.origin_pool.close()
         await self._close_task_group()
         self.status = ClientStatus.CLOSED
 
@@ -339,12 +342,19 @@ class Client:
     def _splice_local(
         self, loop: asyncio.AbstractEventLoop, stream: Stream, tunnel: Tunnel
     ) -> None:
-        """asyncio: connect to the local service; from then on bytes move in callbacks."""
+        """asyncio: connect to the local service (or reuse an idle connection to it, for HTTP);
+        from then on bytes move in callbacks."""
         addr = tunnel.local_addr
         assert addr is not None
+        pool = self.origin_pool if tunnel.kind is TunnelKind.HTTP else None
+        if pool is not None:
+            idle = pool.take(tunnel.name)
+            if idle is not None:
+                idle.adopt(stream)
+                return
         task = loop.create_task(
             loop.create_connection(
-                lambda: SpliceProtocol(lambda _: stream),
+                lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name),
                 addr.host,
                 addr.port,
                 ssl=tunnel.local_tls,

@@ -23,7 +23,7 @@ from ferrotunnel.protocol import ErrorCode
 from .links import set_nodelay
 from .stream import Stream
 
-__all__ = ["SpliceProtocol", "pump"]
+__all__ = ["OriginPool", "SpliceProtocol", "pump"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
@@ -32,10 +32,29 @@ class SpliceProtocol(asyncio.Protocol):
     """A socket spliced to a stream. ``make_stream`` supplies the stream when it connects
     (the server opens one per visitor; the client already has one) or None to refuse."""
 
-    __slots__ = ("_closing", "_eof_in", "_make_stream", "_paused", "stream", "transport", "write")
+    __slots__ = (
+        "_closing",
+        "_eof_in",
+        "_make_stream",
+        "_paused",
+        "_pool",
+        "_pool_key",
+        "idle_since",
+        "stream",
+        "transport",
+        "write",
+    )
 
-    def __init__(self, make_stream: Callable[[tuple[str, int] | None], Stream | None]) -> None:
+    def __init__(
+        self,
+        make_stream: Callable[[tuple[str, int] | None], Stream | None],
+        pool: OriginPool | None = None,
+        pool_key: str = "",
+    ) -> None:
         self._make_stream = make_stream
+        self._pool = pool  # where to park the connection when its stream is released
+        self._pool_key = pool_key
+        self.idle_since = 0.0
         self._paused = 0  # PAUSED_BY_* reasons
         self._eof_in = False
         self._closing = False
@@ -68,9 +87,14 @@ class SpliceProtocol(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             stream.feed(data)
+        elif self._pool is not None:
+            self._leave_pool()  # an idle origin connection must not talk: drop it
 
     def eof_received(self) -> bool:
         self._eof_in = True
+        if self.stream is None and self._pool is not None:
+            self._leave_pool()
+            return False
         if self.stream is not None:
             self.stream.feed_eof()
         self.close_if_done()
@@ -78,6 +102,8 @@ class SpliceProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._pool is not None:
+            self._pool.discard(self)
         stream = self.stream
         if stream is not None and not stream.done:
             stream.reset(ErrorCode.CANCEL if exc is None else ErrorCode.CONNECT_ERROR)
@@ -112,8 +138,15 @@ class SpliceProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
-        """The stream was reset: reset the socket too (RST, not FIN)."""
+        """The stream was reset: reset the socket too (RST, not FIN) — unless the peer
+        released it (NO_ERROR) at a point where the connection can serve another stream."""
         transport = self.transport
+        stream = self.stream
+        if stream is not None and stream.reset_code == ErrorCode.NO_ERROR:
+            self.stream = None
+            if self._pool is None or self._eof_in or not self._pool.put(self._pool_key, self):
+                self._close_now()
+            return
         if transport is not None and not self._closing:
             self._closing = True
             sock = transport.get_extra_info("socket")
@@ -121,6 +154,24 @@ class SpliceProtocol(asyncio.Protocol):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             transport.abort()
+
+    def adopt(self, stream: Stream) -> None:
+        """Serve ``stream`` on this pooled connection."""
+        self.stream = stream
+        if self._paused and self.transport is not None:
+            self.transport.resume_reading()
+        self._paused = 0
+        stream.attach(self)
+
+    def _leave_pool(self) -> None:
+        assert self._pool is not None
+        self._pool.discard(self)
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if self.transport is not None and not self._closing:
+            self._closing = True
+            self.transport.close()
 
     def close_if_done(self) -> None:
         """Close the socket once both directions have ended."""
@@ -130,6 +181,59 @@ class SpliceProtocol(asyncio.Protocol):
         if done and transport is not None and not self._closing:
             self._closing = True
             transport.close()
+
+
+class OriginPool:
+    """Idle origin connections, per tunnel, that released streams left behind.
+
+    The HTTP ingress releases a stream with RESET(NO_ERROR) only between exchanges and only
+    if the origin connection may serve another request; the client then parks that
+    connection here instead of closing it, and the next stream of the same tunnel reuses it
+    (LIFO: the most recently used connection is the least likely to have been closed by the
+    origin). A connection that the origin closes, or that sends anything while idle, leaves
+    the pool; so does one idle for longer than ``idle_timeout``.
+    """
+
+    def __init__(self, max_idle: int = 32, idle_timeout: float = 60.0) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, list[SpliceProtocol]] = {}
+
+    def __len__(self) -> int:
+        return sum(map(len, self._idle.values()))
+
+    def put(self, key: str, conn: SpliceProtocol) -> bool:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self.max_idle:
+            return False
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+        return True
+
+    def take(self, key: str) -> SpliceProtocol | None:
+        idle = self._idle.get(key)
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                continue
+            if now - conn.idle_since > self.idle_timeout:
+                conn._close_now()
+                continue
+            return conn
+        return None
+
+    def discard(self, conn: SpliceProtocol) -> None:
+        idle = self._idle.get(conn._pool_key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn._close_now()
+        self._idle.clear()
 
 
 def _not_connected(data: bytes | memoryview) -> None:

@@ -207,10 +207,7 @@ class IngressConnection(asyncio.Protocol):
         self._ingress.connections.discard(self)
         stream = self._stream
         if stream is not None and not stream.done:
-            if self._resp is _Response.IDLE and self._stream_usable:
-                stream.feed_eof()  # between exchanges: let the origin connection end cleanly
-            else:
-                stream.reset(ErrorCode.CANCEL)
+            self._release(stream)
         self._stream = None
 
     def pause_writing(self) -> None:
@@ -398,8 +395,7 @@ class IngressConnection(asyncio.Protocol):
             if same and self._stream_usable and not current.done:
                 return current
             self._stream = None
-            if not current.done:
-                current.feed_eof()
+            self._release(current)
         session = route.session
         if session.closed or session.going_away:
             return None
@@ -571,8 +567,8 @@ class IngressConnection(asyncio.Protocol):
             and request.keep_alive
             and not self._visitor_eof
         )
-        if not self._resp_keep_alive:
-            self._stream_usable = False
+        if not self._resp_keep_alive or (request is not None and not request.keep_alive):
+            self._stream_usable = False  # the origin will close its connection
         if not keep:
             self._close()
             return
@@ -623,6 +619,15 @@ class IngressConnection(asyncio.Protocol):
             request = self._request
             self._finish_record(status, why, "ingress")
             self._reply_and_close(status, why, accept=request.get(b"accept") if request else None)
+
+    def _release(self, stream: Stream) -> None:
+        """Done with ``stream``. Between exchanges, with the origin connection still good for
+        another request, RESET(NO_ERROR) tells the client it may pool that connection;
+        anything else aborts it."""
+        if stream.done:
+            return
+        idle = self._resp is _Response.IDLE and self._phase is not _Phase.TUNNEL
+        stream.reset(ErrorCode.NO_ERROR if idle and self._stream_usable else ErrorCode.CANCEL)
 
     def _close_tunnel_if_done(self) -> None:
         if self._phase is _Phase.TUNNEL and self._visitor_eof and self._stream_eof:
