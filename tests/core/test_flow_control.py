@@ -31,7 +31,9 @@ async def test_session_credit_blocks_sender_at_window() -> None:
     ``window`` bytes and the sender's ``send()`` blocks; another stream on the same session
     still flows; once the reader reads, the sender resumes and every byte arrives."""
     window = 64 * KiB
-    config = SessionConfig(window=window, max_frame=16 * KiB, handshake_timeout=5)
+    config = SessionConfig(
+        window=window, max_window=window, max_frame=16 * KiB, handshake_timeout=5
+    )
     payload = os.urandom(4 * window + 123)
     async with session_pair(config) as pair:
         stalled = pair.client.open_stream("t")
@@ -152,7 +154,9 @@ async def test_never_reading_local_service_is_isolated(anyio_backend_name: str) 
     ``write high-water + window`` (plus one frame in flight); on trio the relay holds at most
     ``window`` in ``Stream.buffered`` (plus the one chunk the relay is sending)."""
     window = 128 * KiB
-    config = SessionConfig(window=window, max_frame=32 * KiB, handshake_timeout=5)
+    config = SessionConfig(
+        window=window, max_window=window, max_frame=32 * KiB, handshake_timeout=5
+    )
     stuck = anyio.Event()
     release = anyio.Event()
 
@@ -266,3 +270,33 @@ async def test_a_stalled_stream_pins_no_more_memory_than_its_window() -> None:
         owners = [c.obj if isinstance(c, memoryview) else c for c in queue]
         held = sum(memoryview(owner).nbytes for owner in {id(o): o for o in owners}.values())
         assert held <= 2 * window, f"{held} bytes kept alive for {window} buffered"
+
+
+async def test_window_grows_while_the_reader_keeps_up_and_never_past_max_window() -> None:
+    """Auto-tuning: a stream whose reader keeps up gets its window doubled with each grant,
+    up to ``max_window``; when the reader then stalls, what is buffered stays within
+    ``max_window``."""
+    window, max_window = 64 * KiB, 512 * KiB
+    config = SessionConfig(
+        window=window, max_window=max_window, max_frame=16 * KiB, handshake_timeout=5
+    )
+    async with session_pair(config) as pair:
+        stream = pair.client.open_stream("t")
+        await wait_for(lambda: len(pair.accepted) == 1)
+        (receiver,) = pair.accepted
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.send, os.urandom(4 * MiB))
+            received = 0
+            with anyio.fail_after(10):
+                while received < 2 * MiB:  # a reader that keeps up
+                    received += len(await receiver.receive())
+            # the sender was granted more than the initial window at once
+            assert receiver._recv_limit == max_window
+            # now the reader stalls: the sender fills the grown window and no more
+            await wait_for(lambda: stream._send_window == 0)
+            await anyio.sleep(0.2)
+            assert window < receiver.buffered <= max_window
+            with anyio.fail_after(10):
+                while received < 4 * MiB:
+                    received += len(await receiver.receive())
+        assert received == 4 * MiB

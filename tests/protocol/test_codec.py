@@ -100,8 +100,18 @@ def with_stream(frame: bytes, stream_id: int) -> bytes:
 
 
 def normalize(events: Iterable[Event]) -> list[Event]:
-    """DATA payloads come back as memoryviews: turn them into bytes for comparison."""
-    return [Data(e.stream_id, bytes(e.data)) if isinstance(e, Data) else e for e in events]
+    """DATA payloads come back as memoryviews, and a DATA frame cut by the end of a read comes
+    back in pieces: join consecutive pieces of one stream, as bytes, for comparison."""
+    out: list[Event] = []
+    for e in events:
+        if isinstance(e, Data):
+            last = out[-1] if out else None
+            if isinstance(last, Data) and last.stream_id == e.stream_id:
+                out[-1] = Data(e.stream_id, bytes(last.data) + bytes(e.data))
+                continue
+            e = Data(e.stream_id, bytes(e.data))
+        out.append(e)
+    return out
 
 
 def feed_chunks(chunks: Iterable[bytes], limits: Limits = DEFAULT_LIMITS) -> list[Event]:
@@ -136,12 +146,20 @@ def tr(event: Event) -> None:
     assert normalize(decoder.feed(wire)) == want
     assert decoder.buffered == 0
 
-    # (b) one byte at a time: nothing comes out until the last byte
+    # (b) one byte at a time: nothing comes out until the last byte — except that a DATA
+    # frame's payload streams out as it arrives (only its header is ever buffered)
     decoder = FrameDecoder()
+    pieces: list[Event] = []
+    streamed = isinstance(event, Data)
     for i in range(len(wire) - 1):
-        assert decoder.feed(wire[i : i + 1]) == []
-        assert decoder.buffered == i + 1
-    assert normalize(decoder.feed(wire[-1:])) == want
+        out = decoder.feed(wire[i : i + 1])
+        if streamed:
+            assert decoder.buffered == (i + 1 if i + 1 < HEADER_SIZE else 0)
+            pieces += out
+        else:
+            assert out == []
+            assert decoder.buffered == i + 1
+    assert normalize(pieces + decoder.feed(wire[-1:])) == want
     assert decoder.buffered == 0
 
     # (c) fed whole with the start of another frame behind it
@@ -149,9 +167,12 @@ def tr(event: Event) -> None:
         next_wire = encode(next_event)
         for cut in (1, HEADER_SIZE - 1, HEADER_SIZE, HEADER_SIZE + 1, len(next_wire) - 1):
             decoder = FrameDecoder()
-            assert normalize(decoder.feed(wire + next_wire[:cut])) == want
-            assert decoder.buffered == cut
-            assert normalize(decoder.feed(next_wire[cut:])) == normalize([next_event])
+            first = normalize(decoder.feed(wire + next_wire[:cut]))
+            assert first[: len(want)] == want
+            streamed = isinstance(next_event, Data) and cut >= HEADER_SIZE
+            assert decoder.buffered == (0 if streamed else cut)
+            rest = decoder.feed(next_wire[cut:])
+            assert normalize(first[len(want) :] + rest) == normalize([next_event])
             assert decoder.buffered == 0
 
 
@@ -963,14 +984,28 @@ def test_data_fed_whole_is_a_view_of_the_input() -> None:
         assert bytes(event.data) == payload
 
 
-def test_data_completed_from_a_partial_frame_is_still_a_memoryview() -> None:
+def test_a_cut_data_frame_streams_out_without_copies() -> None:
+    """A DATA frame cut by the end of a read comes out in pieces, each a zero-copy slice of
+    the read that carried it; only a cut header is ever buffered."""
     wire = encode(Data(1, b"payload"))
+    first, second = wire[:12], wire[12:]
     decoder = FrameDecoder()
-    assert decoder.feed(wire[:12]) == []
-    (event,) = decoder.feed(wire[12:])
-    assert isinstance(event, Data)
-    assert isinstance(event.data, memoryview)
-    assert bytes(event.data) == b"payload"
-    # the decoder reuses its buffer: the event must not alias it
-    assert decoder.feed(encode(Data(1, b"XXXXXXX"))[:12]) == []
-    assert bytes(event.data) == b"payload"
+    (head,) = decoder.feed(first)
+    assert isinstance(head, Data)
+    assert (head.stream_id, bytes(head.data)) == (1, b"pay")
+    assert isinstance(head.data, memoryview)
+    assert head.data.obj is first
+    assert decoder.buffered == 0
+    (tail,) = decoder.feed(second)
+    assert isinstance(tail, Data)
+    assert (tail.stream_id, bytes(tail.data)) == (1, b"load")
+    assert isinstance(tail.data, memoryview)
+    assert tail.data.obj is second
+    # a header cut in two is buffered, then the payload streams from the next read
+    decoder = FrameDecoder()
+    assert decoder.feed(wire[:5]) == []
+    assert decoder.buffered == 5
+    (whole,) = decoder.feed(wire[5:])
+    assert isinstance(whole, Data)
+    assert bytes(whole.data) == b"payload"
+    assert decoder.buffered == 0

@@ -83,8 +83,11 @@ class Role(enum.Enum):
 class SessionConfig:
     """Tunables of one session. The defaults suit a LAN or the Internet alike."""
 
-    #: receive window granted to each stream: bounds what one stream can buffer here
+    #: receive window each stream starts with: what one stream can buffer here at first
     window: int = 1 << 20
+    #: the most a stream's window grows to while its consumer keeps up (auto-tuning): the
+    #: bound on what one stream can ever buffer here
+    max_window: int = 4 << 20
     #: largest DATA payload we accept (and so the peer sends)
     max_frame: int = 256 << 10
     #: largest control payload (HELLO, OPEN metadata...)
@@ -104,6 +107,10 @@ class SessionConfig:
     def __post_init__(self) -> None:
         if not 1024 <= self.window <= MAX_WINDOW:
             raise ValueError(f"window must be within 1024..{MAX_WINDOW}")
+        if self.max_window < self.window:
+            object.__setattr__(self, "max_window", self.window)  # no auto-tuning
+        if self.max_window > MAX_WINDOW:
+            raise ValueError(f"max_window must be at most {MAX_WINDOW}")
         object.__setattr__(self, "limits", Limits(self.max_frame, self.max_control))
 
 
@@ -293,7 +300,7 @@ class Session:
                 if type(event) is Data:  # the hot path first
                     stream = streams.get(event.stream_id)
                     if stream is not None:
-                        stream._on_data(event.data)  # type: ignore[arg-type]
+                        stream._on_data(event.data, event.rest)  # type: ignore[arg-type]
                     else:
                         self._data_for_unknown_stream(event)
                 else:

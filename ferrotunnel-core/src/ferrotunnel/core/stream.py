@@ -82,10 +82,12 @@ class Stream(ByteStream):
         "_fin_received",
         "_fin_sent",
         "_held",
+        "_max_window",
         "_pending",
         "_queue",
         "_queued",
         "_readable",
+        "_recv_limit",
         "_recv_window",
         "_reset_code",
         "_send_window",
@@ -107,6 +109,8 @@ class Stream(ByteStream):
         self._recv_window = recv_window  # how much the peer may still send us
         self._unacked = 0  # consumed, not yet granted back
         self._held = 0  # written to a paused sink: granted back when it drains
+        self._recv_limit = recv_window  # the window the peer has now (grows, see _consumed)
+        self._max_window = max(recv_window, session.config.max_window)
         self._update_threshold = max(1, recv_window // 4)
         self._queue: deque[bytes | memoryview] | None = None  # pull mode receive queue
         self._queued = 0
@@ -308,13 +312,14 @@ class Stream(ByteStream):
 
     # ------------------------------------------------------------------ called by the session
 
-    def _on_data(self, data: memoryview) -> None:
+    def _on_data(self, data: memoryview, rest: int = 0) -> None:
+        """``data`` arrived, with ``rest`` more bytes of its frame still to come."""
         n = len(data)
-        self._recv_window -= n
-        if self._recv_window < 0:
+        if n + rest > self._recv_window:  # checked for the whole frame, on its first piece
             raise ProtocolError(
                 f"stream {self.id}: peer sent beyond its window", ErrorCode.FLOW_CONTROL_ERROR
             )
+        self._recv_window -= n
         if self._fin_received:
             raise ProtocolError(f"stream {self.id}: DATA after FIN", ErrorCode.STREAM_CLOSED)
         if self._closed_locally:
@@ -405,11 +410,23 @@ class Stream(ByteStream):
                 self._sink.resume_reading(PAUSED_BY_WINDOW)
 
     def _consumed(self, n: int) -> None:
+        """``n`` received bytes left our hands: grant them back, in batches of a quarter
+        window. A stream whose consumer keeps up (its socket is not write-paused) gets its
+        window doubled with the grant, up to ``max_window``: a bulk transfer is not held
+        back by round trips for credit, while a stream that stalls stops growing, so what
+        it can make us buffer stays bounded by ``max_window``."""
         unacked = self._unacked + n
         if unacked >= self._update_threshold and not self._fin_received:
-            self._recv_window += unacked
+            grant = unacked
+            limit = self._recv_limit
+            if limit < self._max_window and not self._sink_paused:
+                extra = min(limit, self._max_window - limit)
+                self._recv_limit = limit + extra
+                self._update_threshold = self._recv_limit // 4
+                grant += extra
+            self._recv_window += grant
             self._unacked = 0
-            self._session.send_window_update(self.id, unacked)
+            self._session.send_window_update(self.id, grant)
         else:
             self._unacked = unacked
 

@@ -5,10 +5,14 @@ Theory of operation
 :class:`FrameDecoder.feed` takes whatever a socket read returned and returns every complete
 frame in it as an event. It is the hot path of the tunnel, so:
 
-* Frames that lie wholly inside the chunk just read are parsed in place: a DATA event's
-  payload is a ``memoryview`` slice of that (immutable) ``bytes`` object, never a copy.
-* Only the tail of a frame cut by the end of a read is copied into a small buffer, and that
-  buffer is completed from the front of the next read before the fast loop resumes.
+* Frames are parsed in place: a DATA event's payload is a ``memoryview`` slice of the
+  (immutable) ``bytes`` object just read, never a copy.
+* A DATA frame cut by the end of a read is not reassembled: what arrived is delivered at
+  once as a Data event, and the rest of its payload as further Data events from the next
+  reads. (Large frames rarely fit one read, so reassembling them would copy nearly every
+  byte.) A consumer therefore sees a stream's bytes in order, in pieces of any size.
+* Only a cut header, or a cut control frame (small: it holds JSON or a few integers), is
+  copied into a buffer and completed from the front of the next read.
 * Lengths are checked against :class:`Limits` as soon as the header is seen, before any
   payload is buffered, so a hostile length can never make the decoder allocate.
 
@@ -214,13 +218,23 @@ def _granted_obj(t: GrantedTunnel) -> dict[str, Any]:
 class FrameDecoder:
     """Turns received bytes into events. One per connection and direction."""
 
-    __slots__ = ("_broken", "_limits", "_max_control", "_max_data", "_partial")
+    __slots__ = (
+        "_broken",
+        "_data_left",
+        "_data_stream",
+        "_limits",
+        "_max_control",
+        "_max_data",
+        "_partial",
+    )
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._max_data = limits.max_frame_size
         self._max_control = limits.max_control_size
-        self._partial = bytearray()  # the start of a frame cut by the end of a read
+        self._partial = bytearray()  # the start of a non-DATA frame (or header) cut by a read
+        self._data_left = 0  # payload bytes of a cut DATA frame still to come
+        self._data_stream = 0
         self._broken = False
 
     @property
@@ -229,7 +243,8 @@ class FrameDecoder:
         return len(self._partial)
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add received bytes and return the events of every frame they complete."""
+        """Add received bytes and return their events. A DATA frame cut by the end of a read
+        is delivered in pieces, as its bytes arrive (each piece a Data event)."""
         if self._broken:
             raise ProtocolError("decoder already failed")
         try:
@@ -241,12 +256,18 @@ class FrameDecoder:
     def _feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
         view = memoryview(data)
-        pos = 0
-        if self._partial:
-            pos = self._complete_partial(view, events)
-            if self._partial:
-                return events
         end_of_data = len(view)
+        pos = 0
+        if self._data_left:
+            pos = min(self._data_left, end_of_data)
+            self._data_left -= pos
+            events.append(Data(self._data_stream, view[:pos], self._data_left))
+            if self._data_left:
+                return events
+        if self._partial:
+            pos = self._complete_partial(view, pos, events)
+            if self._partial or self._data_left:
+                return events
         unpack = HEADER.unpack_from
         while end_of_data - pos >= HEADER_SIZE:
             word, flags, stream_id = unpack(view, pos)
@@ -259,7 +280,12 @@ class FrameDecoder:
                 if length > self._max_data:
                     raise _too_big("DATA", length, self._max_data)
                 if end > end_of_data:
-                    break
+                    # cut by the end of the read: deliver what is here, stream the rest
+                    if start < end_of_data:
+                        events.append(Data(stream_id, view[start:end_of_data], end - end_of_data))
+                    self._data_left = end - max(start, end_of_data)
+                    self._data_stream = stream_id
+                    return events
                 events.append(Data(stream_id, view[start:end]))
             else:
                 self._check_length(ftype, length)
@@ -271,19 +297,33 @@ class FrameDecoder:
             self._partial += view[pos:]
         return events
 
-    def _complete_partial(self, view: memoryview, events: list[Event]) -> int:
-        """Top up the cut frame from ``view``; returns how much of ``view`` was used."""
+    def _complete_partial(self, view: memoryview, pos: int, events: list[Event]) -> int:
+        """Top up the cut frame from ``view[pos:]``; returns the new position in ``view``."""
         partial = self._partial
-        pos = 0
         if len(partial) < HEADER_SIZE:
-            pos = min(HEADER_SIZE - len(partial), len(view))
-            partial += view[:pos]
+            take = min(HEADER_SIZE - len(partial), len(view) - pos)
+            partial += view[pos : pos + take]
+            pos += take
             if len(partial) < HEADER_SIZE:
                 return pos
         word, flags, stream_id = HEADER.unpack_from(partial)
         length: int = word >> 8
         ftype: int = word & 0xFF
         self._check_length(ftype, length)
+        if (
+            ftype == _DATA
+            and not flags
+            and 0 < stream_id <= MAX_STREAM_ID
+            and len(partial) == HEADER_SIZE
+        ):
+            # a cut DATA header: stream its payload instead of buffering it
+            partial.clear()
+            take = min(length, len(view) - pos)
+            if take or not length:
+                events.append(Data(stream_id, view[pos : pos + take], length - take))
+            self._data_left = length - take
+            self._data_stream = stream_id
+            return pos + take
         take = min(HEADER_SIZE + length - len(partial), len(view) - pos)
         partial += view[pos : pos + take]
         pos += take

@@ -145,8 +145,13 @@ class Open:
 
 @dataclass(frozen=True, slots=True)
 class Data:
+    """Stream bytes. A frame cut by the end of a read is decoded in pieces: ``rest`` is how
+    many bytes of the same frame are still to come (0 for a whole frame or its last piece),
+    so the receiver can check the frame against its window when the first piece arrives."""
+
     stream_id: int
     data: bytes | memoryview
+    rest: int = 0
 
 
 @dataclass(frozen=True, slots=True)
