@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ def _value_lines(key: str, value: Any, help_text: str | None, commented: bool) -
         lines.append(f"# {key} = ")
         return lines
     text = tomli_w.dumps({key: value}).strip()
-    lines.append(f"# {text}" if commented else text)
+    # tomli_w writes a non-empty array on several lines: comment out every one of them
+    lines += [f"# {line}" for line in text.splitlines()] if commented else [text]
     return lines
 
 
@@ -128,9 +130,12 @@ def config_init(ctx: click.Context, kind: str, out: str | None, force: bool) -> 
     if path.exists() and not force:
         fail(f"{path} exists (use --force to overwrite)", status=2)
     host: PluginHost = ctx.obj["plugins"]
-    path.write_text(starter(kind, host.schema(kernel_schema())), encoding="utf-8")
-    if kind == "server":
-        path.chmod(0o600)  # it holds the token
+    text = starter(kind, host.schema(kernel_schema()))
+    # it holds (or will hold) a token: readable by its owner only, from the first byte on
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as file:
+        os.fchmod(fd, 0o600)  # an existing file (--force) keeps its mode otherwise
+        file.write(text)
     click.echo(f"wrote {path}; start with: ferrotunnel {kind} --config {path}")
 
 

@@ -52,7 +52,14 @@ from .h1 import (
     parse_request_head,
     parse_response_head,
 )
-from .h2c import EMPTY_SETTINGS, PREFACE, SettingsAckFilter, first_authority
+from .h2c import (
+    EMPTY_SETTINGS,
+    PREFACE,
+    SettingsAckFilter,
+    first_authority,
+    first_request,
+    reply_frames,
+)
 from .middleware import PLUGIN_FAILED, reply_bytes
 from .pages import error_response
 from .routes import Route
@@ -118,6 +125,8 @@ class _Sink:
 
 _PAUSED_BY_PIPELINE = 4
 _PAUSED_BY_PLUGIN = 8
+#: seconds a refused HTTP/2 connection is kept open (reading nothing) for its answer to arrive
+_H2_LINGER = 2.0
 
 
 class IngressConnection(asyncio.Protocol):
@@ -281,12 +290,19 @@ class IngressConnection(asyncio.Protocol):
                 self._plugin_reply(decision, request)
                 return
             if decision is not None:
-                self._await_plugins(decision, request, route)
+                self._await_plugins(
+                    decision,
+                    lambda reply: self._plugin_reply(reply, request),
+                    lambda: self._forward_request(request, route),
+                )
                 return
         self._forward_request(request, route)
 
     def _await_plugins(
-        self, decision: Awaitable[Reply | None], request: RequestHead, route: Route
+        self,
+        decision: Awaitable[Reply | None],
+        on_reply: Callable[[Reply], None],
+        on_pass: Callable[[], None],
     ) -> None:
         """An async middleware decides: stop reading until it has."""
         self._phase = _Phase.PLUGIN
@@ -302,9 +318,9 @@ class IngressConnection(asyncio.Protocol):
             self._resume_reading(_PAUSED_BY_PLUGIN)
             reply = PLUGIN_FAILED if task.cancelled() or task.exception() else task.result()
             if reply is not None:
-                self._plugin_reply(reply, request)
+                on_reply(reply)
             else:
-                self._forward_request(request, route)
+                on_pass()
             self._process()
 
         task.add_done_callback(decided)
@@ -440,11 +456,41 @@ class IngressConnection(asyncio.Protocol):
                 self._await_head()
             return
         route = self._ingress.routes.lookup(authority, "/")
-        stream = self._stream_for(route) if route is not None else None
-        if stream is None:
-            log.info("HTTP/2 connection for unknown or offline host %r closed", authority)
+        if route is None:
+            log.info("HTTP/2 connection for unknown host %r closed", authority)
             self._close()
             return
+        if self._chain.request_steps:
+            # the connection is passed through undecoded: the middlewares decide on its first
+            # request (their header edits cannot be applied), and a refused visitor gets their
+            # answer without the origin seeing any of the connection
+            found = first_request(buf)
+            assert found is not None  # its header block is complete: it has an authority
+            stream_id, request = found
+            ctx = self._begin_record(request, route)
+            decision = self._chain.on_request(request, ctx)
+            if isinstance(decision, Reply):
+                self._h2_refuse(decision, stream_id, request)
+            elif decision is not None:
+                self._await_plugins(
+                    decision,
+                    lambda reply: self._h2_refuse(reply, stream_id, request),
+                    lambda: self._h2_open(route),
+                )
+            else:
+                self._h2_open(route)
+            return
+        self._h2_open(route)
+
+    def _h2_open(self, route: Route) -> None:
+        """Pass the HTTP/2 connection through to ``route``'s tunnel."""
+        self._ctx = self._request = None  # a connection, not one exchange: no record
+        stream = self._stream_for(route)
+        if stream is None:
+            log.info("HTTP/2 connection for offline host %r closed", route.host)
+            self._close()
+            return
+        buf = self._buf
         self._cancel_timer()
         self._phase = _Phase.TUNNEL
         h2_filter = self._h2_filter
@@ -454,6 +500,30 @@ class IngressConnection(asyncio.Protocol):
             self._h2_filter = None
         buf.clear()
         stream.feed(data)
+
+    def _h2_refuse(self, reply: Reply, stream_id: int, request: RequestHead) -> None:
+        """A middleware answered the first request of an HTTP/2 connection: send that answer
+        as an HTTP/2 response and a GOAWAY, then close (after the client has had time to read
+        it: closing at once, with its next frames unread, would reset the connection)."""
+        transport = self.transport
+        assert transport is not None
+        body = reply.body.encode() if isinstance(reply.body, str) else bytes(reply.body)
+        headers = [
+            (b"content-type", reply.content_type.encode("latin-1")),
+            (b"content-length", b"%d" % len(body)),
+        ]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        data = reply_frames(
+            stream_id, reply.status, headers, body, head_only=request.method == b"HEAD"
+        )
+        transport.write(data)
+        self._bytes_out += len(data)
+        self._finish_record(reply.status, None)
+        self._phase = _Phase.CLOSED  # read and ignore whatever else comes
+        self._buf.clear()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._arm(_H2_LINGER, transport.close)
 
     # ------------------------------------------------------------------ responses
 
@@ -765,7 +835,9 @@ class IngressConnection(asyncio.Protocol):
             stream.reset(code)
 
     def _close(self) -> None:
-        if self._phase is not _Phase.CLOSED and self.transport is not None:
+        # CLOSED with a timer: a refused HTTP/2 connection lingering (see _h2_refuse)
+        lingering = self._phase is _Phase.CLOSED and self._timer is not None
+        if (self._phase is not _Phase.CLOSED or lingering) and self.transport is not None:
             self._phase = _Phase.CLOSED
             self._cancel_timer()
             self.transport.close()

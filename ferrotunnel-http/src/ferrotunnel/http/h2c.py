@@ -11,6 +11,11 @@ arrived. So the ingress answers the preface with an empty SETTINGS frame of its 
 changes nothing: every setting keeps its initial value) and removes the client's
 acknowledgement of it — the first SETTINGS ACK the client sends — from what it passes on,
 so the origin never sees an ACK for a frame it did not send.
+
+HTTP middlewares see that first request (:func:`first_request`) before the connection is
+handed over, so that a visitor they refuse never reaches the origin: their answer is sent as
+an HTTP/2 response (:func:`reply_frames`), and the connection closed. Header edits cannot be
+applied to bytes that are passed through untouched.
 """
 
 from __future__ import annotations
@@ -19,14 +24,22 @@ import struct
 
 import hpack
 
-from .h1 import HttpError, normalize_host
+from .h1 import HttpError, RequestHead, normalize_host
 
-__all__ = ["EMPTY_SETTINGS", "PREFACE", "SettingsAckFilter", "first_authority"]
+__all__ = [
+    "EMPTY_SETTINGS",
+    "PREFACE",
+    "SettingsAckFilter",
+    "first_authority",
+    "first_request",
+    "reply_frames",
+]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _FRAME = struct.Struct("!HBBBI")  # length (u24 as u16+u8), type, flags, stream id
-_HEADERS, _SETTINGS, _CONTINUATION = 0x1, 0x4, 0x9
-_END_HEADERS, _PADDED, _PRIORITY = 0x4, 0x8, 0x20
+_DATA, _HEADERS, _SETTINGS, _GOAWAY, _CONTINUATION = 0x0, 0x1, 0x4, 0x7, 0x9
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_MAX_FRAME = 16384  # the initial SETTINGS_MAX_FRAME_SIZE
 _ACK = 0x1
 #: a SETTINGS frame with no parameters, on stream 0
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -35,11 +48,40 @@ EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 def first_authority(data: bytes | bytearray) -> str | None:
     """The normalised ``:authority`` (or ``host``) of the first request in ``data`` (which
     starts with the preface), or None while more bytes are needed."""
+    found = _first_header_block(data)
+    return None if found is None else _authority(_decode(found[1]))
+
+
+def first_request(data: bytes | bytearray) -> tuple[int, RequestHead] | None:
+    """The stream id and head of the first request in ``data`` (which starts with the
+    preface) as middlewares see a request, or None while more bytes are needed."""
+    found = _first_header_block(data)
+    if found is None:
+        return None
+    stream_id, block = found
+    fields = _decode(block)
+    pseudo = {name: value for name, value in fields if name.startswith(b":")}
+    authority = _authority(fields)
+    headers = [(b"host", authority.encode("latin-1"))]
+    headers += [(name, value) for name, value in fields if not name.startswith(b":")]
+    head = RequestHead(
+        method=pseudo.get(b":method", b"GET"),
+        target=pseudo.get(b":path", b"/"),
+        minor=1,
+        headers=headers,
+        host=authority,
+    )
+    return stream_id, head
+
+
+def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
+    """The stream id and header block of the first request, or None if incomplete."""
     pos = len(PREFACE)
     block = b""
     in_headers = False
+    stream_id = 0
     while len(data) - pos >= 9:
-        high, low, ftype, flags, _stream = _FRAME.unpack_from(data, pos)
+        high, low, ftype, flags, stream = _FRAME.unpack_from(data, pos)
         length = high << 8 | low
         start, end = pos + 9, pos + 9 + length
         if end > len(data):
@@ -59,21 +101,67 @@ def first_authority(data: bytes | bytearray) -> str | None:
             raise HttpError(400, "HTTP/2 header block interrupted")
         else:
             continue  # SETTINGS, WINDOW_UPDATE, PRIORITY... before the first request
+        if ftype == _HEADERS:
+            stream_id = stream & 0x7FFFFFFF
         if flags & _END_HEADERS:
-            return _authority(block)
+            return stream_id, block
     return None
 
 
-def _authority(block: bytes) -> str:
+def _decode(block: bytes) -> list[tuple[bytes, bytes]]:
     try:
-        headers = hpack.Decoder().decode(block, raw=True)
+        return [(bytes(k), bytes(v)) for k, v in hpack.Decoder().decode(block, raw=True)]
     except Exception as exc:  # hpack raises a family of its own errors
         raise HttpError(400, "undecodable HTTP/2 header block") from exc
-    values = dict(headers)
+
+
+def _authority(fields: list[tuple[bytes, bytes]]) -> str:
+    values = dict(fields)
     authority = values.get(b":authority") or values.get(b"host")
     if not authority:
         raise HttpError(400, "HTTP/2 request without :authority")
     return normalize_host(authority)
+
+
+#: header fields HTTP/2 forbids (RFC 9113, section 8.2.2)
+_CONNECTION_SPECIFIC = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"]
+)
+
+
+def _frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    header = struct.pack("!I", len(payload))[1:] + struct.pack("!BBI", ftype, flags, stream_id)
+    return header + payload
+
+
+def reply_frames(
+    stream_id: int,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    *,
+    head_only: bool = False,
+) -> bytes:
+    """A whole HTTP/2 response on ``stream_id`` (HEADERS, DATA), then a GOAWAY that tells
+    the client no other stream of the connection was processed."""
+    fields = [(b":status", b"%d" % status)]
+    fields += [(k.lower(), v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
+    block = hpack.Encoder().encode(fields)
+    no_body = head_only or not body
+    chunks = [block[i : i + _MAX_FRAME] for i in range(0, len(block), _MAX_FRAME)] or [b""]
+    out = bytearray()
+    for i, chunk in enumerate(chunks):
+        flags = _END_HEADERS if i == len(chunks) - 1 else 0
+        if i == 0:
+            out += _frame(_HEADERS, flags | (_END_STREAM if no_body else 0), stream_id, chunk)
+        else:
+            out += _frame(_CONTINUATION, flags, stream_id, chunk)
+    if not no_body:
+        for i in range(0, len(body), _MAX_FRAME):
+            last = i + _MAX_FRAME >= len(body)
+            out += _frame(_DATA, _END_STREAM if last else 0, stream_id, body[i : i + _MAX_FRAME])
+    out += _frame(_GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
+    return bytes(out)
 
 
 class SettingsAckFilter:

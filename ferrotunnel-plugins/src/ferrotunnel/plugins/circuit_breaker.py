@@ -24,9 +24,9 @@ Each tunnel (a tunnel name together with the host visitors ask for) has a circui
 
 ``500`` is not a failure by default: it is usually the application's own error, not a sign
 that the origin is down or overloaded. Outcomes are taken from ``on_complete``; exchanges
-answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``) or started
-before the circuit opened do not count. Only circuits with failures take memory: a circuit
-that closes is forgotten.
+answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``), started
+before the circuit opened, or left by their visitor before any response (status 0) do not
+count. Only circuits with failures take memory: a circuit that closes is forgotten.
 """
 
 from __future__ import annotations
@@ -195,7 +195,9 @@ class CircuitBreaker:
         admitted = ctx.state.get(STATE_KEY)
         if not isinstance(admitted, _Admitted):
             return  # not let through by this breaker
-        neutral = REPLIED_BY in ctx.state  # another middleware answered: not the origin
+        # another middleware answered (not the origin), or no response head ever came because
+        # the visitor left (status 0): neither says anything about the origin's health
+        neutral = REPLIED_BY in ctx.state or record.status == 0
         failed = record.status in admitted.settings.failure_statuses
         circuits = self._circuits
         circuit = circuits.get(admitted.key)

@@ -12,8 +12,8 @@
     request_remove = ["Cookie"]
 
 For each message, ``*_remove`` runs first, then ``*_set`` (replaces any value), then
-``*_add`` (appends ``, value`` to an existing value — the list form HTTP defines for
-repeatable headers; do not use it for ``Set-Cookie`` — or sets the header if absent).
+``*_add`` (adds one more header line, which for a list-valued header means the same as
+appending ``, value``; existing lines are kept).
 Header names are case-insensitive. Framing and routing headers (``Host``, ``Content-Length``,
 ``Transfer-Encoding``, ``Connection``, ``Upgrade``, ``TE``, ``Trailer``, ``Keep-Alive``) cannot
 be changed here. One entry applies per tunnel — the most specific key; entries are not merged.

@@ -122,6 +122,8 @@ class _Locator:
 
     def where(self, table: str, key: str | None = None) -> str:
         header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*[\].]")
+        # a key starts a line, or follows "{" or "," in an inline table (``{ rate = 1.0 }``)
+        key_re = re.compile(r"(?:^|[{,])\s*[\"']?" + re.escape(key or "") + r"[\"']?\s*=")
         in_table = key is None
         for number, line in enumerate(self.lines, 1):
             if header.match(line):
@@ -129,7 +131,7 @@ class _Locator:
                     return f"{self.source}:{number}"
                 in_table = True
                 continue
-            if in_table and key is not None and re.match(r"^\s*" + re.escape(key) + r"\s*=", line):
+            if in_table and key is not None and key_re.search(line):
                 return f"{self.source}:{number}"
         return self.source
 

@@ -1,0 +1,530 @@
+"""Configuration files and plugin switches of the real ``ferrotunnel`` command.
+
+Every test runs the installed console script as a child process (servers and clients on
+127.0.0.1 with ephemeral ports, their addresses parsed from what they print) and talks to it
+over real sockets. Every wait is bounded; every process is killed and reaped at teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..e2e.helpers import (
+    CONTROL_RE,
+    HOST,
+    TCP_INGRESS_RE,
+    CliProcess,
+    EchoServer,
+    child_env,
+    echo_roundtrip,
+    run_cli,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+HTTP_INGRESS_RE = r"^\s+HTTP ingress\s+(?P<host>\S+):(?P<port>\d+)$"
+PLUGINS_RE = r"^\s+plugins\s+(?P<names>.+)$"
+HTTP_TUNNEL_RE = r"^\s+http://(?P<host>[^\s:/]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
+TCP_TUNNEL_RE = r"^\s+tcp://(?P<host>[^\s:]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
+BUILTINS = ["access-log", "auth", "basic-auth", "circuit-breaker", "headers", "ip-filter",
+            "rate-limit"]  # fmt: skip
+
+Launch = Callable[..., CliProcess]
+
+
+@pytest.fixture
+def launch() -> Iterator[Launch]:
+    """``launch("server", ...)`` starts ``ferrotunnel``; all are killed at teardown."""
+    started: list[CliProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> CliProcess:
+        proc = CliProcess(list(args), env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.stop()
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = f"hello {self.path} for {self.headers['Host']}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Origin", "cli-test")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_origin() -> Iterator[int]:
+    """A small HTTP origin on 127.0.0.1:0 (its port)."""
+    server = http.server.ThreadingHTTPServer((HOST, 0), _Hello)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class RunningServer:
+    proc: CliProcess
+    control: str
+    control_host: str
+    http_host: str
+    http_port: int
+    tcp_port: int | None
+    plugins: str
+
+
+def started_server(proc: CliProcess, *, tcp: bool = True) -> RunningServer:
+    """Wait for ``ferrotunnel server`` to be ready; the addresses it printed."""
+    control = proc.expect(CONTROL_RE)
+    tcp_port = int(proc.expect(TCP_INGRESS_RE).group("port")) if tcp else None
+    web = proc.expect(HTTP_INGRESS_RE)
+    plugins = proc.expect(PLUGINS_RE).group("names")
+    proc.expect(r"^Press Ctrl-C to stop\.$")
+    return RunningServer(
+        proc,
+        f"{control['host']}:{control['port']}",
+        control["host"],
+        web["host"],
+        int(web["port"]),
+        tcp_port,
+        plugins,
+    )
+
+
+def http_get(port: int, host: str, path: str = "/", timeout: float = 10.0) -> tuple[int, str]:
+    """One ``Connection: close`` request to ``127.0.0.1:port``: (status, whole response)."""
+    deadline = time.monotonic() + timeout
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    data = bytearray()
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    text = data.decode("latin-1")
+    match = re.match(r"HTTP/1\.1 (\d{3}) ", text)
+    return (int(match.group(1)) if match else 0), text
+
+
+def server_args(token: str) -> list[str]:
+    return [
+        "server", "--token", token,
+        "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0", "--tcp-bind", f"{HOST}:0",
+    ]  # fmt: skip
+
+
+def client_tcp(control: str, token: str, local_port: int, *extra: str) -> list[str]:
+    return [
+        "client", "--server", control, "--token", token, "--protocol", "tcp",
+        "--local-addr", f"{HOST}:{local_port}", "--no-dashboard", "--no-reconnect", *extra,
+    ]  # fmt: skip
+
+
+def one_error_line(result_stderr: str) -> str:
+    lines = result_stderr.strip().splitlines()
+    assert len(lines) == 1, result_stderr
+    assert lines[0].startswith("ferrotunnel: error: "), result_stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- 1. config init
+
+
+@pytest.mark.parametrize("kind", ["server", "client"])
+def test_config_init_writes_a_private_file_that_config_check_accepts(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / f"{kind}.toml"
+    result = run_cli(["config", "init", kind, "--out", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert f"[{kind}]" in text
+    for table in ["rate_limit", "ip_filter", "basic_auth", "auth", "access_log", "headers"]:
+        assert f"# [{table}]" in text  # every plugin table, commented out
+    checked = run_cli(["config", "check", str(path)])
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == f"{path}: ok ({kind})"
+    # not overwritten without --force; with it, private again even if it was not
+    again = run_cli(["config", "init", kind, "--out", str(path)])
+    assert again.returncode == 2
+    assert "exists" in one_error_line(again.stderr)
+    path.chmod(0o644)
+    forced = run_cli(["config", "init", kind, "--out", str(path), "--force"])
+    assert forced.returncode == 0, forced.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_config_init_server_writes_a_fresh_token_each_time(tmp_path: Path) -> None:
+    tokens = []
+    for name in ("a.toml", "b.toml"):
+        result = run_cli(["config", "init", "server", "--out", str(tmp_path / name)])
+        assert result.returncode == 0, result.stderr
+        match = re.search(r'^token = "([^"]+)"$', (tmp_path / name).read_text(), re.MULTILINE)
+        assert match is not None
+        tokens.append(match.group(1))
+    assert tokens[0] != tokens[1]
+    assert all(len(token) >= 24 for token in tokens)
+
+
+def test_an_uncommented_plugin_table_of_the_starter_file_is_valid(tmp_path: Path) -> None:
+    """The commented plugin tables are real TOML once uncommented (multi-line arrays too)."""
+    path = tmp_path / "server.toml"
+    assert run_cli(["config", "init", "server", "--out", str(path)]).returncode == 0
+    lines = path.read_text().splitlines()
+    start = lines.index("# [access_log]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# ") or line.endswith("= "):
+            if not line:
+                break
+            continue  # placeholders without a default (`# path = `) stay out
+        block.append(line[2:])
+    assert "tunnels = [" in block
+    edited = write(tmp_path / "edited.toml", "\n".join(lines[:start] + block) + "\n")
+    checked = run_cli(["config", "check", str(edited)])
+    assert checked.returncode == 0, checked.stderr + edited.read_text()
+    assert "access_log" in checked.stdout
+
+
+# ---------------------------------------------------------------------------- 2. config check
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        pytest.param(
+            '[server]\ntoken = "x"\nhtt_bind = "127.0.0.1:0"\n',
+            3,
+            "unknown key 'htt_bind' in [server]; did you mean 'http_bind'?",
+            id="typo-server-key",
+        ),
+        pytest.param(
+            '[server]\ntoken = "x"\n\n[rate_limits]\nper_ip = { rate = 1.0 }\n',
+            4,
+            "unknown table [rate_limits]; did you mean 'rate_limit'?",
+            id="unknown-table",
+        ),
+        pytest.param(
+            "[rate_limit]\nmax_buckets = 10\nper_ip = { rate = 5.0, brust = 3 }\n",
+            3,
+            "unknown key 'brust' in [rate_limit.per_ip]; did you mean 'burst'?",
+            id="typo-in-inline-table",
+        ),
+        pytest.param(
+            '[basic_auth.tunnels."app.example.com"]\nuser = ["alice:pw"]\n',
+            2,
+            "unknown key 'user' in [basic_auth.tunnels.app.example.com]; did you mean 'users'?",
+            id="typo-per-tunnel-key",
+        ),
+        pytest.param(
+            '[client]\nserver = "h:1"\n\n[[client.tunnels]]\nname = "a"\nlocal_adr = "h:2"\n',
+            6,
+            "unknown key 'local_adr' in [client.tunnels[0]]; did you mean 'local_addr'?",
+            id="typo-client-tunnel",
+        ),
+        pytest.param(
+            '[server]\nmax_sessions = "ten"\n',
+            2,
+            "server.max_sessions must be an integer, not 'ten'",
+            id="wrong-type-int",
+        ),
+        pytest.param(
+            '[circuit_breaker.tunnels."*"]\nopen_seconds = "soon"\n',
+            2,
+            "circuit_breaker.tunnels.*.open_seconds must be a number, not 'soon'",
+            id="wrong-type-float",
+        ),
+        pytest.param(
+            '[server]\ntrust_proxy = "10.0.0.0/8"\n',
+            2,
+            "server.trust_proxy must be a list, not '10.0.0.0/8'",
+            id="wrong-type-list",
+        ),
+    ],
+)
+def test_config_check_names_the_file_line_and_fix(
+    tmp_path: Path, text: str, line: int, message: str
+) -> None:
+    path = write(tmp_path / "bad.toml", text)
+    result = run_cli(["config", "check", str(path)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    error = one_error_line(result.stderr)
+    assert error.startswith(f"ferrotunnel: error: {path}:{line}: "), error
+    assert message in error, error
+
+
+def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:
+    path = write(tmp_path / "server.toml", '[server]\ntoken = "x"\nhtt_bind = "127.0.0.1:0"\n')
+    result = run_cli(["server", "--config", str(path)], timeout=15)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:3: unknown key 'htt_bind'" in one_error_line(result.stderr)
+
+
+# ---------------------------------------------------------------------------- 3. server --config
+
+
+def test_server_takes_its_settings_from_the_file(
+    tmp_path: Path, launch: Launch, echo: EchoServer
+) -> None:
+    config = write(
+        tmp_path / "server.toml",
+        f"""
+[server]
+token = "file-token"
+bind = "{HOST}:0"
+http_bind = "{HOST}:0"
+tcp_bind = "{HOST}:0"
+health_path = "/healthz"
+""",
+    )
+    server = started_server(launch("server", "--config", str(config)))
+    assert server.control_host == HOST  # not the default 0.0.0.0
+    assert server.http_host == HOST
+    assert server.plugins == ", ".join(BUILTINS)
+    assert http_get(server.http_port, "any")[0] == 404
+    assert http_get(server.http_port, "any", "/healthz")[0] == 200  # the file's, not /health
+    assert server.tcp_port is not None
+    client = launch(*client_tcp(server.control, "file-token", echo.port))
+    client.expect(TCP_TUNNEL_RE)
+    assert echo_roundtrip(server.tcp_port, b"via the file's token\n") == b"via the file's token\n"
+
+
+def test_flags_beat_environment_beats_file(
+    tmp_path: Path, launch: Launch, echo: EchoServer
+) -> None:
+    config = write(
+        tmp_path / "server.toml",
+        f"""
+[server]
+token = "file-token"
+bind = "{HOST}:0"
+http_bind = "127.0.0.2:0"
+tcp_bind = "{HOST}:0"
+""",
+    )
+    env = child_env(FERROTUNNEL_TOKEN="env-token", FERROTUNNEL_HTTP_BIND="127.0.0.3:0")
+    server = started_server(
+        launch("server", "--config", str(config), "--http-bind", f"{HOST}:0", env=env)
+    )
+    assert server.http_host == HOST  # the flag, over the environment and the file
+    assert http_get(server.http_port, "any", "/health")[0] == 200
+    assert server.tcp_port is not None
+    # the environment's token replaced the file's
+    refused = launch(*client_tcp(server.control, "file-token", echo.port))
+    assert refused.wait_exit(10) == 1, refused.describe()
+    assert "invalid token (auth_failed)" in refused.stderr
+    client = launch(*client_tcp(server.control, "env-token", echo.port))
+    client.expect(TCP_TUNNEL_RE)
+    assert echo_roundtrip(server.tcp_port, b"env wins\n") == b"env wins\n"
+
+
+def test_environment_beats_file_without_a_flag(tmp_path: Path, launch: Launch) -> None:
+    config = write(
+        tmp_path / "server.toml",
+        f'[server]\ntoken = "t"\nbind = "{HOST}:0"\nhttp_bind = "127.0.0.2:0"\n',
+    )
+    env = child_env(FERROTUNNEL_HTTP_BIND=f"{HOST}:0")
+    server = started_server(launch("server", "--config", str(config), env=env), tcp=False)
+    assert server.http_host == HOST
+    assert http_get(server.http_port, "any", "/health")[0] == 200
+
+
+# ---------------------------------------------------------------------------- 4. client --config
+
+
+def test_client_serves_the_tunnels_of_its_file(
+    tmp_path: Path, launch: Launch, echo: EchoServer, web_origin: int
+) -> None:
+    server = started_server(launch(*server_args("shared-token")))
+    assert server.tcp_port is not None
+    config = write(
+        tmp_path / "client.toml",
+        f"""
+[client]
+server = "{server.control}"
+token = "shared-token"
+dashboard = false
+reconnect = false
+
+[[client.tunnels]]
+name = "app.localhost"
+local_addr = "{HOST}:{web_origin}"
+
+[[client.tunnels]]
+name = "db"
+local_addr = "{HOST}:{echo.port}"
+protocol = "tcp"
+""",
+    )
+    client = launch("client", "--config", str(config))
+    client.expect(r"^ferrotunnel client connected$")
+    web = client.expect(HTTP_TUNNEL_RE)
+    assert web["host"] == "app.localhost"
+    assert int(web["port"]) == server.http_port
+    assert web["local"] == f"http://{HOST}:{web_origin}"
+    tcp = client.expect(TCP_TUNNEL_RE)
+    assert int(tcp["port"]) == server.tcp_port
+    assert tcp["local"] == f"{HOST}:{echo.port}"
+    client.expect(r"^Press Ctrl-C to stop\.$")
+    assert "dashboard" not in client.stdout  # dashboard = false, from the file
+    status, response = http_get(server.http_port, "app.localhost", "/from-file")
+    assert status == 200, response
+    assert response.endswith("hello /from-file for app.localhost\n")
+    assert "X-Origin: cli-test" in response
+    payload = b"tcp tunnel from the file\n" * 100
+    assert echo_roundtrip(server.tcp_port, payload) == payload
+
+
+def test_client_flags_beat_its_file(tmp_path: Path, launch: Launch, echo: EchoServer) -> None:
+    server = started_server(launch(*server_args("right")))
+    assert server.tcp_port is not None
+    config = write(
+        tmp_path / "client.toml",
+        f'[client]\nserver = "{server.control}"\ntoken = "wrong"\nprotocol = "tcp"\n'
+        f'local_addr = "{HOST}:{echo.port}"\ndashboard = false\n',
+    )
+    client = launch("client", "--config", str(config), "--token", "right")
+    client.expect(TCP_TUNNEL_RE)
+    assert echo_roundtrip(server.tcp_port, b"flag wins\n") == b"flag wins\n"
+
+
+# ---------------------------------------------------------------------------- 5. plugins list
+
+
+def plugin_rows(stdout: str) -> dict[str, list[str]]:
+    lines = stdout.strip().splitlines()
+    assert lines[0].split() == ["NAME", "DISTRIBUTION", "VERSION", "STATUS", "HOOKS"], stdout
+    return {line.split()[0]: line.split()[1:] for line in lines[1:]}
+
+
+def test_plugins_list_shows_the_builtins() -> None:
+    result = run_cli(["plugins", "list"])
+    assert result.returncode == 0, result.stderr
+    rows = plugin_rows(result.stdout)
+    assert set(rows) >= set(BUILTINS), result.stdout
+    for name in BUILTINS:
+        distribution, _version, status, *hooks = rows[name]
+        assert (distribution, status) == ("ferrotunnel-plugins", "enabled"), rows[name]
+        assert "add_config," in hooks or "add_config" in hooks
+    assert "authenticators," in rows["auth"] or "authenticators" in rows["auth"]
+    assert any(h.startswith("tcp_middlewares") for h in rows["ip-filter"])
+
+
+def test_no_plugins_and_blocked_plugins() -> None:
+    none = run_cli(["--no-plugins", "plugins", "list"])
+    assert none.returncode == 0, none.stderr
+    assert none.stdout.strip() == "no plugins found"
+    blocked = run_cli(["--block-plugin", "rate-limit", "plugins", "list"])
+    assert blocked.returncode == 0, blocked.stderr
+    rows = plugin_rows(blocked.stdout)
+    assert rows["rate-limit"][2:] == ["blocked", "-"]
+    assert all(rows[name][2] == "enabled" for name in BUILTINS if name != "rate-limit")
+    # the environment variable, two at once
+    env = child_env(FERROTUNNEL_BLOCK_PLUGINS="auth,headers")
+    rows = plugin_rows(run_cli(["plugins", "list"], env=env).stdout)
+    assert {name for name, row in rows.items() if row[2] == "blocked"} == {"auth", "headers"}
+
+
+def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: Launch) -> None:
+    args = ["server", "--token", "t", "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
+    none = started_server(launch("--no-plugins", *args), tcp=False)
+    assert none.plugins == "none"
+    some = started_server(launch("--block-plugin", "auth", *args), tcp=False)
+    assert some.plugins == ", ".join(b for b in BUILTINS if b != "auth")
+    # a blocked plugin's table is unknown: the configuration names it
+    config = write(tmp_path / "server.toml", '[server]\ntoken = "t"\n\n[rate_limit]\n')
+    result = run_cli(["--block-plugin", "rate-limit", "server", "--config", str(config)])
+    assert result.returncode == 2
+    assert f"{config}:4: unknown table [rate_limit]" in one_error_line(result.stderr)
+
+
+# ---------------------------------------------------------------------------- 6. [auth] tokens
+
+
+def test_server_with_auth_tokens_and_no_token(
+    tmp_path: Path, launch: Launch, echo: EchoServer, web_origin: int
+) -> None:
+    bob = hashlib.sha256(b"bob-secret").hexdigest()
+    config = write(
+        tmp_path / "server.toml",
+        f"""
+[server]
+bind = "{HOST}:0"
+http_bind = "{HOST}:0"
+tcp_bind = "{HOST}:0"
+
+[auth]
+tokens = [
+    {{ name = "alice", token = "alice-secret", hosts = ["*.alice.localhost"] }},
+    {{ name = "bob", sha256 = "{bob}" }},
+]
+""",
+    )
+    server = started_server(launch("server", "--config", str(config)))
+    assert server.tcp_port is not None
+    # a listed token (stored as its digest) connects
+    client = launch(*client_tcp(server.control, "bob-secret", echo.port))
+    client.expect(TCP_TUNNEL_RE)
+    assert echo_roundtrip(server.tcp_port, b"bob's tunnel\n") == b"bob's tunnel\n"
+    # another token: rejected, with a clear message, exit status 1
+    stranger = launch(*client_tcp(server.control, "guess", echo.port, "--tunnel-id", "x"))
+    assert stranger.wait_exit(10) == 1, stranger.describe()
+    error = stranger.stderr.strip().splitlines()[-1]
+    assert error == "ferrotunnel: error: server rejected the session: invalid token (auth_failed)"
+    # a scoped token: inside its hosts served, outside refused
+    web_args = [
+        "client", "--server", server.control, "--token", "alice-secret", "--no-dashboard",
+        "--no-reconnect", "--local-addr", f"{HOST}:{web_origin}", "--tunnel-id",
+    ]  # fmt: skip
+    outside = launch(*web_args, "app.bob.localhost")
+    assert outside.wait_exit(10) == 1, outside.describe()
+    assert "'alice' may not claim app.bob.localhost (forbidden)" in outside.stderr
+    inside = launch(*web_args, "app.alice.localhost")
+    inside.expect(HTTP_TUNNEL_RE)
+    status, response = http_get(server.http_port, "app.alice.localhost", "/scoped")
+    assert status == 200, response
+    assert response.endswith("hello /scoped for app.alice.localhost\n")
+    server.proc.expect_stderr(r"rejected .*invalid token")
