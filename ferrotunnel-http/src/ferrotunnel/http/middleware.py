@@ -57,10 +57,9 @@ class MiddlewareChain:
         ]
         listening = plugins is not None and plugins.listens("ferrotunnel_exchange_complete")
         self.notify = plugins.exchange_complete if plugins is not None and listening else None
-        #: whether exchanges need a context and a record at all
-        self.active = bool(
-            self.request_steps or self.response_steps or self.complete_steps or self.notify
-        )
+        #: whether exchanges need a context at all, and a record when they end
+        self.wants_records = bool(self.complete_steps or self.notify)
+        self.active = bool(self.request_steps or self.response_steps or self.wants_records)
 
     def on_request(
         self, request: HttpRequest, ctx: RequestContext

@@ -122,7 +122,7 @@ class RequestContext:
     state: dict[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExchangeRecord:
     """A finished request/response, for logs and metrics."""
 
