@@ -21,6 +21,28 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 log = logging.getLogger("ferrotunnel.cli")
 
 
+def log_level_option(default: str = "info") -> Callable[[Any], Any]:
+    """``--log-level``, shared by every command."""
+    return click.option(
+        "--log-level",
+        envvar="FERROTUNNEL_LOG_LEVEL",
+        type=click.Choice(LOG_LEVELS),
+        default=default,
+        show_default=True,
+    )
+
+
+def config_option(tables: str) -> Callable[[Any], Any]:
+    """``--config FILE``: the TOML file whose ``tables`` (and plugin tables) a command reads."""
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        envvar="FERROTUNNEL_CONFIG",
+        help=f"TOML configuration file ({tables} and plugin tables); flags win over it.",
+    )
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),

@@ -12,7 +12,15 @@ from click.core import ParameterSource
 from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
 from ferrotunnel.core.plugin import Config, PluginHost
 
-from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+from ._run import (
+    config_errors,
+    config_option,
+    fail,
+    log_level_option,
+    read_token,
+    run,
+    setup_logging,
+)
 from .settings import ClientSettings, TunnelSettings, load_settings, merge
 from .tunnels import TunnelOptions, parse_tunnel_spec
 
@@ -126,20 +134,8 @@ def _target(tunnel: Tunnel) -> str:
 )
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost.")
-@click.option(
-    "--log-level",
-    envvar="FERROTUNNEL_LOG_LEVEL",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="FERROTUNNEL_CONFIG",
-    help="TOML configuration file ([client], [[client.tunnels]]); flags win over it.",
-)
+@log_level_option()
+@config_option("[client], [[client.tunnels]]")
 @click.pass_context
 def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
     """Connect to a server and expose a local service through it."""

@@ -18,7 +18,7 @@ from anyio.abc import SocketStream
 from ferrotunnel.core import Address, Client, Server, Tunnel, TunnelKind
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
-from ._run import LOG_LEVELS, run, setup_logging
+from ._run import log_level_option, run, setup_logging
 
 DEMO_HOST = "demo.localhost"
 _MAX_HEAD = 16 << 10
@@ -79,7 +79,7 @@ async def fetch(address: Address, host: str) -> bytes:
 
 
 @click.command()
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="warning", show_default=True)
+@log_level_option(default="warning")
 @click.pass_context
 def demo(ctx: click.Context, log_level: str) -> None:
     """Run a server, a client and a sample web app locally; print how to reach the app."""

@@ -12,7 +12,15 @@ from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import Config, PluginHost
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
-from ._run import LOG_LEVELS, config_errors, fail, read_token, run, setup_logging
+from ._run import (
+    config_errors,
+    config_option,
+    fail,
+    log_level_option,
+    read_token,
+    run,
+    setup_logging,
+)
 from .settings import ServerSettings, load_settings, merge
 
 
@@ -97,20 +105,8 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     show_default=True,
     help="Most client sessions at once.",
 )
-@click.option(
-    "--log-level",
-    envvar="FERROTUNNEL_LOG_LEVEL",
-    type=click.Choice(LOG_LEVELS),
-    default="info",
-    show_default=True,
-)
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="FERROTUNNEL_CONFIG",
-    help="TOML configuration file ([server] and plugin tables); flags win over it.",
-)
+@log_level_option()
+@config_option("[server]")
 @click.pass_context
 def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
