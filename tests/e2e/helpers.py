@@ -215,6 +215,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # tests open many connections at once (the default is 5)
 
     def __init__(self) -> None:
         super().__init__((HOST, 0), _EchoHandler)
