@@ -5,7 +5,9 @@ Theory of operation
 Each direction of a stream has a *window*: the number of bytes the sender may still send
 before the receiver grants more with WINDOW_UPDATE. The receiver grants credit only for bytes
 that have left its hands, so what a stream can buffer is bounded by its window, and a stream
-whose reader stops simply runs out of credit while every other stream keeps flowing.
+whose reader stops simply runs out of credit while every other stream keeps flowing. Windows
+auto-tune: a stream starts with ``SessionConfig.window`` and its window doubles with each grant
+while its consumer keeps up, up to ``max_window`` — the real bound on what it can buffer.
 
 A stream is consumed in one of two ways:
 
