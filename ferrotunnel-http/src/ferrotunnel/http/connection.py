@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from ferrotunnel.core import SessionClosedError, Stream
-from ferrotunnel.core.plugin import ExchangeRecord, Reply, RequestContext
+from ferrotunnel.core.plugin import Reply, RequestContext
 from ferrotunnel.protocol import ErrorCode, TunnelKind
 
 from .forwarded import add_forwarding_headers
@@ -786,23 +786,21 @@ class IngressConnection(asyncio.Protocol):
         if ctx is None or request is None or not self._chain.wants_records:
             return
         by = ctx.state.get("ferrotunnel.replied_by") or replied_by or "origin"
-        self._chain.on_complete(
-            ExchangeRecord(
-                time=self._wall,
-                tunnel=ctx.tunnel,
-                host=ctx.host,
-                method=request.method_text,
-                path=request.target.decode("latin-1"),
-                status=status,
-                bytes_in=self._bytes_in,
-                bytes_out=self._bytes_out,
-                duration=time.monotonic() - ctx.started,
-                visitor_ip=ctx.visitor_ip,
-                request_id=ctx.request_id,
-                error=error,
-                replied_by=str(by),
-            ),
+        # only the facts are taken now; the record is built and delivered after the batch
+        # of frames being processed (see MiddlewareChain.complete_later)
+        self._chain.complete_later(
             ctx,
+            (
+                self._wall,
+                request.method,
+                request.target,
+                status,
+                self._bytes_in,
+                self._bytes_out,
+                time.monotonic() - ctx.started,
+                error,
+                str(by),
+            ),
         )
 
     # ------------------------------------------------------------------ helpers

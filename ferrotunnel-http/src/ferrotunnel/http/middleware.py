@@ -6,6 +6,13 @@ costs a loop over short lists and no pluggy call. Plain ``on_request`` methods r
 the connection's callback; the first ``async`` one hands the rest of the request phase to a
 task (the connection stops reading meanwhile).
 
+``on_complete`` (and the ``exchange_complete`` hook) run just *after* the batch of events
+that completed the exchange: an exchange usually completes while the session is delivering a
+batch of response frames for many visitor connections, and work done there delays every
+response behind it — measured, 3 µs per exchange there cost 16 % of req/s against 2 % when
+done elsewhere. So the connection hands over the facts, and one ``call_soon`` per batch builds
+the records and calls the middlewares.
+
 A middleware that raises is contained: the exchange gets a 500 (or, once the response is on
 its way, just the log line), the error is logged with the plugin's name and distribution, and
 everything else carries on.
@@ -13,6 +20,7 @@ everything else carries on.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +67,7 @@ class MiddlewareChain:
         self.notify = plugins.exchange_complete if plugins is not None and listening else None
         #: whether exchanges need a context at all, and a record when they end
         self.wants_records = bool(self.complete_steps or self.notify)
+        self._pending: list[tuple[RequestContext, tuple[Any, ...]]] = []
         self.active = bool(self.request_steps or self.response_steps or self.wants_records)
 
     def on_request(
@@ -101,6 +110,36 @@ class MiddlewareChain:
                 log.exception("plugin %s failed in on_response", label)
                 return False
         return True
+
+    def complete_later(self, ctx: RequestContext, facts: tuple[Any, ...]) -> None:
+        """Queue an exchange's end for :meth:`_flush` (one ``call_soon`` per batch).
+
+        ``facts``: wall-clock start, method, target (bytes), status, bytes in, bytes out,
+        duration, error, replied_by.
+        """
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((ctx, facts))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for ctx, (wall, method, target, status, b_in, b_out, took, error, by) in pending:
+            record = ExchangeRecord(
+                wall,
+                ctx.tunnel,
+                ctx.host,
+                method.decode("latin-1"),
+                target.decode("latin-1"),
+                status,
+                b_in,
+                b_out,
+                took,
+                ctx.visitor_ip,
+                ctx.request_id,
+                error,
+                by,
+            )
+            self.on_complete(record, ctx)
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
         for label, step in self.complete_steps:
