@@ -14,12 +14,13 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from ..e2e.conftest import Launch
 from ..e2e.helpers import (
     CONTROL_RE,
     HOST,
@@ -39,30 +40,6 @@ HTTP_TUNNEL_RE = r"^\s+http://(?P<host>[^\s:/]+):(?P<port>\d+)\s+->\s+(?P<local>
 TCP_TUNNEL_RE = r"^\s+tcp://(?P<host>[^\s:]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 BUILTINS = ["access-log", "auth", "basic-auth", "circuit-breaker", "headers", "ip-filter",
             "rate-limit"]  # fmt: skip
-
-Launch = Callable[..., CliProcess]
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    """``launch("server", ...)`` starts ``ferrotunnel``; all are killed at teardown."""
-    started: list[CliProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> CliProcess:
-        proc = CliProcess(list(args), env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
-
-
-@pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    yield server
-    server.stop()
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
