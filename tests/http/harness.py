@@ -27,7 +27,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import h11
@@ -150,28 +150,18 @@ class OriginResponse:
 Handler = Callable[[OriginRequest], Awaitable[OriginResponse]]
 
 
-class Origin:
-    """An HTTP/1.1 server (keep-alive, chunked, 100-continue) on 127.0.0.1:0."""
+class _Listening:
+    """An asyncio server on 127.0.0.1:0 whose connection tasks are cancelled on exit."""
 
-    def __init__(
-        self,
-        handler: Handler | None = None,
-        *,
-        name: str = "origin",
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.name = name
-        self.handler = handler or standard_handler(name)
-        self.ssl_context = ssl_context
+    ssl_context: ssl.SSLContext | None = None
+
+    def __init__(self) -> None:
         self.port = 0
         self.connections = 0
-        self.peers: list[tuple[str, int]] = []
-        self.requests: list[OriginRequest] = []
-        self.errors: list[BaseException] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __aenter__(self) -> Origin:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(
             self._serve, HOST, 0, ssl=self.ssl_context, limit=1 << 20
         )
@@ -183,12 +173,39 @@ class Origin:
         self._server.close()
         await _cancel_all(self._tasks)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _track(self) -> asyncio.Task[Any]:
+        """Called first in ``_serve``: count the connection, cancel it on exit."""
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        index = self.connections
         self.connections += 1
+        return task
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class Origin(_Listening):
+    """An HTTP/1.1 server (keep-alive, chunked, 100-continue) on 127.0.0.1:0."""
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        name: str = "origin",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.handler = handler or standard_handler(name)
+        self.ssl_context = ssl_context
+        self.peers: list[tuple[str, int]] = []
+        self.requests: list[OriginRequest] = []
+        self.errors: list[BaseException] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = self.connections
+        task = self._track()
         peer = writer.get_extra_info("peername")
         self.peers.append((peer[0], peer[1]))
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
@@ -348,31 +365,15 @@ GZIP_BODY = gzip.compress(b"compressible text " * 500, mtime=0)
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-class RawOrigin:
+class RawOrigin(_Listening):
     """A TCP server whose handler speaks (or fails to speak) HTTP by hand."""
 
     def __init__(self, handler: RawHandler) -> None:
+        super().__init__()
         self.handler = handler
-        self.port = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def __aenter__(self) -> RawOrigin:
-        self._server = await asyncio.start_server(self._serve, HOST, 0, limit=1 << 20)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await _cancel_all(self._tasks)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
+        task = self._track()
         try:
             await self.handler(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
