@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -107,8 +106,3 @@ async def listen(
 
     port = sockname[1] if isinstance(sockname, tuple) else address.port
     return Listener(Address(address.host or str(sockname[0]), int(port)), close_listener)
-
-
-def local_socket_address(sock: socket.socket) -> Address:
-    host, port = sock.getsockname()[:2]
-    return Address(str(host), int(port))

@@ -302,7 +302,7 @@ class Session:
                     if stream is not None:
                         stream._on_data(event.data, event.rest)  # type: ignore[arg-type]
                     else:
-                        self._data_for_unknown_stream(event)
+                        self._check_known(event.stream_id, "DATA", tolerate_reset=True)
                 else:
                     self._on_control(event)
                 if self.closed:
@@ -383,9 +383,6 @@ class Session:
             return
         self._streams[stream_id] = stream
         self.on_stream(stream)
-
-    def _data_for_unknown_stream(self, event: Data) -> None:
-        self._check_known(event.stream_id, "DATA", tolerate_reset=True)
 
     def _check_known(self, stream_id: int, what: str, *, tolerate_reset: bool = False) -> None:
         """A frame for a stream not in the table: late (fine) or never opened (violation)."""
