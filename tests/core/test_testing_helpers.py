@@ -1,0 +1,70 @@
+"""``ferrotunnel.core.testing``, exactly as docs/plugin-development.md teaches it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from ferrotunnel.core.plugin import TcpConnection, hookimpl
+from ferrotunnel.core.testing import plugin_host, running_tunnel
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    refuse: str = "nobody"
+
+
+class Gate:
+    """A plugin with a config table and a TCP middleware."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def ferrotunnel_add_config(self, schema: Any) -> None:
+        schema.add_table("gate", GateSettings, owner="tests")
+
+    @hookimpl
+    def ferrotunnel_tcp_middlewares(self, config: Any) -> list[Any]:
+        gate = self
+        refuse: str = config.table("gate").refuse
+
+        class Middleware:
+            def on_connect(self, conn: TcpConnection) -> bool:
+                gate.seen.append(conn.visitor_ip)
+                return conn.visitor_ip != refuse
+
+        return [Middleware()]
+
+
+async def echo(sock: SocketStream) -> None:
+    async with sock:
+        try:
+            async for chunk in sock:
+                await sock.send(chunk)
+        except anyio.BrokenResourceError:
+            pass
+
+
+@pytest.mark.anyio
+async def test_running_tunnel_with_a_chosen_plugin() -> None:
+    gate = Gate()
+    host = plugin_host(gate, config={"gate": {"refuse": "203.0.113.1"}})
+    async with running_tunnel(echo, plugins=host) as tunnel:
+        assert tunnel.public is not None
+        async with await anyio.connect_tcp(*tunnel.public) as sock:
+            await sock.send(b"ping")
+            with anyio.fail_after(5):
+                assert await sock.receive() == b"ping"
+    assert gate.seen == ["127.0.0.1"]  # the plugin's middleware saw the visitor
+
+
+def test_a_plugin_config_typo_is_refused() -> None:
+    from ferrotunnel.core import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'refuse'"):
+        plugin_host(Gate(), config={"gate": {"refuses": "x"}})
