@@ -25,6 +25,7 @@ LAYERS = {
     "ferrotunnel-http": {"ferrotunnel-core"},
     "ferrotunnel-cli": {"ferrotunnel-core", "ferrotunnel-http"},
     "ferrotunnel-plugins": {"ferrotunnel-core"},
+    "ferrotunnel-observability": {"ferrotunnel-core"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Observability plugins for ferrotunnel: dashboard, Prometheus metrics, OpenTelemetry traces."""
