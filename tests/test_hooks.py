@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import click
 import pytest
+import trustme
 
 from ferrotunnel.core import Address, Client, GrantedTunnel, Server, Session, Tunnel, TunnelKind
 from ferrotunnel.core.plugin import (
@@ -28,11 +30,14 @@ from ferrotunnel.core.plugin import (
     PluginHost,
     RequestContext,
     TcpConnection,
+    TlsOptions,
+    TlsPurpose,
     hookimpl,
     spec,
 )
 from ferrotunnel.core.plugin.config import from_mapping
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
+from ferrotunnel.protocol import ALPN_PROTOCOL
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(
@@ -74,6 +79,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: dict[str, dict[str, Any]] = {}
         self.session_closed = anyio.Event()
+        self.ca = trustme.CA()
 
     def _note(self, name: str, **kwargs: Any) -> None:
         self.calls.setdefault(name, kwargs)
@@ -90,6 +96,19 @@ class Recorder:
     @hookimpl
     def ferrotunnel_register_commands(self, cli: Any) -> None:
         self._note("ferrotunnel_register_commands", cli=cli)
+
+    @hookimpl
+    def ferrotunnel_ssl_context(self, options: TlsOptions) -> ssl.SSLContext:
+        self._note(f"ssl_context:{options.purpose}", options=options)
+        self._note("ferrotunnel_ssl_context", options=options)
+        if options.purpose is TlsPurpose.SERVER:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ca.issue_cert("127.0.0.1").configure_cert(context)
+        else:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            self.ca.configure_trust(context)
+        context.set_alpn_protocols([ALPN_PROTOCOL])
+        return context
 
     @hookimpl
     def ferrotunnel_authenticators(self, config: Config) -> list[Any]:
@@ -181,6 +200,7 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
         tg.start_soon(listener.serve, _origin)
         server = Server(
             bind="127.0.0.1:0",
+            ssl_context=host.ssl_context(TlsOptions(TlsPurpose.SERVER)),
             authenticators=host.authenticators(config),
             tcp_middlewares=host.tcp_middlewares(config),
             ingresses=[ingress],
@@ -188,7 +208,15 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
         )
         async with server:
             tunnel = Tunnel("rec.localhost", Address("127.0.0.1", origin_port), TunnelKind.HTTP)
-            async with Client(server_addr=str(server.control_address), token="t", tunnels=[tunnel]):
+            async with Client(
+                server_addr=str(server.control_address),
+                token="t",
+                tunnels=[tunnel],
+                ssl_context=host.ssl_context(TlsOptions(TlsPurpose.CLIENT)),
+            ) as client:
+                assert client.session is not None
+                assert client.session.tls is not None
+                assert client.session.tls.alpn == ALPN_PROTOCOL
                 assert ingress.address is not None
                 async with await anyio.connect_tcp("127.0.0.1", ingress.address.port) as sock:
                     await sock.send(b"GET /x HTTP/1.1\r\nHost: rec.localhost\r\n\r\n")
@@ -216,6 +244,8 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
     assert record.bytes_out > 0
     assert recorder.calls["on_request"]["ctx"].tunnel == "rec.localhost"
     assert isinstance(recorder.calls["ferrotunnel_startup"]["app"], Server)
+    assert "ssl_context:server" in recorder.calls
+    assert "ssl_context:client" in recorder.calls
 
 
 def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:

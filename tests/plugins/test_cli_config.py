@@ -39,7 +39,7 @@ PLUGINS_RE = r"^\s+plugins\s+(?P<names>.+)$"
 HTTP_TUNNEL_RE = r"^\s+http://(?P<host>[^\s:/]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 TCP_TUNNEL_RE = r"^\s+tcp://(?P<host>[^\s:]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 BUILTINS = ["access-log", "auth", "basic-auth", "circuit-breaker", "headers", "ip-filter",
-            "rate-limit"]  # fmt: skip
+            "rate-limit", "tls"]  # fmt: skip
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -425,8 +425,10 @@ def test_plugins_list_shows_the_builtins() -> None:
     for name in BUILTINS:
         distribution, _version, status, *hooks = rows[name]
         assert (distribution, status) == ("ferrotunnel-plugins", "enabled"), rows[name]
-        assert "add_config," in hooks or "add_config" in hooks
+        if name != "tls":  # its settings are the kernel's --tls-* options
+            assert "add_config," in hooks or "add_config" in hooks
     assert "authenticators," in rows["auth"] or "authenticators" in rows["auth"]
+    assert any(h.startswith("ssl_context") for h in rows["tls"])
     assert any(h.startswith("tcp_middlewares") for h in rows["ip-filter"])
 
 

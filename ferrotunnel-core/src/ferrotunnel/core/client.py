@@ -20,9 +20,11 @@ from types import TracebackType
 from typing import Self, cast
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import ByteStream, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ferrotunnel.protocol import (
+    ALPN_PROTOCOL,
     SUPPORTED_VERSIONS,
     ErrorCode,
     GrantedTunnel,
@@ -35,12 +37,13 @@ from ferrotunnel.protocol import (
 )
 
 from .backoff import Backoff
-from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError
+from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError, TlsError
 from .links import ProtocolLink, StreamLink
 from .net import Address, running_asyncio_loop
 from .relay import OriginPool, SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
+from .tls import tls_info
 
 __all__ = ["Client", "ClientBuilder", "ClientConfig", "ClientStatus", "Tunnel"]
 
@@ -93,6 +96,11 @@ class ClientConfig:
     reconnect: bool = True
     backoff: Backoff = field(default_factory=Backoff)
     drain_timeout: float = 3.0
+    #: TLS to the server (None: plain TCP). ``ferrotunnel.plugins.tls`` builds one that
+    #: verifies the server (system roots or a given CA) and offers ALPN ``ferrotunnel/1``.
+    ssl_context: ssl.SSLContext | None = None
+    #: the name the server's certificate must match (default: the host of ``server_addr``)
+    server_hostname: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tunnels:
@@ -219,6 +227,10 @@ class Client:
         while True:
             try:
                 session, welcome = await self._connect()
+            except TlsError as exc:
+                log.error("%s", exc)
+                self.status = ClientStatus.CLOSED
+                raise
             except RejectedError as exc:
                 if exc.code.is_final or not self.config.reconnect:
                     log.error("%s", exc)
@@ -295,7 +307,12 @@ class Client:
                 f"no answer from the server within {cfg.session.handshake_timeout:.0f} s"
             ) from None
         except SessionClosedError as exc:
-            raise HandshakeError(str(session.close_reason if session else exc)) from exc
+            reason = session.close_reason if session else None
+            tls_failure = _ssl_error_in(reason)
+            if tls_failure is not None:
+                # TLS 1.3: a refused client certificate is only reported after the handshake
+                raise _tls_error(tls_failure, None) from exc
+            raise HandshakeError(str(reason or exc)) from exc
         except BaseException:
             if session is not None:
                 session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
@@ -306,18 +323,48 @@ class Client:
         return session, reply
 
     async def _open_connection(self) -> Session:
-        address = self.config.server_addr
-        loop = running_asyncio_loop()
-        if loop is not None:
-            _, link = await loop.create_connection(
-                lambda: ProtocolLink(Role.CLIENT, self.config.session), address.host, address.port
+        cfg = self.config
+        address = cfg.server_addr
+        context = cfg.ssl_context
+        hostname = (cfg.server_hostname or address.host) if context is not None else None
+        try:
+            loop = running_asyncio_loop()
+            if loop is not None:
+                _, link = await loop.create_connection(
+                    lambda: ProtocolLink(Role.CLIENT, cfg.session),
+                    address.host,
+                    address.port,
+                    ssl=context,
+                    server_hostname=hostname,
+                )
+                session = link.session
+            else:
+                stream: ByteStream = await anyio.connect_tcp(address.host, address.port)
+                if context is not None:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        hostname=hostname,
+                        ssl_context=context,
+                        standard_compatible=False,
+                    )
+                stream_link = StreamLink(stream, cfg.session)
+                tls = tls_info(stream.extra(TLSAttribute.ssl_object, None))
+                session = Session(stream_link, Role.CLIENT, cfg.session, peer=None, tls=tls)
+                assert self._tg is not None
+                self._tg.start_soon(stream_link.run, session)
+        except ssl.SSLError as exc:
+            raise _tls_error(exc, hostname) from exc
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise HandshakeError(
+                "the server closed the connection during the TLS handshake"
+            ) from exc
+        alpn = session.tls.alpn if session.tls is not None else None
+        if alpn is not None and alpn != ALPN_PROTOCOL:
+            session.abort()
+            raise TlsError(
+                f"{address} does not speak the ferrotunnel protocol over TLS "
+                f"(ALPN {alpn!r}, expected {ALPN_PROTOCOL!r})"
             )
-            return link.session
-        sock = await anyio.connect_tcp(address.host, address.port)
-        stream_link = StreamLink(sock, self.config.session)
-        session = Session(stream_link, Role.CLIENT, self.config.session, peer=None)
-        assert self._tg is not None
-        self._tg.start_soon(stream_link.run, session)
         return session
 
     # ------------------------------------------------------------------ streams
@@ -403,6 +450,35 @@ class Client:
 def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | None) -> None:
     log.warning("tunnel %r: cannot connect to %s: %s", stream.tunnel, addr, _describe(exc))
     stream.reset(ErrorCode.CONNECT_ERROR)
+
+
+def _ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error behind a closed connection, if that is what closed it."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def _tls_error(exc: ssl.SSLError, hostname: str | None) -> HandshakeError:
+    """A clear error for a failed TLS handshake: :class:`TlsError` (fatal) unless the
+    connection merely closed under it (a restarting server), which is worth a retry."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return HandshakeError(f"TLS handshake interrupted: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TlsError(
+            f"TLS: cannot verify the server's certificate for {hostname}: "
+            f"{exc.verify_message}. Trust the CA that issued it (--tls-ca)."
+        )
+    reason = (exc.reason or str(exc)).upper()
+    if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:
+        return TlsError("TLS: the server and this client have no TLS version in common")
+    if "CERTIFICATE_REQUIRED" in reason:
+        return TlsError("TLS: the server requires a client certificate (--tls-cert, --tls-key)")
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+        return TlsError("TLS: the server does not accept this client's certificate")
+    return TlsError(f"TLS handshake failed: {reason.lower().replace('_', ' ')}")
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -501,6 +577,11 @@ class ClientBuilder:
 
     def session_config(self, config: SessionConfig) -> ClientBuilder:
         return self._set("session", config)
+
+    def tls(self, context: ssl.SSLContext, server_hostname: str | None = None) -> ClientBuilder:
+        """TLS to the server, e.g. ``ferrotunnel.plugins.tls.client_context(ca="ca.pem")``."""
+        self._set("server_hostname", server_hostname)
+        return self._set("ssl_context", context)
 
     def build(self) -> Client:
         return Client(_client_config(self._settings))

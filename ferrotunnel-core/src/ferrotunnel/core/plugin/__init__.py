@@ -28,10 +28,13 @@ from .types import (
     HttpRequest,
     HttpResponse,
     Identity,
+    Peer,
     Reply,
     RequestContext,
     TcpConnection,
     TcpMiddleware,
+    TlsOptions,
+    TlsPurpose,
 )
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Identity",
+    "Peer",
     "PluginError",
     "PluginHost",
     "PluginInfo",
@@ -51,6 +55,8 @@ __all__ = [
     "TableSpec",
     "TcpConnection",
     "TcpMiddleware",
+    "TlsOptions",
+    "TlsPurpose",
     "from_mapping",
     "hookimpl",
     "load_plugins",

@@ -8,6 +8,7 @@ objects the ``*_middlewares`` and ``authenticators`` hooks return.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,14 @@ import pluggy
 from ferrotunnel.protocol import GrantedTunnel
 
 from .config import Config, ConfigSchema
-from .types import Authenticator, ExchangeRecord, HttpMiddleware, Identity, TcpMiddleware
+from .types import (
+    Authenticator,
+    ExchangeRecord,
+    HttpMiddleware,
+    Identity,
+    TcpMiddleware,
+    TlsOptions,
+)
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -73,6 +81,27 @@ def ferrotunnel_register_commands(cli: Any) -> None:
             @cli.command()
             def hello():
                 click.echo("hello")
+    """
+
+
+@hookspec(firstresult=True)
+def ferrotunnel_ssl_context(options: TlsOptions) -> ssl.SSLContext | None:
+    """Build the SSL context for ``options.purpose`` (control plane server or client, HTTPS
+    ingress) from the user's TLS settings; the first plugin to return one wins.
+
+    The ``tls`` plugin of ``ferrotunnel-plugins`` implements it (TLS 1.3 only, verification
+    always on, ALPN ``ferrotunnel/1``); a plugin could instead fetch certificates from a vault
+    or an ACME CA.
+
+    Example::
+
+        @hookimpl(tryfirst=True)
+        def ferrotunnel_ssl_context(options):
+            if options.purpose is TlsPurpose.INGRESS:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(*vault.fetch("ingress"))
+                return context
+            return None  # let the tls plugin handle the control plane
     """
 
 

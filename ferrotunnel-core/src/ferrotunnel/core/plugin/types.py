@@ -9,6 +9,7 @@ only when the middleware really waits for something.
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import time
 from collections.abc import Awaitable, Sequence
@@ -17,6 +18,8 @@ from typing import Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
 
+from ..tls import TlsInfo
+
 __all__ = [
     "Authenticator",
     "ExchangeRecord",
@@ -24,10 +27,13 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Identity",
+    "Peer",
     "Reply",
     "RequestContext",
     "TcpConnection",
     "TcpMiddleware",
+    "TlsOptions",
+    "TlsPurpose",
 ]
 
 
@@ -50,6 +56,48 @@ class Identity:
         return self.ports is None or any(low <= port <= high for low, high in self.ports)
 
 
+class TlsPurpose(enum.StrEnum):
+    """Which connection an SSL context is for."""
+
+    #: the server's control plane, which clients connect to
+    SERVER = "server"
+    #: the client's connection to the server
+    CLIENT = "client"
+    #: the HTTPS ingress, which visitors connect to
+    INGRESS = "ingress"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """The TLS settings a user gave (flags, environment and file merged), for the plugin
+    that turns them into an :class:`ssl.SSLContext` (``ferrotunnel_ssl_context``).
+
+    ``certificates`` are (certificate, key) PEM file pairs: the server's own, or on the
+    ingress one per set of host names (chosen by SNI; the first is the default). ``ca``
+    verifies the other side: client certificates on the server (with ``client_auth``), the
+    server's certificate on the client (None: the system's roots).
+    """
+
+    purpose: TlsPurpose
+    certificates: tuple[tuple[str, str], ...] = ()
+    ca: str | None = None
+    client_auth: bool = False
+    skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a client session comes from, and what its TLS handshake proved.
+
+    ``tls.peer_subject`` is set when the client presented a certificate the server verified
+    (mutual TLS): a certificate authenticates its holder as surely as a token does.
+    """
+
+    host: str
+    port: int
+    tls: TlsInfo | None = None
+
+
 @runtime_checkable
 class Authenticator(Protocol):
     """Decides who a connecting client is.
@@ -59,7 +107,7 @@ class Authenticator(Protocol):
     authenticator accepts is rejected with ``auth_failed``.
     """
 
-    async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity | None: ...
+    async def authenticate(self, hello: Hello, peer: Peer) -> Identity | None: ...
 
 
 class HttpRequest(Protocol):
