@@ -238,6 +238,11 @@ class Client:
                     raise
                 error: BaseException = exc
             except (OSError, HandshakeError, ProtocolError, TimeoutError) as exc:
+                if not started and str(exc) == _CERTIFICATE_REFUSED:
+                    # on the very first attempt this is a configuration error, not an outage
+                    log.error("%s", exc)
+                    self.status = ClientStatus.CLOSED
+                    raise TlsError(str(exc)) from exc
                 if not self.config.reconnect:
                     self.status = ClientStatus.CLOSED
                     raise HandshakeError(
@@ -312,6 +317,10 @@ class Client:
             if tls_failure is not None:
                 # TLS 1.3: a refused client certificate is only reported after the handshake
                 raise _tls_error(tls_failure, None) from exc
+            if session is not None and session.tls is not None and session.bytes_in == 0:
+                # closed right after the TLS handshake, before a single frame: what a server
+                # that checks client certificates does (its alert is usually lost)
+                raise HandshakeError(_CERTIFICATE_REFUSED) from exc
             raise HandshakeError(str(reason or exc)) from exc
         except BaseException:
             if session is not None:
@@ -341,12 +350,16 @@ class Client:
             else:
                 stream: ByteStream = await anyio.connect_tcp(address.host, address.port)
                 if context is not None:
-                    stream = await TLSStream.wrap(
-                        stream,
-                        hostname=hostname,
-                        ssl_context=context,
-                        standard_compatible=False,
-                    )
+                    try:
+                        stream = await TLSStream.wrap(
+                            stream,
+                            hostname=hostname,
+                            ssl_context=context,
+                            standard_compatible=False,
+                        )
+                    except BaseException:
+                        await anyio.aclose_forcefully(stream)
+                        raise
                 stream_link = StreamLink(stream, cfg.session)
                 tls = tls_info(stream.extra(TLSAttribute.ssl_object, None))
                 session = Session(stream_link, Role.CLIENT, cfg.session, peer=None, tls=tls)
@@ -452,6 +465,12 @@ def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | No
     stream.reset(ErrorCode.CONNECT_ERROR)
 
 
+_CERTIFICATE_REFUSED = (
+    "TLS: the server closed the connection right after the handshake: it requires a client "
+    "certificate (--tls-cert, --tls-key) issued by its CA, or does not accept this client's"
+)
+
+
 def _ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
     """The TLS error behind a closed connection, if that is what closed it."""
     while exc is not None:
@@ -469,7 +488,7 @@ def _tls_error(exc: ssl.SSLError, hostname: str | None) -> HandshakeError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TlsError(
             f"TLS: cannot verify the server's certificate for {hostname}: "
-            f"{exc.verify_message}. Trust the CA that issued it (--tls-ca)."
+            f"{exc.verify_message.rstrip('.')}. Trust the CA that issued it (--tls-ca)."
         )
     reason = (exc.reason or str(exc)).upper()
     if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:

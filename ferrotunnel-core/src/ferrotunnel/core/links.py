@@ -102,12 +102,15 @@ class TlsAcceptor(asyncio.Protocol):
     """Server side: runs the TLS handshake of an accepted connection, then hands the
     encrypted transport to ``link``.
 
-    The handshake is a task of its own with ``timeout`` (asyncio's ``start_tls``), not part of
-    the accept loop. Until ``link`` takes over, this object is also the protocol of the TLS
-    transport: whatever arrives right behind the handshake (the client's HELLO often shares a
-    packet with its Finished) is kept and replayed to ``link``. ``on_done(error)`` is called
-    once: with None when ``link`` took over, or with the exception that ended the handshake
-    (the connection is then closed).
+    The handshake is a task of its own with ``timeout`` (the loop's ``start_tls``, so the data
+    phase gets the loop's native TLS transport), not part of the accept loop. The loop may have
+    read the start of the ClientHello before ``start_tls`` takes the connection over (uvloop
+    starts reading right after ``connection_made``): those bytes are handed to the TLS
+    protocol once it is in place, before anything else is read. Until ``link`` takes over,
+    this object is also the TLS transport's protocol: whatever arrives right behind the
+    handshake (a client's HELLO often shares a packet with its Finished) is kept and
+    replayed to ``link``. ``on_done(error)`` is called once: with None when ``link`` took
+    over, or with the exception that ended the handshake (the connection is then closed).
     """
 
     def __init__(
@@ -121,14 +124,13 @@ class TlsAcceptor(asyncio.Protocol):
         self._context = context
         self._timeout = timeout
         self._on_done = on_done
-        self._early: list[bytes] = []
+        self._early: list[bytes] = []  # before start_tls: raw bytes; after: plaintext
         self._lost = False
         self.peer: tuple[str, int] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()  # the ClientHello is for start_tls, not for us
         self.peer = _host_port(transport.get_extra_info("peername"))
         self.task = asyncio.get_running_loop().create_task(self._handshake(transport))
 
@@ -143,15 +145,25 @@ class TlsAcceptor(asyncio.Protocol):
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            encrypted = await loop.start_tls(
+        start = loop.create_task(
+            loop.start_tls(
                 transport,
                 self,
                 self._context,
                 server_side=True,
                 ssl_handshake_timeout=self._timeout,
             )
+        )
+        try:
+            # start_tls's first step swaps the transport's protocol and queues the TLS
+            # protocol's connection_made; the bytes read before that go in right after it
+            await asyncio.sleep(0)
+            raw, self._early = self._early, []
+            if raw:
+                loop.call_soon(_feed, transport.get_protocol(), b"".join(raw))
+            encrypted = await start
         except BaseException as exc:
+            start.cancel()
             transport.abort()
             self._on_done(exc)
             if not isinstance(exc, Exception):
@@ -166,6 +178,21 @@ class TlsAcceptor(asyncio.Protocol):
         for data in self._early:
             self._link.data_received(data)
         self._early.clear()
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver ``data`` to ``protocol`` as if the loop had just read it."""
+    if hasattr(protocol, "buffer_updated"):  # asyncio's and uvloop's TLS protocols
+        view = memoryview(data)
+        while view:
+            buffered = cast(asyncio.BufferedProtocol, protocol)
+            buffer = memoryview(buffered.get_buffer(len(view)))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            buffered.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 class StreamLink:

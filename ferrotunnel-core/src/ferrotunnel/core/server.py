@@ -331,11 +331,13 @@ class Server:
                     stream = await TLSStream.wrap(
                         sock, server_side=True, ssl_context=context, standard_compatible=False
                     )
-            except (TimeoutError, OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            except BaseException as exc:
                 self._unauthenticated -= 1
                 _log_tls_failure(peer, exc)
                 await anyio.aclose_forcefully(sock)
-                return
+                if isinstance(exc, Exception):
+                    return
+                raise
         link = StreamLink(stream, self.config.session)
         tls = tls_info(stream.extra(TLSAttribute.ssl_object, None))
         session = Session(link, Role.SERVER, self.config.session, peer=peer, tls=tls)
@@ -467,10 +469,11 @@ class Server:
             hello,
         )
         log.info(
-            "session %s from %s (client %r): %s",
+            "session %s from %s (client %r, identity %r): %s",
             session.session_id,
             _fmt(session.peer),
             hello.client_id,
+            identity.name,
             ", ".join(t.public_url for t in granted) or "no tunnels",
         )
         self._granted[session] = granted
@@ -748,7 +751,7 @@ class _Refuse(asyncio.Protocol):
 
 
 def _log_tls_failure(peer: tuple[str, int] | None, error: BaseException) -> None:
-    if not isinstance(error, asyncio.CancelledError):
+    if not isinstance(error, anyio.get_cancelled_exc_class() | asyncio.CancelledError):
         log.info("TLS handshake from %s failed: %s", _fmt(peer), _tls_reason(error))
 
 
