@@ -30,6 +30,8 @@ from .types import (
     Identity,
     Reply,
     RequestContext,
+    StreamObserver,
+    StreamTap,
     TcpConnection,
     TcpMiddleware,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "PluginInfo",
     "Reply",
     "RequestContext",
+    "StreamObserver",
+    "StreamTap",
     "TableSpec",
     "TcpConnection",
     "TcpMiddleware",
