@@ -18,7 +18,7 @@ from ferrotunnel.http import HttpIngress, HttpIngressConfig
 from ferrotunnel.observability.dashboard import Dashboard
 from ferrotunnel.observability.store import Store
 
-from ..http.harness import HOST, TOKEN, Handler, Origin, http_tunnel
+from ..http.harness import HOST, TOKEN, Handler, Origin, RawOrigin, http_tunnel
 
 APP = "app.localhost"
 
@@ -33,7 +33,7 @@ class DashStack:
     server: Server
     ingress: HttpIngress
     client: Client
-    origin: Origin
+    origin: Origin | RawOrigin
     plugin: Dashboard
     visitor: httpx.AsyncClient  # talks to the public ingress, Host: app.localhost
     api: httpx.AsyncClient  # talks to the dashboard
@@ -64,20 +64,27 @@ class DashStack:
 
 
 @asynccontextmanager
-async def dash_stack(handler: Handler | None = None, **settings: Any) -> AsyncIterator[DashStack]:
+async def dash_stack(
+    handler: Handler | None = None,
+    *,
+    origin: Origin | RawOrigin | None = None,
+    reconnect: bool = False,
+    **settings: Any,
+) -> AsyncIterator[DashStack]:
+    """``settings`` are :class:`DashboardSettings` fields (port 0 unless given)."""
     settings.setdefault("port", 0)
     plugin = Dashboard(**settings)
     host = PluginHost.with_plugins([plugin], names=["dashboard"])
     ingress = HttpIngress(HttpIngressConfig(bind=Address(HOST, 0)))
     async with (
-        Origin(handler) as origin,
+        origin or Origin(handler) as origin,
         Server(token=TOKEN, bind=f"{HOST}:0", ingresses=[ingress], drain_timeout=0.25) as server,
         Client(
             server_addr=str(server.control_address),
             token=TOKEN,
             tunnels=[http_tunnel(APP, origin.port)],
             drain_timeout=0.25,
-            reconnect=False,
+            reconnect=reconnect,
             plugins=host,
         ) as client,
     ):
@@ -86,11 +93,16 @@ async def dash_stack(handler: Handler | None = None, **settings: Any) -> AsyncIt
             httpx.AsyncClient(
                 base_url=f"http://{HOST}:{ingress.address.port}", headers={"host": APP}
             ) as visitor,
-            httpx.AsyncClient(base_url=client.endpoints["dashboard"], timeout=10) as api,
+            httpx.AsyncClient(base_url=_dashboard_base(client), timeout=10) as api,
         ):
             yield DashStack(server, ingress, client, origin, plugin, visitor, api)
         for conn in list(ingress.connections):
             conn._close()
+
+
+def _dashboard_base(client: Client) -> str:
+    url = client.endpoints.get("dashboard", "")
+    return url if url.startswith("http") else "http://127.0.0.1:9"  # not running
 
 
 @pytest.fixture

@@ -90,7 +90,6 @@ def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None)
         Route("/api/v1/requests/{id}/diff", diff),
         Route("/api/v1/requests/{id}/export", export),
         Route("/api/v1/events", events),
-        Route("/api/{rest:path}", unknown_api, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
@@ -119,7 +118,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if not request.url.path.startswith("/api/"):
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
     code = codes.get(exc.status_code, "HTTP_ERROR")
-    return error_response(exc.status_code, code, str(exc.detail))
+    message = f"no such API route: {request.url.path}" if exc.status_code == 404 else exc.detail
+    return error_response(exc.status_code, code, str(message))
 
 
 # ---------------------------------------------------------------------------- pages
@@ -127,10 +127,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def index(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
-
-
-async def unknown_api(request: Request) -> Response:
-    raise ApiError(404, "NOT_FOUND", f"no such API route: {request.url.path}")
 
 
 # ---------------------------------------------------------------------------- API
