@@ -349,7 +349,7 @@ function renderTunnels() {
       el(
         "article",
         { class: "card", "data-tunnel": t.name },
-        el("h2", {}, t.name, " ", el("span", { class: `status ${t.status}` }, t.status)),
+        el("h2", {}, t.name, " ", el("span", { class: `pill ${t.status}` }, t.status)),
         el("p", {}, t.public_url || "—", " → ", t.local_addr || "in-process"),
         el("p", { class: "muted" }, `${t.requests} requests · in ${formatBytes(t.bytes_in)} · out ${formatBytes(t.bytes_out)}`),
         chart(t),
