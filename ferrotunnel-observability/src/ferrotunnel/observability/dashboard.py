@@ -15,28 +15,27 @@ serves it unless ``--no-dashboard``. Library users register it themselves::
 At ``ferrotunnel_startup`` with a :class:`~ferrotunnel.core.Client` the plugin binds its port,
 starts uvicorn inside the client's own event loop (asyncio only: uvicorn has no trio
 support), and asks the client for a tap on every HTTP stream (:class:`~.capture.CaptureObserver`).
-Tunnel status follows the client's ``ferrotunnel_tunnel_registered`` / ``_closed`` hooks. On a
-server it does nothing (yet).
+Tunnel status follows the client's ``ferrotunnel_tunnel_registered`` / ``_closed`` hooks.
+
+On a server, with ``[dashboard] admin = true``, the same plugin serves the admin view of
+:mod:`.admin` (sessions, tunnels, visitors; close a session) behind the server's token.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import Any
 
-import uvicorn
-
-from ferrotunnel.core import Client, GrantedTunnel, Session
+from ferrotunnel.core import Client, GrantedTunnel, Server, Session
 from ferrotunnel.core.net import running_asyncio_loop
-from ferrotunnel.core.plugin import Config, ConfigSchema, hookimpl
+from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, hookimpl
 
+from .admin import AdminState, SessionInfo, VisitorLog, create_admin_app
 from .api import DashboardContext, create_app
 from .capture import CaptureObserver
+from .embedded import EmbeddedServer
 from .store import Store, TunnelState
 
 __all__ = ["Dashboard", "DashboardSettings"]
@@ -57,22 +56,20 @@ class DashboardSettings:
     capture_kib: int = 64
     #: how many exchanges are kept (oldest dropped first)
     keep: int = 200
+    #: on a server: serve the admin view (needs the server's token) on ``bind:admin_port``
+    admin: bool = False
+    admin_port: int = 4041
 
 
-class _Server(uvicorn.Server):
-    """uvicorn inside someone else's loop: the host process owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+def _hosts(bind: str) -> list[str]:
+    return ["127.0.0.1", "localhost", "[::1]", bind]
 
 
-class _Running:
-    """One client's dashboard: its store, web server and serving task."""
+class _ClientDashboard:
+    """One client's dashboard: its store and web server."""
 
     def __init__(self, client: Client, settings: DashboardSettings) -> None:
         self.client = client
-        self.settings = settings
         self.store = Store(keep=settings.keep)
         self.ctx = DashboardContext(
             store=self.store,
@@ -82,71 +79,49 @@ class _Running:
         for tunnel in client.config.tunnels:
             local = str(tunnel.local_addr) if tunnel.local_addr is not None else None
             self.store.set_tunnel(TunnelState(tunnel.name, str(tunnel.kind), local))
-        self.server: _Server | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.url = ""
+        app = create_app(self.ctx, allowed_hosts=_hosts(settings.bind))
+        self.web = EmbeddedServer(app, settings.bind, settings.port)
+
+    @property
+    def url(self) -> str:
+        return self.web.url
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.settings.bind, self.settings.port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        port = sock.getsockname()[1]
-        host = f"[{self.settings.bind}]" if ":" in self.settings.bind else self.settings.bind
-        allowed = ["127.0.0.1", "localhost", "[::1]", self.settings.bind]
-        app = create_app(self.ctx, allowed_hosts=allowed)
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            ws="none",
-            http="h11",
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        self.server = server = _Server(config)
-        self.task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        self._sock = sock
-        while not server.started:
-            if self.task.done():
-                self.task.result()
-                raise OSError("the dashboard's web server stopped at start")
-            await asyncio.sleep(0.01)
-        self.url = f"http://{host}:{port}"
+        await self.web.start()
         self.client.observe(CaptureObserver(self.store, self.ctx.capture_limit))
         self.client.endpoints["dashboard"] = self.url
 
     async def stop(self) -> None:
         self.ctx.closing.set()
         self.store.close_subscribers()
-        if self.server is not None and self.task is not None:
-            self.server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self.task), 5)
-            if not self.task.done():
-                self.task.cancel()
-        self._sock.close()
+        await self.web.stop()
         self.client.endpoints.pop("dashboard", None)
         for state in self.store.tunnels.values():
             state.status = "closed"
 
 
 class Dashboard:
-    """The plugin object: one dashboard per client it is started with."""
+    """The plugin object: a dashboard for each client, an admin view for each server."""
 
     def __init__(self, settings: DashboardSettings | None = None, **overrides: Any) -> None:
         base = settings or DashboardSettings()
-        self.settings = DashboardSettings(**{**base.__dict__, **overrides})
-        self._running: dict[int, _Running] = {}
+        values = {f.name: getattr(base, f.name) for f in fields(base)}
+        self.settings = DashboardSettings(**{**values, **overrides})
+        self._running: dict[int, _ClientDashboard] = {}
+        self._admins: dict[int, tuple[AdminState, EmbeddedServer]] = {}
+        #: shared with the VisitorLog middlewares handed out before the servers started
+        self._admin_states: list[AdminState] = []
 
-    def running(self, client: Client) -> _Running | None:
+    def running(self, client: Client) -> _ClientDashboard | None:
         """This client's dashboard (for tests and embedding)."""
         return self._running.get(id(client))
+
+    def admin(self, server: Server) -> tuple[AdminState, str] | None:
+        """This server's admin state and URL."""
+        found = self._admins.get(id(server))
+        return (found[0], found[1].url) if found else None
+
+    # ---- configuration
 
     @hookimpl
     def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
@@ -155,7 +130,7 @@ class Dashboard:
                 "dashboard",
                 DashboardSettings,
                 owner="ferrotunnel-observability",
-                help="the client's live dashboard",
+                help="the client's live dashboard, the server's admin view",
             )
 
     @hookimpl
@@ -165,28 +140,82 @@ class Dashboard:
             self.settings = settings
 
     @hookimpl
+    def ferrotunnel_http_middlewares(self, config: Config) -> Iterable[object]:
+        return [VisitorLog(self._admin_states)] if self.settings.admin else []
+
+    @hookimpl
+    def ferrotunnel_tcp_middlewares(self, config: Config) -> Iterable[object]:
+        return [VisitorLog(self._admin_states)] if self.settings.admin else []
+
+    # ---- lifecycle
+
+    @hookimpl
     async def ferrotunnel_startup(self, app: Any) -> None:
-        if not isinstance(app, Client) or not self.settings.enabled:
-            return
+        if isinstance(app, Client) and self.settings.enabled:
+            await self._start_dashboard(app)
+        elif isinstance(app, Server) and self.settings.admin:
+            await self._start_admin(app)
+
+    async def _start_dashboard(self, client: Client) -> None:
         if running_asyncio_loop() is None:
             log.warning("the dashboard needs asyncio (uvicorn); not starting it")
             return
-        running = _Running(app, self.settings)
+        running = _ClientDashboard(client, self.settings)
         try:
             await running.start()
         except OSError as exc:
             where = f"{self.settings.bind}:{self.settings.port}"
             log.warning("dashboard: cannot listen on %s: %s", where, exc.strerror or exc)
-            app.endpoints["dashboard"] = f"unavailable: cannot listen on {where}"
+            client.endpoints["dashboard"] = f"unavailable: cannot listen on {where}"
             return
-        self._running[id(app)] = running
+        self._running[id(client)] = running
         log.info("dashboard at %s", running.url)
+
+    async def _start_admin(self, server: Server) -> None:
+        token = server.config.token
+        if not token:
+            log.warning("the admin view needs the server's --token; not starting it")
+            return
+        if running_asyncio_loop() is None:
+            log.warning("the admin view needs asyncio (uvicorn); not starting it")
+            return
+        state = AdminState(server)
+        app = create_admin_app(state, token, _hosts(self.settings.bind))
+        web = EmbeddedServer(app, self.settings.bind, self.settings.admin_port)
+        try:
+            await web.start()
+        except OSError as exc:
+            where = f"{self.settings.bind}:{self.settings.admin_port}"
+            log.warning("admin view: cannot listen on %s: %s", where, exc.strerror or exc)
+            return
+        self._admins[id(server)] = (state, web)
+        self._admin_states.append(state)
+        log.info("admin view at %s", web.url)
 
     @hookimpl
     async def ferrotunnel_shutdown(self, app: Any) -> None:
         running = self._running.pop(id(app), None)
         if running is not None:
             await running.stop()
+        admin = self._admins.pop(id(app), None)
+        if admin is not None:
+            state, web = admin
+            self._admin_states.remove(state)
+            await web.stop()
+
+    # ---- events
+
+    @hookimpl
+    def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
+        for state in self._admin_states:
+            if session in state.server.sessions:
+                state.sessions[session] = SessionInfo(session, identity.name)
+
+    @hookimpl
+    def ferrotunnel_session_closed(self, session: Session) -> None:
+        for state in self._admin_states:
+            state.sessions.pop(session, None)
+            state.closing.discard(session)
 
     @hookimpl
     def ferrotunnel_tunnel_registered(self, session: Session, tunnel: GrantedTunnel) -> None:
@@ -194,6 +223,10 @@ class Dashboard:
             if running.client.session is session:
                 running.ctx.public_urls[tunnel.name] = tunnel.public_url
                 running.store.tunnel_status(tunnel.name, "connected", tunnel.public_url)
+        for state in self._admin_states:
+            info = state.sessions.get(session)
+            if info is not None:
+                info.tunnels.append(tunnel)
 
     @hookimpl
     def ferrotunnel_tunnel_closed(self, session: Session, tunnel: GrantedTunnel) -> None:
@@ -217,6 +250,16 @@ def ferrotunnel_configure(config: Config) -> None:
 
 
 @hookimpl
+def ferrotunnel_http_middlewares(config: Config) -> Iterable[object]:
+    return plugin.ferrotunnel_http_middlewares(config)
+
+
+@hookimpl
+def ferrotunnel_tcp_middlewares(config: Config) -> Iterable[object]:
+    return plugin.ferrotunnel_tcp_middlewares(config)
+
+
+@hookimpl
 async def ferrotunnel_startup(app: Any) -> None:
     await plugin.ferrotunnel_startup(app)
 
@@ -224,6 +267,16 @@ async def ferrotunnel_startup(app: Any) -> None:
 @hookimpl
 async def ferrotunnel_shutdown(app: Any) -> None:
     await plugin.ferrotunnel_shutdown(app)
+
+
+@hookimpl
+def ferrotunnel_session_opened(session: Session, identity: Identity) -> None:
+    plugin.ferrotunnel_session_opened(session, identity)
+
+
+@hookimpl
+def ferrotunnel_session_closed(session: Session) -> None:
+    plugin.ferrotunnel_session_closed(session)
 
 
 @hookimpl
