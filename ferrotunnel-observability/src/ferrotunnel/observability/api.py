@@ -3,6 +3,11 @@
 Every error is JSON: ``{"error": {"code": "NOT_FOUND", "message": "..."}}``. The routes are
 documented in ``docs/dashboard.md``.
 
+Live events are a plain ``StreamingResponse`` of ``text/event-stream`` (about twenty lines)
+rather than sse-starlette: that library patches ``uvicorn.Server.handle_exit`` process-wide
+and keys its shutdown on global state, which does not suit a server embedded in someone
+else's process and loop; here each stream ends when its dashboard stops.
+
 The dashboard listens on loopback and holds captured traffic, so it defends against web pages
 the user visits: the Host header must name a loopback host (no DNS rebinding), and POST bodies
 must be ``application/json`` (a cross-site form cannot send that without a CORS preflight,
