@@ -201,7 +201,7 @@ def ferrotunnel_tunnel_registered(session: Session, tunnel: GrantedTunnel) -> No
 
 @hookspec
 def ferrotunnel_tunnel_closed(session: Session, tunnel: GrantedTunnel) -> None:
-    """A tunnel is no longer reachable (its session ended; on a client, ``app.status`` says
+    """A tunnel is no longer reachable (its session ended; on a client, ``client.status`` says
     whether it is reconnecting).
 
     Example::
