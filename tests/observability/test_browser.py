@@ -170,19 +170,16 @@ def test_a_person_sees_requests_live_and_replays_one(
         # a request through the tunnel appears without a reload
         curl(ingress, "/orders?id=42", "-X", "POST", "-H", "Content-Type: application/json",
              "--data", '{"item": "widget", "qty": 2}')  # fmt: skip
-        row = wait.until(
-            ec.presence_of_element_located(
-                (By.XPATH, "//table[@id='requests']//tr[td[contains(., '/orders?id=42')]]")
-            )
-        )
-        wait.until(lambda d: "200" in row.find_element(By.CLASS_NAME, "status").text)
+        # rows are re-rendered as their exchange progresses: find them anew each time
+        row = (By.XPATH, "//table[@id='requests']//tr[td[contains(., '/orders?id=42')]]")
+        wait.until(ec.text_to_be_present_in_element((By.XPATH, row[1] + "/td[5]"), "200"))
         assert driver.execute_script("return window.__sameDocument") == "yes"
         curl(ingress, "/missing/page")
         curl(ingress, "/api/status")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#requests tbody tr")) == 3)
 
         # open it: the detail shows the pretty-printed JSON body and the visitor
-        row.click()
+        driver.find_element(*row).click()
         detail = wait.until(ec.visibility_of_element_located((By.ID, "detail")))
         wait.until(lambda d: "/orders?id=42" in detail.text)
         assert '"item": "widget"' in detail.text
@@ -190,10 +187,8 @@ def test_a_person_sees_requests_live_and_replays_one(
 
         # replay it: a replayed row appears, and its diff against the original is shown
         driver.find_element(By.ID, "replay").click()
-        replayed = wait.until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, "#requests tbody tr.replay"))
-        )
-        assert "/orders?id=42" in replayed.text
+        replayed = (By.CSS_SELECTOR, "#requests tbody tr.replay")
+        wait.until(ec.text_to_be_present_in_element(replayed, "/orders?id=42"))
         assert len(driver.find_elements(By.CSS_SELECTOR, "#requests tbody tr")) == 4
         verdict = wait.until(ec.visibility_of_element_located((By.ID, "diff-verdict")))
         assert "differs" in verdict.text  # the origin counts its calls: the body changed
@@ -207,10 +202,8 @@ def test_a_person_sees_requests_live_and_replays_one(
 
         # the tunnels view shows the live status
         driver.find_element(By.ID, "tab-tunnels").click()
-        card = wait.until(
-            ec.visibility_of_element_located((By.CSS_SELECTOR, f"[data-tunnel='{APP}']"))
-        )
-        assert "connected" in card.text
-        assert "4 requests" in card.text
+        card = (By.CSS_SELECTOR, f"[data-tunnel='{APP}']")
+        wait.until(ec.text_to_be_present_in_element(card, "4 requests"))  # the replay counts
+        assert "connected" in driver.find_element(*card).text
     finally:
         driver.quit()

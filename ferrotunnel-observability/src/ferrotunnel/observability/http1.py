@@ -39,6 +39,9 @@ class _State(enum.Enum):
     OPAQUE = 8
 
 
+_LINE_STATES = frozenset({_State.HEAD, _State.CHUNK_SIZE, _State.CHUNK_END, _State.TRAILER})
+
+
 @dataclass(slots=True)
 class Head:
     """A request line or status line, and the header fields as sent (order and case kept)."""
@@ -138,9 +141,7 @@ class Http1Parser:
                 self.on_body(view)
                 return
             else:
-                line, view = self._take_line(view)
-                if line is not None:
-                    self._on_line(line)
+                view = view[self._lines_from(bytes(view[:_PROBE])) :]
 
     def feed_eof(self) -> None:
         """The direction ended: a read-until-close body is complete."""
@@ -149,18 +150,23 @@ class Http1Parser:
 
     # ------------------------------------------------------------------ lines
 
-    def _take_line(self, view: memoryview) -> tuple[bytes | None, memoryview]:
-        probe = bytes(view[:_PROBE])
-        end = probe.find(b"\n")
-        if end < 0:
-            self._line += probe
-            if len(self._line) > _MAX_LINE:
-                self.go_opaque("line too long")
-            return None, view[len(probe) :]
-        self._line += probe[: end + 1]
-        line = bytes(self._line).rstrip(b"\r\n")
-        self._line.clear()
-        return line, view[end + 1 :]
+    def _lines_from(self, probe: bytes) -> int:
+        """Take the lines at the start of ``probe`` while the state reads lines; returns how
+        many bytes were used (each byte is copied once, however many lines it holds)."""
+        pos = 0
+        while self.state in _LINE_STATES:
+            end = probe.find(b"\n", pos)
+            if end < 0:
+                self._line += probe[pos:]
+                if len(self._line) > _MAX_LINE:
+                    self.go_opaque("line too long")
+                return len(probe)
+            self._line += probe[pos : end + 1]
+            pos = end + 1
+            line = bytes(self._line).rstrip(b"\r\n")
+            self._line.clear()
+            self._on_line(line)
+        return pos
 
     def _on_line(self, line: bytes) -> None:
         state = self.state

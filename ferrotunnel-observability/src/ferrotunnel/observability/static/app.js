@@ -9,6 +9,7 @@ const state = {
   tunnels: new Map(), // name -> tunnel state (with traffic samples)
   selected: null,
   detail: null,
+  counted: new Set(), // ids whose completion the tunnels' counters include
 };
 
 // ---------------------------------------------------------------- tiny DOM helpers
@@ -111,7 +112,14 @@ function renderList() {
 }
 
 function upsert(row) {
-  const fresh = !state.rows.has(row.id);
+  const before = state.rows.get(row.id);
+  // the replay's own answer and the event stream race: an exchange never goes back to pending
+  if (before && before.state !== "pending" && row.state === "pending") return;
+  if (row.state !== "pending" && !state.counted.has(row.id)) {
+    state.counted.add(row.id);
+    countTraffic(row);
+  }
+  const fresh = !before;
   state.rows.set(row.id, row);
   if (state.rows.size > MAX_ROWS) {
     const oldest = Math.min(...state.rows.keys());
@@ -390,7 +398,7 @@ function chart(t) {
 
 function countTraffic(row) {
   const t = state.tunnels.get(row.tunnel);
-  if (!t || row.state === "pending") return;
+  if (!t) return;
   const second = Math.floor(Date.now() / 1000);
   const last = t.traffic[t.traffic.length - 1];
   if (last && last[0] === second) last[1] += 1;
@@ -406,6 +414,7 @@ async function reload() {
   const [tunnels, list] = await Promise.all([api("/tunnels"), api(`/requests?limit=${MAX_ROWS}`)]);
   state.tunnels = new Map(tunnels.tunnels.map((t) => [t.name, t]));
   state.rows = new Map(list.requests.map((row) => [row.id, row]));
+  state.counted = new Set(list.requests.filter((row) => row.state !== "pending").map((row) => row.id));
   renderTunnels();
   renderList();
 }
@@ -423,11 +432,7 @@ function connect() {
     live.className = "live off";
   });
   source.addEventListener("request", (event) => {
-    const row = JSON.parse(event.data);
-    const before = state.rows.get(row.id);
-    if (before && before.state === "pending" && row.state !== "pending") countTraffic(row);
-    else if (!before && row.state !== "pending") countTraffic(row);
-    upsert(row);
+    upsert(JSON.parse(event.data));
     if (!$("#view-tunnels").classList.contains("hidden")) renderTunnels();
   });
   source.addEventListener("tunnel", (event) => {
