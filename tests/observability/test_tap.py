@@ -134,3 +134,22 @@ async def test_a_tap_sees_every_byte_both_ways_then_closes() -> None:
     assert rec.closed == [None]
     names = [name for name, _ in plugin.calls]
     assert names == ["startup", "registered", "closed", "shutdown"]
+
+
+async def test_the_dashboard_steps_aside_without_asyncio(
+    anyio_backend: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ferrotunnel.observability.dashboard import Dashboard
+
+    plugin = Dashboard(port=0)
+    host = PluginHost.with_plugins([plugin], names=["dashboard"])
+    async with Server(token="t", bind="127.0.0.1:0", tcp_bind="127.0.0.1:0") as server:
+        tunnel = Tunnel("plain", Address("127.0.0.1", 9))
+        async with Client(
+            server_addr=str(server.control_address), token="t", tunnels=[tunnel], plugins=host
+        ) as client:
+            if anyio_backend == "trio":
+                assert "dashboard" not in client.endpoints
+                assert any("needs asyncio" in r.getMessage() for r in caplog.records)
+            else:
+                assert client.endpoints["dashboard"].startswith("http://127.0.0.1:")
