@@ -11,6 +11,8 @@ import anyio
 import anyio.to_thread
 import grpc  # type: ignore[import-untyped]
 import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from ferrotunnel.core import ClientStatus
 
@@ -117,3 +119,27 @@ async def test_grpc_trailers_survive_capture(grpc_dash: DashStack) -> None:
     assert error.details() == "no record named 'widget-7'"  # grpc-message, a trailer
     # HTTP/2 is passed through, not parsed: nothing half-understood is shown
     assert (await grpc_dash.api.get("/api/v1/requests")).json()["requests"] == []
+
+
+async def _ws_echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_a_websocket_works_and_is_listed_as_its_upgrade() -> None:
+    async with serve(_ws_echo, HOST, 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        async with dash_stack(origin=_FixedPort(port)) as stack:
+            async with connect(
+                f"ws://{APP}:{stack.public_port}/chat?room=1",
+                host=HOST,
+                port=stack.public_port,
+                open_timeout=10,
+                close_timeout=5,
+            ) as ws:
+                for i in range(20):
+                    message = f"message {i} " * i if i % 2 else bytes(range(i))
+                    await ws.send(message)
+                    assert await ws.recv() == message
+            (row,) = await stack.wait_for(1)
+            assert (row["target"], row["status"], row["state"]) == ("/chat?room=1", 101, "complete")
