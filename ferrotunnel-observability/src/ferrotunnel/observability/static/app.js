@@ -378,6 +378,7 @@ function chart(t) {
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 240 60");
+  svg.setAttribute("preserveAspectRatio", "none"); // the full width of the card
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `requests per second in the last minute, peak ${peak}`);
