@@ -111,6 +111,9 @@ async def test_requests_filters(stack: DashStack) -> None:
     assert await paths("method=post") == ["/items?color=red"]
     assert await paths("path=color%3Dred") == ["/items?color=red"]
     assert await paths(f"tunnel={APP}&status=5xx") == ["/status/503"]
+    # paging follows the filter: no next page when no older row matches
+    page = (await stack.api.get("/api/v1/requests?status=5xx&limit=1")).json()
+    assert page["next_before"] is None
     assert await paths("tunnel=other") == []
 
 

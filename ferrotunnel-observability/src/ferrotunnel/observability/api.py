@@ -171,15 +171,14 @@ async def requests(request: Request) -> Response:
     params = request.query_params
     limit = _int_param(params.get("limit"), "limit", 50, low=1, high=MAX_LIMIT) or 50
     before = _int_param(params.get("before"), "before", None, low=1)
-    found = store.query(
-        limit=limit,
-        before=before,
-        tunnel=params.get("tunnel"),
-        method=params.get("method"),
-        status=params.get("status"),
-        path=params.get("path") or params.get("q"),
-    )
-    more = len(found) == limit and bool(store.query(limit=1, before=found[-1].id))
+    filters = {
+        "tunnel": params.get("tunnel"),
+        "method": params.get("method"),
+        "status": params.get("status"),
+        "path": params.get("path") or params.get("q"),
+    }
+    found = store.query(limit=limit, before=before, **filters)
+    more = len(found) == limit and bool(store.query(limit=1, before=found[-1].id, **filters))
     return JSONResponse(
         {
             "requests": [e.summary() for e in found],
