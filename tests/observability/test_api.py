@@ -466,6 +466,21 @@ async def test_events_push_requests_as_they_happen(stack: DashStack) -> None:
 # ---------------------------------------------------------------------------- the rest
 
 
+async def test_metrics_in_prometheus_text_format(stack: DashStack) -> None:
+    from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = stack.plugin.running(stack.client)
+    assert running is not None
+    registry = CollectorRegistry()
+    Counter("test_things", "things counted", registry=registry).inc(3)
+    running.ctx.registry = registry
+    response = await stack.api.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["test_things"].samples[0].value == 3
+
+
 async def test_unknown_routes_and_methods_are_json_errors(stack: DashStack) -> None:
     assert await error_of(await stack.api.get("/api/v1/nope")) == (404, "NOT_FOUND")
     assert await error_of(await stack.api.get("/api/v2/health")) == (404, "NOT_FOUND")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
+from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -67,6 +69,8 @@ class DashboardContext:
     capture_limit: int
     public_urls: dict[str, str] = field(default_factory=dict)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what ``/metrics`` exposes: the process-wide registry, where metrics plugins register
+    registry: CollectorRegistry = prometheus_client.REGISTRY
 
 
 class ApiError(Exception):
@@ -95,6 +99,7 @@ def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None)
         Route("/api/v1/requests/{id}/diff", diff),
         Route("/api/v1/requests/{id}/export", export),
         Route("/api/v1/events", events),
+        Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
@@ -279,6 +284,12 @@ async def events(request: Request) -> Response:
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, from the context's registry."""
+    body = prometheus_client.generate_latest(_ctx(request).registry)
+    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 # ---------------------------------------------------------------------------- helpers
