@@ -142,7 +142,7 @@ def test_no_dashboard_means_no_listener(launch: Launch, origin: int) -> None:
 @pytest.mark.skipif(not CURL.exists(), reason="curl is not installed")
 @pytest.mark.timeout(90)
 def test_a_person_sees_requests_live_and_replays_one(
-    launch: Launch, origin: int, tmp_path: Path
+    launch: Launch, origin: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -154,7 +154,7 @@ def test_a_person_sees_requests_live_and_replays_one(
     client, ingress = tunnel(launch, origin, "--dashboard-port", str(free_port()))
     url = client.expect(DASHBOARD_RE)["url"]
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must never fetch a driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium must never fetch a driver or browser
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
