@@ -516,3 +516,29 @@ async def test_dashboard_on_a_busy_port_warns_and_the_client_runs(
             assert second.plugin.running(second.client) is None
             assert (await second.visitor.get("/still-works")).status_code == 200
     assert any("cannot listen" in r.getMessage() for r in caplog.records)
+
+
+async def test_in_process_tunnels_cannot_be_replayed_or_exported_to_an_origin(
+    stack: DashStack,
+) -> None:
+    await stack.visitor.get("/x")
+    (row,) = await stack.wait_for(1)
+    running = stack.plugin.running(stack.client)
+    assert running is not None
+
+    async def handler(stream: object) -> None:
+        raise AssertionError("never called")
+
+    tunnel = running.ctx.tunnels[APP]
+    running.ctx.tunnels[APP] = dataclasses.replace(tunnel, local_addr=None, handler=handler)
+    base = f"/api/v1/requests/{row['id']}"
+    response = await stack.api.post(f"{base}/replay", json={})
+    assert await error_of(response) == (422, "NOT_REPLAYABLE")
+    response = await stack.api.get(f"{base}/export?format=curl")
+    assert await error_of(response) == (422, "NO_ORIGIN")
+    running.ctx.public_urls.clear()
+    response = await stack.api.get(f"{base}/export?format=har&target=public")
+    assert await error_of(response) == (422, "NO_PUBLIC_URL")
+    del running.ctx.tunnels[APP]  # a request of a tunnel this client no longer has
+    response = await stack.api.post(f"{base}/replay", json={})
+    assert await error_of(response) == (422, "NOT_REPLAYABLE")
