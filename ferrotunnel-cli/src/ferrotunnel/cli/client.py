@@ -190,6 +190,8 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     no_dashboard: bool = merged["no_dashboard"]
     dashboard_port: int = merged["dashboard_port"]
     setup_logging(log_level)
+    if "dashboard" in loaded.schema.tables:  # declared by ferrotunnel-observability
+        loaded.replace("dashboard", enabled=not no_dashboard, port=dashboard_port)
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False)
 
@@ -231,7 +233,7 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     config: ClientConfig = config_errors(build)
 
     async def main() -> None:
-        tunnel_client = Client(config)
+        tunnel_client = Client(config, plugins=plugins)
         tls = " over TLS" if config.ssl_context is not None else ""
         click.echo(f"connecting to {config.server_addr}{tls} ...")
         try:
@@ -240,7 +242,10 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             by_name = {t.name: t for t in config.tunnels}
             for granted in tunnel_client.tunnels:
                 click.echo(f"  {granted.public_url}  ->  {_target(by_name[granted.name])}")
-            if not no_dashboard:
+            dashboard = tunnel_client.endpoints.get("dashboard")
+            if dashboard is not None:
+                click.echo(f"  dashboard: {dashboard}")
+            elif not no_dashboard:
                 click.echo(
                     f"  dashboard: not available: install ferrotunnel-observability "
                     f"to serve 127.0.0.1:{dashboard_port}"

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self, cast
+from typing import TYPE_CHECKING, Self, cast
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup, TaskStatus
@@ -44,6 +44,10 @@ from .relay import OriginPool, SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
 from .tls import tls_info
+
+if TYPE_CHECKING:
+    from .plugin.manager import PluginHost
+    from .plugin.types import StreamObserver, StreamTap
 
 __all__ = ["Client", "ClientBuilder", "ClientConfig", "ClientStatus", "Tunnel"]
 
@@ -124,9 +128,19 @@ class Client:
     ``async with Client(server_addr="host:7835", token="...", local_addr="127.0.0.1:8000",
     protocol="tcp") as client: print(client.tunnels)``; or ``await client.start()`` and later
     ``await client.shutdown()`` from the same task.
+
+    ``plugins`` (a :class:`~ferrotunnel.core.plugin.PluginHost`) get ``ferrotunnel_startup`` /
+    ``ferrotunnel_shutdown`` with this client, and ``ferrotunnel_tunnel_registered`` /
+    ``ferrotunnel_tunnel_closed`` as its session comes and goes.
     """
 
-    def __init__(self, config: ClientConfig | None = None, **settings: object) -> None:
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        *,
+        plugins: PluginHost | None = None,
+        **settings: object,
+    ) -> None:
         if config is None:
             config = _client_config(settings)
         elif settings:
@@ -145,6 +159,21 @@ class Client:
         self._finished = anyio.Event()
         #: idle origin connections of HTTP tunnels (asyncio), reused across visitors
         self.origin_pool = OriginPool()
+        self.plugins = plugins
+        #: what plugins serve for this client, name -> URL (e.g. ``"dashboard"``)
+        self.endpoints: dict[str, str] = {}
+        self._observers: list[StreamObserver] = []
+
+    def observe(self, observer: StreamObserver) -> None:
+        """Have ``observer`` offered a tap on every stream relayed to a local address from
+        now on (see :class:`~ferrotunnel.core.plugin.StreamTap`)."""
+        self._observers.append(observer)
+
+    def _open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None:
+        taps = [t for o in self._observers if (t := o.open_tap(stream, tunnel)) is not None]
+        if len(taps) > 1:
+            return _Taps(taps)
+        return taps[0] if taps else None
 
     @staticmethod
     def builder() -> ClientBuilder:
@@ -173,9 +202,12 @@ class Client:
         await tg.__aenter__()
         self._tg = tg
         try:
+            if self.plugins is not None:
+                await self.plugins.startup(self)
             await tg.start(self._run)
         except BaseException:
             await self._close_task_group()
+            await self._shutdown_plugins()
             raise
         return self.tunnels
 
@@ -190,6 +222,25 @@ class Client:
         self.origin_pool.close()
         await self._close_task_group()
         self.status = ClientStatus.CLOSED
+        await self._shutdown_plugins()
+
+    async def _shutdown_plugins(self) -> None:
+        if self.plugins is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.plugins.shutdown(self)
+                except Exception:
+                    log.exception("a plugin failed in ferrotunnel_shutdown")
+
+    def _notify(self, hook_name: str, session: Session) -> None:
+        plugins = self.plugins
+        if plugins is None or not plugins.listens(hook_name):
+            return
+        for tunnel in self.tunnels:
+            try:
+                getattr(plugins.hook, hook_name)(session=session, tunnel=tunnel)
+            except Exception:
+                log.exception("a plugin failed in %s", hook_name)
 
     async def _close_task_group(self) -> None:
         tg, self._tg = self._tg, None
@@ -258,13 +309,20 @@ class Client:
                 self._connected = anyio.Event()
                 for tunnel in welcome.tunnels:
                     log.info("tunnel %r is public at %s", tunnel.name, tunnel.public_url)
+                self._notify("ferrotunnel_tunnel_registered", session)
                 if not started:
                     started = True
                     task_status.started()
-                await session.run()
+                try:
+                    await session.run()
+                finally:
+                    if self._stopping or not self.config.reconnect:
+                        self.status = ClientStatus.CLOSED
+                    else:
+                        self.status = ClientStatus.RECONNECTING
+                    self._notify("ferrotunnel_tunnel_closed", session)
                 if self._stopping:
                     return
-                self.status = ClientStatus.RECONNECTING
                 self.reconnects += 1
                 log.warning(
                     "lost the connection to %s (%s); reconnecting",
@@ -407,14 +465,15 @@ class Client:
         addr = tunnel.local_addr
         assert addr is not None
         pool = self.origin_pool if tunnel.kind is TunnelKind.HTTP else None
+        tap = self._open_tap(stream, tunnel) if self._observers else None
         if pool is not None:
             idle = pool.take(tunnel.name)
             if idle is not None:
-                idle.adopt(stream)
+                idle.adopt(stream, tap)
                 return
         task = loop.create_task(
             loop.create_connection(
-                lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name),
+                lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name, tap),
                 addr.host,
                 addr.port,
                 ssl=tunnel.local_tls,
@@ -426,13 +485,17 @@ class Client:
         def connected(task: asyncio.Task[object]) -> None:
             self._connecting.discard(task)
             if task.cancelled() or task.exception() is not None:
-                _local_connect_failed(stream, addr, None if task.cancelled() else task.exception())
+                exc = None if task.cancelled() else task.exception()
+                _local_connect_failed(stream, addr, exc)
+                if tap is not None:
+                    tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
 
         task.add_done_callback(connected)
 
     async def _pump_local(self, stream: Stream, tunnel: Tunnel) -> None:
         addr = tunnel.local_addr
         assert addr is not None
+        tap = self._open_tap(stream, tunnel) if self._observers else None
         try:
             sock: anyio.abc.ByteStream
             if tunnel.local_tls is None:
@@ -447,8 +510,10 @@ class Client:
                 )
         except OSError as exc:
             _local_connect_failed(stream, addr, exc)
+            if tap is not None:
+                tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
             return
-        await pump(stream, sock)
+        await pump(stream, sock, tap)
 
     async def _serve_with_handler(self, handler: StreamHandler, stream: Stream) -> None:
         try:
@@ -458,6 +523,25 @@ class Client:
             stream.reset(ErrorCode.INTERNAL_ERROR)
         finally:
             stream.close()
+
+
+class _Taps:
+    """Several observers' taps on one stream."""
+
+    def __init__(self, taps: list[StreamTap]) -> None:
+        self.taps = taps
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        for tap in self.taps:
+            tap.to_origin(data)
+
+    def to_visitor(self, data: bytes) -> None:
+        for tap in self.taps:
+            tap.to_visitor(data)
+
+    def closed(self, error: str | None) -> None:
+        for tap in self.taps:
+            tap.closed(error)
 
 
 def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | None) -> None:

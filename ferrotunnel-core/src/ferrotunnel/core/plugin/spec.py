@@ -217,7 +217,8 @@ def ferrotunnel_session_closed(session: Session) -> None:
 
 @hookspec
 def ferrotunnel_tunnel_registered(session: Session, tunnel: GrantedTunnel) -> None:
-    """A tunnel became reachable at ``tunnel.public_url``.
+    """A tunnel became reachable at ``tunnel.public_url`` (on a client with plugins: each time
+    its session is up).
 
     Example::
 
@@ -229,7 +230,8 @@ def ferrotunnel_tunnel_registered(session: Session, tunnel: GrantedTunnel) -> No
 
 @hookspec
 def ferrotunnel_tunnel_closed(session: Session, tunnel: GrantedTunnel) -> None:
-    """A tunnel is no longer reachable (its session ended).
+    """A tunnel is no longer reachable (its session ended; on a client, ``client.status`` says
+    whether it is reconnecting).
 
     Example::
 

@@ -14,11 +14,15 @@ import fnmatch
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
 
 from ..tls import TlsInfo
+
+if TYPE_CHECKING:
+    from ..client import Tunnel
+    from ..stream import Stream
 
 __all__ = [
     "Authenticator",
@@ -30,6 +34,8 @@ __all__ = [
     "Peer",
     "Reply",
     "RequestContext",
+    "StreamObserver",
+    "StreamTap",
     "TcpConnection",
     "TcpMiddleware",
     "TlsOptions",
@@ -222,6 +228,30 @@ class TcpMiddleware(Protocol):
     """Return False from ``on_connect`` to refuse the connection."""
 
     def on_connect(self, conn: TcpConnection) -> bool: ...
+
+
+class StreamTap(Protocol):
+    """Sees a copy of the bytes relayed on one client-side stream, as they pass.
+
+    Called synchronously from the relay's callbacks with the very chunks it forwards: it must
+    not keep references to them past the call (copy what it keeps), block, or raise.
+    """
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        """Bytes from the visitor, about to be written to the local service."""
+
+    def to_visitor(self, data: bytes) -> None:
+        """Bytes the local service sent, about to go into the tunnel."""
+
+    def closed(self, error: str | None) -> None:
+        """The stream is over (``error``: why it failed, or None); no more calls follow."""
+
+
+class StreamObserver(Protocol):
+    """Given to :meth:`Client.observe <ferrotunnel.core.Client.observe>`: asked once per
+    relayed stream of an HTTP tunnel for a :class:`StreamTap` (or None to skip it)."""
+
+    def open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None: ...
 
 
 def tunnel_request_hosts(request: TunnelRequest) -> tuple[str, ...]:
