@@ -25,6 +25,7 @@ from .helpers import (
     background,
     connect,
     echo_server,
+    free_port_range,
     make_client,
     make_server,
     read_until_error,
@@ -273,3 +274,30 @@ def test_unreadable_key_material_is_a_config_error_without_its_contents(
     assert "--tls-key" in str(caught.value)
     with pytest.raises(ConfigError, match="no such file"):
         client_context(ca=str(tmp_path / "missing.pem"))
+
+
+async def test_many_clients_handshake_at_once(pki: Pki) -> None:
+    """Twenty clients connecting together (ClientHellos arriving with the accepts, HELLOs
+    right behind the handshakes) all get their sessions: no byte is lost between the loop's
+    first read and the TLS protocol taking over."""
+    async with (
+        echo_server() as echo_port,
+        make_server(
+            ssl_context=pki.server(), tcp_bind=None, tcp_port_range=free_port_range(20)
+        ) as server,
+    ):
+        connected, done = [], anyio.Event()
+
+        async def one(i: int) -> None:
+            client = make_client(server, echo_port, ssl_context=pki.client(), tunnel_id=f"t{i}")
+            async with client:
+                connected.append(client)
+                await done.wait()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(one, i)
+                await wait_for(lambda: len(connected) == 20, seconds=15)
+                assert len(server.sessions) == 20
+                done.set()

@@ -90,12 +90,21 @@ class ProtocolLink(asyncio.Protocol):
         raise ConnectionError("not connected")
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            self._closed()
+            transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            self._closed()
+            transport.abort()
+
+    def _closed(self) -> None:
+        """Later writes go nowhere (a closed TLS transport would raise on them)."""
+        self.write = _discard  # type: ignore[method-assign]
+        self.writelines = _discard  # type: ignore[method-assign,assignment]
 
 
 class TlsAcceptor(asyncio.Protocol):
@@ -178,6 +187,10 @@ class TlsAcceptor(asyncio.Protocol):
         for data in self._early:
             self._link.data_received(data)
         self._early.clear()
+
+
+def _discard(data: object) -> None:
+    pass
 
 
 def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
