@@ -19,7 +19,17 @@ import anyio.lowlevel
 import click
 import pytest
 
-from ferrotunnel.core import Address, Client, GrantedTunnel, Server, Session, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    GrantedTunnel,
+    Role,
+    Server,
+    Session,
+    Stream,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
@@ -73,10 +83,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: dict[str, dict[str, Any]] = {}
+        self.all_calls: list[tuple[str, dict[str, Any]]] = []
         self.session_closed = anyio.Event()
 
     def _note(self, name: str, **kwargs: Any) -> None:
         self.calls.setdefault(name, kwargs)
+        self.all_calls.append((name, kwargs))
 
     @hookimpl
     def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
@@ -126,6 +138,18 @@ class Recorder:
         return []
 
     @hookimpl
+    def ferrotunnel_stream_observers(self, config: Config) -> list[Any]:
+        recorder = self
+
+        class Observer:
+            def on_stream(self, stream: Stream) -> None:
+                recorder._note("on_stream", stream=stream)
+                stream.add_done_callback(lambda s: recorder._note("stream_done", stream=s))
+
+        self._note("ferrotunnel_stream_observers", config=config)
+        return [Observer()]
+
+    @hookimpl
     async def ferrotunnel_startup(self, app: Any) -> None:
         await anyio.lowlevel.checkpoint()
         self._note("ferrotunnel_startup", app=app)
@@ -137,6 +161,18 @@ class Recorder:
     @hookimpl
     def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
         self._note("ferrotunnel_session_opened", session=session, identity=identity)
+
+    @hookimpl
+    def ferrotunnel_handshake_done(
+        self, session: Session, hello: Any, failure: str | None, duration: float
+    ) -> None:
+        self._note(
+            "ferrotunnel_handshake_done",
+            role=session.role,
+            hello=hello,
+            failure=failure,
+            duration=duration,
+        )
 
     @hookimpl
     def ferrotunnel_session_closed(self, session: Session) -> None:
@@ -188,7 +224,13 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
         )
         async with server:
             tunnel = Tunnel("rec.localhost", Address("127.0.0.1", origin_port), TunnelKind.HTTP)
-            async with Client(server_addr=str(server.control_address), token="t", tunnels=[tunnel]):
+            async with Client(
+                server_addr=str(server.control_address),
+                token="t",
+                tunnels=[tunnel],
+                plugins=host,
+                stream_observers=host.stream_observers(config),
+            ):
                 assert ingress.address is not None
                 async with await anyio.connect_tcp("127.0.0.1", ingress.address.port) as sock:
                     await sock.send(b"GET /x HTTP/1.1\r\nHost: rec.localhost\r\n\r\n")
@@ -216,6 +258,14 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
     assert record.bytes_out > 0
     assert recorder.calls["on_request"]["ctx"].tunnel == "rec.localhost"
     assert isinstance(recorder.calls["ferrotunnel_startup"]["app"], Server)
+    handshakes = [kw for name, kw in recorder.all_calls if name == "ferrotunnel_handshake_done"]
+    assert {kw["role"] for kw in handshakes} == {Role.SERVER, Role.CLIENT}
+    for kw in handshakes:
+        assert kw["failure"] is None
+        assert kw["hello"].client_id
+        assert 0 <= kw["duration"] < 5
+    assert recorder.calls["on_stream"]["stream"].tunnel == "rec.localhost"
+    assert recorder.calls["stream_done"]["stream"].done
 
 
 def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:

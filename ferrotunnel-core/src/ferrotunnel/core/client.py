@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .backoff import Backoff
 from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError
 from .links import ProtocolLink, StreamLink
 from .net import Address, running_asyncio_loop
+from .plugin.manager import PluginHost
+from .plugin.types import StreamObserver
 from .relay import OriginPool, SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
@@ -116,9 +119,19 @@ class Client:
     ``async with Client(server_addr="host:7835", token="...", local_addr="127.0.0.1:8000",
     protocol="tcp") as client: print(client.tunnels)``; or ``await client.start()`` and later
     ``await client.shutdown()`` from the same task.
+
+    ``plugins`` receive the client's event hooks (``ferrotunnel_handshake_done``);
+    ``stream_observers`` see each stream the server opens, before it is relayed.
     """
 
-    def __init__(self, config: ClientConfig | None = None, **settings: object) -> None:
+    def __init__(
+        self,
+        config: ClientConfig | None = None,
+        *,
+        plugins: PluginHost | None = None,
+        stream_observers: Sequence[StreamObserver] = (),
+        **settings: object,
+    ) -> None:
         if config is None:
             config = _client_config(settings)
         elif settings:
@@ -137,6 +150,8 @@ class Client:
         self._finished = anyio.Event()
         #: idle origin connections of HTTP tunnels (asyncio), reused across visitors
         self.origin_pool = OriginPool()
+        self.plugins = plugins
+        self._observers = [o.on_stream for o in stream_observers]
 
     @staticmethod
     def builder() -> ClientBuilder:
@@ -272,38 +287,56 @@ class Client:
         cfg = self.config
         assert self._tg is not None
         session: Session | None = None
+        started = time.monotonic()
+        hello: Hello | None = None
         try:
             with anyio.fail_after(cfg.session.handshake_timeout):
                 session = await self._open_connection()
                 session.on_stream = self._on_stream
-                session.send_hello(
-                    Hello(
-                        versions=SUPPORTED_VERSIONS,
-                        client_id=cfg.client_id,
-                        tunnels=tuple(t.request() for t in cfg.tunnels),
-                        token=cfg.token,
-                        window=cfg.session.window,
-                        max_frame=cfg.session.max_frame,
-                        agent=AGENT,
-                    )
+                hello = Hello(
+                    versions=SUPPORTED_VERSIONS,
+                    client_id=cfg.client_id,
+                    tunnels=tuple(t.request() for t in cfg.tunnels),
+                    token=cfg.token,
+                    window=cfg.session.window,
+                    max_frame=cfg.session.max_frame,
+                    agent=AGENT,
                 )
+                session.send_hello(hello)
                 reply = await session.wait_handshake()
         except TimeoutError:
             if session is not None:
                 session.abort()
+                self._handshake_done(session, hello, "timeout", started)
             raise HandshakeError(
                 f"no answer from the server within {cfg.session.handshake_timeout:.0f} s"
             ) from None
         except SessionClosedError as exc:
+            if session is not None:
+                self._handshake_done(session, hello, "closed", started)
             raise HandshakeError(str(session.close_reason if session else exc)) from exc
         except BaseException:
             if session is not None:
                 session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
             raise
         if isinstance(reply, Reject):
+            self._handshake_done(session, hello, reply.code.value, started)
             raise RejectedError(reply.code, reply.message)
         assert isinstance(reply, Welcome)
+        self._handshake_done(session, hello, None, started)
         return session, reply
+
+    def _handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, started: float
+    ) -> None:
+        if self.plugins is not None:
+            self.plugins.notify(
+                "ferrotunnel_handshake_done",
+                session=session,
+                hello=hello,
+                failure=failure,
+                duration=time.monotonic() - started,
+            )
 
     async def _open_connection(self) -> Session:
         address = self.config.server_addr
@@ -328,6 +361,11 @@ class Client:
             log.warning("server opened a stream for unknown tunnel %r", stream.tunnel)
             stream.reset(ErrorCode.REFUSED_STREAM)
             return
+        for observe in self._observers:
+            try:
+                observe(stream)
+            except Exception:
+                log.exception("stream observer %r failed", observe)
         assert self._tg is not None
         if tunnel.handler is not None:
             self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -264,13 +265,15 @@ class Server:
                 "refusing %s: max_sessions (%d) reached", session.peer, self.config.max_sessions
             )
             session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
+            self._handshake_done(session, None, RejectCode.SERVER_BUSY.value, time.monotonic())
             return
         self._pending_handshakes += 1
+        started = time.monotonic()
         try:
-            hello = await self._receive_hello(session)
+            hello = await self._receive_hello(session, started)
             if hello is None:
                 return
-            owner = await self._admit(session, hello)
+            owner = await self._admit(session, hello, started)
         except BaseException:
             session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
             raise
@@ -293,7 +296,7 @@ class Server:
                 f": {reason}" if reason else "",
             )
 
-    async def _receive_hello(self, session: Session) -> Hello | None:
+    async def _receive_hello(self, session: Session, started: float) -> Hello | None:
         timeout = self.config.session.handshake_timeout
         try:
             with anyio.fail_after(timeout):
@@ -301,6 +304,7 @@ class Server:
         except TimeoutError:
             log.info("handshake from %s timed out after %.1f s", _fmt(session.peer), timeout)
             session.abort()
+            self._handshake_done(session, None, "timeout", started)
             return None
         except SessionClosedError as exc:
             log.info(
@@ -308,11 +312,12 @@ class Server:
                 _fmt(session.peer),
                 session.close_reason or exc,
             )
+            self._handshake_done(session, None, "closed", started)
             return None
         assert isinstance(hello, Hello)
         return hello
 
-    async def _admit(self, session: Session, hello: Hello) -> _Owner | None:
+    async def _admit(self, session: Session, hello: Hello, started: float) -> _Owner | None:
         """Authenticate, negotiate and claim: WELCOME, or REJECT with the reason."""
         try:
             versions = set(hello.versions) & set(SUPPORTED_VERSIONS)
@@ -335,6 +340,7 @@ class Server:
         except Refused as refusal:
             log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id, refusal)
             session.reject(Reject(refusal.code, str(refusal)))
+            self._handshake_done(session, hello, refusal.code.value, started)
             return None
         for old in stale:
             log.info(
@@ -365,10 +371,22 @@ class Server:
             ", ".join(t.public_url for t in granted) or "no tunnels",
         )
         self._granted[session] = granted
+        self._handshake_done(session, hello, None, started)
         self._notify("ferrotunnel_session_opened", session=session, identity=identity)
         for tunnel in granted:
             self._notify("ferrotunnel_tunnel_registered", session=session, tunnel=tunnel)
         return owner
+
+    def _handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, started: float
+    ) -> None:
+        self._notify(
+            "ferrotunnel_handshake_done",
+            session=session,
+            hello=hello,
+            failure=failure,
+            duration=time.monotonic() - started,
+        )
 
     def _notify(self, hook_name: str, **kwargs: object) -> None:
         """Call an event hook if any plugin listens; a plugin that raises is only logged."""

@@ -30,6 +30,7 @@ from .types import (
     Identity,
     Reply,
     RequestContext,
+    StreamObserver,
     TcpConnection,
     TcpMiddleware,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "PluginInfo",
     "Reply",
     "RequestContext",
+    "StreamObserver",
     "TableSpec",
     "TcpConnection",
     "TcpMiddleware",

@@ -13,9 +13,12 @@ import fnmatch
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
+
+if TYPE_CHECKING:
+    from ..stream import Stream
 
 __all__ = [
     "Authenticator",
@@ -26,6 +29,7 @@ __all__ = [
     "Identity",
     "Reply",
     "RequestContext",
+    "StreamObserver",
     "TcpConnection",
     "TcpMiddleware",
 ]
@@ -110,7 +114,12 @@ class Reply:
 
 @dataclass(slots=True)
 class RequestContext:
-    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins."""
+    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins.
+
+    ``trace`` (W3C ``traceparent``/``tracestate``), when a plugin sets it in ``on_request``,
+    travels in the OPEN of the stream the ingress opens for this exchange, so the client side
+    can continue the trace.
+    """
 
     tunnel: str
     host: str
@@ -120,6 +129,7 @@ class RequestContext:
     kind: TunnelKind = TunnelKind.HTTP
     started: float = field(default_factory=time.monotonic)
     state: dict[str, object] = field(default_factory=dict)
+    trace: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +184,16 @@ class TcpMiddleware(Protocol):
     """Return False from ``on_connect`` to refuse the connection."""
 
     def on_connect(self, conn: TcpConnection) -> bool: ...
+
+
+class StreamObserver(Protocol):
+    """Watches each stream the server opens to a client, once, before it is relayed.
+
+    ``on_stream`` runs inline on the client's event loop: keep it short. To learn when the
+    stream ends, use :meth:`Stream.add_done_callback`.
+    """
+
+    def on_stream(self, stream: Stream) -> None: ...
 
 
 def tunnel_request_hosts(request: TunnelRequest) -> tuple[str, ...]:
