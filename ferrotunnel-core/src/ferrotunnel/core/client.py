@@ -120,7 +120,7 @@ class Client:
     protocol="tcp") as client: print(client.tunnels)``; or ``await client.start()`` and later
     ``await client.shutdown()`` from the same task.
 
-    ``plugins`` receive the client's event hooks (``ferrotunnel_handshake_done``);
+    ``plugins`` receive the client's hooks (``startup``, ``shutdown``, ``handshake_done``);
     ``stream_observers`` see each stream the server opens, before it is relayed.
     """
 
@@ -184,6 +184,8 @@ class Client:
         except BaseException:
             await self._close_task_group()
             raise
+        if self.plugins is not None:
+            await self.plugins.startup(self)
         return self.tunnels
 
     async def shutdown(self) -> None:
@@ -192,6 +194,11 @@ class Client:
             return
         self._stopping = True
         with anyio.CancelScope(shield=True):
+            if self.plugins is not None:
+                try:
+                    await self.plugins.shutdown(self)
+                except Exception:
+                    log.exception("a plugin failed in ferrotunnel_shutdown")
             if self.session is not None and not self.session.closed:
                 await self.session.drain(self.config.drain_timeout)
         self.origin_pool.close()

@@ -1,0 +1,324 @@
+"""``tracing``: OpenTelemetry spans for handshakes and HTTP exchanges, exported over OTLP/HTTP.
+
+::
+
+    [tracing]
+    enabled = true                                   # or --tracing
+    endpoint = "http://collector:4318/v1/traces"     # or --otlp-endpoint
+    # service_name = "edge-1"
+
+Without a table or flags, tracing is on when the standard variables ask for it
+(``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or
+``OTEL_TRACES_EXPORTER=otlp``), and off with ``OTEL_SDK_DISABLED=true``. The exporter, the
+sampler (``OTEL_TRACES_SAMPLER``) and the resource (``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``) read the other ``OTEL_*`` variables as usual.
+
+Theory of operation
+-------------------
+One span per exchange, none per chunk. On the server, the HTTP middleware starts a span when
+a request head arrives — continuing the visitor's ``traceparent`` or starting a trace — and
+rewrites the head the origin will see with this span's ``traceparent``; the same context goes
+into ``ctx.trace``, which the ingress puts in the OPEN of the stream it opens for the request,
+and the trace id into ``ctx.state["trace_id"]`` (the access log prints it). The span ends when
+the exchange's record arrives (after the batch that completed it), stamped with the
+exchange's own duration. On the client, a stream observer starts a span for each stream the
+server opens, as a child of the context in its OPEN, and ends it when the stream is over.
+
+A kept-alive visitor connection carries later requests on the stream its first request
+opened: each request still gets its server span and its own ``traceparent`` at the origin,
+but only the first is the parent of the client's proxy span. HTTP/2 connections are passed
+through undecoded, so they get no request span.
+
+With tracing off the plugin returns no middleware and no observer: nothing is added to the
+request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from ferrotunnel.core import Role, Session, Stream
+from ferrotunnel.core.plugin import (
+    Config,
+    ConfigSchema,
+    ExchangeRecord,
+    HttpRequest,
+    RequestContext,
+    hookimpl,
+)
+from ferrotunnel.protocol import ErrorCode, Hello
+
+from ._options import add_options
+
+__all__ = ["Tracing", "TracingPlugin", "TracingSettings", "plugin", "tracing_wanted"]
+
+log = logging.getLogger("ferrotunnel.observability.tracing")
+
+TABLE = "tracing"
+OWNER = "ferrotunnel-observability"
+
+#: ``ctx.state`` key of the exchange's span; ``trace_id`` is the key the access log reads
+SPAN_KEY = "tracing.span"
+TRACE_ID_KEY = "trace_id"
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """``[tracing]``: OpenTelemetry spans, exported with OTLP over HTTP."""
+
+    #: unset: on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT or OTEL_TRACES_EXPORTER=otlp is set
+    enabled: bool | None = None
+    #: the OTLP/HTTP traces URL (``http://host:4318/v1/traces``); unset: from ``OTEL_*``
+    endpoint: str | None = None
+    #: unset: OTEL_SERVICE_NAME, else "ferrotunnel"
+    service_name: str | None = None
+
+
+def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``settings`` and the ``OTEL_*`` variables in ``env`` turn tracing on."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if settings.enabled is not None:
+        return settings.enabled
+    if settings.endpoint:
+        return True
+    exporters = env.get("OTEL_TRACES_EXPORTER", "")
+    return "otlp" in exporters.split(",") or any(
+        env.get(name)
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def otlp_provider(settings: TracingSettings) -> TracerProvider:
+    """A provider exporting in batches to the OTLP/HTTP endpoint of ``settings`` (or
+    ``OTEL_*``)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    attributes: dict[str, Any] = {}
+    if settings.service_name:
+        attributes[SERVICE_NAME] = settings.service_name
+    elif not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes[SERVICE_NAME] = "ferrotunnel"
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
+    return provider
+
+
+def _traceparent(span: Span) -> dict[str, str]:
+    context = span.get_span_context()
+    carrier = {
+        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+        f"{int(context.trace_flags):02x}"
+    }
+    state = context.trace_state.to_header()
+    if state:
+        carrier["tracestate"] = state
+    return carrier
+
+
+class Tracing:
+    """The spans: an HTTP middleware for the server's ingress, a stream observer for the
+    client, and the handshake hook for both. Give it any ``TracerProvider``::
+
+        tracing = Tracing(provider)
+        host = PluginHost.with_plugins([tracing])
+    """
+
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("ferrotunnel")
+
+    # ---- server: the HTTP ingress
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+        parent = None
+        incoming = request.header("traceparent")
+        if incoming is not None:
+            carrier = {"traceparent": incoming}
+            state = request.header("tracestate")
+            if state is not None:
+                carrier["tracestate"] = state
+            parent = _PROPAGATOR.extract(carrier)
+        method = request.method_text
+        span = self.tracer.start_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": request.path.partition("?")[0],
+                "server.address": ctx.host,
+                "client.address": ctx.visitor_ip,
+                "ferrotunnel.tunnel": ctx.tunnel,
+                "ferrotunnel.request_id": ctx.request_id,
+            },
+        )
+        carrier = _traceparent(span)
+        request.set_header("traceparent", carrier["traceparent"])
+        if "tracestate" in carrier:
+            request.set_header("tracestate", carrier["tracestate"])
+        else:
+            request.remove_header("tracestate")
+        ctx.trace = carrier
+        ctx.state[TRACE_ID_KEY] = carrier["traceparent"][3:35]
+        ctx.state[SPAN_KEY] = span
+
+    def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+        span = ctx.state.pop(SPAN_KEY, None)
+        if not isinstance(span, Span):
+            return
+        if record.status:
+            span.set_attribute("http.response.status_code", record.status)
+        span.set_attribute("ferrotunnel.bytes_in", record.bytes_in)
+        span.set_attribute("ferrotunnel.bytes_out", record.bytes_out)
+        if record.error is not None:
+            span.set_attribute("error.type", record.error)
+        if record.status >= 500 or not record.status:
+            span.set_status(Status(StatusCode.ERROR, record.error))
+        started: int | None = getattr(span, "start_time", None)
+        span.end(end_time=started + int(record.duration * 1e9) if started else None)
+
+    @hookimpl(tryfirst=True)
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing]:
+        return [self]  # first, so that the span covers the other middlewares
+
+    # ---- client: the proxy
+
+    def on_stream(self, stream: Stream) -> None:
+        frame = stream.open_frame
+        parent = _PROPAGATOR.extract(frame.trace) if frame.trace else None
+        attributes: dict[str, str | int] = {
+            "ferrotunnel.tunnel": frame.tunnel,
+            "ferrotunnel.kind": frame.kind.value,
+            "ferrotunnel.stream_id": frame.stream_id,
+        }
+        if frame.visitor_host is not None:
+            attributes["client.address"] = frame.visitor_host
+        span = self.tracer.start_span(
+            f"proxy {frame.tunnel}", context=parent, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        stream.add_done_callback(lambda done: _end_proxy_span(span, done))
+
+    @hookimpl
+    def ferrotunnel_stream_observers(self, config: Config) -> list[Tracing]:
+        return [self]
+
+    # ---- both: handshakes
+
+    @hookimpl
+    def ferrotunnel_handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, duration: float
+    ) -> None:
+        now = time.time_ns()
+        server = session.role is Role.SERVER
+        attributes: dict[str, str] = {"ferrotunnel.role": session.role.value}
+        if hello is not None:
+            attributes["ferrotunnel.client_id"] = hello.client_id
+            attributes["ferrotunnel.agent"] = hello.agent
+        if session.session_id:
+            attributes["ferrotunnel.session_id"] = session.session_id
+        if server and session.peer is not None:
+            attributes["client.address"] = session.peer[0]
+        span = self.tracer.start_span(
+            "ferrotunnel.handshake",
+            kind=SpanKind.SERVER if server else SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=now - int(duration * 1e9),
+        )
+        if failure is not None:
+            span.set_attribute("ferrotunnel.handshake.failure", failure)
+            span.set_status(Status(StatusCode.ERROR, failure))
+        span.end(end_time=now)
+
+
+def _end_proxy_span(span: Span, stream: Stream) -> None:
+    code = stream.reset_code
+    if code is not None and code != ErrorCode.NO_ERROR:
+        name = code.name if isinstance(code, ErrorCode) else str(code)
+        span.set_attribute("ferrotunnel.reset", name)
+        if code == ErrorCode.CONNECT_ERROR:
+            span.set_status(Status(StatusCode.ERROR, "the local service refused the connection"))
+    span.end()
+
+
+class TracingPlugin:
+    """The ``tracing`` entry point: :class:`Tracing` with an OTLP/HTTP exporter, when the
+    configuration, the flags or the ``OTEL_*`` variables ask for it."""
+
+    def __init__(self) -> None:
+        self.tracing: Tracing | None = None
+        self._provider: TracerProvider | None = None
+
+    @hookimpl
+    def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
+        schema.add_table(TABLE, TracingSettings, owner=OWNER, help="OpenTelemetry traces")
+
+    @hookimpl
+    def ferrotunnel_configure(self, config: Config) -> None:
+        settings = config.table(TABLE)
+        assert isinstance(settings, TracingSettings)
+        if tracing_wanted(settings) and self.tracing is None:
+            self._provider = otlp_provider(settings)
+            self.tracing = Tracing(self._provider)
+
+    @hookimpl
+    def ferrotunnel_register_commands(self, cli: Any) -> None:
+        add_options(
+            cli,
+            ("server", "client"),
+            [
+                click.Option(
+                    ["--tracing/--no-tracing", "tracing__enabled"],
+                    default=None,
+                    envvar="FERROTUNNEL_TRACING",
+                    help="OpenTelemetry spans over OTLP/HTTP [default: on if OTEL_EXPORTER_"
+                    "OTLP_ENDPOINT is set].",
+                ),
+                click.Option(
+                    ["--otlp-endpoint", "tracing__endpoint"],
+                    metavar="URL",
+                    envvar="FERROTUNNEL_OTLP_ENDPOINT",
+                    help="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces "
+                    "(turns tracing on).",
+                ),
+            ],
+        )
+
+    @hookimpl(tryfirst=True)
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing]:
+        return [self.tracing] if self.tracing is not None else []
+
+    @hookimpl
+    def ferrotunnel_stream_observers(self, config: Config) -> list[Tracing]:
+        return [self.tracing] if self.tracing is not None else []
+
+    @hookimpl
+    def ferrotunnel_handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, duration: float
+    ) -> None:
+        if self.tracing is not None:
+            self.tracing.ferrotunnel_handshake_done(session, hello, failure, duration)
+
+    @hookimpl
+    def ferrotunnel_shutdown(self, app: object) -> None:
+        if self._provider is not None:
+            self._provider.force_flush(timeout_millis=5000)
+
+
+#: the instance the ``ferrotunnel`` entry point names
+plugin = TracingPlugin()
