@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import make_asgi_app as _make_asgi_app
 
 from ferrotunnel.core import Address
@@ -21,6 +21,8 @@ __all__ = ["MetricsEndpoint", "metrics_app", "serve_metrics"]
 
 log = logging.getLogger("ferrotunnel.observability.metrics")
 
+#: the classic text format, which every Prometheus version scrapes
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _MAX_HEAD = 8192
 _HEAD_TIMEOUT = 10.0
 
@@ -58,7 +60,7 @@ async def serve_metrics(registry: CollectorRegistry, address: Address) -> Metric
             method, target = _request_line(head)
             if method in (b"GET", b"HEAD") and target.split(b"?")[0] == b"/metrics":
                 body = generate_latest(registry)
-                status, content_type = b"200 OK", CONTENT_TYPE_LATEST.encode()
+                status, content_type = b"200 OK", CONTENT_TYPE
             else:
                 body = b"not found: metrics are at /metrics\n"
                 status, content_type = b"404 Not Found", b"text/plain; charset=utf-8"
