@@ -40,7 +40,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import click
 from opentelemetry import trace
@@ -119,18 +119,6 @@ def otlp_provider(settings: TracingSettings) -> TracerProvider:
     return provider
 
 
-def _traceparent(span: Span) -> dict[str, str]:
-    context = span.get_span_context()
-    carrier = {
-        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-        f"{int(context.trace_flags):02x}"
-    }
-    state = context.trace_state.to_header()
-    if state:
-        carrier["tracestate"] = state
-    return carrier
-
-
 class Tracing:
     """The spans: an HTTP middleware for the server's ingress, a stream observer for the
     client, and the handshake hook for both. Give it any ``TracerProvider``::
@@ -146,11 +134,11 @@ class Tracing:
     # ---- server: the HTTP ingress
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
-        parent = None
         incoming = request.header("traceparent")
+        state = request.header("tracestate")
+        parent = None
         if incoming is not None:
             carrier = {"traceparent": incoming}
-            state = request.header("tracestate")
             if state is not None:
                 carrier["tracestate"] = state
             parent = _PROPAGATOR.extract(carrier)
@@ -165,30 +153,37 @@ class Tracing:
                 "server.address": ctx.host,
                 "client.address": ctx.visitor_ip,
                 "ferrotunnel.tunnel": ctx.tunnel,
-                "ferrotunnel.request_id": ctx.request_id,
             },
         )
-        carrier = _traceparent(span)
-        request.set_header("traceparent", carrier["traceparent"])
-        if "tracestate" in carrier:
-            request.set_header("tracestate", carrier["tracestate"])
-        else:
-            request.remove_header("tracestate")
-        ctx.trace = carrier
-        ctx.state[TRACE_ID_KEY] = carrier["traceparent"][3:35]
-        ctx.state[SPAN_KEY] = span
+        context = span.get_span_context()
+        trace_id = f"{context.trace_id:032x}"
+        traceparent = f"00-{trace_id}-{context.span_id:016x}-{context.trace_flags:02x}"
+        request.set_header("traceparent", traceparent)
+        ctx.trace = {"traceparent": traceparent}
+        if context.trace_state:
+            ctx.trace["tracestate"] = header = context.trace_state.to_header()
+            request.set_header("tracestate", header)
+        elif state is not None:
+            request.remove_header("tracestate")  # not ours to vouch for
+        ctx.state[TRACE_ID_KEY] = trace_id
+        if span.is_recording():  # not sampled: nothing to end or export
+            ctx.state[SPAN_KEY] = span
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-        span = ctx.state.pop(SPAN_KEY, None)
-        if not isinstance(span, Span):
+        span = cast(Span | None, ctx.state.pop(SPAN_KEY, None))
+        if span is None:
             return
-        if record.status:
-            span.set_attribute("http.response.status_code", record.status)
-        span.set_attribute("ferrotunnel.bytes_in", record.bytes_in)
-        span.set_attribute("ferrotunnel.bytes_out", record.bytes_out)
+        status = record.status
+        attributes: dict[str, str | int] = {
+            "ferrotunnel.bytes_in": record.bytes_in,
+            "ferrotunnel.bytes_out": record.bytes_out,
+        }
+        if status:
+            attributes["http.response.status_code"] = status
         if record.error is not None:
-            span.set_attribute("error.type", record.error)
-        if record.status >= 500 or not record.status:
+            attributes["error.type"] = record.error
+        span.set_attributes(attributes)
+        if status >= 500 or not status:
             span.set_status(Status(StatusCode.ERROR, record.error))
         started: int | None = getattr(span, "start_time", None)
         span.end(end_time=started + int(record.duration * 1e9) if started else None)
