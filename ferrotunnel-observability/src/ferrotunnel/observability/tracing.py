@@ -44,10 +44,22 @@ from typing import Any, cast
 
 import click
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, Sampler
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ferrotunnel.core import Role, Session, Stream
@@ -61,6 +73,15 @@ from ferrotunnel.core.plugin import (
 )
 from ferrotunnel.protocol import ErrorCode, Hello
 
+from ._context import (
+    RANDOM_TRACE_ID,
+    SAMPLED,
+    StagedIds,
+    format_traceparent,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+)
 from ._options import add_options
 
 __all__ = ["Tracing", "TracingPlugin", "TracingSettings", "plugin", "tracing_wanted"]
@@ -104,6 +125,23 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
     )
 
 
+#: what ``on_request`` keeps for a sampled exchange: trace id, span id, parent context,
+#: method, path
+_Sampled = tuple[int, int, Context | None, str, str]
+
+
+def _remote_parent(trace_id: int, span_id: int, flags: int, state: str | None) -> Context:
+    """The visitor's span as the parent of ours."""
+    parent = SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([state]) if state is not None else None,
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
 def otlp_provider(settings: TracingSettings) -> TracerProvider:
     """A provider exporting in batches to the OTLP/HTTP endpoint of ``settings`` (or
     ``OTEL_*``)."""
@@ -129,52 +167,62 @@ class Tracing:
 
     def __init__(self, provider: trace.TracerProvider) -> None:
         self.provider = provider
-        self.tracer = provider.get_tracer("ferrotunnel")
+        self.tracer = tracer = provider.get_tracer("ferrotunnel")
+        # an SDK tracer: ids chosen when the request arrives are given to it later, and its
+        # sampler decides then (other tracers choose their own ids and sample every request)
+        generator = getattr(tracer, "id_generator", None)
+        self._ids = StagedIds(generator) if isinstance(generator, IdGenerator) else None
+        if self._ids is not None:
+            tracer.id_generator = self._ids  # type: ignore[attr-defined]
+        self._sampler: Sampler | None = getattr(tracer, "sampler", None)
 
     # ---- server: the HTTP ingress
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+        """Choose the exchange's ids and sampling now, and tell the origin; build no span
+        yet (see the theory of operation)."""
         incoming = request.header("traceparent")
         state = request.header("tracestate")
-        parent = None
-        if incoming is not None:
-            carrier = {"traceparent": incoming}
+        parent = parse_traceparent(incoming) if incoming is not None else None
+        if parent is None:
+            trace_id, flags, parent_context = new_trace_id(), RANDOM_TRACE_ID, None
             if state is not None:
-                carrier["tracestate"] = state
-            parent = _PROPAGATOR.extract(carrier)
+                request.remove_header("tracestate")  # it belonged to no valid trace
+                state = None
+        else:
+            trace_id, parent_id, parent_flags = parent
+            flags = parent_flags & RANDOM_TRACE_ID
+            parent_context = _remote_parent(trace_id, parent_id, parent_flags, state)
+        span_id = new_span_id()
         method = request.method_text
-        span = self.tracer.start_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": request.path.partition("?")[0],
-                "server.address": ctx.host,
-                "client.address": ctx.visitor_ip,
-                "ferrotunnel.tunnel": ctx.tunnel,
-            },
-        )
-        context = span.get_span_context()
-        trace_id = f"{context.trace_id:032x}"
-        traceparent = f"00-{trace_id}-{context.span_id:016x}-{context.trace_flags:02x}"
+        sampler = self._sampler
+        if sampler is None or (
+            sampler.should_sample(parent_context, trace_id, method, SpanKind.SERVER).decision
+            is Decision.RECORD_AND_SAMPLE
+        ):
+            flags |= SAMPLED
+            ctx.state[SPAN_KEY] = (trace_id, span_id, parent_context, method, request.path)
+        traceparent = format_traceparent(trace_id, span_id, flags)
         request.set_header("traceparent", traceparent)
         ctx.trace = {"traceparent": traceparent}
-        if context.trace_state:
-            ctx.trace["tracestate"] = header = context.trace_state.to_header()
-            request.set_header("tracestate", header)
-        elif state is not None:
-            request.remove_header("tracestate")  # not ours to vouch for
-        ctx.state[TRACE_ID_KEY] = trace_id
-        if span.is_recording():  # not sampled: nothing to end or export
-            ctx.state[SPAN_KEY] = span
+        if state is not None:
+            ctx.trace["tracestate"] = state
+        ctx.state[TRACE_ID_KEY] = traceparent[3:35]
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-        span = cast(Span | None, ctx.state.pop(SPAN_KEY, None))
-        if span is None:
+        """A sampled exchange ended: its span, built and ended at once, with the times the
+        exchange really had."""
+        facts = ctx.state.pop(SPAN_KEY, None)
+        if facts is None:
             return
+        trace_id, span_id, parent_context, method, path = cast(_Sampled, facts)
         status = record.status
         attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "url.path": path.partition("?")[0],
+            "server.address": record.host,
+            "client.address": record.visitor_ip,
+            "ferrotunnel.tunnel": record.tunnel,
             "ferrotunnel.bytes_in": record.bytes_in,
             "ferrotunnel.bytes_out": record.bytes_out,
         }
@@ -182,11 +230,19 @@ class Tracing:
             attributes["http.response.status_code"] = status
         if record.error is not None:
             attributes["error.type"] = record.error
-        span.set_attributes(attributes)
+        started = int(record.time * 1e9)
+        if self._ids is not None:
+            self._ids.stage(trace_id, span_id)
+        span = self.tracer.start_span(
+            method,
+            context=parent_context,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            start_time=started,
+        )
         if status >= 500 or not status:
             span.set_status(Status(StatusCode.ERROR, record.error))
-        started: int | None = getattr(span, "start_time", None)
-        span.end(end_time=started + int(record.duration * 1e9) if started else None)
+        span.end(end_time=started + int(record.duration * 1e9))
 
     @hookimpl(tryfirst=True)
     def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing]:
