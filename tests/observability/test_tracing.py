@@ -14,10 +14,13 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ferrotunnel.core.plugin import Config, hookimpl
 from ferrotunnel.core.testing import plugin_host
+from ferrotunnel.observability._context import StagedIds, parse_traceparent
 from ferrotunnel.observability.tracing import (
     Tracing,
     TracingPlugin,
@@ -234,3 +237,109 @@ def test_when_tracing_is_wanted(
     settings: TracingSettings, env: dict[str, str], wanted: bool
 ) -> None:
     assert tracing_wanted(settings, env) is wanted
+
+
+async def test_unsampled_requests_carry_the_context_but_export_nothing(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    log = io.StringIO()
+    async with (
+        Origin() as origin,
+        observed_stack(origin.port, server_plugins=[tracing, LogTo(log)]) as stack,
+    ):
+        request = request_bytes("GET", "/status/200", APP, "Connection: close")
+        await raw_exchange(stack.port, request)
+        with anyio.fail_after(5):
+            while True:  # the record arrives after the response (and the log has no event)
+                log_lines = log.getvalue().splitlines()
+                if log_lines:
+                    break
+                await anyio.sleep(0.01)
+    trace_id, _, flags = parsed(origin.requests[0].header("traceparent"))
+    assert not int(flags, 16) & 1  # not sampled, and the origin is told so
+    assert json.loads(log_lines[0])["trace_id"] == trace_id
+    assert not by_name(exporter.get_finished_spans(), "GET")
+
+
+async def test_an_invalid_traceparent_starts_a_new_trace(
+    tracing: Tracing, exporter: InMemorySpanExporter
+) -> None:
+    async with (
+        Origin() as origin,
+        observed_stack(origin.port, server_plugins=[tracing]) as stack,
+    ):
+        request = request_bytes(
+            "GET", "/status/200", APP,
+            f"traceparent: 00-{'0' * 32}-{VISITOR_SPAN}-01", "tracestate: vendor=abc",
+            "Connection: close",
+        )  # fmt: skip
+        await raw_exchange(stack.port, request)
+        [span] = await spans_named(exporter, "GET", 1)
+    assert span.parent is None
+    assert span.context is not None
+    trace_id, parent_id, _ = parsed(origin.requests[0].header("traceparent"))
+    assert (trace_id, parent_id) == (
+        f"{span.context.trace_id:032x}",
+        f"{span.context.span_id:016x}",
+    )
+    assert origin.requests[0].header("tracestate") is None
+
+
+async def test_a_valid_tracestate_travels_with_the_trace(
+    tracing: Tracing, exporter: InMemorySpanExporter
+) -> None:
+    async with (
+        Origin() as origin,
+        observed_stack(origin.port, server_plugins=[tracing], client_plugins=[tracing]) as stack,
+    ):
+        request = request_bytes(
+            "GET", "/status/200", APP,
+            f"traceparent: 00-{VISITOR_TRACE}-{VISITOR_SPAN}-01", "tracestate: vendor=abc",
+            "Connection: close",
+        )  # fmt: skip
+        await raw_exchange(stack.port, request)
+        [span] = await spans_named(exporter, "GET", 1)
+        [proxy] = await spans_named(exporter, f"proxy {APP}", 1)
+    assert origin.requests[0].header("tracestate") == "vendor=abc"
+    assert span.context is not None
+    assert proxy.context is not None
+    assert span.context.trace_state.to_header() == "vendor=abc"
+    assert proxy.context.trace_state.to_header() == "vendor=abc"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            f"00-{VISITOR_TRACE}-{VISITOR_SPAN}-01",
+            (int(VISITOR_TRACE, 16), int(VISITOR_SPAN, 16), 1),
+        ),
+        (
+            f" 00-{VISITOR_TRACE}-{VISITOR_SPAN}-00 ",
+            (int(VISITOR_TRACE, 16), int(VISITOR_SPAN, 16), 0),
+        ),
+        (
+            f"01-{VISITOR_TRACE}-{VISITOR_SPAN}-01-future",
+            (int(VISITOR_TRACE, 16), int(VISITOR_SPAN, 16), 1),
+        ),
+        (f"00-{VISITOR_TRACE}-{VISITOR_SPAN}-01-extra", None),  # version 00 has no more fields
+        (f"ff-{VISITOR_TRACE}-{VISITOR_SPAN}-01", None),
+        (f"00-{VISITOR_TRACE.upper()}-{VISITOR_SPAN}-01", None),
+        (f"00-{'0' * 32}-{VISITOR_SPAN}-01", None),
+        (f"00-{VISITOR_TRACE}-{'0' * 16}-01", None),
+        (f"00-{VISITOR_TRACE[:-1]}-{VISITOR_SPAN}-01", None),
+        ("", None),
+    ],
+)
+def test_parse_traceparent(header: str, expected: tuple[int, int, int] | None) -> None:
+    assert parse_traceparent(header) == expected
+
+
+def test_staged_ids_are_used_once() -> None:
+    ids = StagedIds(RandomIdGenerator())
+    ids.stage(7, 9)
+    assert (ids.generate_trace_id(), ids.generate_span_id()) == (7, 9)
+    assert ids.generate_span_id() not in (0, 9)
