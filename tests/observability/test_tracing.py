@@ -14,13 +14,12 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from ferrotunnel.core.plugin import Config, hookimpl
 from ferrotunnel.core.testing import plugin_host
-from ferrotunnel.observability._context import StagedIds, parse_traceparent
+from ferrotunnel.observability._context import parse_traceparent
 from ferrotunnel.observability.tracing import (
     Tracing,
     TracingPlugin,
@@ -336,10 +335,3 @@ async def test_a_valid_tracestate_travels_with_the_trace(
 )
 def test_parse_traceparent(header: str, expected: tuple[int, int, int] | None) -> None:
     assert parse_traceparent(header) == expected
-
-
-def test_staged_ids_are_used_once() -> None:
-    ids = StagedIds(RandomIdGenerator())
-    ids.stage(7, 9)
-    assert (ids.generate_trace_id(), ids.generate_span_id()) == (7, 9)
-    assert ids.generate_span_id() not in (0, 9)

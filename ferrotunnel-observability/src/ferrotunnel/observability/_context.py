@@ -1,9 +1,8 @@
-"""W3C trace context without the SDK: reading a ``traceparent``, choosing ids ahead of the span.
+"""W3C trace context without the SDK: reading and writing ``traceparent``, choosing ids.
 
-The ingress decides a request's trace context when its head arrives, but builds the SDK span
-only when the exchange has ended, and only if it is sampled (see ``tracing.py``). So the ids
-the origin sees in ``traceparent`` are chosen first, and :class:`StagedIds` hands them to the
-SDK's tracer when the span is finally built.
+The ingress decides a request's trace context when its head arrives, but builds the span only
+when the exchange has ended, and only if it is sampled (see ``tracing.py``): the ids the
+origin sees are chosen here, first.
 """
 
 from __future__ import annotations
@@ -11,9 +10,7 @@ from __future__ import annotations
 import random
 import re
 
-from opentelemetry.sdk.trace.id_generator import IdGenerator
-
-__all__ = ["StagedIds", "format_traceparent", "parse_traceparent"]
+__all__ = ["format_traceparent", "new_span_id", "new_trace_id", "parse_traceparent"]
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 
@@ -45,27 +42,3 @@ def new_span_id() -> int:
 
 def new_trace_id() -> int:
     return random.getrandbits(128) or 1
-
-
-class StagedIds(IdGenerator):
-    """Ids set with :meth:`stage` are returned by the next ``generate_*`` call; otherwise
-    ``fallback`` chooses. The tracer calls it synchronously inside ``start_span``."""
-
-    def __init__(self, fallback: IdGenerator) -> None:
-        self.fallback = fallback
-        self._trace_id = 0
-        self._span_id = 0
-
-    def stage(self, trace_id: int, span_id: int) -> None:
-        self._trace_id, self._span_id = trace_id, span_id
-
-    def generate_span_id(self) -> int:
-        span_id, self._span_id = self._span_id, 0
-        return span_id or self.fallback.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        trace_id, self._trace_id = self._trace_id, 0
-        return trace_id or self.fallback.generate_trace_id()
-
-    def is_trace_id_random(self) -> bool:
-        return True
