@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ HTTP_TUNNEL_RE = r"^\s+http://(?P<host>[^\s:/]+):(?P<port>\d+)\s+->\s+(?P<local>
 TCP_TUNNEL_RE = r"^\s+tcp://(?P<host>[^\s:]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 BUILTINS = ["access-log", "auth", "basic-auth", "circuit-breaker", "headers", "ip-filter",
             "rate-limit"]  # fmt: skip
+#: every plugin of the workspace (the built-ins and ferrotunnel-observability's), as listed
+INSTALLED = sorted(ep.name for ep in metadata.entry_points(group="ferrotunnel"))
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -300,7 +303,7 @@ health_path = "/healthz"
     server = started_server(launch("server", "--config", str(config)))
     assert server.control_host == HOST  # not the default 0.0.0.0
     assert server.http_host == HOST
-    assert server.plugins == ", ".join(BUILTINS)
+    assert server.plugins == ", ".join(INSTALLED)
     assert http_get(server.http_port, "any")[0] == 404
     assert http_get(server.http_port, "any", "/healthz")[0] == 200  # the file's, not /health
     assert server.tcp_port is not None
@@ -450,7 +453,7 @@ def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: L
     none = started_server(launch("--no-plugins", *args), tcp=False)
     assert none.plugins == "none"
     some = started_server(launch("--block-plugin", "auth", *args), tcp=False)
-    assert some.plugins == ", ".join(b for b in BUILTINS if b != "auth")
+    assert some.plugins == ", ".join(b for b in INSTALLED if b != "auth")
     # a blocked plugin's table is unknown: the configuration names it
     config = write(tmp_path / "server.toml", '[server]\ntoken = "t"\n\n[rate_limit]\n')
     result = run_cli(["--block-plugin", "rate-limit", "server", "--config", str(config)])
