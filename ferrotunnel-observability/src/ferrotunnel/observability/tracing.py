@@ -46,6 +46,7 @@ from typing import Any, cast
 
 import click
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace import Tracer as SdkTracer
@@ -131,6 +132,7 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
 _Sampled = tuple[int, int, int, SpanContext | None, str, str]
 
 _UNSET = Status(StatusCode.UNSET)
+_ROOT = Context()
 
 
 def otlp_provider(settings: TracingSettings) -> TracerProvider:
@@ -213,7 +215,8 @@ class Tracing:
         sampler = self._sampler
         if sampler is None:
             return True
-        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
+        # an explicit context, empty for a root: the sampler must not look at the current one
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else _ROOT
         result = sampler.should_sample(context, trace_id, method, SpanKind.SERVER)
         return result.decision is Decision.RECORD_AND_SAMPLE
 
