@@ -128,3 +128,12 @@ def start_server_with(
     """``tests.http.test_cli.start_server`` with more options (and ``--metrics``)."""
     flags = ("--metrics", *extra) if metrics else extra
     return start_server(lambda *args: launch(*args, *flags))
+
+
+def test_on_trio_the_endpoint_is_refused_with_a_warning(launch: Launch) -> None:
+    proc = launch(
+        "--loop", "trio", "server", "--token", TOKEN, "--bind", f"{HOST}:0", "--metrics",
+        "--metrics-bind", f"{HOST}:{free_port()}",
+    )  # fmt: skip
+    proc.expect_stderr(r"metrics: the endpoint needs the asyncio event loop")
+    proc.expect(r"^Press Ctrl-C to stop\.$")

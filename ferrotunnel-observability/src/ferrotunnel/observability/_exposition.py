@@ -51,7 +51,8 @@ class MetricsEndpoint:
 
 
 async def serve_metrics(registry: CollectorRegistry, address: Address) -> MetricsEndpoint:
-    """Listen on ``address`` (port 0: any free port) and serve ``registry`` at ``/metrics``."""
+    """Listen on ``address`` (port 0: any free port) and serve ``registry`` at ``/metrics``
+    (on the running asyncio loop)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -39,6 +39,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ferrotunnel.core import Address, Client, ClientStatus, Role, Server, Session, Stream
+from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
@@ -392,6 +393,9 @@ class MetricsPlugin:
     @hookimpl
     async def ferrotunnel_startup(self, app: object) -> None:
         if not self.settings.enabled or self.endpoint is not None:
+            return
+        if running_asyncio_loop() is None:
+            log.warning("metrics: the endpoint needs the asyncio event loop (--loop); not served")
             return
         registry = CollectorRegistry()
         if isinstance(app, Server):
