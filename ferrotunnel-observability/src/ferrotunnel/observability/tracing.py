@@ -86,14 +86,22 @@ from ._context import (
 )
 from ._options import add_options
 
-__all__ = ["Tracing", "TracingPlugin", "TracingSettings", "plugin", "tracing_wanted"]
+__all__ = [
+    "Tracing",
+    "TracingPlugin",
+    "TracingSettings",
+    "otlp_provider",
+    "plugin",
+    "tracing_wanted",
+]
 
 log = logging.getLogger("ferrotunnel.observability.tracing")
 
 TABLE = "tracing"
 OWNER = "ferrotunnel-observability"
 
-#: ``ctx.state`` key of the exchange's span; ``trace_id`` is the key the access log reads
+#: ``ctx.state`` keys: what a sampled exchange's span will need; the trace id (which the
+#: access log reads)
 SPAN_KEY = "tracing.span"
 TRACE_ID_KEY = "trace_id"
 
