@@ -12,6 +12,7 @@ from ferrotunnel.core import Address, Client, ClientStatus, RejectedError
 from ferrotunnel.core.testing import plugin_host
 from ferrotunnel.observability.metrics import (
     ClientMetrics,
+    MetricsPlugin,
     ServerMetrics,
     metrics_app,
     serve_metrics,
@@ -200,3 +201,20 @@ async def test_endpoint_and_asgi_app_serve_the_registry() -> None:
         response = await http.get("/metrics")
     assert response.status_code == 200
     assert value(parse(response.text), "ferrotunnel_sessions_opened_total") == 0
+
+
+async def test_the_plugin_collects_client_metrics_for_the_dashboard_without_flags() -> None:
+    metrics = MetricsPlugin()
+    host = plugin_host(metrics)  # [metrics] not enabled: no endpoint, no server middleware
+    assert host.config is not None
+    assert host.http_middlewares(host.config) == []
+    async with Origin() as origin, observed_stack(origin.port, client_plugins=[metrics]) as stack:
+        registry = metrics.client_registry(stack.client)
+        assert metrics.client_registry(stack.client) is registry
+        for _ in range(2):
+            request = request_bytes("GET", "/status/200", APP, "Connection: close")
+            assert status_of(await raw_exchange(stack.port, request)) == 200
+        samples = scrape(registry)
+        assert value(samples, "ferrotunnel_client_streams_opened_total") == 2
+        assert value(samples, "ferrotunnel_client_connected") == 1
+    assert metrics.endpoint is None

@@ -311,14 +311,26 @@ def _le(bound: float) -> str:
 
 class MetricsPlugin:
     """The ``metrics`` entry point: with ``[metrics] enabled`` (``--metrics``), the server's
-    or the client's metrics, served at ``--metrics-bind``."""
+    or the client's metrics, served at ``--metrics-bind``.
+
+    A client's metrics are collected even without ``--metrics`` (an integer per stream), so
+    that the client's dashboard can serve them: ``metrics_app(plugin.client_registry(client))``.
+    """
 
     def __init__(self) -> None:
         self.settings = MetricsSettings()
         self.server = ServerMetrics()
         self.client = ClientMetrics()
-        self.registry: CollectorRegistry | None = None
+        self._client_registry: CollectorRegistry | None = None
         self.endpoint: MetricsEndpoint | None = None
+
+    def client_registry(self, client: Client) -> CollectorRegistry:
+        """A registry with ``client``'s metrics (the same one on every call)."""
+        self.client.attach(client)
+        if self._client_registry is None:
+            self._client_registry = CollectorRegistry()
+            self._client_registry.register(self.client)
+        return self._client_registry
 
     @hookimpl
     def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
@@ -360,15 +372,15 @@ class MetricsPlugin:
 
     @hookimpl
     def ferrotunnel_stream_observers(self, config: Config) -> list[ClientMetrics]:
-        return [self.client] if self.settings.enabled else []
+        return [self.client]
 
     @hookimpl
     def ferrotunnel_handshake_done(
         self, session: Session, hello: Hello | None, failure: str | None, duration: float
     ) -> None:
+        self.client.ferrotunnel_handshake_done(session, failure)
         if self.settings.enabled:
             self.server.ferrotunnel_handshake_done(session, failure)
-            self.client.ferrotunnel_handshake_done(session, failure)
 
     @hookimpl
     def ferrotunnel_session_opened(self, session: Session) -> None:
@@ -397,15 +409,13 @@ class MetricsPlugin:
         if running_asyncio_loop() is None:
             log.warning("metrics: the endpoint needs the asyncio event loop (--loop); not served")
             return
-        registry = CollectorRegistry()
         if isinstance(app, Server):
+            registry = CollectorRegistry()
             registry.register(self.server)
         elif isinstance(app, Client):
-            self.client.attach(app)
-            registry.register(self.client)
+            registry = self.client_registry(app)
         else:
             return
-        self.registry = registry
         self.endpoint = await serve_metrics(registry, Address.parse(self.settings.bind))
         log.info("metrics at http://%s/metrics", self.endpoint.address)
 
