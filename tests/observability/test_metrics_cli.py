@@ -137,3 +137,14 @@ def test_on_trio_the_endpoint_is_refused_with_a_warning(launch: Launch) -> None:
     )  # fmt: skip
     proc.expect_stderr(r"metrics: the endpoint needs the asyncio event loop")
     proc.expect(r"^Press Ctrl-C to stop\.$")
+
+
+def test_the_flag_wins_over_the_file(launch: Launch, tmp_path: Path) -> None:
+    in_file, on_flag = free_port(), free_port()
+    config = tmp_path / "server.toml"
+    config.write_text(f'[metrics]\nenabled = true\nbind = "{HOST}:{in_file}"\n')
+    server, _, _ = start_server_with(
+        launch, "--config", str(config), "--metrics-bind", f"{HOST}:{on_flag}", metrics=False
+    )
+    server.expect_stderr(rf"metrics at http://{HOST}:{on_flag}/metrics")
+    assert value(scrape(on_flag), "ferrotunnel_sessions_active") == 0
