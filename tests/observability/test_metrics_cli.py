@@ -3,6 +3,7 @@ HTTP, parsed with prometheus_client's parser."""
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -148,3 +149,20 @@ def test_the_flag_wins_over_the_file(launch: Launch, tmp_path: Path) -> None:
     )
     server.expect_stderr(rf"metrics at http://{HOST}:{on_flag}/metrics")
     assert value(scrape(on_flag), "ferrotunnel_sessions_active") == 0
+
+
+@pytest.mark.parametrize("command", ["server", "client"])
+def test_a_metrics_port_in_use_is_a_clean_error(launch: Launch, command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        if command == "server":
+            args = ["server", "--token", TOKEN, "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
+        else:
+            _, control, _ = start_server_with(launch, metrics=False)
+            args = ["client", "--server", control, "--token", TOKEN, "--no-dashboard"]
+        proc = launch(*args, "--metrics", "--metrics-bind", f"{HOST}:{port}")
+        assert proc.wait_exit(15) == 2, proc.describe()
+    assert f"--metrics-bind {HOST}:{port}: cannot listen" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -181,11 +181,11 @@ class Client:
         self._tg = tg
         try:
             await tg.start(self._run)
+            if self.plugins is not None:
+                await self.plugins.startup(self)
         except BaseException:
             await self._close_task_group()
             raise
-        if self.plugins is not None:
-            await self.plugins.startup(self)
         return self.tunnels
 
     async def shutdown(self) -> None:

@@ -173,11 +173,11 @@ class Server:
                 self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
             for ingress in self._ingresses.values():
                 await ingress.start(tg)
+            if self.plugins is not None:
+                await self.plugins.startup(self)
         except BaseException:
             await self._close_task_group()
             raise
-        if self.plugins is not None:
-            await self.plugins.startup(self)
         log.info("control plane listening on %s", self._control.address)
         if self._fixed_ingress is not None:
             log.info("TCP ingress listening on %s", self._fixed_ingress.listener.address)

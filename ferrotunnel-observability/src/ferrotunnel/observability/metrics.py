@@ -38,7 +38,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ferrotunnel.core import Address, Client, ClientStatus, Role, Server, Session, Stream
+from ferrotunnel.core import (
+    Address,
+    Client,
+    ClientStatus,
+    ConfigError,
+    Role,
+    Server,
+    Session,
+    Stream,
+)
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import (
     Config,
@@ -416,7 +425,13 @@ class MetricsPlugin:
             registry = self.client_registry(app)
         else:
             return
-        self.endpoint = await serve_metrics(registry, Address.parse(self.settings.bind))
+        bind = self.settings.bind
+        try:
+            self.endpoint = await serve_metrics(registry, Address.parse(bind))
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-bind {bind}: cannot listen: {exc.strerror or exc}"
+            ) from exc
         log.info("metrics at http://%s/metrics", self.endpoint.address)
 
     @hookimpl
