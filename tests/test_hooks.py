@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import anyio
 import anyio.lowlevel
 import click
 import pytest
+import trustme
 
 from ferrotunnel.core import (
     Address,
@@ -38,11 +40,14 @@ from ferrotunnel.core.plugin import (
     PluginHost,
     RequestContext,
     TcpConnection,
+    TlsOptions,
+    TlsPurpose,
     hookimpl,
     spec,
 )
 from ferrotunnel.core.plugin.config import from_mapping
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
+from ferrotunnel.protocol import ALPN_PROTOCOL
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(
@@ -85,6 +90,9 @@ class Recorder:
         self.calls: dict[str, dict[str, Any]] = {}
         self.all_calls: list[tuple[str, dict[str, Any]]] = []
         self.session_closed = anyio.Event()
+        #: what the stream tap saw: to the origin, to the visitor
+        self.tapped = [b"", b""]
+        self.ca = trustme.CA()
 
     def _note(self, name: str, **kwargs: Any) -> None:
         self.calls.setdefault(name, kwargs)
@@ -102,6 +110,19 @@ class Recorder:
     @hookimpl
     def ferrotunnel_register_commands(self, cli: Any) -> None:
         self._note("ferrotunnel_register_commands", cli=cli)
+
+    @hookimpl
+    def ferrotunnel_ssl_context(self, options: TlsOptions) -> ssl.SSLContext:
+        self._note(f"ssl_context:{options.purpose}", options=options)
+        self._note("ferrotunnel_ssl_context", options=options)
+        if options.purpose is TlsPurpose.SERVER:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ca.issue_cert("127.0.0.1").configure_cert(context)
+        else:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            self.ca.configure_trust(context)
+        context.set_alpn_protocols([ALPN_PROTOCOL])
+        return context
 
     @hookimpl
     def ferrotunnel_authenticators(self, config: Config) -> list[Any]:
@@ -141,10 +162,21 @@ class Recorder:
     def ferrotunnel_stream_observers(self, config: Config) -> list[Any]:
         recorder = self
 
+        class Tap:
+            def to_origin(self, data: bytes | memoryview) -> None:
+                recorder.tapped[0] += data
+
+            def to_visitor(self, data: bytes) -> None:
+                recorder.tapped[1] += data
+
+            def closed(self, error: str | None) -> None:
+                recorder._note("tap_closed", error=error)
+
         class Observer:
-            def on_stream(self, stream: Stream) -> None:
+            def on_stream(self, stream: Stream) -> Tap:
                 recorder._note("on_stream", stream=stream)
                 stream.add_done_callback(lambda s: recorder._note("stream_done", stream=s))
+                return Tap()
 
         self._note("ferrotunnel_stream_observers", config=config)
         return [Observer()]
@@ -217,6 +249,7 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
         tg.start_soon(listener.serve, _origin)
         server = Server(
             bind="127.0.0.1:0",
+            ssl_context=host.ssl_context(TlsOptions(TlsPurpose.SERVER)),
             authenticators=host.authenticators(config),
             tcp_middlewares=host.tcp_middlewares(config),
             ingresses=[ingress],
@@ -230,7 +263,11 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
                 tunnels=[tunnel],
                 plugins=host,
                 stream_observers=host.stream_observers(config),
-            ):
+                ssl_context=host.ssl_context(TlsOptions(TlsPurpose.CLIENT)),
+            ) as client:
+                assert client.session is not None
+                assert client.session.tls is not None
+                assert client.session.tls.alpn == ALPN_PROTOCOL
                 assert ingress.address is not None
                 async with await anyio.connect_tcp("127.0.0.1", ingress.address.port) as sock:
                     await sock.send(b"GET /x HTTP/1.1\r\nHost: rec.localhost\r\n\r\n")
@@ -258,6 +295,8 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
     assert record.bytes_out > 0
     assert recorder.calls["on_request"]["ctx"].tunnel == "rec.localhost"
     assert isinstance(recorder.calls["ferrotunnel_startup"]["app"], Server)
+    assert "ssl_context:server" in recorder.calls
+    assert "ssl_context:client" in recorder.calls
     handshakes = [kw for name, kw in recorder.all_calls if name == "ferrotunnel_handshake_done"]
     assert {kw["role"] for kw in handshakes} == {Role.SERVER, Role.CLIENT}
     for kw in handshakes:
@@ -266,6 +305,9 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
         assert 0 <= kw["duration"] < 5
     assert recorder.calls["on_stream"]["stream"].tunnel == "rec.localhost"
     assert recorder.calls["stream_done"]["stream"].done
+    assert recorder.tapped[0].startswith(b"GET /x HTTP/1.1\r\n")
+    assert recorder.tapped[1].endswith(b"\r\n\r\nok")
+    assert recorder.calls["tap_closed"]["error"] is None
 
 
 def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from ferrotunnel.core import Refused, RejectedError, Server, SessionConfig
-from ferrotunnel.core.plugin.types import Identity
+from ferrotunnel.core.plugin.types import Identity, Peer
 from ferrotunnel.protocol import (
     ErrorCode,
     FrameType,
@@ -393,7 +393,7 @@ async def test_server_shutdown_closes_connections_still_in_handshake() -> None:
     async with background(make_server(config)) as running:
         server = running.value
         async with await connect(server.control_address.port) as silent:
-            await wait_for(lambda: server._pending_handshakes == 1)
+            await wait_for(lambda: server._unauthenticated == 1)
             with anyio.fail_after(3):
                 await running.stop()
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
@@ -475,7 +475,7 @@ async def test_custom_authenticator_identities_scope_port_ownership() -> None:
     the authenticator is passed on as it is."""
 
     class Users:
-        async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity:
+        async def authenticate(self, hello: Hello, peer: Peer) -> Identity:
             identities = {"alice-token": "alice", "bob-token": "bob"}
             if hello.token not in identities:
                 raise Refused(RejectCode.AUTH_FAILED, "unknown user")
@@ -524,7 +524,7 @@ async def test_a_failing_authenticator_refuses_one_client_not_the_server(
     caplog.set_level(logging.INFO, logger="ferrotunnel")
 
     class Flaky:
-        async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity:
+        async def authenticate(self, hello: Hello, peer: Peer) -> Identity:
             if hello.client_id == "unlucky":
                 raise RuntimeError("auth backend down")
             return Identity("user")

@@ -32,7 +32,7 @@ from typing import Any, Self
 import anyio
 import h11
 
-from ferrotunnel.core import Address, Client, Server, Tunnel, TunnelKind
+from ferrotunnel.core import Address, Client, Server, SessionConfig, Tunnel, TunnelKind
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 HOST = "127.0.0.1"
@@ -72,15 +72,23 @@ class Stack:
 
 @asynccontextmanager
 async def tunnel_stack(
-    *clients: Sequence[Tunnel], drain_timeout: float = 0.25, **settings: Any
+    *clients: Sequence[Tunnel],
+    drain_timeout: float = 0.25,
+    server_session: SessionConfig | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Stack]:
-    """A server whose HTTP ingress is configured by ``settings``, and one client per
-    sequence of tunnels in ``clients`` (all registered when this yields)."""
+    """A server (sessions configured by ``server_session``) whose HTTP ingress is
+    configured by ``settings``, and one client per sequence of tunnels in ``clients`` (all
+    registered when this yields)."""
     settings.setdefault("bind", Address(HOST, 0))
     ingress = HttpIngress(HttpIngressConfig(**settings))
     async with (
         Server(
-            token=TOKEN, bind=f"{HOST}:0", ingresses=[ingress], drain_timeout=drain_timeout
+            token=TOKEN,
+            bind=f"{HOST}:0",
+            ingresses=[ingress],
+            drain_timeout=drain_timeout,
+            session=server_session or SessionConfig(),
         ) as server,
         AsyncExitStack() as stack,
     ):

@@ -12,6 +12,8 @@ import anyio
 import httpx
 import pytest
 
+from ferrotunnel.core import SessionConfig
+
 from .harness import (
     HOST,
     Origin,
@@ -139,6 +141,40 @@ async def test_slow_origin_is_a_504() -> None:
     assert status_of(raw) == 504
     assert b"did not answer within 0.5 s" in raw
     assert 0.4 < took < 5
+
+
+async def test_a_tunnel_at_its_stream_limit_answers_503() -> None:
+    """With ``max_streams=1`` and one request still waiting for its origin, another
+    visitor's request gets a 503 at once; the first is unaffected."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        arrived.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nheld")
+        await writer.drain()
+        writer.close()
+
+    async with (
+        RawOrigin(held) as origin,
+        tunnel_stack(
+            [http_tunnel(APP, origin.port)], server_session=SessionConfig(max_streams=1)
+        ) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/first", APP))
+        await writer.drain()
+        with anyio.fail_after(5):
+            await arrived.wait()
+        second = request_bytes("GET", "/second", APP, "Connection: close")
+        busy = await raw_exchange(stack.port, second, within=5)
+        assert status_of(busy) == 503
+        assert b"try again shortly" in busy
+        release.set()
+        first = await read_until_close(reader)
+    assert status_of(first) == 200
+    assert first.endswith(b"held")
 
 
 @pytest.mark.parametrize(

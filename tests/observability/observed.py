@@ -3,7 +3,7 @@ serving one HTTP tunnel; and Prometheus text parsed into samples."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -39,12 +39,13 @@ async def observed_stack(
     *,
     server_plugins: Sequence[object] = (),
     client_plugins: Sequence[object] = (),
+    client_config: Mapping[str, object] | None = None,
     reconnect: bool = False,
 ) -> AsyncIterator[Observed]:
     """A server (HTTP ingress) with ``server_plugins`` and a client with ``client_plugins``
-    serving ``APP`` from ``127.0.0.1:origin_port``."""
+    (configured from ``client_config``) serving ``APP`` from ``127.0.0.1:origin_port``."""
     server_host = plugin_host(*server_plugins)
-    client_host = plugin_host(*client_plugins)
+    client_host = plugin_host(*client_plugins, config=client_config)
     assert server_host.config is not None
     assert client_host.config is not None
     ingress = HttpIngress(

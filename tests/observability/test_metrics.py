@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from ferrotunnel.core import Address, Client, ClientStatus, RejectedError
 from ferrotunnel.core.testing import plugin_host
+from ferrotunnel.observability.dashboard import Dashboard
 from ferrotunnel.observability.metrics import (
     ClientMetrics,
     MetricsPlugin,
@@ -195,7 +196,7 @@ async def test_endpoint_and_asgi_app_serve_the_registry() -> None:
     finally:
         await endpoint.aclose()
 
-    # the app the client dashboard mounts at /metrics
+    # the ASGI app to mount in a web app of one's own
     transport = httpx.ASGITransport(app=metrics_app(registry))
     async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as http:
         response = await http.get("/metrics")
@@ -208,7 +209,14 @@ async def test_the_plugin_collects_client_metrics_for_the_dashboard_without_flag
     host = plugin_host(metrics)  # [metrics] not enabled: no endpoint, no server middleware
     assert host.config is not None
     assert host.http_middlewares(host.config) == []
-    async with Origin() as origin, observed_stack(origin.port, client_plugins=[metrics]) as stack:
+    async with (
+        Origin() as origin,
+        observed_stack(
+            origin.port,
+            client_plugins=[metrics, Dashboard()],
+            client_config={"dashboard": {"port": 0}},
+        ) as stack,
+    ):
         registry = metrics.client_registry(stack.client)
         assert metrics.client_registry(stack.client) is registry
         for _ in range(2):
@@ -217,4 +225,9 @@ async def test_the_plugin_collects_client_metrics_for_the_dashboard_without_flag
         samples = scrape(registry)
         assert value(samples, "ferrotunnel_client_streams_opened_total") == 2
         assert value(samples, "ferrotunnel_client_connected") == 1
+        # the dashboard of the same client serves them at its /metrics
+        async with httpx.AsyncClient(base_url=stack.client.endpoints["dashboard"]) as http:
+            response = await http.get("/metrics")
+        assert response.status_code == 200
+        assert parse(response.text) == scrape(registry)
     assert metrics.endpoint is None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ferrotunnel.core.errors import ConfigError
-from ferrotunnel.core.plugin import Config, Identity, PluginHost, load_toml
+from ferrotunnel.core.plugin import Config, Identity, Peer, PluginHost, load_toml
 from ferrotunnel.plugins import auth
 from ferrotunnel.plugins.auth import TokenAuthenticator
 from ferrotunnel.protocol import Hello
@@ -67,9 +67,9 @@ def test_a_wrong_token_is_left_to_the_next_authenticator() -> None:
 async def test_authenticate_reads_the_hello() -> None:
     authn = from_table(tokens=[{"name": "alice", "token": "alice-token"}])
     hello = Hello(versions=(1,), client_id="c1", token="alice-token")
-    assert await authn.authenticate(hello, ("192.0.2.7", 40000)) == Identity("alice")
+    assert await authn.authenticate(hello, Peer("192.0.2.7", 40000)) == Identity("alice")
     anonymous = Hello(versions=(1,), client_id="c1")
-    assert await authn.authenticate(anonymous, None) is None
+    assert await authn.authenticate(anonymous, Peer("", 0)) is None
 
 
 TOKENS_FILE = f"""

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -40,9 +40,9 @@ PLUGINS_RE = r"^\s+plugins\s+(?P<names>.+)$"
 HTTP_TUNNEL_RE = r"^\s+http://(?P<host>[^\s:/]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 TCP_TUNNEL_RE = r"^\s+tcp://(?P<host>[^\s:]+):(?P<port>\d+)\s+->\s+(?P<local>\S+)$"
 BUILTINS = ["access-log", "auth", "basic-auth", "circuit-breaker", "headers", "ip-filter",
-            "rate-limit"]  # fmt: skip
-#: every plugin of the workspace (the built-ins and ferrotunnel-observability's), as listed
-INSTALLED = sorted(ep.name for ep in metadata.entry_points(group="ferrotunnel"))
+            "rate-limit", "tls"]  # fmt: skip
+#: every plugin of this environment: the built-ins and the other workspace distributions' ones
+INSTALLED = sorted({ep.name for ep in entry_points(group="ferrotunnel")})
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -428,8 +428,10 @@ def test_plugins_list_shows_the_builtins() -> None:
     for name in BUILTINS:
         distribution, _version, status, *hooks = rows[name]
         assert (distribution, status) == ("ferrotunnel-plugins", "enabled"), rows[name]
-        assert "add_config," in hooks or "add_config" in hooks
+        if name != "tls":  # its settings are the kernel's --tls-* options
+            assert "add_config," in hooks or "add_config" in hooks
     assert "authenticators," in rows["auth"] or "authenticators" in rows["auth"]
+    assert any(h.startswith("ssl_context") for h in rows["tls"])
     assert any(h.startswith("tcp_middlewares") for h in rows["ip-filter"])
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
-from ferrotunnel.core.plugin import Config, PluginHost
+from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
 
 from ._run import (
     config_errors,
@@ -59,6 +60,25 @@ def _target(tunnel: Tunnel) -> str:
     if tunnel.kind is TunnelKind.TCP:
         return str(tunnel.local_addr)
     return f"{'https' if tunnel.local_tls else 'http'}://{tunnel.local_addr}"
+
+
+def _tls_context(plugins: PluginHost, merged: dict[str, Any]) -> ssl.SSLContext | None:
+    keys = ("tls_ca", "tls_server_name", "tls_cert", "tls_key", "tls_skip_verify")
+    if not merged["tls"] and not any(merged[k] for k in keys):
+        return None
+    if (merged["tls_cert"] is None) != (merged["tls_key"] is None):
+        raise ConfigError("give --tls-cert and --tls-key together (mutual TLS)")
+    if merged["tls_skip_verify"] and merged["tls_ca"]:
+        raise ConfigError("--tls-skip-verify and --tls-ca contradict each other")
+    pairs = ((merged["tls_cert"], merged["tls_key"]),) if merged["tls_cert"] else ()
+    return plugins.ssl_context(
+        TlsOptions(
+            TlsPurpose.CLIENT,
+            pairs,
+            ca=merged["tls_ca"],
+            skip_verify=merged["tls_skip_verify"],
+        )
+    )
 
 
 @click.command()
@@ -139,6 +159,23 @@ def _target(tunnel: Tunnel) -> str:
     help="Dashboard port (needs ferrotunnel-observability).",
 )
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
+@click.option("--tls", is_flag=True, help="Connect to the server over TLS 1.3.")
+@click.option(
+    "--tls-ca",
+    envvar="FERROTUNNEL_TLS_CA",
+    help="CA of the server's certificate [default: the system's roots]; implies --tls.",
+)
+@click.option(
+    "--tls-server-name",
+    help="Name the server's certificate must carry [default: the --server host].",
+)
+@click.option("--tls-cert", envvar="FERROTUNNEL_TLS_CERT", help="Client certificate (mutual TLS).")
+@click.option("--tls-key", envvar="FERROTUNNEL_TLS_KEY", help="Key of --tls-cert.")
+@click.option(
+    "--tls-skip-verify",
+    is_flag=True,
+    help="Do not verify the server's certificate. Insecure: for tests only.",
+)
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost.")
 @log_level_option()
 @config_option("[client], [[client.tunnels]]")
@@ -150,6 +187,9 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     options = take_plugin_options(ctx, options, loaded)
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")
+    for flag in ("tls", "tls_skip_verify"):  # flags: a file's true counts unless given
+        if not _explicit(ctx, flag) and loaded.given("client", flag):
+            merged[flag] = getattr(file_settings, flag)
     for flag, key in (("no_reconnect", "reconnect"), ("no_dashboard", "dashboard")):
         if not _explicit(ctx, flag) and loaded.given("client", key):
             merged[flag] = not getattr(file_settings, key)
@@ -157,6 +197,8 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     no_dashboard: bool = merged["no_dashboard"]
     dashboard_port: int = merged["dashboard_port"]
     setup_logging(log_level)
+    if "dashboard" in loaded.schema.tables:  # declared by ferrotunnel-observability
+        loaded.replace("dashboard", enabled=not no_dashboard, port=dashboard_port)
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False)
 
@@ -191,6 +233,8 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             token=token,
             client_id=merged["client_id"] or stable_client_id(server, tunnels),
             reconnect=not merged["no_reconnect"],
+            ssl_context=_tls_context(plugins, merged),
+            server_hostname=merged["tls_server_name"],
         )
 
     config: ClientConfig = config_errors(build)
@@ -198,14 +242,18 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
 
     async def main() -> None:
         tunnel_client = Client(config, plugins=plugins, stream_observers=observers)
-        click.echo(f"connecting to {config.server_addr} ...")
+        tls = " over TLS" if config.ssl_context is not None else ""
+        click.echo(f"connecting to {config.server_addr}{tls} ...")
         try:
             await tunnel_client.start()
             click.echo("ferrotunnel client connected")
             by_name = {t.name: t for t in config.tunnels}
             for granted in tunnel_client.tunnels:
                 click.echo(f"  {granted.public_url}  ->  {_target(by_name[granted.name])}")
-            if not no_dashboard:
+            dashboard = tunnel_client.endpoints.get("dashboard")
+            if dashboard is not None:
+                click.echo(f"  dashboard: {dashboard}")
+            elif not no_dashboard:
                 click.echo(
                     f"  dashboard: not available: install ferrotunnel-observability "
                     f"to serve 127.0.0.1:{dashboard_port}"

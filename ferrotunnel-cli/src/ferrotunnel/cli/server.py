@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from typing import Any
 
 import click
 
 from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
 from ferrotunnel.core.net import running_asyncio_loop
-from ferrotunnel.core.plugin import Config, PluginHost
+from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 from ._run import (
@@ -33,6 +34,40 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     if not 1 <= int(low) <= int(high) <= 65535:
         raise ConfigError(f"--tcp-port-range {text!r}: need 1 <= LOW <= HIGH <= 65535")
     return int(low), int(high)
+
+
+def _tls_contexts(
+    plugins: PluginHost, settings: ServerSettings
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The control plane's and the HTTPS ingress's SSL contexts, from the tls plugin."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("give --tls-cert and --tls-key together")
+    if settings.tls_cert is None and (settings.tls_ca or settings.tls_client_auth):
+        raise ConfigError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+    control = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        control = plugins.ssl_context(
+            TlsOptions(
+                TlsPurpose.SERVER,
+                ((settings.tls_cert, settings.tls_key),),
+                ca=settings.tls_ca,
+                client_auth=settings.tls_client_auth,
+            )
+        )
+    if len(settings.https_cert) != len(settings.https_key):
+        raise ConfigError("give one --https-key for each --https-cert")
+    pairs = tuple(zip(settings.https_cert, settings.https_key, strict=True))
+    if not settings.https_bind:
+        if pairs:
+            raise ConfigError("--https-cert needs --https-bind")
+        return control, None
+    if not pairs and settings.tls_cert is not None and settings.tls_key is not None:
+        pairs = ((settings.tls_cert, settings.tls_key),)
+    if not pairs:
+        raise ConfigError(
+            "--https-bind needs --https-cert and --https-key (or --tls-cert/--tls-key)"
+        )
+    return control, plugins.ssl_context(TlsOptions(TlsPurpose.INGRESS, pairs))
 
 
 @click.command()
@@ -105,6 +140,71 @@ def _port_range(text: str | None) -> tuple[int, int] | None:
     show_default=True,
     help="Most client sessions at once.",
 )
+@click.option(
+    "--max-unauthenticated",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Most connections still in their TLS/protocol handshake; more are closed at once.",
+)
+@click.option(
+    "--max-streams",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Most open streams (visitor connections, requests) per client session.",
+)
+@click.option(
+    "--max-tunnels",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Most tunnels one client session may register.",
+)
+@click.option(
+    "--max-head-size",
+    type=click.IntRange(1024),
+    default=65536,
+    show_default=True,
+    help="Largest HTTP request head in bytes (larger: 431).",
+)
+@click.option(
+    "--auth-failure-limit",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Failed authentications an address may make per --auth-failure-window.",
+)
+@click.option(
+    "--auth-failure-window",
+    type=click.FloatRange(1),
+    default=60.0,
+    show_default=True,
+    help="Seconds an address over --auth-failure-limit is refused.",
+)
+@click.option("--tls-cert", envvar="FERROTUNNEL_TLS_CERT", help="TLS certificate (PEM).")
+@click.option("--tls-key", envvar="FERROTUNNEL_TLS_KEY", help="TLS private key (PEM).")
+@click.option(
+    "--tls-ca",
+    envvar="FERROTUNNEL_TLS_CA",
+    help="CA that issues client certificates (with --tls-client-auth).",
+)
+@click.option(
+    "--tls-client-auth",
+    is_flag=True,
+    help="Mutual TLS: require a client certificate issued by --tls-ca.",
+)
+@click.option(
+    "--https-bind",
+    envvar="FERROTUNNEL_HTTPS_BIND",
+    help="HTTPS ingress address (certificates: --https-cert/--https-key, else --tls-*).",
+)
+@click.option(
+    "--https-cert",
+    multiple=True,
+    help="HTTPS ingress certificate (repeatable, paired with --https-key; chosen by SNI).",
+)
+@click.option("--https-key", multiple=True, help="Key of the --https-cert at the same position.")
 @log_level_option()
 @config_option("[server]")
 @click.pass_context
@@ -119,7 +219,8 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     authenticators = config_errors(lambda: plugins.authenticators(loaded))
     http_middlewares = config_errors(lambda: plugins.http_middlewares(loaded))
     tcp_middlewares = config_errors(lambda: plugins.tcp_middlewares(loaded))
-    token = read_token(settings.token, required=not authenticators)
+    token = read_token(settings.token, required=not authenticators and not settings.tls_client_auth)
+    control_tls, https_tls = config_errors(lambda: _tls_contexts(plugins, settings))
 
     def build_http() -> HttpIngressConfig:
         for cidr in settings.trust_proxy:
@@ -136,6 +237,11 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             health_path=health_path or None,
             response_timeout=settings.response_timeout,
             trusted_proxies=tuple(settings.trust_proxy),
+            max_head_size=settings.max_head_size,
+            https_bind=Address.parse(settings.https_bind, what="--https-bind")
+            if settings.https_bind
+            else None,
+            https_context=https_tls,
         )
 
     def build() -> ServerConfig:
@@ -147,8 +253,15 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             else None,
             tcp_port_range=_port_range(settings.tcp_port_range),
             public_host=settings.public_host,
-            session=SessionConfig(handshake_timeout=settings.handshake_timeout),
+            session=SessionConfig(
+                handshake_timeout=settings.handshake_timeout, max_streams=settings.max_streams
+            ),
+            ssl_context=control_tls,
             max_sessions=settings.max_sessions,
+            max_unauthenticated=settings.max_unauthenticated,
+            max_tunnels=settings.max_tunnels,
+            auth_failure_limit=settings.auth_failure_limit,
+            auth_failure_window=settings.auth_failure_window,
         )
 
     config: ServerConfig = config_errors(build)
@@ -173,7 +286,12 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
             fail(f"cannot listen: {exc.strerror or exc}", status=1)
         try:
             click.echo("ferrotunnel server ready")
-            click.echo(f"  control plane   {tunnel_server.control_address}")
+            tls = ""
+            if control_tls is not None:
+                tls = " (TLS 1.3" + (
+                    ", client certificates required)" if settings.tls_client_auth else ")"
+                )
+            click.echo(f"  control plane   {tunnel_server.control_address}{tls}")
             if tunnel_server.tcp_address is not None:
                 click.echo(f"  TCP ingress     {tunnel_server.tcp_address}")
             if config.tcp_port_range is not None:

@@ -47,6 +47,27 @@ class ServerSettings:
     public_host: str | None = None
     handshake_timeout: float = 10.0
     max_sessions: int = 1000
+    #: connections still in their (TLS and protocol) handshake at once
+    max_unauthenticated: int = 256
+    #: open streams (visitor connections and requests) per client session
+    max_streams: int = 1000
+    #: tunnels per client session
+    max_tunnels: int = 64
+    #: bytes of an HTTP request head (then 431)
+    max_head_size: int = 65536
+    #: failed authentications an address may make within auth_failure_window seconds
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 60.0
+    #: TLS for the control plane: certificate and key (PEM)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: CA of client certificates (with tls_client_auth)
+    tls_ca: str | None = None
+    tls_client_auth: bool = False
+    #: HTTPS ingress address, and its certificates (default: tls_cert/tls_key)
+    https_bind: str | None = None
+    https_cert: tuple[str, ...] = ()
+    https_key: tuple[str, ...] = ()
     log_level: str = "info"
 
 
@@ -82,6 +103,17 @@ class ClientSettings:
     reconnect: bool = True
     dashboard_port: int = 4040
     dashboard: bool = True
+    #: TLS to the server (implied by any other tls_* key)
+    tls: bool = False
+    #: CA that issued the server's certificate (default: the system's roots)
+    tls_ca: str | None = None
+    #: name the server's certificate must carry (default: the host of ``server``)
+    tls_server_name: str | None = None
+    #: client certificate and key (mutual TLS)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: do not verify the server's certificate (insecure; warned about on every start)
+    tls_skip_verify: bool = False
     log_level: str = "info"
     tunnels: list[TunnelSettings] = field(default_factory=list)
 

@@ -28,13 +28,16 @@ from .errors import (
     ProtocolError,
     RejectedError,
     SessionClosedError,
+    StreamLimitError,
     StreamResetError,
+    TlsError,
 )
 from .ingress import Ingress
 from .net import Address
 from .server import Refused, Server, ServerBuilder, ServerConfig
 from .session import Role, Session, SessionConfig
 from .stream import Stream, StreamAttribute
+from .tls import TlsInfo
 
 __version__ = "0.1.0"
 
@@ -62,7 +65,10 @@ __all__ = [
     "SessionConfig",
     "Stream",
     "StreamAttribute",
+    "StreamLimitError",
     "StreamResetError",
+    "TlsError",
+    "TlsInfo",
     "Tunnel",
     "TunnelKind",
     "TunnelRequest",

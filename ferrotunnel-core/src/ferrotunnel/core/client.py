@@ -18,12 +18,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self, cast
+from typing import TYPE_CHECKING, Self, cast
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import ByteStream, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ferrotunnel.protocol import (
+    ALPN_PROTOCOL,
     SUPPORTED_VERSIONS,
     ErrorCode,
     GrantedTunnel,
@@ -36,14 +38,17 @@ from ferrotunnel.protocol import (
 )
 
 from .backoff import Backoff
-from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError
+from .errors import ConfigError, HandshakeError, RejectedError, SessionClosedError, TlsError
 from .links import ProtocolLink, StreamLink
 from .net import Address, running_asyncio_loop
-from .plugin.manager import PluginHost
-from .plugin.types import StreamObserver
 from .relay import OriginPool, SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
+from .tls import tls_info
+
+if TYPE_CHECKING:
+    from .plugin.manager import PluginHost
+    from .plugin.types import StreamObserver, StreamTap
 
 __all__ = ["Client", "ClientBuilder", "ClientConfig", "ClientStatus", "Tunnel"]
 
@@ -96,6 +101,11 @@ class ClientConfig:
     reconnect: bool = True
     backoff: Backoff = field(default_factory=Backoff)
     drain_timeout: float = 3.0
+    #: TLS to the server (None: plain TCP). ``ferrotunnel.plugins.tls`` builds one that
+    #: verifies the server (system roots or a given CA) and offers ALPN ``ferrotunnel/1``.
+    ssl_context: ssl.SSLContext | None = None
+    #: the name the server's certificate must match (default: the host of ``server_addr``)
+    server_hostname: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tunnels:
@@ -120,8 +130,12 @@ class Client:
     protocol="tcp") as client: print(client.tunnels)``; or ``await client.start()`` and later
     ``await client.shutdown()`` from the same task.
 
-    ``plugins`` receive the client's hooks (``startup``, ``shutdown``, ``handshake_done``);
-    ``stream_observers`` see each stream the server opens, before it is relayed.
+    ``plugins`` (a :class:`~ferrotunnel.core.plugin.PluginHost`) get ``ferrotunnel_startup`` /
+    ``ferrotunnel_shutdown`` with this client, ``ferrotunnel_handshake_done`` for each
+    connection attempt, and ``ferrotunnel_tunnel_registered`` / ``ferrotunnel_tunnel_closed``
+    as its session comes and goes. ``stream_observers`` (usually what the plugins'
+    ``ferrotunnel_stream_observers`` return), and those given to :meth:`observe` later, are
+    shown each stream the server opens (see :class:`~ferrotunnel.core.plugin.StreamObserver`).
     """
 
     def __init__(
@@ -151,7 +165,29 @@ class Client:
         #: idle origin connections of HTTP tunnels (asyncio), reused across visitors
         self.origin_pool = OriginPool()
         self.plugins = plugins
-        self._observers = [o.on_stream for o in stream_observers]
+        #: what plugins serve for this client, name -> URL (e.g. ``"dashboard"``)
+        self.endpoints: dict[str, str] = {}
+        self._observers = list(stream_observers)
+
+    def observe(self, observer: StreamObserver) -> None:
+        """Show ``observer`` every stream the server opens from now on (see
+        :class:`~ferrotunnel.core.plugin.StreamObserver`)."""
+        self._observers.append(observer)
+
+    def _open_tap(self, stream: Stream) -> StreamTap | None:
+        """Show ``stream`` to the observers; the taps they return, as one (or None)."""
+        taps: list[StreamTap] = []
+        for observer in self._observers:
+            try:
+                tap = observer.on_stream(stream)
+            except Exception:
+                log.exception("stream observer %r failed", observer)
+                continue
+            if tap is not None:
+                taps.append(tap)
+        if len(taps) > 1:
+            return _Taps(taps)
+        return taps[0] if taps else None
 
     @staticmethod
     def builder() -> ClientBuilder:
@@ -180,11 +216,12 @@ class Client:
         await tg.__aenter__()
         self._tg = tg
         try:
-            await tg.start(self._run)
             if self.plugins is not None:
                 await self.plugins.startup(self)
+            await tg.start(self._run)
         except BaseException:
             await self._close_task_group()
+            await self._shutdown_plugins()
             raise
         return self.tunnels
 
@@ -194,16 +231,25 @@ class Client:
             return
         self._stopping = True
         with anyio.CancelScope(shield=True):
-            if self.plugins is not None:
-                try:
-                    await self.plugins.shutdown(self)
-                except Exception:
-                    log.exception("a plugin failed in ferrotunnel_shutdown")
             if self.session is not None and not self.session.closed:
                 await self.session.drain(self.config.drain_timeout)
         self.origin_pool.close()
         await self._close_task_group()
         self.status = ClientStatus.CLOSED
+        await self._shutdown_plugins()
+
+    async def _shutdown_plugins(self) -> None:
+        if self.plugins is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.plugins.shutdown(self)
+                except Exception:
+                    log.exception("a plugin failed in ferrotunnel_shutdown")
+
+    def _notify(self, hook_name: str, session: Session) -> None:
+        if self.plugins is not None:
+            for tunnel in self.tunnels:
+                self.plugins.notify(hook_name, session=session, tunnel=tunnel)
 
     async def _close_task_group(self) -> None:
         tg, self._tg = self._tg, None
@@ -241,6 +287,10 @@ class Client:
         while True:
             try:
                 session, welcome = await self._connect()
+            except TlsError as exc:
+                log.error("%s", exc)
+                self.status = ClientStatus.CLOSED
+                raise
             except RejectedError as exc:
                 if exc.code.is_final or not self.config.reconnect:
                     log.error("%s", exc)
@@ -248,6 +298,11 @@ class Client:
                     raise
                 error: BaseException = exc
             except (OSError, HandshakeError, ProtocolError, TimeoutError) as exc:
+                if not started and str(exc) == _CERTIFICATE_REFUSED:
+                    # on the very first attempt this is a configuration error, not an outage
+                    log.error("%s", exc)
+                    self.status = ClientStatus.CLOSED
+                    raise TlsError(str(exc)) from exc
                 if not self.config.reconnect:
                     self.status = ClientStatus.CLOSED
                     raise HandshakeError(
@@ -263,13 +318,20 @@ class Client:
                 self._connected = anyio.Event()
                 for tunnel in welcome.tunnels:
                     log.info("tunnel %r is public at %s", tunnel.name, tunnel.public_url)
+                self._notify("ferrotunnel_tunnel_registered", session)
                 if not started:
                     started = True
                     task_status.started()
-                await session.run()
+                try:
+                    await session.run()
+                finally:
+                    if self._stopping or not self.config.reconnect:
+                        self.status = ClientStatus.CLOSED
+                    else:
+                        self.status = ClientStatus.RECONNECTING
+                    self._notify("ferrotunnel_tunnel_closed", session)
                 if self._stopping:
                     return
-                self.status = ClientStatus.RECONNECTING
                 self.reconnects += 1
                 log.warning(
                     "lost the connection to %s (%s); reconnecting",
@@ -321,7 +383,16 @@ class Client:
         except SessionClosedError as exc:
             if session is not None:
                 self._handshake_done(session, hello, "closed", started)
-            raise HandshakeError(str(session.close_reason if session else exc)) from exc
+            reason = session.close_reason if session else None
+            tls_failure = _ssl_error_in(reason)
+            if tls_failure is not None:
+                # TLS 1.3: a refused client certificate is only reported after the handshake
+                raise _tls_error(tls_failure, None) from exc
+            if session is not None and session.tls is not None and session.bytes_in == 0:
+                # closed right after the TLS handshake, before a single frame: what a server
+                # that checks client certificates does (its alert is usually lost)
+                raise HandshakeError(_CERTIFICATE_REFUSED) from exc
+            raise HandshakeError(str(reason or exc)) from exc
         except BaseException:
             if session is not None:
                 session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
@@ -346,18 +417,52 @@ class Client:
             )
 
     async def _open_connection(self) -> Session:
-        address = self.config.server_addr
-        loop = running_asyncio_loop()
-        if loop is not None:
-            _, link = await loop.create_connection(
-                lambda: ProtocolLink(Role.CLIENT, self.config.session), address.host, address.port
+        cfg = self.config
+        address = cfg.server_addr
+        context = cfg.ssl_context
+        hostname = (cfg.server_hostname or address.host) if context is not None else None
+        try:
+            loop = running_asyncio_loop()
+            if loop is not None:
+                _, link = await loop.create_connection(
+                    lambda: ProtocolLink(Role.CLIENT, cfg.session),
+                    address.host,
+                    address.port,
+                    ssl=context,
+                    server_hostname=hostname,
+                )
+                session = link.session
+            else:
+                stream: ByteStream = await anyio.connect_tcp(address.host, address.port)
+                if context is not None:
+                    try:
+                        stream = await TLSStream.wrap(
+                            stream,
+                            hostname=hostname,
+                            ssl_context=context,
+                            standard_compatible=False,
+                        )
+                    except BaseException:
+                        await anyio.aclose_forcefully(stream)
+                        raise
+                stream_link = StreamLink(stream, cfg.session)
+                tls = tls_info(stream.extra(TLSAttribute.ssl_object, None))
+                session = Session(stream_link, Role.CLIENT, cfg.session, peer=None, tls=tls)
+                assert self._tg is not None
+                self._tg.start_soon(stream_link.run, session)
+        except ssl.SSLError as exc:
+            raise _tls_error(exc, hostname) from exc
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            raise HandshakeError(
+                "the server closed the connection during the TLS handshake"
+            ) from exc
+        alpn = session.tls.alpn if session.tls is not None else None
+        if alpn is not None and alpn != ALPN_PROTOCOL:
+            session.abort()
+            raise TlsError(
+                f"{address} does not speak the ferrotunnel protocol over TLS "
+                f"(ALPN {alpn!r}, expected {ALPN_PROTOCOL!r})"
             )
-            return link.session
-        sock = await anyio.connect_tcp(address.host, address.port)
-        stream_link = StreamLink(sock, self.config.session)
-        session = Session(stream_link, Role.CLIENT, self.config.session, peer=None)
-        assert self._tg is not None
-        self._tg.start_soon(stream_link.run, session)
         return session
 
     # ------------------------------------------------------------------ streams
@@ -368,24 +473,24 @@ class Client:
             log.warning("server opened a stream for unknown tunnel %r", stream.tunnel)
             stream.reset(ErrorCode.REFUSED_STREAM)
             return
-        for observe in self._observers:
-            try:
-                observe(stream)
-            except Exception:
-                log.exception("stream observer %r failed", observe)
+        tap = self._open_tap(stream) if self._observers else None
         assert self._tg is not None
         if tunnel.handler is not None:
-            self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream)
+            self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream, tap)
             return
         assert tunnel.local_addr is not None
         loop = running_asyncio_loop()
         if loop is not None:
-            self._splice_local(loop, stream, tunnel)
+            self._splice_local(loop, stream, tunnel, tap)
         else:
-            self._tg.start_soon(self._pump_local, stream, tunnel)
+            self._tg.start_soon(self._pump_local, stream, tunnel, tap)
 
     def _splice_local(
-        self, loop: asyncio.AbstractEventLoop, stream: Stream, tunnel: Tunnel
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stream: Stream,
+        tunnel: Tunnel,
+        tap: StreamTap | None,
     ) -> None:
         """asyncio: connect to the local service (or reuse an idle connection to it, for HTTP);
         from then on bytes move in callbacks."""
@@ -395,11 +500,11 @@ class Client:
         if pool is not None:
             idle = pool.take(tunnel.name)
             if idle is not None:
-                idle.adopt(stream)
+                idle.adopt(stream, tap)
                 return
         task = loop.create_task(
             loop.create_connection(
-                lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name),
+                lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name, tap),
                 addr.host,
                 addr.port,
                 ssl=tunnel.local_tls,
@@ -411,11 +516,14 @@ class Client:
         def connected(task: asyncio.Task[object]) -> None:
             self._connecting.discard(task)
             if task.cancelled() or task.exception() is not None:
-                _local_connect_failed(stream, addr, None if task.cancelled() else task.exception())
+                exc = None if task.cancelled() else task.exception()
+                _local_connect_failed(stream, addr, exc)
+                if tap is not None:
+                    tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
 
         task.add_done_callback(connected)
 
-    async def _pump_local(self, stream: Stream, tunnel: Tunnel) -> None:
+    async def _pump_local(self, stream: Stream, tunnel: Tunnel, tap: StreamTap | None) -> None:
         addr = tunnel.local_addr
         assert addr is not None
         try:
@@ -432,22 +540,84 @@ class Client:
                 )
         except OSError as exc:
             _local_connect_failed(stream, addr, exc)
+            if tap is not None:
+                tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
             return
-        await pump(stream, sock)
+        await pump(stream, sock, tap)
 
-    async def _serve_with_handler(self, handler: StreamHandler, stream: Stream) -> None:
+    async def _serve_with_handler(
+        self, handler: StreamHandler, stream: Stream, tap: StreamTap | None
+    ) -> None:
+        error: str | None = None
         try:
             await handler(stream)
-        except Exception:
+        except Exception as exc:
             log.exception("stream handler for tunnel %r failed", stream.tunnel)
             stream.reset(ErrorCode.INTERNAL_ERROR)
+            error = f"the stream handler failed: {_describe(exc)}"
         finally:
             stream.close()
+            if tap is not None:
+                tap.closed(error)
+
+
+class _Taps:
+    """Several observers' taps on one stream."""
+
+    def __init__(self, taps: list[StreamTap]) -> None:
+        self.taps = taps
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        for tap in self.taps:
+            tap.to_origin(data)
+
+    def to_visitor(self, data: bytes) -> None:
+        for tap in self.taps:
+            tap.to_visitor(data)
+
+    def closed(self, error: str | None) -> None:
+        for tap in self.taps:
+            tap.closed(error)
 
 
 def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | None) -> None:
     log.warning("tunnel %r: cannot connect to %s: %s", stream.tunnel, addr, _describe(exc))
     stream.reset(ErrorCode.CONNECT_ERROR)
+
+
+_CERTIFICATE_REFUSED = (
+    "TLS: the server closed the connection right after the handshake: it requires a client "
+    "certificate (--tls-cert, --tls-key) issued by its CA, or does not accept this client's"
+)
+
+
+def _ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error behind a closed connection, if that is what closed it."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+def _tls_error(exc: ssl.SSLError, hostname: str | None) -> HandshakeError:
+    """A clear error for a failed TLS handshake: :class:`TlsError` (fatal) unless the
+    connection merely closed under it (a restarting server), which is worth a retry."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return HandshakeError(f"TLS handshake interrupted: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TlsError(
+            f"TLS: cannot verify the server's certificate for {hostname}: "
+            f"{exc.verify_message.rstrip('.')}. Trust the CA that issued it (--tls-ca)."
+        )
+    reason = (exc.reason or str(exc)).upper()
+    if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:
+        return TlsError("TLS: the server and this client have no TLS version in common")
+    if "CERTIFICATE_REQUIRED" in reason:
+        return TlsError("TLS: the server requires a client certificate (--tls-cert, --tls-key)")
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+        return TlsError("TLS: the server does not accept this client's certificate")
+    return TlsError(f"TLS handshake failed: {reason.lower().replace('_', ' ')}")
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -546,6 +716,11 @@ class ClientBuilder:
 
     def session_config(self, config: SessionConfig) -> ClientBuilder:
         return self._set("session", config)
+
+    def tls(self, context: ssl.SSLContext, server_hostname: str | None = None) -> ClientBuilder:
+        """TLS to the server, e.g. ``ferrotunnel.plugins.tls.client_context(ca="ca.pem")``."""
+        self._set("server_hostname", server_hostname)
+        return self._set("ssl_context", context)
 
     def build(self) -> Client:
         return Client(_client_config(self._settings))

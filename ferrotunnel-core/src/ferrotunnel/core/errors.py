@@ -13,7 +13,9 @@ __all__ = [
     "ProtocolError",
     "RejectedError",
     "SessionClosedError",
+    "StreamLimitError",
     "StreamResetError",
+    "TlsError",
 ]
 
 
@@ -27,6 +29,11 @@ class ConfigError(FerroTunnelError, ValueError):
 
 class HandshakeError(FerroTunnelError):
     """The session could not be set up (timeout, closed connection, unexpected frame)."""
+
+
+class TlsError(HandshakeError):
+    """The TLS handshake failed in a way retrying cannot fix: an unverifiable certificate,
+    no common protocol version, a client certificate the server refuses."""
 
 
 class RejectedError(HandshakeError):
@@ -43,6 +50,10 @@ class RejectedError(HandshakeError):
 
 class SessionClosedError(FerroTunnelError, anyio.BrokenResourceError):
     """The session carrying this stream is gone."""
+
+
+class StreamLimitError(FerroTunnelError):
+    """The session already has ``max_streams`` streams open; try again when one closes."""
 
 
 class StreamResetError(FerroTunnelError, anyio.BrokenResourceError):

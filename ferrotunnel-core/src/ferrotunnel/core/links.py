@@ -3,6 +3,8 @@
 :class:`ProtocolLink` is an ``asyncio.Protocol``: the event loop calls it with each read
 (up to 256 KiB) and the session writes frames straight into the transport's buffer. This is
 what runs under the CLI, on asyncio or uvloop, TLS included (a native ``ssl=`` transport).
+On the server, :class:`TlsAcceptor` stands in front of it while the TLS handshake runs in its
+own task under a deadline, so a silent or slow handshake never holds up another accept.
 
 :class:`StreamLink` drives the same session over any :class:`anyio.abc.ByteStream` — a trio
 socket, an anyio TLS stream, an in-memory pipe — with one reader and one writer task. The
@@ -12,7 +14,9 @@ writer coalesces every frame written since its last send into a single ``send``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -20,8 +24,11 @@ import anyio
 from anyio.abc import ByteStream
 
 from .session import Role, Session, SessionConfig
+from .tls import tls_info
 
-__all__ = ["ProtocolLink", "StreamLink", "set_nodelay"]
+__all__ = ["ProtocolLink", "StreamLink", "TlsAcceptor", "set_nodelay"]
+
+log = logging.getLogger("ferrotunnel.core.server")
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
@@ -55,7 +62,8 @@ class ProtocolLink(asyncio.Protocol):
         self.write = transport.write  # type: ignore[method-assign]
         self.writelines = transport.writelines  # type: ignore[method-assign,assignment]
         peer = transport.get_extra_info("peername")
-        self.session = Session(self, self._role, self._config, peer=_host_port(peer))
+        tls = tls_info(transport.get_extra_info("ssl_object"))
+        self.session = Session(self, self._role, self._config, peer=_host_port(peer), tls=tls)
         if self._on_session is not None:
             self._on_session(self.session)
 
@@ -88,6 +96,103 @@ class ProtocolLink(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+class TlsAcceptor(asyncio.Protocol):
+    """Server side: runs the TLS handshake of an accepted connection, then hands the
+    encrypted transport to ``link``.
+
+    The handshake is a task of its own with ``timeout`` (the loop's ``start_tls``, so the data
+    phase gets the loop's native TLS transport), not part of the accept loop. The loop may have
+    read the start of the ClientHello before ``start_tls`` takes the connection over (uvloop
+    starts reading right after ``connection_made``): those bytes are handed to the TLS
+    protocol once it is in place, before anything else is read. Until ``link`` takes over,
+    this object is also the TLS transport's protocol: whatever arrives right behind the
+    handshake (a client's HELLO often shares a packet with its Finished) is kept and
+    replayed to ``link``. ``on_done(error)`` is called once: with None when ``link`` took
+    over, or with the exception that ended the handshake (the connection is then closed).
+    """
+
+    def __init__(
+        self,
+        link: ProtocolLink,
+        context: ssl.SSLContext,
+        timeout: float,
+        on_done: Callable[[BaseException | None], None],
+    ) -> None:
+        self._link = link
+        self._context = context
+        self._timeout = timeout
+        self._on_done = on_done
+        self._early: list[bytes] = []  # before start_tls: raw bytes; after: plaintext
+        self._lost = False
+        self.peer: tuple[str, int] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.peer = _host_port(transport.get_extra_info("peername"))
+        self.task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.create_task(
+            loop.start_tls(
+                transport,
+                self,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._timeout,
+            )
+        )
+        try:
+            # start_tls's first step swaps the transport's protocol and queues the TLS
+            # protocol's connection_made; the bytes read before that go in right after it
+            await asyncio.sleep(0)
+            raw, self._early = self._early, []
+            if raw:
+                loop.call_soon(_feed, transport.get_protocol(), b"".join(raw))
+            encrypted = await start
+        except BaseException as exc:
+            start.cancel()
+            transport.abort()
+            self._on_done(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if encrypted is None or self._lost:
+            self._on_done(ConnectionResetError("connection closed right after the TLS handshake"))
+            return
+        self._on_done(None)
+        encrypted.set_protocol(self._link)
+        self._link.connection_made(encrypted)
+        for data in self._early:
+            self._link.data_received(data)
+        self._early.clear()
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Deliver ``data`` to ``protocol`` as if the loop had just read it."""
+    if hasattr(protocol, "buffer_updated"):  # asyncio's and uvloop's TLS protocols
+        view = memoryview(data)
+        while view:
+            buffered = cast(asyncio.BufferedProtocol, protocol)
+            buffer = memoryview(buffered.get_buffer(len(view)))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            buffered.buffer_updated(n)
+            view = view[n:]
+    else:
+        cast(asyncio.Protocol, protocol).data_received(data)
 
 
 class StreamLink:

@@ -4,6 +4,10 @@ On asyncio, :class:`SpliceProtocol` is the socket's protocol and is attached to 
 its sink: both directions run in event-loop callbacks with no task per connection (see the
 theory of operation in ``stream.py``). Everywhere else, :func:`pump` copies both ways with
 two tasks over the anyio byte-stream API. Both pass half-close (EOF) and resets through.
+
+Either can be given a :class:`~ferrotunnel.core.plugin.StreamTap` that sees each chunk as it
+is forwarded (the dashboard's capture). Without one, the splice path has no extra call per
+chunk: ``write`` is the transport's own, and ``data_received`` tests one attribute.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 from anyio.abc import ByteStream
@@ -22,6 +26,9 @@ from ferrotunnel.protocol import ErrorCode
 
 from .links import set_nodelay
 from .stream import Stream
+
+if TYPE_CHECKING:
+    from .plugin.types import StreamTap
 
 __all__ = ["OriginPool", "SpliceProtocol", "pump"]
 
@@ -41,6 +48,7 @@ class SpliceProtocol(asyncio.Protocol):
         "_pool_key",
         "idle_since",
         "stream",
+        "tap",
         "transport",
         "write",
     )
@@ -50,6 +58,7 @@ class SpliceProtocol(asyncio.Protocol):
         make_stream: Callable[[tuple[str, int] | None], Stream | None],
         pool: OriginPool | None = None,
         pool_key: str = "",
+        tap: StreamTap | None = None,
     ) -> None:
         self._make_stream = make_stream
         self._pool = pool  # where to park the connection when its stream is released
@@ -59,6 +68,8 @@ class SpliceProtocol(asyncio.Protocol):
         self._eof_in = False
         self._closing = False
         self.stream: Stream | None = None
+        #: sees the bytes of the current stream (None: nobody watches)
+        self.tap = tap
         self.transport: asyncio.Transport | None = None
         #: the Sink's write: the transport's own ``write`` once connected
         self.write: Callable[[bytes | memoryview], None] = _not_connected
@@ -78,7 +89,7 @@ class SpliceProtocol(asyncio.Protocol):
             transport.abort()
             return
         self.stream = stream
-        self.write = transport.write
+        self.write = transport.write if self.tap is None else self._tapped_write
         stream.attach(self)
 
     # ---- socket → stream
@@ -86,6 +97,8 @@ class SpliceProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stream = self.stream
         if stream is not None:
+            if self.tap is not None:
+                self.tap.to_visitor(data)
             stream.feed(data)
         elif self._pool is not None:
             self._leave_pool()  # an idle origin connection must not talk: drop it
@@ -104,6 +117,7 @@ class SpliceProtocol(asyncio.Protocol):
         self._closing = True
         if self._pool is not None:
             self._pool.discard(self)
+        self._untap(None if exc is None else str(exc) or type(exc).__name__)
         stream = self.stream
         if stream is not None and not stream.done:
             stream.reset(ErrorCode.CANCEL if exc is None else ErrorCode.CONNECT_ERROR)
@@ -118,6 +132,17 @@ class SpliceProtocol(asyncio.Protocol):
             self.stream.sink_resumed()
 
     # ---- the Sink interface: stream → socket (and ``write``, set in connection_made)
+
+    def _tapped_write(self, data: bytes | memoryview) -> None:
+        if self.tap is not None:
+            self.tap.to_origin(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _untap(self, error: str | None) -> None:
+        tap, self.tap = self.tap, None
+        if tap is not None:
+            tap.closed(error)
 
     def write_eof(self) -> None:
         transport = self.transport
@@ -143,10 +168,13 @@ class SpliceProtocol(asyncio.Protocol):
         transport = self.transport
         stream = self.stream
         if stream is not None and stream.reset_code == ErrorCode.NO_ERROR:
+            self._untap(None)
             self.stream = None
             if self._pool is None or self._eof_in or not self._pool.put(self._pool_key, self):
                 self._close_now()
             return
+        code = stream.reset_code if stream is not None else None
+        self._untap(f"stream reset ({_code_name(code)})")
         if transport is not None and not self._closing:
             self._closing = True
             sock = transport.get_extra_info("socket")
@@ -155,9 +183,12 @@ class SpliceProtocol(asyncio.Protocol):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             transport.abort()
 
-    def adopt(self, stream: Stream) -> None:
+    def adopt(self, stream: Stream, tap: StreamTap | None = None) -> None:
         """Serve ``stream`` on this pooled connection."""
         self.stream = stream
+        self.tap = tap
+        if self.transport is not None:
+            self.write = self.transport.write if tap is None else self._tapped_write
         if self._paused and self.transport is not None:
             self.transport.resume_reading()
         self._paused = 0
@@ -178,6 +209,8 @@ class SpliceProtocol(asyncio.Protocol):
         stream = self.stream
         transport = self.transport
         done = stream is not None and stream.done and self._eof_in
+        if done:
+            self._untap(None)
         if done and transport is not None and not self._closing:
             self._closing = True
             transport.close()
@@ -236,6 +269,10 @@ class OriginPool:
         self._idle.clear()
 
 
+def _code_name(code: ErrorCode | int | None) -> str:
+    return code.name if isinstance(code, ErrorCode) else str(code)
+
+
 def _not_connected(data: bytes | memoryview) -> None:
     raise ConnectionError("not connected")
 
@@ -244,19 +281,28 @@ def _no_stream(address: tuple[str, int] | None) -> Stream | None:
     return None
 
 
-async def pump(stream: Stream, sock: ByteStream) -> None:
+async def pump(stream: Stream, sock: ByteStream, tap: StreamTap | None = None) -> None:
     """Copy both ways between ``stream`` and ``sock`` until both directions end."""
+    error: str | None = None
     async with sock, anyio.create_task_group() as tg:
 
-        async def copy(source: ByteStream, sink: ByteStream) -> None:
+        async def copy(
+            source: ByteStream, sink: ByteStream, seen: Callable[[bytes], None] | None
+        ) -> None:
+            nonlocal error
             try:
                 async for chunk in source:
+                    if seen is not None:
+                        seen(chunk)
                     await sink.send(chunk)
                 await sink.send_eof()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                error = error or str(exc) or type(exc).__name__
                 stream.reset(ErrorCode.CONNECT_ERROR)
                 tg.cancel_scope.cancel()
 
-        tg.start_soon(copy, stream, sock)
-        tg.start_soon(copy, sock, stream)
+        tg.start_soon(copy, stream, sock, tap.to_origin if tap is not None else None)
+        tg.start_soon(copy, sock, stream, tap.to_visitor if tap is not None else None)
     stream.close()
+    if tap is not None:
+        tap.closed(error)

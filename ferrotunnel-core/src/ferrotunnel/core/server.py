@@ -1,8 +1,11 @@
 """The tunnel server: control listener, handshakes, tunnel registry, TCP ingress.
 
-Each control connection is a :class:`Session`. Its handshake runs in its own task under a
-deadline, so a silent or slow client never delays anyone else's accept. A HELLO is checked
-(token in constant time, protocol version), then its tunnels are *claimed*: a claim names a
+Each control connection is a :class:`Session`. Its handshake — TLS first, if configured, then
+HELLO — runs in its own task under a deadline, so a silent or slow client never delays anyone
+else's accept; connections still in their handshake are capped (``max_unauthenticated``) and
+the excess is closed at accept, before a byte is read. A HELLO is checked (protocol version,
+credentials — the token in constant time; an address with too many recent failures is refused
+without a look at them), then its tunnels are *claimed*: a claim names a
 public resource (a TCP port) and is owned by an *owner* — the authenticated identity plus the
 client id the client sends. A claim held by a different owner is refused; one held by the
 same owner is taken over at once and its stale session closed, so a client that crashed or
@@ -12,18 +15,22 @@ session ends its claims are released and its dynamically bound ports closed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import math
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import ByteStream, SocketStream, TaskGroup
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from ferrotunnel.protocol import (
     SUPPORTED_VERSIONS,
@@ -36,15 +43,17 @@ from ferrotunnel.protocol import (
     Welcome,
 )
 
-from .errors import ConfigError, SessionClosedError
+from .errors import ConfigError, SessionClosedError, StreamLimitError
 from .ingress import Ingress
-from .links import ProtocolLink, StreamLink
+from .links import ProtocolLink, StreamLink, TlsAcceptor
 from .net import Address, Listener, listen
 from .plugin.manager import PluginHost
-from .plugin.types import Authenticator, Identity, TcpConnection, TcpMiddleware
+from .plugin.types import Authenticator, Identity, Peer, TcpConnection, TcpMiddleware
 from .relay import SpliceProtocol, pump
 from .session import Role, Session, SessionConfig
 from .stream import Stream
+from .throttle import FailureThrottle
+from .tls import tls_info
 
 __all__ = ["Refused", "Server", "ServerBuilder", "ServerConfig"]
 
@@ -70,13 +79,27 @@ class ServerConfig:
     #: host name shown in public URLs (default: the ingress bind address, or this host's name)
     public_host: str | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
+    #: TLS for the control plane (None: plain TCP). ``ferrotunnel.plugins.tls`` builds one
+    #: (TLS 1.3 only, ALPN ``ferrotunnel/1``, optional client certificates).
+    ssl_context: ssl.SSLContext | None = None
     max_sessions: int = 1000
+    #: connections still in their handshake (TLS and HELLO) at once; more are closed at accept
+    max_unauthenticated: int = 256
+    #: most tunnels one client session may register
+    max_tunnels: int = 64
+    #: an address with this many failed authentications within ``auth_failure_window``
+    #: seconds is refused (``rate_limited``) until the window has passed
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 60.0
     #: on shutdown, how long open streams may take to finish
     drain_timeout: float = 3.0
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token:
             raise ConfigError("token must not be empty")
+        for name in ("max_sessions", "max_unauthenticated", "max_tunnels", "auth_failure_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
         if self.tcp_port_range is not None:
             low, high = self.tcp_port_range
             if not 1 <= low <= high <= 65535:
@@ -116,8 +139,13 @@ class Server:
             config = _server_config(settings)
         elif settings:
             raise TypeError("pass either a ServerConfig or keyword settings, not both")
-        if config.token is None and not authenticators:
-            raise ConfigError("token is required (or pass authenticators)")
+        client_certs = (
+            config.ssl_context is not None and config.ssl_context.verify_mode is ssl.CERT_REQUIRED
+        )
+        if config.token is None and not authenticators and not client_certs:
+            raise ConfigError(
+                "token is required (or pass authenticators, or require client certificates)"
+            )
         self.config = config
         self._authenticators = tuple(authenticators)
         self._tcp_middlewares = tuple(tcp_middlewares)
@@ -133,7 +161,11 @@ class Server:
         self._ingress_claims: dict[Hashable, tuple[_Owner, Session]] = {}
         self._remembered_ports: dict[tuple[_Owner, str], int] = {}
         self._sessions: dict[Session, _Owner] = {}
-        self._pending_handshakes = 0
+        #: accepted connections whose handshake has not ended (TLS included)
+        self._unauthenticated = 0
+        self._tls_handshakes: set[TlsAcceptor] = set()
+        self._last_busy_warning = -math.inf
+        self._auth_failures = FailureThrottle(config.auth_failure_limit, config.auth_failure_window)
         # claiming awaits (binding a port): concurrent handshakes must claim one at a time
         self._claim_lock = anyio.Lock()
         self._stopping = False
@@ -164,9 +196,7 @@ class Server:
             self._control = await listen(
                 self.config.bind,
                 tg,
-                protocol_factory=lambda: ProtocolLink(
-                    Role.SERVER, self.config.session, self._on_fast_session
-                ),
+                protocol_factory=self._accept,
                 handler=self._handle_portable_connection,
             )
             if self.config.tcp_bind is not None:
@@ -195,6 +225,9 @@ class Server:
                     log.exception("a plugin failed in ferrotunnel_shutdown")
             if self._control is not None:
                 await self._control.aclose()
+            for handshake in list(self._tls_handshakes):
+                if handshake.task is not None:
+                    handshake.task.cancel()
             for ingress in {id(i): i for i in self._all_ingress()}.values():
                 await ingress.listener.aclose()
             for extension in self._ingresses.values():
@@ -247,38 +280,76 @@ class Server:
 
     # ------------------------------------------------------------------ sessions
 
+    def _accept(self) -> asyncio.Protocol:
+        """asyncio: the protocol for a connection just accepted (nothing read yet)."""
+        if not self._admit_connection():
+            return _Refuse()
+        link = ProtocolLink(Role.SERVER, self.config.session, self._on_fast_session)
+        context = self.config.ssl_context
+        if context is None:
+            return link
+
+        def done(error: BaseException | None) -> None:
+            self._tls_handshakes.discard(acceptor)
+            if error is not None:
+                self._unauthenticated -= 1
+                _log_tls_failure(acceptor.peer, error)
+
+        acceptor = TlsAcceptor(link, context, self.config.session.handshake_timeout, done)
+        self._tls_handshakes.add(acceptor)
+        return acceptor
+
+    def _admit_connection(self) -> bool:
+        """Count a new connection as unauthenticated, unless too many already are."""
+        if self._unauthenticated >= self.config.max_unauthenticated:
+            now = time.monotonic()
+            if now - self._last_busy_warning >= 10:  # a flood must not flood the log too
+                self._last_busy_warning = now
+                log.warning(
+                    "closing new connections: %d are still in their handshake "
+                    "(max_unauthenticated)",
+                    self._unauthenticated,
+                )
+            return False
+        self._unauthenticated += 1
+        return True
+
     def _on_fast_session(self, session: Session) -> None:
         assert self._tg is not None
         self._tg.start_soon(self._serve_session, session)
 
     async def _handle_portable_connection(self, sock: SocketStream) -> None:
-        link = StreamLink(sock, self.config.session)
-        peer = sock.extra(anyio.abc.SocketAttribute.remote_address)
-        session = Session(link, Role.SERVER, self.config.session, peer=_pair(peer))
+        if not self._admit_connection():
+            await sock.aclose()
+            return
+        peer = _pair(sock.extra(anyio.abc.SocketAttribute.remote_address))
+        stream: ByteStream = sock
+        context = self.config.ssl_context
+        if context is not None:
+            try:
+                with anyio.fail_after(self.config.session.handshake_timeout):
+                    stream = await TLSStream.wrap(
+                        sock, server_side=True, ssl_context=context, standard_compatible=False
+                    )
+            except BaseException as exc:
+                self._unauthenticated -= 1
+                _log_tls_failure(peer, exc)
+                await anyio.aclose_forcefully(sock)
+                if isinstance(exc, Exception):
+                    return
+                raise
+        link = StreamLink(stream, self.config.session)
+        tls = tls_info(stream.extra(TLSAttribute.ssl_object, None))
+        session = Session(link, Role.SERVER, self.config.session, peer=peer, tls=tls)
         async with anyio.create_task_group() as tg:
             tg.start_soon(link.run, session)
             await self._serve_session(session)
 
     async def _serve_session(self, session: Session) -> None:
-        if len(self._sessions) + self._pending_handshakes >= self.config.max_sessions:
-            log.warning(
-                "refusing %s: max_sessions (%d) reached", session.peer, self.config.max_sessions
-            )
-            session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
-            self._handshake_done(session, None, RejectCode.SERVER_BUSY.value, time.monotonic())
-            return
-        self._pending_handshakes += 1
-        started = time.monotonic()
         try:
-            hello = await self._receive_hello(session, started)
-            if hello is None:
-                return
-            owner = await self._admit(session, hello, started)
-        except BaseException:
-            session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
-            raise
+            owner = await self._handshake(session)
         finally:
-            self._pending_handshakes -= 1
+            self._unauthenticated -= 1
         if owner is None:
             return
         try:
@@ -295,6 +366,27 @@ class Server:
                 _fmt(session.peer),
                 f": {reason}" if reason else "",
             )
+
+    async def _handshake(self, session: Session) -> _Owner | None:
+        # this connection is one of the unauthenticated ones
+        started = time.monotonic()
+        if len(self._sessions) + self._unauthenticated > self.config.max_sessions:
+            log.warning(
+                "refusing %s: max_sessions (%d) reached",
+                _fmt(session.peer),
+                self.config.max_sessions,
+            )
+            session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
+            self._handshake_done(session, None, RejectCode.SERVER_BUSY.value, started)
+            return None
+        try:
+            hello = await self._receive_hello(session, started)
+            if hello is None:
+                return None
+            return await self._admit(session, hello, started)
+        except BaseException:
+            session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
+            raise
 
     async def _receive_hello(self, session: Session, started: float) -> Hello | None:
         timeout = self.config.session.handshake_timeout
@@ -319,6 +411,7 @@ class Server:
 
     async def _admit(self, session: Session, hello: Hello, started: float) -> _Owner | None:
         """Authenticate, negotiate and claim: WELCOME, or REJECT with the reason."""
+        peer = Peer(*(session.peer or ("", 0)), tls=session.tls)
         try:
             versions = set(hello.versions) & set(SUPPORTED_VERSIONS)
             if not versions:
@@ -327,17 +420,34 @@ class Server:
                     f"no common protocol version: client speaks {list(hello.versions)}, "
                     f"server {list(SUPPORTED_VERSIONS)}",
                 )
+            wait = self._auth_failures.retry_after(peer.host) if peer.host else 0
+            if wait:
+                raise Refused(
+                    RejectCode.RATE_LIMITED,
+                    f"too many failed authentications from {peer.host}; "
+                    f"retry in {math.ceil(wait)} s",
+                )
+            if len(hello.tunnels) > self.config.max_tunnels:
+                raise Refused(
+                    RejectCode.BAD_REQUEST,
+                    f"{len(hello.tunnels)} tunnels requested; this server allows "
+                    f"{self.config.max_tunnels} per client",
+                )
             try:
-                identity = await self._authenticate(hello, session.peer)
+                identity = await self._authenticate(hello, peer)
             except Refused:
                 raise
             except Exception as exc:  # a broken authenticator must not take the server down
                 log.exception("authenticator failed for %s", _fmt(session.peer))
                 raise Refused(RejectCode.SERVER_BUSY, "cannot check credentials now") from exc
+            if peer.host:
+                self._auth_failures.succeeded(peer.host)
             owner = _Owner(identity.name, hello.client_id)
             async with self._claim_lock:
                 granted, stale = await self._claim(session, owner, identity, hello.tunnels)
         except Refused as refusal:
+            if refusal.code is RejectCode.AUTH_FAILED and peer.host:
+                self._auth_failures.failed(peer.host)
             log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id, refusal)
             session.reject(Reject(refusal.code, str(refusal)))
             self._handshake_done(session, hello, refusal.code.value, started)
@@ -364,10 +474,11 @@ class Server:
             hello,
         )
         log.info(
-            "session %s from %s (client %r): %s",
+            "session %s from %s (client %r, identity %r): %s",
             session.session_id,
             _fmt(session.peer),
             hello.client_id,
+            identity.name,
             ", ".join(t.public_url for t in granted) or "no tunnels",
         )
         self._granted[session] = granted
@@ -389,21 +500,20 @@ class Server:
         )
 
     def _notify(self, hook_name: str, **kwargs: object) -> None:
-        """Call an event hook if any plugin listens; a plugin that raises is only logged."""
-        plugins = self.plugins
-        if plugins is None or not plugins.listens(hook_name):
-            return
-        try:
-            getattr(plugins.hook, hook_name)(**kwargs)
-        except Exception:
-            log.exception("a plugin failed in %s", hook_name)
+        if self.plugins is not None:
+            self.plugins.notify(hook_name, **kwargs)
 
-    async def _authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity:
-        """The first authenticator's identity; then the configured token; else refused."""
+    async def _authenticate(self, hello: Hello, peer: Peer) -> Identity:
+        """The first authenticator's identity; then a verified client certificate's; then
+        the configured token; else refused."""
         for authenticator in self._authenticators:
             identity = await authenticator.authenticate(hello, peer)
             if identity is not None:
                 return identity
+        tls = peer.tls
+        if tls is not None and tls.peer_subject is not None:
+            # mutual TLS: the certificate was verified against the configured CA
+            return Identity(tls.peer_common_name or tls.peer_subject)
         if self.config.token is not None:
             expected = self.config.token.encode()
             offered = (hello.token or "").encode()
@@ -604,6 +714,13 @@ class Server:
                 return session.open_stream(ingress.tunnel, TunnelKind.TCP, visitor=visitor)
             except SessionClosedError:
                 return None
+            except StreamLimitError:
+                log.info(
+                    "TCP visitor %s refused: tunnel %r is at max_streams",
+                    _fmt(visitor),
+                    ingress.tunnel,
+                )
+                return None
 
         async def handle(sock: SocketStream) -> None:
             visitor = _pair(sock.extra(anyio.abc.SocketAttribute.remote_address))
@@ -635,6 +752,28 @@ class Server:
 
 async def _nothing() -> None:
     return None
+
+
+class _Refuse(asyncio.Protocol):
+    """Closes a connection accepted over the ``max_unauthenticated`` cap."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
+def _log_tls_failure(peer: tuple[str, int] | None, error: BaseException) -> None:
+    if not isinstance(error, anyio.get_cancelled_exc_class() | asyncio.CancelledError):
+        log.info("TLS handshake from %s failed: %s", _fmt(peer), _tls_reason(error))
+
+
+def _tls_reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return error.reason.lower().replace("_", " ")
+    if isinstance(error, TimeoutError) or "taking longer than" in str(error):
+        return "timed out"
+    if isinstance(error, ConnectionResetError | BrokenPipeError):
+        return "the client closed the connection (does it trust this server's certificate?)"
+    return str(error) or type(error).__name__
 
 
 def _pair(address: object) -> tuple[str, int] | None:
@@ -693,6 +832,10 @@ class ServerBuilder:
 
     def session_config(self, config: SessionConfig) -> ServerBuilder:
         return self._set("session", config)
+
+    def tls(self, context: ssl.SSLContext) -> ServerBuilder:
+        """TLS for the control plane, e.g. ``ferrotunnel.plugins.tls.server_context(...)``."""
+        return self._set("ssl_context", context)
 
     def build(self) -> Server:
         return Server(_server_config(self._settings))

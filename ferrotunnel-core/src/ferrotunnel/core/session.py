@@ -63,8 +63,9 @@ from ferrotunnel.protocol import (
     encode_window_update,
 )
 
-from .errors import SessionClosedError
+from .errors import SessionClosedError, StreamLimitError
 from .stream import Stream
+from .tls import TlsInfo
 
 __all__ = ["Link", "Role", "Session", "SessionConfig"]
 
@@ -92,8 +93,9 @@ class SessionConfig:
     max_frame: int = 256 << 10
     #: largest control payload (HELLO, OPEN metadata...)
     max_control: int = 64 << 10
-    #: how many streams the peer may have open at once; more are refused
-    max_streams: int = 10_000
+    #: how many streams may be open at once (both directions together): further OPENs of
+    #: the peer are refused, and :meth:`Session.open_stream` raises :class:`StreamLimitError`
+    max_streams: int = 1000
     #: send PING after this long without receiving anything
     ping_interval: float = 15.0
     #: declare the peer dead after this long without receiving anything
@@ -140,10 +142,13 @@ class Session:
         config: SessionConfig | None = None,
         *,
         peer: tuple[str, int] | None = None,
+        tls: TlsInfo | None = None,
     ) -> None:
         self.config = config = config or SessionConfig()
         self.role = role
         self.peer = peer
+        #: what the TLS handshake established (None: plain TCP)
+        self.tls = tls
         self.session_id = ""
         self.on_stream: Callable[[Stream], None] | None = None
         self.close_reason: BaseException | None = None
@@ -156,7 +161,9 @@ class Session:
         self._streams: dict[int, Stream] = {}
         self._next_id = 1 if role is Role.CLIENT else 2
         self._last_peer_id = 0  # highest stream id the peer has opened
-        self._recent_resets: dict[int, None] = {}
+        #: streams we reset lately -> how much the peer may still send on them (its window
+        #: then): DATA already in flight is dropped, but only up to that credit
+        self._recent_resets: dict[int, int] = {}
         self._peer_window = 0
         self._peer_max_frame = 16 << 10
         self._handshake: Hello | Welcome | Reject | None = None
@@ -233,6 +240,10 @@ class Session:
             raise SessionClosedError("the session is not open")
         if self.going_away:
             raise SessionClosedError("the session is going away")
+        if len(self._streams) >= self.config.max_streams:
+            raise StreamLimitError(
+                f"{len(self._streams)} streams are open, the most this session allows"
+            )
         stream_id = self._next_id
         if stream_id > (1 << 31) - 1:
             raise SessionClosedError("stream ids exhausted")
@@ -279,8 +290,9 @@ class Session:
     def send_fin(self, stream_id: int) -> None:
         self._write(encode(Fin(stream_id)))
 
-    def send_reset(self, stream_id: int, code: ErrorCode | int) -> None:
-        self._recent_resets[stream_id] = None
+    def send_reset(self, stream_id: int, code: ErrorCode | int, credit: int = 0) -> None:
+        """RESET ``stream_id``; ``credit`` is the window the peer still has on it."""
+        self._recent_resets[stream_id] = credit
         if len(self._recent_resets) > _RECENT_RESETS:
             del self._recent_resets[next(iter(self._recent_resets))]
         self._write(encode(Reset(stream_id, code)))
@@ -305,7 +317,7 @@ class Session:
                     if stream is not None:
                         stream._on_data(event.data, event.rest)  # type: ignore[arg-type]
                     else:
-                        self._check_known(event.stream_id, "DATA", tolerate_reset=True)
+                        self._on_late_data(event)
                 else:
                     self._on_control(event)
                 if self.closed:
@@ -387,6 +399,21 @@ class Session:
             return
         self._streams[stream_id] = stream
         self.on_stream(stream)
+
+    def _on_late_data(self, event: Data) -> None:
+        """DATA for a stream no longer in the table: in flight when we reset it (dropped,
+        within the credit it had), else a violation."""
+        credit = self._recent_resets.get(event.stream_id)
+        if credit is None:
+            self._check_known(event.stream_id, "DATA")
+            return
+        n = len(event.data)
+        if n + event.rest > credit:  # the first piece carries the frame's whole length
+            raise ProtocolError(
+                f"stream {event.stream_id}: peer sent beyond its window after RESET",
+                ErrorCode.FLOW_CONTROL_ERROR,
+            )
+        self._recent_resets[event.stream_id] = credit - n
 
     def _check_known(self, stream_id: int, what: str, *, tolerate_reset: bool = False) -> None:
         """A frame for a stream not in the table: late (fine) or never opened (violation)."""

@@ -268,7 +268,7 @@ class Stream(ByteStream):
         if self._reset_code is not None or self.done:
             return
         self._reset_code = code
-        self._session.send_reset(self.id, code)
+        self._session.send_reset(self.id, code, self._recv_window)
         self._finish()
 
     # ------------------------------------------------------------------ splice API

@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
-from ferrotunnel.core import SessionClosedError, Stream
+from ferrotunnel.core import SessionClosedError, Stream, StreamLimitError
 from ferrotunnel.core.plugin import Reply, RequestContext
 from ferrotunnel.protocol import ErrorCode, TunnelKind
 
@@ -141,9 +141,10 @@ _H2_LINGER = 2.0
 
 
 class IngressConnection(asyncio.Protocol):
-    def __init__(self, ingress: HttpIngress) -> None:
+    def __init__(self, ingress: HttpIngress, scheme: bytes = b"http") -> None:
         self._ingress = ingress
         self._config = ingress.config
+        self._scheme = scheme  # b"https" on the HTTPS listener
         self.transport: asyncio.Transport | None = None
         self._visitor: tuple[str, int] = ("", 0)
         self._phase = _Phase.HEAD
@@ -355,7 +356,19 @@ class IngressConnection(asyncio.Protocol):
         accept = request.get(b"accept")
         close = request.framing is not Framing.NONE or not request.keep_alive
         head_only = request.method == b"HEAD"
-        stream = self._stream_for(route)
+        try:
+            stream = self._stream_for(route)
+        except StreamLimitError:
+            self._reply(
+                503,
+                f"the tunnel for {request.host} is serving as many requests as it may; "
+                "try again shortly",
+                accept=accept,
+                close=close,
+                head_only=head_only,
+            )
+            self._finish_record(503, "tunnel at its stream limit", "ingress")
+            return
         if stream is None:
             self._reply(
                 502,
@@ -374,7 +387,7 @@ class IngressConnection(asyncio.Protocol):
             headers,
             self._visitor[0],
             request.get(b"host"),
-            config.scheme,
+            self._scheme,
             self._visitor[0] in self._ingress.trusted,
         )
         self._request = request
@@ -500,7 +513,10 @@ class IngressConnection(asyncio.Protocol):
     def _h2_open(self, route: Route) -> None:
         """Pass the HTTP/2 connection through to ``route``'s tunnel."""
         self._ctx = self._request = None  # a connection, not one exchange: no record
-        stream = self._stream_for(route)
+        try:
+            stream = self._stream_for(route)
+        except StreamLimitError:
+            stream = None
         if stream is None:
             log.info("HTTP/2 connection for offline host %r closed", route.host)
             self._close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Hashable, Sequence
+import ssl
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +56,16 @@ class HttpIngressConfig:
     response_timeout: float = 60.0
     #: visitors whose X-Forwarded-* / Forwarded headers are believed (CIDRs)
     trusted_proxies: tuple[str, ...] = ()
-    scheme: bytes = b"http"
     #: shown in public URLs (default: the bind address, or ``domain``)
     public_port: int | None = None
+    #: an HTTPS listener beside the HTTP one, serving the same routes (public URLs then
+    #: use https); ``ferrotunnel.plugins.tls.ingress_context`` builds the context
+    https_bind: Address | None = None
+    https_context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        if (self.https_bind is None) != (self.https_context is None):
+            raise ConfigError("the HTTPS ingress needs both https_bind and https_context")
 
 
 class HttpIngress:
@@ -84,28 +92,47 @@ class HttpIngress:
             raise ConfigError(f"trusted proxies: {exc}") from None
         self.routes = RouteTable()
         self.connections: set[IngressConnection] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self.address: Address | None = None
+        self.https_address: Address | None = None
 
     async def start(self, task_group: TaskGroup) -> None:
         loop = running_asyncio_loop()
         if loop is None:
             raise ConfigError("the HTTP ingress needs the asyncio backend (or uvloop)")
-        bind = self.config.bind
-        self._server = await loop.create_server(
-            lambda: IngressConnection(self),
+        config = self.config
+        self.address = await self._listen(loop, config.bind, lambda: IngressConnection(self))
+        if config.https_bind is not None:
+            self.https_address = await self._listen(
+                loop,
+                config.https_bind,
+                lambda: IngressConnection(self, b"https"),
+                config.https_context,
+            )
+
+    async def _listen(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        bind: Address,
+        factory: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext | None = None,
+    ) -> Address:
+        server = await loop.create_server(
+            factory,
             bind.host or None,
             bind.port,
             backlog=4096,
             reuse_address=True,
+            ssl=context,
+            ssl_handshake_timeout=self.config.head_timeout if context else None,
         )
-        port = self._server.sockets[0].getsockname()[1]
-        self.address = Address(bind.host, port)
+        self._servers.append(server)
+        return Address(bind.host, server.sockets[0].getsockname()[1])
 
     async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         for conn in list(self.connections):
             conn._close()
         for task in list(self.tasks):
@@ -121,7 +148,10 @@ class HttpIngress:
                     log.exception("closing middleware %r failed", middleware)
 
     def describe(self) -> list[tuple[str, str]]:
-        return [("HTTP ingress", str(self.address or self.config.bind))]
+        lines = [("HTTP ingress", str(self.address or self.config.bind))]
+        if self.config.https_bind is not None:
+            lines.append(("HTTPS ingress", str(self.https_address or self.config.https_bind)))
+        return lines
 
     # ------------------------------------------------------------------ claims
 
@@ -163,8 +193,11 @@ class HttpIngress:
         self.routes.remove_session(session)
 
     def public_url(self, host: str, prefix: str = "/") -> str:
-        port = self.config.public_port or (self.address.port if self.address else 80)
-        scheme = self.config.scheme.decode()
+        if self.https_address is not None:
+            scheme, port = "https", self.https_address.port
+        else:
+            scheme, port = "http", self.address.port if self.address else 80
+        port = self.config.public_port or port
         default = 443 if scheme == "https" else 80
         authority = host if port == default else f"{host}:{port}"
         return f"{scheme}://{authority}{'' if prefix == '/' else prefix}"

@@ -18,7 +18,12 @@ tunnels)::
     name = "bob"
     sha256 = "<hex of sha256(bob's token)>"
 
-(or inline: ``tokens = [{ name = "carol", token = "..." }]``)
+    [[auth.tokens]]              # mutual TLS: scope a client certificate instead of a token
+    name = "carol-laptop"
+    subject = "CN=carol"         # its verified subject, or just CN=...
+    hosts = ["carol.example.com"]
+
+(or inline: ``tokens = [{ name = "dave", token = "..." }]``)
 
 ``tokens_file`` holds one credential a line, ``#`` starts a comment::
 
@@ -45,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ferrotunnel.core.errors import ConfigError
-from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, hookimpl
+from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, Peer, hookimpl
 
 from ._common import OWNER, parse_sha256, resolve_path, settings_of, sha256
 
@@ -79,6 +84,9 @@ class TokenEntry:
     #: instead of ``token``: the SHA-256 of the token, 64 hex digits
     #: (``printf %s "$TOKEN" | sha256sum``)
     sha256: str | None = None
+    #: instead of a token: a client certificate's subject (mutual TLS), written as the server
+    #: logs it (``CN=carol,O=Example``) or just ``CN=carol``
+    subject: str | None = None
     #: host patterns (``*.example.com``) the client may claim HTTP tunnels for;
     #: unset: any host, ``[]``: none
     hosts: tuple[str, ...] | None = None
@@ -89,8 +97,10 @@ class TokenEntry:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ValueError("name must not be empty")
-        if (self.token is None) == (self.sha256 is None):
-            raise ValueError(f"token {self.name!r} needs exactly one of 'token' and 'sha256'")
+        if [self.token, self.sha256, self.subject].count(None) != 2:
+            raise ValueError(
+                f"token {self.name!r} needs exactly one of 'token', 'sha256' and 'subject'"
+            )
         if self.token is not None and not self.token:
             raise ValueError(f"token {self.name!r} is empty")
         if self.sha256 is not None:
@@ -117,23 +127,33 @@ class Credential:
     """A checked credential: the identity it grants and the SHA-256 of its token."""
 
     identity: Identity
-    digest: bytes = field(repr=False)
+    digest: bytes = field(repr=False)  # b"" for a certificate subject
     source: str  # where it was written, for error messages: "[auth] tokens[1]", "file:3"
     hashed: bool = False
+    subject: str | None = None
 
 
 class TokenAuthenticator:
     """An :class:`~ferrotunnel.core.plugin.Authenticator` over a fixed list of credentials."""
 
-    __slots__ = ("_credentials",)
+    __slots__ = ("_credentials", "_subjects")
 
     def __init__(self, credentials: Sequence[Credential]) -> None:
-        self._credentials = tuple(credentials)
+        self._credentials = tuple(c for c in credentials if c.subject is None)
+        self._subjects = {c.subject: c.identity for c in credentials if c.subject is not None}
 
     def __repr__(self) -> str:
         return f"TokenAuthenticator({len(self._credentials)} credentials)"
 
-    async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity | None:
+    async def authenticate(self, hello: Hello, peer: Peer) -> Identity | None:
+        """A verified client certificate listed by subject first, then the token."""
+        tls = peer.tls
+        if self._subjects and tls is not None and tls.peer_subject is not None:
+            identity = self._subjects.get(tls.peer_subject) or self._subjects.get(
+                f"CN={tls.peer_common_name}"
+            )
+            if identity is not None:
+                return identity
         return self.identify(hello.token)
 
     def identify(self, token: str | None) -> Identity | None:
@@ -179,6 +199,8 @@ def _entry_credential(entry: TokenEntry, source: str) -> Credential:
         _hosts(entry.hosts) if entry.hosts is not None else None,
         _port_ranges(entry.ports) if entry.ports is not None else None,
     )
+    if entry.subject is not None:
+        return Credential(identity, b"", source, subject=entry.subject.strip())
     if entry.sha256 is not None:
         return Credential(identity, parse_sha256(entry.sha256), source, hashed=True)
     assert entry.token is not None
@@ -269,12 +291,14 @@ def load_credentials(config: Config) -> list[Credential]:
     ]
     if settings.tokens_file is not None:
         credentials += parse_tokens_file(resolve_path(config, settings.tokens_file))
-    seen: dict[bytes, Credential] = {}
+    seen: dict[bytes | str, Credential] = {}
     for credential in credentials:
-        first = seen.setdefault(credential.digest, credential)
+        key = credential.subject or credential.digest
+        first = seen.setdefault(key, credential)
         if first is not credential:
+            what = "subject" if credential.subject else "token"
             raise ConfigError(
-                f"{credential.source}: the same token as {first.source} "
+                f"{credential.source}: the same {what} as {first.source} "
                 f"({credential.identity.name!r} and {first.identity.name!r})"
             )
     return credentials

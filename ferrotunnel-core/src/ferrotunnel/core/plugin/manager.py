@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,7 +30,14 @@ import pluggy
 from ..errors import ConfigError
 from . import spec
 from .config import Config, ConfigSchema
-from .types import Authenticator, ExchangeRecord, HttpMiddleware, StreamObserver, TcpMiddleware
+from .types import (
+    Authenticator,
+    ExchangeRecord,
+    HttpMiddleware,
+    StreamObserver,
+    TcpMiddleware,
+    TlsOptions,
+)
 
 __all__ = ["PluginHost", "PluginInfo", "load_plugins"]
 
@@ -100,6 +108,17 @@ class PluginHost:
 
     def register_commands(self, cli: Any) -> None:
         self.hook.ferrotunnel_register_commands(cli=cli)
+
+    def ssl_context(self, options: TlsOptions) -> ssl.SSLContext:
+        """The SSL context a plugin builds for ``options``; a :class:`ConfigError` if none
+        does (TLS was asked for, and silently going without it is not an option)."""
+        context: ssl.SSLContext | None = self.hook.ferrotunnel_ssl_context(options=options)
+        if context is None:
+            raise ConfigError(
+                f"TLS ({options.purpose}) was asked for but no plugin provides it: "
+                "install ferrotunnel-plugins and do not block its 'tls' plugin"
+            )
+        return context
 
     def authenticators(self, config: Config) -> list[Authenticator]:
         return self._collect("ferrotunnel_authenticators", config)

@@ -8,6 +8,7 @@ objects the ``*_middlewares`` and ``authenticators`` hooks return.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from .types import (
     Identity,
     StreamObserver,
     TcpMiddleware,
+    TlsOptions,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +82,27 @@ def ferrotunnel_register_commands(cli: Any) -> None:
             @cli.command()
             def hello():
                 click.echo("hello")
+    """
+
+
+@hookspec(firstresult=True)
+def ferrotunnel_ssl_context(options: TlsOptions) -> ssl.SSLContext | None:
+    """Build the SSL context for ``options.purpose`` (control plane server or client, HTTPS
+    ingress) from the user's TLS settings; the first plugin to return one wins.
+
+    The ``tls`` plugin of ``ferrotunnel-plugins`` implements it (TLS 1.3 only, verification
+    always on, ALPN ``ferrotunnel/1``); a plugin could instead fetch certificates from a vault
+    or an ACME CA.
+
+    Example::
+
+        @hookimpl(tryfirst=True)
+        def ferrotunnel_ssl_context(options):
+            if options.purpose is TlsPurpose.INGRESS:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(*vault.fetch("ingress"))
+                return context
+            return None  # let the tls plugin handle the control plane
     """
 
 
@@ -142,7 +165,8 @@ def ferrotunnel_tcp_middlewares(config: Config) -> Iterable[TcpMiddleware]:
 @hookspec
 def ferrotunnel_stream_observers(config: Config) -> Iterable[StreamObserver]:
     """Objects the client shows each stream the server opens to it (see
-    :class:`StreamObserver`), before relaying it.
+    :class:`StreamObserver`), before relaying it; ``on_stream`` may return a
+    :class:`StreamTap` to see the stream's bytes, or None.
 
     Example::
 
@@ -152,6 +176,7 @@ def ferrotunnel_stream_observers(config: Config) -> Iterable[StreamObserver]:
 
             def on_stream(self, stream):
                 self.seen += 1
+                return None  # no tap: the bytes are not needed
 
         @hookimpl
         def ferrotunnel_stream_observers(config):
@@ -235,7 +260,8 @@ def ferrotunnel_session_closed(session: Session) -> None:
 
 @hookspec
 def ferrotunnel_tunnel_registered(session: Session, tunnel: GrantedTunnel) -> None:
-    """A tunnel became reachable at ``tunnel.public_url``.
+    """A tunnel became reachable at ``tunnel.public_url`` (on a client with plugins: each time
+    its session is up).
 
     Example::
 
@@ -247,7 +273,8 @@ def ferrotunnel_tunnel_registered(session: Session, tunnel: GrantedTunnel) -> No
 
 @hookspec
 def ferrotunnel_tunnel_closed(session: Session, tunnel: GrantedTunnel) -> None:
-    """A tunnel is no longer reachable (its session ended).
+    """A tunnel is no longer reachable (its session ended; on a client, ``client.status`` says
+    whether it is reconnecting).
 
     Example::
 

@@ -9,6 +9,7 @@ only when the middleware really waits for something.
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import time
 from collections.abc import Awaitable, Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
+
+from ..tls import TlsInfo
 
 if TYPE_CHECKING:
     from ..stream import Stream
@@ -27,11 +30,15 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Identity",
+    "Peer",
     "Reply",
     "RequestContext",
     "StreamObserver",
+    "StreamTap",
     "TcpConnection",
     "TcpMiddleware",
+    "TlsOptions",
+    "TlsPurpose",
 ]
 
 
@@ -54,6 +61,48 @@ class Identity:
         return self.ports is None or any(low <= port <= high for low, high in self.ports)
 
 
+class TlsPurpose(enum.StrEnum):
+    """Which connection an SSL context is for."""
+
+    #: the server's control plane, which clients connect to
+    SERVER = "server"
+    #: the client's connection to the server
+    CLIENT = "client"
+    #: the HTTPS ingress, which visitors connect to
+    INGRESS = "ingress"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """The TLS settings a user gave (flags, environment and file merged), for the plugin
+    that turns them into an :class:`ssl.SSLContext` (``ferrotunnel_ssl_context``).
+
+    ``certificates`` are (certificate, key) PEM file pairs: the server's own, or on the
+    ingress one per set of host names (chosen by SNI; the first is the default). ``ca``
+    verifies the other side: client certificates on the server (with ``client_auth``), the
+    server's certificate on the client (None: the system's roots).
+    """
+
+    purpose: TlsPurpose
+    certificates: tuple[tuple[str, str], ...] = ()
+    ca: str | None = None
+    client_auth: bool = False
+    skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a client session comes from, and what its TLS handshake proved.
+
+    ``tls.peer_subject`` is set when the client presented a certificate the server verified
+    (mutual TLS): a certificate authenticates its holder as surely as a token does.
+    """
+
+    host: str
+    port: int
+    tls: TlsInfo | None = None
+
+
 @runtime_checkable
 class Authenticator(Protocol):
     """Decides who a connecting client is.
@@ -63,7 +112,7 @@ class Authenticator(Protocol):
     authenticator accepts is rejected with ``auth_failed``.
     """
 
-    async def authenticate(self, hello: Hello, peer: tuple[str, int] | None) -> Identity | None: ...
+    async def authenticate(self, hello: Hello, peer: Peer) -> Identity | None: ...
 
 
 class HttpRequest(Protocol):
@@ -186,14 +235,35 @@ class TcpMiddleware(Protocol):
     def on_connect(self, conn: TcpConnection) -> bool: ...
 
 
-class StreamObserver(Protocol):
-    """Watches each stream the server opens to a client, once, before it is relayed.
+class StreamTap(Protocol):
+    """Sees a copy of the bytes relayed on one client-side stream, as they pass.
 
-    ``on_stream`` runs inline on the client's event loop: keep it short. To learn when the
-    stream ends, use :meth:`Stream.add_done_callback`.
+    Called synchronously from the relay's callbacks with the very chunks it forwards: it must
+    not keep references to them past the call (copy what it keeps), block, or raise. A stream
+    served by a tunnel's in-process ``handler`` is not relayed: its tap only gets ``closed``.
     """
 
-    def on_stream(self, stream: Stream) -> None: ...
+    def to_origin(self, data: bytes | memoryview) -> None:
+        """Bytes from the visitor, about to be written to the local service."""
+
+    def to_visitor(self, data: bytes) -> None:
+        """Bytes the local service sent, about to go into the tunnel."""
+
+    def closed(self, error: str | None) -> None:
+        """The stream is over (``error``: why it failed, or None); no more calls follow."""
+
+
+class StreamObserver(Protocol):
+    """Shown each stream the server opens to a client, once, before the client relays it.
+
+    A client gets its observers from ``Client(stream_observers=...)`` (what the plugins'
+    ``ferrotunnel_stream_observers`` return) and :meth:`Client.observe
+    <ferrotunnel.core.Client.observe>`. ``on_stream`` runs inline on the client's event loop:
+    keep it short. It may return a :class:`StreamTap` to see the bytes relayed on the stream
+    (None: no tap). To learn only when the stream ends, use :meth:`Stream.add_done_callback`.
+    """
+
+    def on_stream(self, stream: Stream) -> StreamTap | None: ...
 
 
 def tunnel_request_hosts(request: TunnelRequest) -> tuple[str, ...]:

@@ -1,0 +1,390 @@
+"""The dashboard's web app: the REST API under ``/api/v1``, live events, the static UI.
+
+Every error is JSON: ``{"error": {"code": "NOT_FOUND", "message": "..."}}``. The routes are
+documented in ``docs/dashboard.md``.
+
+Live events are a plain ``StreamingResponse`` of ``text/event-stream`` (about twenty lines)
+rather than sse-starlette: that library patches ``uvicorn.Server.handle_exit`` process-wide
+and keys its shutdown on global state, which does not suit a server embedded in someone
+else's process and loop; here each stream ends when its dashboard stops.
+
+The dashboard listens on loopback and holds captured traffic, so it defends against web pages
+the user visits: the Host header must name a loopback host (no DNS rebinding), and POST bodies
+must be ``application/json`` (a cross-site form cannot send that without a CORS preflight,
+which is never granted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from prometheus_client.registry import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ferrotunnel.core import Tunnel
+
+from .diff import diff_responses
+from .exchange import Exchange
+from .export import VERSION, to_curl, to_har, to_pytest
+from .replay import Edits, ReplayError, replay
+from .store import Store, sse_message
+
+__all__ = ["DashboardContext", "create_app"]
+
+STATIC = Path(__file__).parent / "static"
+#: the browser retries a dropped event stream after this many milliseconds
+RETRY_MS = 1000
+#: a comment line keeps idle event streams (and proxies in between) alive
+PING_INTERVAL = 15.0
+MAX_LIMIT = 500
+
+
+@dataclass
+class DashboardContext:
+    """What the app serves: the store, and the client's tunnels (for replay and exports)."""
+
+    store: Store
+    tunnels: dict[str, Tunnel]
+    capture_limit: int
+    public_urls: dict[str, str] = field(default_factory=dict)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what ``/metrics`` exposes (the dashboard plugin gives the ``metrics`` plugin's client
+    #: registry when the client has that plugin)
+    registry: CollectorRegistry = prometheus_client.REGISTRY
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None) -> Starlette:
+    """The ASGI app for one client's dashboard."""
+
+    routes = [
+        Route("/", index),
+        Route("/api/v1/health", health),
+        Route("/api/v1/tunnels", tunnels),
+        Route("/api/v1/tunnels/{name}", tunnel),
+        Route("/api/v1/requests", requests, methods=["GET", "DELETE"]),
+        Route("/api/v1/requests/{id}", request_detail),
+        Route("/api/v1/requests/{id}/replay", replay_request, methods=["POST"]),
+        Route("/api/v1/requests/{id}/diff", diff),
+        Route("/api/v1/requests/{id}/export", export),
+        Route("/api/v1/events", events),
+        Route("/metrics", metrics),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.ctx = ctx
+    return app
+
+
+def _ctx(request: Request) -> DashboardContext:
+    ctx: DashboardContext = request.app.state.ctx
+    return ctx
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    code = codes.get(exc.status_code, "HTTP_ERROR")
+    message = f"no such API route: {request.url.path}" if exc.status_code == 404 else exc.detail
+    return error_response(exc.status_code, code, str(message))
+
+
+# ---------------------------------------------------------------------------- pages
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+
+# ---------------------------------------------------------------------------- API
+
+
+async def health(request: Request) -> Response:
+    ctx = _ctx(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "version": VERSION,
+            "tunnels": len(ctx.store.tunnels),
+            "requests": len(ctx.store),
+            "capture_limit": ctx.capture_limit,
+        }
+    )
+
+
+async def tunnels(request: Request) -> Response:
+    states = _ctx(request).store.tunnels.values()
+    return JSONResponse({"tunnels": [state.as_json() for state in states]})
+
+
+async def tunnel(request: Request) -> Response:
+    name = request.path_params["name"]
+    state = _ctx(request).store.tunnels.get(name)
+    if state is None:
+        raise ApiError(404, "NOT_FOUND", f"no tunnel named {name!r}")
+    return JSONResponse(state.as_json())
+
+
+async def requests(request: Request) -> Response:
+    store = _ctx(request).store
+    if request.method == "DELETE":
+        store.clear()
+        return Response(status_code=204)
+    params = request.query_params
+    limit = _int_param(params.get("limit"), "limit", 50, low=1, high=MAX_LIMIT) or 50
+    before = _int_param(params.get("before"), "before", None, low=1)
+    filters = {
+        "tunnel": params.get("tunnel"),
+        "method": params.get("method"),
+        "status": params.get("status"),
+        "path": params.get("path") or params.get("q"),
+    }
+    found = store.query(limit=limit, before=before, **filters)
+    more = len(found) == limit and bool(store.query(limit=1, before=found[-1].id, **filters))
+    return JSONResponse(
+        {
+            "requests": [e.summary() for e in found],
+            "next_before": found[-1].id if more else None,
+        }
+    )
+
+
+async def request_detail(request: Request) -> Response:
+    return JSONResponse(_exchange(request).detail())
+
+
+async def replay_request(request: Request) -> Response:
+    ctx = _ctx(request)
+    original = _exchange(request)
+    edits = _edits(await _json_body(request))
+    tunnel = ctx.tunnels.get(original.tunnel)
+    if tunnel is None:
+        raise ApiError(422, "NOT_REPLAYABLE", f"tunnel {original.tunnel!r} is not this client's")
+    try:
+        replayed = await replay(ctx.store, original, tunnel, edits, limit=ctx.capture_limit)
+    except ReplayError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
+    return JSONResponse(replayed.detail(), status_code=201)
+
+
+async def diff(request: Request) -> Response:
+    ctx = _ctx(request)
+    exchange = _exchange(request)
+    against = request.query_params.get("against")
+    if against is not None:
+        baseline_id = _int_param(against, "against", None, low=1)
+    elif exchange.replay_of is not None:
+        baseline_id = exchange.replay_of
+    else:
+        raise ApiError(
+            400, "NO_BASELINE", "not a replay: give ?against=ID to compare with another request"
+        )
+    assert baseline_id is not None
+    baseline = ctx.store.get(baseline_id)
+    if baseline is None:
+        raise ApiError(404, "NOT_FOUND", f"no request #{baseline_id} (it may have been evicted)")
+    return JSONResponse(diff_responses(baseline, exchange))
+
+
+async def export(request: Request) -> Response:
+    ctx = _ctx(request)
+    exchange = _exchange(request)
+    fmt = request.query_params.get("format", "curl")
+    target = request.query_params.get("target", "origin")
+    tunnel = ctx.tunnels.get(exchange.tunnel)
+    if target == "origin":
+        if tunnel is None or tunnel.local_addr is None:
+            raise ApiError(422, "NO_ORIGIN", f"tunnel {exchange.tunnel!r} has no local address")
+        scheme = "https" if tunnel.local_tls is not None else "http"
+        base = f"{scheme}://{tunnel.local_addr}"
+    elif target == "public":
+        public = ctx.public_urls.get(exchange.tunnel)
+        if public is None:
+            raise ApiError(422, "NO_PUBLIC_URL", f"tunnel {exchange.tunnel!r} has no public URL")
+        base = public
+    else:
+        raise ApiError(400, "INVALID_PARAMETER", "target must be origin or public")
+    filename = f"request-{exchange.id}"
+    if fmt == "curl":
+        text = to_curl(exchange, base, keep_host=target == "origin")
+        return PlainTextResponse(text)
+    if fmt == "har":
+        return JSONResponse(
+            to_har(exchange, base),
+            headers={"content-disposition": f'attachment; filename="{filename}.har"'},
+        )
+    if fmt == "pytest":
+        return PlainTextResponse(
+            to_pytest(exchange, base),
+            headers={"content-disposition": f'attachment; filename="test_{filename}.py"'},
+        )
+    raise ApiError(400, "INVALID_PARAMETER", "format must be curl, har or pytest")
+
+
+async def events(request: Request) -> Response:
+    ctx = _ctx(request)
+
+    async def stream() -> AsyncIterator[bytes]:
+        with ctx.store.subscribe() as subscriber:
+            hello = {"requests": len(ctx.store), "tunnels": len(ctx.store.tunnels)}
+            yield f"retry: {RETRY_MS}\n\n".encode() + sse_message("hello", hello)
+            while not subscriber.lagged and not ctx.closing.is_set():
+                try:
+                    message = await asyncio.wait_for(subscriber.queue.get(), PING_INTERVAL)
+                except TimeoutError:
+                    message = b": ping\n\n"
+                if message:
+                    yield message
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, from the context's registry."""
+    body = prometheus_client.generate_latest(_ctx(request).registry)
+    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _exchange(request: Request) -> Exchange:
+    raw = request.path_params["id"]
+    if not raw.isdigit():
+        raise ApiError(400, "INVALID_ID", f"request ids are numbers, not {raw!r}")
+    exchange = _ctx(request).store.get(int(raw))
+    if exchange is None:
+        raise ApiError(404, "NOT_FOUND", f"no request #{raw} (it may have been evicted)")
+    return exchange
+
+
+def _int_param(
+    raw: str | None, name: str, default: int | None, *, low: int, high: int | None = None
+) -> int | None:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "INVALID_PARAMETER", f"{name} must be a number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ApiError(400, "INVALID_PARAMETER", f"{name} must be {bounds}")
+    return value
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send a JSON body (application/json)")
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "INVALID_JSON", f"the body is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "INVALID_JSON", "the body must be a JSON object")
+    return value
+
+
+def _edits(body: dict[str, Any]) -> Edits:
+    """The replay body: ``method``, ``path``, ``headers`` (``[[name, value], ...]`` or an
+    object), and ``body`` (text) or ``body_base64``; each optional."""
+    unknown = set(body) - {"method", "path", "headers", "body", "body_base64"}
+    if unknown:
+        raise ApiError(400, "INVALID_EDIT", f"unknown fields: {', '.join(sorted(unknown))}")
+    method = body.get("method")
+    if method is not None and (
+        not isinstance(method, str) or not method.isascii() or not method.isalpha()
+    ):
+        raise ApiError(400, "INVALID_EDIT", "method must be a token like GET or POST")
+    path = body.get("path")
+    if path is not None and (
+        not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n")
+    ):
+        raise ApiError(400, "INVALID_EDIT", "path must start with / and contain no spaces")
+    headers = _edit_headers(body.get("headers"))
+    data: bytes | None = None
+    if "body" in body and "body_base64" in body:
+        raise ApiError(400, "INVALID_EDIT", "give body or body_base64, not both")
+    if "body" in body:
+        if not isinstance(body["body"], str):
+            raise ApiError(400, "INVALID_EDIT", "body must be a string")
+        data = body["body"].encode()
+    elif "body_base64" in body:
+        try:
+            data = base64.b64decode(str(body["body_base64"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "INVALID_EDIT", "body_base64 is not base64") from None
+    return Edits(method.upper() if method else None, path, headers, data)
+
+
+def _edit_headers(raw: object) -> list[tuple[str, str]] | None:
+    if raw is None:
+        return None
+    pairs: list[Any] = list(raw.items()) if isinstance(raw, dict) else raw  # type: ignore[assignment]
+    if not isinstance(pairs, list):
+        raise ApiError(400, "INVALID_EDIT", "headers must be a list of [name, value] or an object")
+    headers = []
+    for pair in pairs:
+        if not (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(p, str) for p in pair)
+        ):
+            raise ApiError(400, "INVALID_EDIT", "each header must be [name, value] strings")
+        name, value = pair
+        if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
+            raise ApiError(400, "INVALID_EDIT", f"invalid header {name!r}")
+        headers.append((name, value))
+    return headers

@@ -1,0 +1,181 @@
+"""Bounded capture of the HTTP exchanges on a client's relayed streams.
+
+The client's relay hands an :class:`ExchangeTap` every chunk it forwards (see
+``ferrotunnel.core.plugin.StreamTap``). Two :class:`~.http1.Http1Parser` follow the requests
+and the responses; heads are kept, bodies only up to ``limit`` bytes each, and the bytes
+themselves are never held or delayed: the relay has already got them. A tap that meets
+something it cannot follow (HTTP/2, a protocol switch) stops looking and lets bytes pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from ferrotunnel.core import Stream, TunnelKind
+from ferrotunnel.core.plugin import StreamTap
+
+from .exchange import Body, Exchange, trace_id_of
+from .http1 import Head, Http1Parser
+from .store import Store
+
+__all__ = ["CaptureObserver", "ExchangeTap"]
+
+log = logging.getLogger("ferrotunnel.observability.capture")
+
+
+class ExchangeTap:
+    """Turns the two byte directions of one stream into :class:`Exchange` records."""
+
+    def __init__(
+        self,
+        store: Store,
+        tunnel: str,
+        limit: int,
+        *,
+        visitor: tuple[str, int] | None = None,
+        traceparent: str | None = None,
+        replay_of: int | None = None,
+    ) -> None:
+        self.store = store
+        self.tunnel = tunnel
+        self.limit = limit
+        self.visitor = visitor
+        self.traceparent = traceparent
+        self.replay_of = replay_of
+        self._sent: deque[Exchange] = deque()  # request head seen, response not finished
+        self._request: Exchange | None = None  # whose body is being read
+        #: the latest exchange seen on this stream
+        self.last: Exchange | None = None
+        self._requests = Http1Parser(
+            response=False,
+            on_head=self._request_head,
+            on_body=self._request_body,
+            on_end=self._request_end,
+            on_opaque=self._opaque,
+        )
+        self._responses = Http1Parser(
+            response=True,
+            on_head=self._response_head,
+            on_body=self._response_body,
+            on_end=self._response_end,
+            on_opaque=self._opaque,
+        )
+        self._closed = False
+
+    @property
+    def idle(self) -> bool:
+        """Every request seen has had its whole response."""
+        return not self._sent
+
+    # ---- StreamTap
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        try:
+            self._requests.feed(data)
+        except Exception:  # a tap must never break the relay
+            log.exception("request capture failed; not capturing this stream further")
+            self._requests.go_opaque("capture error")
+
+    def to_visitor(self, data: bytes) -> None:
+        try:
+            self._responses.feed(data)
+        except Exception:
+            log.exception("response capture failed; not capturing this stream further")
+            self._responses.go_opaque("capture error")
+
+    def closed(self, error: str | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._responses.feed_eof()
+        for exchange in self._sent:
+            if not exchange.complete:
+                exchange.error = error or (
+                    "response cut short" if exchange.status is not None else "no response"
+                )
+                self._finish(exchange)
+        self._sent.clear()
+
+    # ---- requests
+
+    def _request_head(self, head: Head) -> None:
+        traceparent = head.header("traceparent") or self.traceparent
+        exchange = Exchange(
+            tunnel=self.tunnel,
+            method=head.method,
+            target=head.target,
+            http_version=head.version,
+            request_headers=head.headers,
+            request_body=Body(self.limit),
+            visitor_ip=self.visitor[0] if self.visitor else None,
+            visitor_port=self.visitor[1] if self.visitor else None,
+            trace_id=trace_id_of(traceparent),
+            replay_of=self.replay_of,
+        )
+        self._request = self.last = exchange
+        self._sent.append(exchange)
+        self._responses.expect(head.method)
+        self.store.add(exchange)
+
+    def _request_body(self, chunk: memoryview) -> None:
+        if self._request is not None:
+            self._request.request_body.add(chunk)
+
+    def _request_end(self) -> None:
+        self._request = None
+
+    # ---- responses
+
+    def _response_head(self, head: Head) -> None:
+        if not self._sent:
+            self._responses.go_opaque("a response without a request")
+            return
+        exchange = self._sent[0]
+        exchange.status = head.status
+        exchange.reason = head.reason
+        exchange.response_headers = head.headers
+        exchange.response_body = Body(self.limit)
+        exchange.ttfb = time.monotonic() - exchange.started_mono
+
+    def _response_body(self, chunk: memoryview) -> None:
+        if self._sent and self._sent[0].response_body is not None:
+            self._sent[0].response_body.add(chunk)
+
+    def _response_end(self) -> None:
+        if self._sent:
+            exchange = self._sent.popleft()
+            exchange.complete = True
+            self._finish(exchange)
+
+    def _finish(self, exchange: Exchange) -> None:
+        exchange.duration = time.monotonic() - exchange.started_mono
+        self.store.update(exchange)
+
+    def _opaque(self, why: str) -> None:
+        log.debug("tunnel %r: not capturing the rest of a stream: %s", self.tunnel, why)
+
+
+class CaptureObserver:
+    """The :class:`~ferrotunnel.core.plugin.StreamObserver` a dashboard gives its client:
+    a tap on each stream of an HTTP tunnel."""
+
+    def __init__(self, store: Store, limit: int) -> None:
+        self.store = store
+        self.limit = limit
+
+    def on_stream(self, stream: Stream) -> StreamTap | None:
+        frame = stream.open_frame
+        if frame.kind is not TunnelKind.HTTP:
+            return None
+        visitor = None
+        if frame.visitor_host is not None and frame.visitor_port is not None:
+            visitor = (frame.visitor_host, frame.visitor_port)
+        return ExchangeTap(
+            self.store,
+            frame.tunnel,
+            self.limit,
+            visitor=visitor,
+            traceparent=frame.trace.get("traceparent"),
+        )

@@ -1,0 +1,210 @@
+"""One captured HTTP exchange, and how the API shows it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Body", "Exchange", "render_body"]
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+#: how much of a captured body the detail view shows as a hex dump
+HEX_LIMIT = 4096
+#: a compressed body is shown inflated up to this size
+INFLATE_LIMIT = 1 << 20
+
+
+@dataclass(slots=True)
+class Body:
+    """The first ``limit`` bytes of a body, and its real size."""
+
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.data)
+
+    def add(self, chunk: memoryview) -> None:
+        self.size += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A request and (once it came) its response, as the origin saw and sent them."""
+
+    tunnel: str
+    method: str
+    target: str
+    request_headers: list[tuple[str, str]]
+    request_body: Body
+    visitor_ip: str | None = None
+    visitor_port: int | None = None
+    trace_id: str | None = None
+    http_version: str = "HTTP/1.1"
+    #: the exchange this one replays (None: real traffic)
+    replay_of: int | None = None
+    id: int = 0
+    started: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    status: int | None = None
+    reason: str = ""
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_body: Body | None = None
+    #: seconds from the request head to the response head, and to the response's end
+    ttfb: float | None = None
+    duration: float | None = None
+    complete: bool = False
+    error: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "error"
+        return "complete" if self.complete else "pending"
+
+    def header(self, name: str, *, response: bool = False) -> str | None:
+        name = name.lower()
+        headers = self.response_headers if response else self.request_headers
+        return next((v for k, v in headers if k.lower() == name), None)
+
+    def summary(self) -> dict[str, Any]:
+        """What the request list shows (and the SSE ``request`` event carries)."""
+        return {
+            "id": self.id,
+            "tunnel": self.tunnel,
+            "method": self.method,
+            "path": self.path,
+            "target": self.target,
+            "status": self.status,
+            "state": self.state,
+            "error": self.error,
+            "started": self.started,
+            "duration_ms": None if self.duration is None else round(self.duration * 1000, 3),
+            "request_size": self.request_body.size,
+            "response_size": None if self.response_body is None else self.response_body.size,
+            "visitor_ip": self.visitor_ip,
+            "trace_id": self.trace_id,
+            "replay_of": self.replay_of,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        """Everything, bodies rendered for display."""
+        request_type = self.header("content-type")
+        response_type = self.header("content-type", response=True)
+        encoding = self.header("content-encoding", response=True)
+        return {
+            **self.summary(),
+            "http_version": self.http_version,
+            "visitor_port": self.visitor_port,
+            "reason": self.reason,
+            "request": {
+                "headers": [list(h) for h in self.request_headers],
+                "body": render_body(self.request_body, request_type, None),
+            },
+            "response": None
+            if self.response_body is None
+            else {
+                "headers": [list(h) for h in self.response_headers],
+                "body": render_body(self.response_body, response_type, encoding),
+            },
+            "timing": {
+                "started": self.started,
+                "ttfb_ms": None if self.ttfb is None else round(self.ttfb * 1000, 3),
+                "duration_ms": None if self.duration is None else round(self.duration * 1000, 3),
+            },
+        }
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` value (None if absent or malformed)."""
+    if traceparent is None:
+        return None
+    match = _TRACEPARENT.match(traceparent.strip().lower())
+    return match.group(1) if match and match.group(1) != "0" * 32 else None
+
+
+def render_body(body: Body, content_type: str | None, encoding: str | None) -> dict[str, Any]:
+    """A captured body for display: JSON pretty-printed, text as text, binary as hex."""
+    data = bytes(body.data)
+    shown: dict[str, Any] = {
+        "size": body.size,
+        "captured": len(data),
+        "truncated": body.truncated,
+        "content_type": content_type,
+        "base64": base64.b64encode(data).decode(),
+    }
+    if encoding and not body.truncated:
+        inflated = _inflate(data, encoding.strip().lower())
+        if inflated is not None:
+            data = inflated
+            shown["decoded_from"] = encoding
+    if not data:
+        return {**shown, "kind": "empty", "text": ""}
+    text = _as_text(data, body.truncated)
+    if text is not None and not body.truncated and _looks_json(content_type, text):
+        try:
+            pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+        else:
+            return {**shown, "kind": "json", "text": pretty}
+    if text is not None:
+        return {**shown, "kind": "text", "text": text}
+    return {**shown, "kind": "binary", "text": hexdump(data[:HEX_LIMIT])}
+
+
+def _looks_json(content_type: str | None, text: str) -> bool:
+    if content_type is not None:
+        media = content_type.split(";", 1)[0].strip().lower()
+        return media == "application/json" or media.endswith("+json")
+    return text[:1] in ("{", "[")
+
+
+def _as_text(data: bytes, truncated: bool) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # a body cut by the capture limit may end inside a character
+        if not (truncated and exc.start >= len(data) - 3):
+            return None
+        text = data[: exc.start].decode("utf-8")
+    if any(ch < " " and ch not in "\t\r\n\f" for ch in text[:4096]):
+        return None
+    return text
+
+
+def _inflate(data: bytes, encoding: str) -> bytes | None:
+    wbits = {"gzip": 31, "x-gzip": 31, "deflate": 15}.get(encoding)
+    if wbits is None:
+        return None
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, INFLATE_LIMIT)
+    except zlib.error:
+        return None
+    return out
+
+
+def hexdump(data: bytes) -> str:
+    """``offset  hex bytes  |ascii|`` lines, 16 bytes each."""
+    lines = []
+    for offset in range(0, len(data), 16):
+        row = data[offset : offset + 16]
+        hexes = " ".join(f"{b:02x}" for b in row)
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{offset:08x}  {hexes:<47}  |{text}|")
+    return "\n".join(lines)

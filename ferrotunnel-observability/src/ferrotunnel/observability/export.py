@@ -1,0 +1,182 @@
+"""A captured exchange as something to run or share: a curl command, a HAR file, a pytest test.
+
+``base_url`` says where the request goes: the tunnel's local service (what replay uses) or
+its public URL. Hop-by-hop fields and Content-Length are left for the tool to set. A body the
+capture truncated cannot be reproduced: the export says so instead of sending a wrong one.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import keyword
+import re
+import shlex
+from typing import Any
+
+from .exchange import Body, Exchange
+from .replay import HOP_BY_HOP
+
+__all__ = ["to_curl", "to_har", "to_pytest"]
+
+VERSION = "0.1.0"
+
+
+def _headers(exchange: Exchange) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in exchange.request_headers if k.lower() not in HOP_BY_HOP]
+
+
+def to_curl(exchange: Exchange, base_url: str, *, keep_host: bool = True) -> str:
+    """A curl command line (bash) reproducing the request; ``keep_host=False`` lets the
+    URL's host stand (for the public URL)."""
+    url = base_url.rstrip("/") + exchange.target
+    parts = ["curl", "-sS", "-X", exchange.method, shlex.quote(url)]
+    for name, value in _headers(exchange):
+        if name.lower() == "host" and not keep_host:
+            continue
+        parts += ["-H", shlex.quote(f"{name}: {value}")]
+    body = exchange.request_body
+    prefix = ""
+    if body.truncated:
+        prefix = f"# the body ({body.size} bytes) was captured only in part: it is left out\n"
+    elif body.data:
+        data = bytes(body.data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            escaped = "".join(f"\\x{b:02x}" for b in data)
+            prefix = f"printf '%b' '{escaped}' | "
+            parts += ["--data-binary", "@-"]
+        else:
+            parts += ["--data-binary", shlex.quote(text)]
+    return prefix + " ".join(parts) + "\n"
+
+
+def _har_content(body: Body | None, content_type: str | None) -> dict[str, Any]:
+    if body is None:
+        return {"size": 0, "mimeType": "", "text": ""}
+    data = bytes(body.data)
+    content: dict[str, Any] = {"size": body.size, "mimeType": content_type or ""}
+    try:
+        content["text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        content["text"] = base64.b64encode(data).decode()
+        content["encoding"] = "base64"
+    if body.truncated:
+        content["comment"] = f"first {len(data)} of {body.size} bytes captured"
+    return content
+
+
+def to_har(exchange: Exchange, base_url: str) -> dict[str, Any]:
+    """A HAR 1.2 log with this one entry."""
+    url = base_url.rstrip("/") + exchange.target
+    query = exchange.target.partition("?")[2]
+    started = datetime.datetime.fromtimestamp(exchange.started, datetime.UTC)
+    duration = (exchange.duration or 0.0) * 1000
+    wait = (exchange.ttfb or 0.0) * 1000
+    request: dict[str, Any] = {
+        "method": exchange.method,
+        "url": url,
+        "httpVersion": exchange.http_version,
+        "cookies": [],
+        "headers": [{"name": k, "value": v} for k, v in exchange.request_headers],
+        "queryString": [
+            {"name": name, "value": value}
+            for name, _, value in (pair.partition("=") for pair in query.split("&") if pair)
+        ],
+        "headersSize": -1,
+        "bodySize": exchange.request_body.size,
+    }
+    if exchange.request_body.size:
+        content = _har_content(exchange.request_body, exchange.header("content-type"))
+        request["postData"] = {
+            "mimeType": content["mimeType"],
+            "text": content["text"],
+            **({"comment": content["comment"]} if "comment" in content else {}),
+        }
+    response: dict[str, Any] = {
+        "status": exchange.status or 0,
+        "statusText": exchange.reason,
+        "httpVersion": exchange.http_version,
+        "cookies": [],
+        "headers": [{"name": k, "value": v} for k, v in exchange.response_headers],
+        "content": _har_content(
+            exchange.response_body, exchange.header("content-type", response=True)
+        ),
+        "redirectURL": exchange.header("location", response=True) or "",
+        "headersSize": -1,
+        "bodySize": exchange.response_body.size if exchange.response_body else -1,
+    }
+    entry: dict[str, Any] = {
+        "startedDateTime": started.isoformat().replace("+00:00", "Z"),
+        "time": round(duration, 3),
+        "request": request,
+        "response": response,
+        "cache": {},
+        "timings": {
+            "send": 0,
+            "wait": round(wait, 3),
+            "receive": round(max(0.0, duration - wait), 3),
+        },
+    }
+    if exchange.visitor_ip:
+        entry["_visitorIp"] = exchange.visitor_ip
+    if exchange.trace_id:
+        entry["_traceId"] = exchange.trace_id
+    if exchange.error:
+        entry["comment"] = exchange.error
+    return {
+        "log": {
+            "version": "1.2",
+            "creator": {"name": "ferrotunnel dashboard", "version": VERSION},
+            "entries": [entry],
+        }
+    }
+
+
+def to_pytest(exchange: Exchange, base_url: str) -> str:
+    """A self-contained pytest module (httpx) that sends the request and checks the answer
+    the original got: status, and the body when it was captured whole (JSON compared as
+    data)."""
+    name = re.sub(r"\W+", "_", f"{exchange.method}_{exchange.path}".lower()).strip("_")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        name = "request"
+    headers = {k: v for k, v in _headers(exchange) if k.lower() not in ("host", "accept-encoding")}
+    lines = [
+        f'"""Generated by the ferrotunnel dashboard from request #{exchange.id}: '
+        f'{exchange.method} {exchange.target}."""',
+        "",
+        "import httpx",
+        "",
+        f"BASE_URL = {base_url.rstrip('/')!r}",
+        "",
+        "",
+        f"def test_{name}() -> None:",
+        "    response = httpx.request(",
+        f"        {exchange.method!r},",
+        f"        BASE_URL + {exchange.target!r},",
+        f"        headers={headers!r},",
+    ]
+    body = exchange.request_body
+    if body.data and not body.truncated:
+        lines.append(f"        content={bytes(body.data)!r},")
+    lines += ["        timeout=30,", "    )"]
+    if exchange.status is not None:
+        lines.append(f"    assert response.status_code == {exchange.status}")
+    answer = exchange.response_body
+    if answer is not None and exchange.complete and not answer.truncated:
+        encoding = exchange.header("content-encoding", response=True)
+        data = bytes(answer.data)
+        media = (exchange.header("content-type", response=True) or "").split(";")[0].strip()
+        if encoding is None and (media == "application/json" or media.endswith("+json")):
+            try:
+                value = json.loads(data)
+            except ValueError:
+                pass
+            else:
+                lines.append(f"    assert response.json() == {value!r}")
+                return "\n".join(lines) + "\n"
+        if encoding is None and len(data) <= 4096:
+            lines.append(f"    assert response.content == {data!r}")
+    return "\n".join(lines) + "\n"

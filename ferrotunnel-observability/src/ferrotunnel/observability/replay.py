@@ -1,0 +1,146 @@
+"""Replay a captured request straight to the tunnel's local service (as ngrok does).
+
+Going to the origin directly, not through the public URL, means a replay works while the
+tunnel is reconnecting, does not pass the server's middlewares (auth, rate limits) a second
+time, and reaches exactly the service the original reached. The request is sent as captured —
+method, target with its query string, headers in order — minus hop-by-hop fields, with
+``Connection: close``; edits replace method, target, headers or body. The replay is recorded
+like real traffic (through the same :class:`~.capture.ExchangeTap`), marked ``replay_of``.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import anyio
+
+from ferrotunnel.core import Tunnel
+
+from .capture import ExchangeTap
+from .exchange import Exchange
+from .store import Store
+
+__all__ = ["Edits", "ReplayError", "replay"]
+
+#: not forwarded: they describe the original connection, not the request
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+
+BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class ReplayError(Exception):
+    """The replay could not be made; ``code`` and ``status`` are what the API answers."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Edits:
+    """What to change before replaying; None keeps the original's."""
+
+    method: str | None = None
+    target: str | None = None
+    headers: list[tuple[str, str]] | None = None
+    body: bytes | None = None
+
+
+def build_request(original: Exchange, edits: Edits) -> tuple[str, str, bytes]:
+    """The request to send: (method, target, wire bytes)."""
+    method = edits.method or original.method
+    target = edits.target or original.target
+    if edits.body is not None:
+        body = edits.body
+    elif original.request_body.truncated:
+        raise ReplayError(
+            "BODY_TRUNCATED",
+            f"only {len(original.request_body.data)} of the body's {original.request_body.size}"
+            " bytes were captured; replay with an edited body",
+            409,
+        )
+    else:
+        body = bytes(original.request_body.data)
+    headers = original.request_headers if edits.headers is None else edits.headers
+    # fields keep their order; Content-Length and Connection stay where they were
+    lines = [f"{method} {target} HTTP/1.1"]
+    length = f"{len(body)}" if body or method not in BODYLESS else None
+    closes = False
+    for name, value in headers:
+        key = name.lower()
+        if key == "content-length" and length is not None:
+            lines.append(f"{name}: {length}")
+            length = None
+        elif key == "connection" and not closes:
+            lines.append(f"{name}: close")
+            closes = True
+        elif key not in HOP_BY_HOP:
+            lines.append(f"{name}: {value}")
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    if not closes:
+        lines.append("Connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return method, target, head + body
+
+
+async def replay(
+    store: Store,
+    original: Exchange,
+    tunnel: Tunnel,
+    edits: Edits,
+    *,
+    limit: int,
+    within: float = 30.0,
+) -> Exchange:
+    """Send the (edited) request to ``tunnel``'s local address; returns the recorded replay."""
+    if tunnel.local_addr is None:
+        raise ReplayError(
+            "NOT_REPLAYABLE", f"tunnel {tunnel.name!r} is served in-process, not by an address", 422
+        )
+    _, _, request = build_request(original, edits)
+    tap = ExchangeTap(store, tunnel.name, limit, replay_of=original.id)
+    tap.to_origin(request)  # recorded now, so a failed replay shows as a row too
+    addr = tunnel.local_addr
+    error: str | None = None
+    try:
+        with anyio.fail_after(within):
+            sock = await _connect(addr.host, addr.port, tunnel.local_tls)
+            async with sock:
+                await sock.send(request)
+                while not tap.idle:
+                    try:
+                        chunk = await sock.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+                    tap.to_visitor(chunk)
+    except TimeoutError:
+        error = f"no complete answer from {addr} within {within:.0f} s"
+    except OSError as exc:
+        error = f"cannot connect to {addr}: {exc.strerror or exc}"
+    tap.closed(error)
+    recorded = tap.last
+    assert recorded is not None
+    if recorded.error is not None:
+        raise ReplayError("REPLAY_FAILED", recorded.error, 502)
+    return recorded
+
+
+async def _connect(host: str, port: int, tls: ssl.SSLContext | None) -> anyio.abc.ByteStream:
+    if tls is None:
+        return await anyio.connect_tcp(host, port)
+    return await anyio.connect_tcp(host, port, tls=True, ssl_context=tls, tls_hostname=host)

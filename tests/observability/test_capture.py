@@ -1,0 +1,109 @@
+"""The capture tap and body rendering, fed by hand: several exchanges on one stream, failures,
+and bodies of every kind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+from ferrotunnel.observability.capture import ExchangeTap
+from ferrotunnel.observability.exchange import Body, render_body
+from ferrotunnel.observability.store import Store
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_two_exchanges_on_one_stream_with_a_trace_from_the_open_frame() -> None:
+    store = Store()
+    tap = ExchangeTap(store, "app", 8, visitor=("203.0.113.7", 5555), traceparent=TRACE)
+    tap.to_origin(memoryview(b"POST /a HTTP/1.1\r\nContent-Length: 12\r\n\r\nhello world!"))
+    tap.to_visitor(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+    tap.to_origin(b"GET /b?q=1 HTTP/1.1\r\n\r\n")
+    assert not tap.idle
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert tap.idle
+    tap.closed(None)
+    first, second = reversed(store.query())
+    assert (first.method, first.target, first.status, first.state) == (
+        "POST",
+        "/a",
+        201,
+        "complete",
+    )
+    assert bytes(first.request_body.data) == b"hello wo"  # the first 8 bytes
+    assert (first.request_body.size, first.request_body.truncated) == (12, True)
+    assert first.visitor_ip == "203.0.113.7"
+    assert first.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert (second.target, second.status) == ("/b?q=1", 200)
+    assert second.response_body is not None
+    assert bytes(second.response_body.data) == b"abc"
+    assert second.duration is not None
+    assert second.ttfb is not None
+    assert second.duration >= second.ttfb
+
+
+def test_a_stream_that_ends_early_marks_its_exchanges() -> None:
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(b"GET /slow HTTP/1.1\r\n\r\n")
+    tap.closed("stream reset (CANCEL)")
+    (only,) = store.query()
+    assert (only.state, only.error, only.status) == ("error", "stream reset (CANCEL)", None)
+
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(b"GET /cut HTTP/1.1\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    tap.closed(None)
+    cut = store.query()[0]
+    assert (cut.status, cut.error) == (200, "response cut short")
+
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(b"GET /until-close HTTP/1.1\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    tap.closed(None)
+    whole = store.query()[0]
+    assert whole.state == "complete"
+    assert whole.response_body is not None
+    assert bytes(whole.response_body.data) == b"all of it"
+
+
+def test_a_response_without_a_request_is_not_made_up() -> None:
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    tap.closed(None)
+    assert store.query() == []
+
+
+def _body(data: bytes, limit: int = 1 << 20) -> Body:
+    body = Body(limit)
+    body.add(memoryview(data))
+    return body
+
+
+def test_render_body_kinds() -> None:
+    assert render_body(_body(b""), None, None)["kind"] == "empty"
+    shown = render_body(_body(b'{"a": [1, 2]}'), "application/json; charset=utf-8", None)
+    assert shown["kind"] == "json"
+    assert shown["text"] == json.dumps({"a": [1, 2]}, indent=2)
+    assert render_body(_body(b"{not json"), "application/json", None)["kind"] == "text"
+    assert render_body(_body(b"plain words"), "text/plain", None)["text"] == "plain words"
+    binary = render_body(_body(b"\x00\x01\xffabc"), "application/octet-stream", None)
+    assert binary["kind"] == "binary"
+    assert binary["text"].startswith("00000000  00 01 ff 61 62 63")
+    packed = render_body(_body(gzip.compress(b"inflated!")), "text/plain", "gzip")
+    assert (packed["text"], packed["decoded_from"]) == ("inflated!", "gzip")
+    # a capture limit that cuts a character in two still shows text
+    cut = render_body(_body("héllo".encode(), limit=2), "text/plain", None)
+    assert (cut["kind"], cut["text"], cut["truncated"]) == ("text", "h", True)
+
+
+def test_the_store_forgets_the_oldest_and_lagging_subscribers() -> None:
+    store = Store(keep=3, queue_size=2)
+    with store.subscribe() as slow:
+        for i in range(5):
+            tap = ExchangeTap(store, "app", 16)
+            tap.to_origin(b"GET /%d HTTP/1.1\r\n\r\n" % i)
+        assert [e.target for e in store.query()] == ["/4", "/3", "/2"]
+        assert store.get(1) is None
+        assert slow.lagged  # it could not keep up: dropped, never waited for

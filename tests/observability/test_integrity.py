@@ -1,0 +1,145 @@
+"""Capture never costs the traffic anything: big bodies stream through in constant memory and
+arrive intact, gRPC keeps its trailers, WebSockets keep working."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import anyio.to_thread
+import grpc  # type: ignore[import-untyped]
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from ferrotunnel.core import ClientStatus
+
+from ..http.harness import HOST, MiB, RawOrigin, RssWatch, read_head, request_bytes, visitor
+from ..http.test_grpc import SERVICE, _authority, _missing, _stream, _unary
+from ..http.test_streaming import block, chunked_source, expected_sha256
+from .conftest import APP, DashStack, dash_stack
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_100_mib_download_streams_in_constant_memory_with_capture_on() -> None:
+    size = 100 * MiB
+    async with dash_stack(origin=RawOrigin(chunked_source(size))) as stack:
+        assert stack.client.status is ClientStatus.CONNECTED
+        async with visitor(stack.public_port) as (reader, writer):
+            watch = RssWatch()
+            writer.write(request_bytes("GET", "/big", APP))
+            head = await read_head(reader)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            digest = hashlib.sha256()
+            received = 0
+            with anyio.fail_after(45):
+                for _ in range(size // MiB):
+                    assert await reader.readuntil(b"\r\n") == b"%x\r\n" % MiB
+                    data = await reader.readexactly(MiB)
+                    assert await reader.readexactly(2) == b"\r\n"
+                    digest.update(data)
+                    received += len(data)
+                    watch.sample()
+                assert await reader.readexactly(5) == b"0\r\n\r\n"
+        assert received == size
+        assert digest.hexdigest() == expected_sha256(size)
+        assert watch.growth < 32 * MiB, f"RSS grew by {watch.growth / MiB:.0f} MiB"
+        (row,) = await stack.wait_for(1)
+        detail = (await stack.api.get(f"/api/v1/requests/{row['id']}")).json()
+        body = detail["response"]["body"]
+        assert (body["size"], body["captured"], body["truncated"]) == (size, 64 * 1024, True)
+        assert body["base64"]  # the first 64 KiB, as sent
+        assert body["kind"] == "binary"
+        first = block(0)[:16].hex(" ")
+        assert body["text"].startswith(f"00000000  {first}")
+
+
+@pytest.fixture
+async def grpc_dash() -> AsyncIterator[DashStack]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+        "Missing": grpc.unary_unary_rpc_method_handler(_missing),
+        "Authority": grpc.unary_unary_rpc_method_handler(_authority),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port(f"{HOST}:0")
+    server.start()
+    try:
+        async with dash_stack(origin=_FixedPort(port)) as stack:
+            yield stack
+    finally:
+        await anyio.to_thread.run_sync(lambda: server.stop(grace=None).wait(5))
+
+
+class _FixedPort(RawOrigin):
+    """Stands for an origin already listening (the grpc server): the tunnel targets it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(self._unused)
+        self._fixed = port
+
+    async def __aenter__(self) -> _FixedPort:
+        self.port = self._fixed
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    @staticmethod
+    async def _unused(*args: object) -> None:
+        raise AssertionError("not serving")
+
+
+async def test_grpc_trailers_survive_capture(grpc_dash: DashStack) -> None:
+    authority = APP
+
+    def run() -> tuple[object, object, grpc.RpcError]:
+        with grpc.insecure_channel(
+            f"{HOST}:{grpc_dash.public_port}", options=[("grpc.default_authority", authority)]
+        ) as ch:
+            unary = ch.unary_unary(f"/{SERVICE}/Unary")(b"hello", timeout=10)
+            items = list(ch.unary_stream(f"/{SERVICE}/Stream")(b"50", timeout=10))
+            try:
+                ch.unary_unary(f"/{SERVICE}/Missing")(b"widget-7", timeout=10)
+            except grpc.RpcError as exc:
+                return unary, items, exc
+            raise AssertionError("Missing did not fail")
+
+    with anyio.fail_after(30):
+        unary, items, error = await anyio.to_thread.run_sync(run)
+    assert unary == b"echo:hello"
+    assert items == [b"item %d" % i for i in range(50)]
+    assert isinstance(error, grpc.Call)
+    assert error.code() is grpc.StatusCode.NOT_FOUND  # grpc-status, a trailer
+    assert error.details() == "no record named 'widget-7'"  # grpc-message, a trailer
+    # HTTP/2 is passed through, not parsed: nothing half-understood is shown
+    assert (await grpc_dash.api.get("/api/v1/requests")).json()["requests"] == []
+
+
+async def _ws_echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def test_a_websocket_works_and_is_listed_as_its_upgrade() -> None:
+    async with serve(_ws_echo, HOST, 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        async with dash_stack(origin=_FixedPort(port)) as stack:
+            async with connect(
+                f"ws://{APP}:{stack.public_port}/chat?room=1",
+                host=HOST,
+                port=stack.public_port,
+                open_timeout=10,
+                close_timeout=5,
+            ) as ws:
+                for i in range(20):
+                    message = f"message {i} " * i if i % 2 else bytes(range(i))
+                    await ws.send(message)
+                    assert await ws.recv() == message
+            (row,) = await stack.wait_for(1)
+            assert (row["target"], row["status"], row["state"]) == ("/chat?room=1", 101, "complete")
