@@ -6,9 +6,11 @@ from the same task (the test's), like :class:`~ferrotunnel.core.Server` itself.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import resource
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -466,3 +468,13 @@ async def session_pair(
         finally:
             client.abort()
             server.abort()
+
+
+def tls_client_hello() -> bytes:
+    """The first flight of a real TLS client: a ClientHello record."""
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="tunnel.example")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()

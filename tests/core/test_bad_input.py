@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import random
-import ssl
 import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,6 +77,7 @@ from .helpers import (
     raw_session,
     roundtrip,
     set_reset_on_close,
+    tls_client_hello,
     tunnel,
     wait_for,
 )
@@ -117,16 +117,6 @@ def hello_with(**change: object) -> bytes:
     obj = json.loads(HELLO_WIRE[9:])
     obj.update(change)
     return frame(FrameType.HELLO, json.dumps(obj).encode())
-
-
-def tls_client_hello() -> bytes:
-    """The first flight of a real TLS client: a ClientHello record."""
-    context = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="tunnel.example")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 def decoder_verdict(wire: bytes) -> ProtocolError | None:

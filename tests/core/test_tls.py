@@ -29,6 +29,7 @@ from .helpers import (
     make_server,
     read_until_error,
     roundtrip,
+    tls_client_hello,
     wait_for,
 )
 
@@ -193,7 +194,7 @@ async def test_plain_client_against_a_tls_server_fails_without_harm(pki: Pki) ->
 async def test_silent_and_stalled_handshakes_do_not_delay_a_good_client(pki: Pki) -> None:
     """Connections that never speak, and ones that stop in the middle of the TLS handshake,
     sit in their own tasks until the deadline: a good client connects meanwhile."""
-    hello_start = _client_hello_prefix()
+    hello_start = tls_client_hello()[:40]
     config = SessionConfig(handshake_timeout=30)
     async with echo_server() as echo_port, make_server(config, ssl_context=pki.server()) as server:
         port = server.control_address.port
@@ -215,7 +216,7 @@ async def test_a_stalled_tls_handshake_is_closed_at_the_deadline(pki: Pki) -> No
     config = SessionConfig(handshake_timeout=0.5)
     async with make_server(config, ssl_context=pki.server()) as server:
         async with await connect(server.control_address.port) as sock:
-            await sock.send(_client_hello_prefix())
+            await sock.send(tls_client_hello()[:40])
             with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                 await read_until_error(sock)
         await wait_for(lambda: server._unauthenticated == 0)
@@ -231,7 +232,7 @@ async def test_shutdown_cancels_handshakes_in_progress(pki: Pki) -> None:
     async with background(make_server(config, ssl_context=pki.server())) as running:
         server = running.value
         async with await connect(server.control_address.port) as sock:
-            await sock.send(_client_hello_prefix())
+            await sock.send(tls_client_hello()[:40])
             await wait_for(lambda: server._unauthenticated == 1)
             with anyio.fail_after(5):
                 await running.stop()
@@ -272,16 +273,3 @@ def test_unreadable_key_material_is_a_config_error_without_its_contents(
     assert "--tls-key" in str(caught.value)
     with pytest.raises(ConfigError, match="no such file"):
         client_context(ca=str(tmp_path / "missing.pem"))
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _client_hello_prefix() -> bytes:
-    """The first bytes of a real TLS ClientHello (what a stalled client would have sent)."""
-    context = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()[:40]

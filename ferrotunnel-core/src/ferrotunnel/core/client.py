@@ -388,10 +388,15 @@ class Client:
             if tls_failure is not None:
                 # TLS 1.3: a refused client certificate is only reported after the handshake
                 raise _tls_error(tls_failure, None) from exc
-            if session is not None and session.tls is not None and session.bytes_in == 0:
-                # closed right after the TLS handshake, before a single frame: what a server
-                # that checks client certificates does (its alert is usually lost)
-                raise HandshakeError(_CERTIFICATE_REFUSED) from exc
+            if session is not None and session.bytes_in == 0:
+                if session.tls is not None:
+                    # closed right after the TLS handshake, before a single frame: what a
+                    # server that checks client certificates does (its alert is usually lost)
+                    raise HandshakeError(_CERTIFICATE_REFUSED) from exc
+                raise HandshakeError(
+                    "the server closed the connection without answering HELLO "
+                    "(if it uses TLS, connect with --tls)"
+                ) from exc
             raise HandshakeError(str(reason or exc)) from exc
         except BaseException:
             if session is not None:
