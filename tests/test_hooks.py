@@ -21,7 +21,17 @@ import click
 import pytest
 import trustme
 
-from ferrotunnel.core import Address, Client, GrantedTunnel, Server, Session, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    GrantedTunnel,
+    Role,
+    Server,
+    Session,
+    Stream,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
@@ -78,11 +88,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: dict[str, dict[str, Any]] = {}
+        self.all_calls: list[tuple[str, dict[str, Any]]] = []
         self.session_closed = anyio.Event()
+        #: what the stream tap saw: to the origin, to the visitor
+        self.tapped = [b"", b""]
         self.ca = trustme.CA()
 
     def _note(self, name: str, **kwargs: Any) -> None:
         self.calls.setdefault(name, kwargs)
+        self.all_calls.append((name, kwargs))
 
     @hookimpl
     def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
@@ -145,6 +159,29 @@ class Recorder:
         return []
 
     @hookimpl
+    def ferrotunnel_stream_observers(self, config: Config) -> list[Any]:
+        recorder = self
+
+        class Tap:
+            def to_origin(self, data: bytes | memoryview) -> None:
+                recorder.tapped[0] += data
+
+            def to_visitor(self, data: bytes) -> None:
+                recorder.tapped[1] += data
+
+            def closed(self, error: str | None) -> None:
+                recorder._note("tap_closed", error=error)
+
+        class Observer:
+            def on_stream(self, stream: Stream) -> Tap:
+                recorder._note("on_stream", stream=stream)
+                stream.add_done_callback(lambda s: recorder._note("stream_done", stream=s))
+                return Tap()
+
+        self._note("ferrotunnel_stream_observers", config=config)
+        return [Observer()]
+
+    @hookimpl
     async def ferrotunnel_startup(self, app: Any) -> None:
         await anyio.lowlevel.checkpoint()
         self._note("ferrotunnel_startup", app=app)
@@ -156,6 +193,18 @@ class Recorder:
     @hookimpl
     def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
         self._note("ferrotunnel_session_opened", session=session, identity=identity)
+
+    @hookimpl
+    def ferrotunnel_handshake_done(
+        self, session: Session, hello: Any, failure: str | None, duration: float
+    ) -> None:
+        self._note(
+            "ferrotunnel_handshake_done",
+            role=session.role,
+            hello=hello,
+            failure=failure,
+            duration=duration,
+        )
 
     @hookimpl
     def ferrotunnel_session_closed(self, session: Session) -> None:
@@ -212,6 +261,8 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
                 server_addr=str(server.control_address),
                 token="t",
                 tunnels=[tunnel],
+                plugins=host,
+                stream_observers=host.stream_observers(config),
                 ssl_context=host.ssl_context(TlsOptions(TlsPurpose.CLIENT)),
             ) as client:
                 assert client.session is not None
@@ -246,6 +297,17 @@ async def test_every_hook_is_called_through_a_real_tunnel() -> None:
     assert isinstance(recorder.calls["ferrotunnel_startup"]["app"], Server)
     assert "ssl_context:server" in recorder.calls
     assert "ssl_context:client" in recorder.calls
+    handshakes = [kw for name, kw in recorder.all_calls if name == "ferrotunnel_handshake_done"]
+    assert {kw["role"] for kw in handshakes} == {Role.SERVER, Role.CLIENT}
+    for kw in handshakes:
+        assert kw["failure"] is None
+        assert kw["hello"].client_id
+        assert 0 <= kw["duration"] < 5
+    assert recorder.calls["on_stream"]["stream"].tunnel == "rec.localhost"
+    assert recorder.calls["stream_done"]["stream"].done
+    assert recorder.tapped[0].startswith(b"GET /x HTTP/1.1\r\n")
+    assert recorder.tapped[1].endswith(b"\r\n\r\nok")
+    assert recorder.calls["tap_closed"]["error"] is None
 
 
 def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:

@@ -55,7 +55,7 @@ class Observer:
     def __init__(self) -> None:
         self.recordings: list[Recording] = []
 
-    def open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None:
+    def on_stream(self, stream: Stream) -> StreamTap | None:
         rec = Recording()
         self.recordings.append(rec)
         return Tap(rec)

@@ -22,7 +22,13 @@ from ._run import (
     run,
     setup_logging,
 )
-from .settings import ClientSettings, TunnelSettings, load_settings, merge
+from .settings import (
+    ClientSettings,
+    TunnelSettings,
+    load_settings,
+    merge,
+    take_plugin_options,
+)
 from .tunnels import TunnelOptions, parse_tunnel_spec
 
 
@@ -178,6 +184,7 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     """Connect to a server and expose a local service through it."""
     plugins: PluginHost = ctx.obj["plugins"]
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    options = take_plugin_options(ctx, options, loaded)
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")
     for flag in ("tls", "tls_skip_verify"):  # flags: a file's true counts unless given
@@ -231,9 +238,10 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
         )
 
     config: ClientConfig = config_errors(build)
+    observers = config_errors(lambda: plugins.stream_observers(loaded))
 
     async def main() -> None:
-        tunnel_client = Client(config, plugins=plugins)
+        tunnel_client = Client(config, plugins=plugins, stream_observers=observers)
         tls = " over TLS" if config.ssl_context is not None else ""
         click.echo(f"connecting to {config.server_addr}{tls} ...")
         try:

@@ -22,7 +22,7 @@ from ._run import (
     run,
     setup_logging,
 )
-from .settings import ServerSettings, load_settings, merge
+from .settings import ServerSettings, load_settings, merge, take_plugin_options
 
 
 def _port_range(text: str | None) -> tuple[int, int] | None:
@@ -212,6 +212,7 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
     plugins: PluginHost = ctx.obj["plugins"]
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    options = take_plugin_options(ctx, options, loaded)
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)
     config_errors(lambda: plugins.configure(loaded))

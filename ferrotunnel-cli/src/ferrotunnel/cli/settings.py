@@ -1,9 +1,11 @@
 """The kernel's configuration tables, and how the command line, environment and file combine.
 
 Precedence: a flag given on the command line, then its environment variable, then the
-``--config`` file, then the default. Every table of the file is validated (plugins declare
-theirs through ``ferrotunnel_add_config``), so a typo is an error naming the key, the file and
-line, and the closest valid key.
+``--config`` file, then the default. A plugin may add options to ``server`` and ``client``
+(in ``ferrotunnel_register_commands``): an option named ``TABLE__KEY`` sets ``KEY`` of the
+plugin's ``[TABLE]`` when given, with the same precedence. Every table of the file is
+validated (plugins declare theirs through ``ferrotunnel_add_config``), so a typo is an error
+naming the key, the file and line, and the closest valid key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "TunnelSettings",
     "kernel_schema",
     "load_settings",
+    "take_plugin_options",
 ]
 
 
@@ -148,6 +151,23 @@ def merge(
             value if explicit or not config.given(table, key) else getattr(file_values, key)
         )
     return merged
+
+
+def take_plugin_options(
+    ctx: click.Context, options: dict[str, Any], config: Config
+) -> dict[str, Any]:
+    """Remove the ``TABLE__KEY`` options plugins added from ``options``; those given on the
+    command line or in the environment override that key of ``config``'s ``[TABLE]``."""
+    kept = {}
+    for param, value in options.items():
+        table, sep, key = param.partition("__")
+        if not sep:
+            kept[param] = value
+            continue
+        source = ctx.get_parameter_source(param)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            config.replace(table, **{key: value})
+    return kept
 
 
 def settings_fields(settings: type) -> list[str]:

@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,8 +131,11 @@ class Client:
     ``await client.shutdown()`` from the same task.
 
     ``plugins`` (a :class:`~ferrotunnel.core.plugin.PluginHost`) get ``ferrotunnel_startup`` /
-    ``ferrotunnel_shutdown`` with this client, and ``ferrotunnel_tunnel_registered`` /
-    ``ferrotunnel_tunnel_closed`` as its session comes and goes.
+    ``ferrotunnel_shutdown`` with this client, ``ferrotunnel_handshake_done`` for each
+    connection attempt, and ``ferrotunnel_tunnel_registered`` / ``ferrotunnel_tunnel_closed``
+    as its session comes and goes. ``stream_observers`` (usually what the plugins'
+    ``ferrotunnel_stream_observers`` return), and those given to :meth:`observe` later, are
+    shown each stream the server opens (see :class:`~ferrotunnel.core.plugin.StreamObserver`).
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class Client:
         config: ClientConfig | None = None,
         *,
         plugins: PluginHost | None = None,
+        stream_observers: Sequence[StreamObserver] = (),
         **settings: object,
     ) -> None:
         if config is None:
@@ -162,15 +167,24 @@ class Client:
         self.plugins = plugins
         #: what plugins serve for this client, name -> URL (e.g. ``"dashboard"``)
         self.endpoints: dict[str, str] = {}
-        self._observers: list[StreamObserver] = []
+        self._observers = list(stream_observers)
 
     def observe(self, observer: StreamObserver) -> None:
-        """Have ``observer`` offered a tap on every stream relayed to a local address from
-        now on (see :class:`~ferrotunnel.core.plugin.StreamTap`)."""
+        """Show ``observer`` every stream the server opens from now on (see
+        :class:`~ferrotunnel.core.plugin.StreamObserver`)."""
         self._observers.append(observer)
 
-    def _open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None:
-        taps = [t for o in self._observers if (t := o.open_tap(stream, tunnel)) is not None]
+    def _open_tap(self, stream: Stream) -> StreamTap | None:
+        """Show ``stream`` to the observers; the taps they return, as one (or None)."""
+        taps: list[StreamTap] = []
+        for observer in self._observers:
+            try:
+                tap = observer.on_stream(stream)
+            except Exception:
+                log.exception("stream observer %r failed", observer)
+                continue
+            if tap is not None:
+                taps.append(tap)
         if len(taps) > 1:
             return _Taps(taps)
         return taps[0] if taps else None
@@ -233,14 +247,9 @@ class Client:
                     log.exception("a plugin failed in ferrotunnel_shutdown")
 
     def _notify(self, hook_name: str, session: Session) -> None:
-        plugins = self.plugins
-        if plugins is None or not plugins.listens(hook_name):
-            return
-        for tunnel in self.tunnels:
-            try:
-                getattr(plugins.hook, hook_name)(session=session, tunnel=tunnel)
-            except Exception:
-                log.exception("a plugin failed in %s", hook_name)
+        if self.plugins is not None:
+            for tunnel in self.tunnels:
+                self.plugins.notify(hook_name, session=session, tunnel=tunnel)
 
     async def _close_task_group(self) -> None:
         tg, self._tg = self._tg, None
@@ -347,29 +356,33 @@ class Client:
         cfg = self.config
         assert self._tg is not None
         session: Session | None = None
+        started = time.monotonic()
+        hello: Hello | None = None
         try:
             with anyio.fail_after(cfg.session.handshake_timeout):
                 session = await self._open_connection()
                 session.on_stream = self._on_stream
-                session.send_hello(
-                    Hello(
-                        versions=SUPPORTED_VERSIONS,
-                        client_id=cfg.client_id,
-                        tunnels=tuple(t.request() for t in cfg.tunnels),
-                        token=cfg.token,
-                        window=cfg.session.window,
-                        max_frame=cfg.session.max_frame,
-                        agent=AGENT,
-                    )
+                hello = Hello(
+                    versions=SUPPORTED_VERSIONS,
+                    client_id=cfg.client_id,
+                    tunnels=tuple(t.request() for t in cfg.tunnels),
+                    token=cfg.token,
+                    window=cfg.session.window,
+                    max_frame=cfg.session.max_frame,
+                    agent=AGENT,
                 )
+                session.send_hello(hello)
                 reply = await session.wait_handshake()
         except TimeoutError:
             if session is not None:
                 session.abort()
+                self._handshake_done(session, hello, "timeout", started)
             raise HandshakeError(
                 f"no answer from the server within {cfg.session.handshake_timeout:.0f} s"
             ) from None
         except SessionClosedError as exc:
+            if session is not None:
+                self._handshake_done(session, hello, "closed", started)
             reason = session.close_reason if session else None
             tls_failure = _ssl_error_in(reason)
             if tls_failure is not None:
@@ -390,9 +403,23 @@ class Client:
                 session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
             raise
         if isinstance(reply, Reject):
+            self._handshake_done(session, hello, reply.code.value, started)
             raise RejectedError(reply.code, reply.message)
         assert isinstance(reply, Welcome)
+        self._handshake_done(session, hello, None, started)
         return session, reply
+
+    def _handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, started: float
+    ) -> None:
+        if self.plugins is not None:
+            self.plugins.notify(
+                "ferrotunnel_handshake_done",
+                session=session,
+                hello=hello,
+                failure=failure,
+                duration=time.monotonic() - started,
+            )
 
     async def _open_connection(self) -> Session:
         cfg = self.config
@@ -451,26 +478,30 @@ class Client:
             log.warning("server opened a stream for unknown tunnel %r", stream.tunnel)
             stream.reset(ErrorCode.REFUSED_STREAM)
             return
+        tap = self._open_tap(stream) if self._observers else None
         assert self._tg is not None
         if tunnel.handler is not None:
-            self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream)
+            self._tg.start_soon(self._serve_with_handler, tunnel.handler, stream, tap)
             return
         assert tunnel.local_addr is not None
         loop = running_asyncio_loop()
         if loop is not None:
-            self._splice_local(loop, stream, tunnel)
+            self._splice_local(loop, stream, tunnel, tap)
         else:
-            self._tg.start_soon(self._pump_local, stream, tunnel)
+            self._tg.start_soon(self._pump_local, stream, tunnel, tap)
 
     def _splice_local(
-        self, loop: asyncio.AbstractEventLoop, stream: Stream, tunnel: Tunnel
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stream: Stream,
+        tunnel: Tunnel,
+        tap: StreamTap | None,
     ) -> None:
         """asyncio: connect to the local service (or reuse an idle connection to it, for HTTP);
         from then on bytes move in callbacks."""
         addr = tunnel.local_addr
         assert addr is not None
         pool = self.origin_pool if tunnel.kind is TunnelKind.HTTP else None
-        tap = self._open_tap(stream, tunnel) if self._observers else None
         if pool is not None:
             idle = pool.take(tunnel.name)
             if idle is not None:
@@ -497,10 +528,9 @@ class Client:
 
         task.add_done_callback(connected)
 
-    async def _pump_local(self, stream: Stream, tunnel: Tunnel) -> None:
+    async def _pump_local(self, stream: Stream, tunnel: Tunnel, tap: StreamTap | None) -> None:
         addr = tunnel.local_addr
         assert addr is not None
-        tap = self._open_tap(stream, tunnel) if self._observers else None
         try:
             sock: anyio.abc.ByteStream
             if tunnel.local_tls is None:
@@ -520,14 +550,20 @@ class Client:
             return
         await pump(stream, sock, tap)
 
-    async def _serve_with_handler(self, handler: StreamHandler, stream: Stream) -> None:
+    async def _serve_with_handler(
+        self, handler: StreamHandler, stream: Stream, tap: StreamTap | None
+    ) -> None:
+        error: str | None = None
         try:
             await handler(stream)
-        except Exception:
+        except Exception as exc:
             log.exception("stream handler for tunnel %r failed", stream.tunnel)
             stream.reset(ErrorCode.INTERNAL_ERROR)
+            error = f"the stream handler failed: {_describe(exc)}"
         finally:
             stream.close()
+            if tap is not None:
+                tap.closed(error)
 
 
 class _Taps:

@@ -203,11 +203,11 @@ class Server:
                 self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
             for ingress in self._ingresses.values():
                 await ingress.start(tg)
+            if self.plugins is not None:
+                await self.plugins.startup(self)
         except BaseException:
             await self._close_task_group()
             raise
-        if self.plugins is not None:
-            await self.plugins.startup(self)
         log.info("control plane listening on %s", self._control.address)
         if self._fixed_ingress is not None:
             log.info("TCP ingress listening on %s", self._fixed_ingress.listener.address)
@@ -369,6 +369,7 @@ class Server:
 
     async def _handshake(self, session: Session) -> _Owner | None:
         # this connection is one of the unauthenticated ones
+        started = time.monotonic()
         if len(self._sessions) + self._unauthenticated > self.config.max_sessions:
             log.warning(
                 "refusing %s: max_sessions (%d) reached",
@@ -376,17 +377,18 @@ class Server:
                 self.config.max_sessions,
             )
             session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
+            self._handshake_done(session, None, RejectCode.SERVER_BUSY.value, started)
             return None
         try:
-            hello = await self._receive_hello(session)
+            hello = await self._receive_hello(session, started)
             if hello is None:
                 return None
-            return await self._admit(session, hello)
+            return await self._admit(session, hello, started)
         except BaseException:
             session.abort()  # cancelled mid-handshake (shutdown): do not leave it open
             raise
 
-    async def _receive_hello(self, session: Session) -> Hello | None:
+    async def _receive_hello(self, session: Session, started: float) -> Hello | None:
         timeout = self.config.session.handshake_timeout
         try:
             with anyio.fail_after(timeout):
@@ -394,6 +396,7 @@ class Server:
         except TimeoutError:
             log.info("handshake from %s timed out after %.1f s", _fmt(session.peer), timeout)
             session.abort()
+            self._handshake_done(session, None, "timeout", started)
             return None
         except SessionClosedError as exc:
             log.info(
@@ -401,11 +404,12 @@ class Server:
                 _fmt(session.peer),
                 session.close_reason or exc,
             )
+            self._handshake_done(session, None, "closed", started)
             return None
         assert isinstance(hello, Hello)
         return hello
 
-    async def _admit(self, session: Session, hello: Hello) -> _Owner | None:
+    async def _admit(self, session: Session, hello: Hello, started: float) -> _Owner | None:
         """Authenticate, negotiate and claim: WELCOME, or REJECT with the reason."""
         peer = Peer(*(session.peer or ("", 0)), tls=session.tls)
         try:
@@ -446,6 +450,7 @@ class Server:
                 self._auth_failures.failed(peer.host)
             log.warning("rejected %s (client %r): %s", _fmt(session.peer), hello.client_id, refusal)
             session.reject(Reject(refusal.code, str(refusal)))
+            self._handshake_done(session, hello, refusal.code.value, started)
             return None
         for old in stale:
             log.info(
@@ -477,20 +482,26 @@ class Server:
             ", ".join(t.public_url for t in granted) or "no tunnels",
         )
         self._granted[session] = granted
+        self._handshake_done(session, hello, None, started)
         self._notify("ferrotunnel_session_opened", session=session, identity=identity)
         for tunnel in granted:
             self._notify("ferrotunnel_tunnel_registered", session=session, tunnel=tunnel)
         return owner
 
+    def _handshake_done(
+        self, session: Session, hello: Hello | None, failure: str | None, started: float
+    ) -> None:
+        self._notify(
+            "ferrotunnel_handshake_done",
+            session=session,
+            hello=hello,
+            failure=failure,
+            duration=time.monotonic() - started,
+        )
+
     def _notify(self, hook_name: str, **kwargs: object) -> None:
-        """Call an event hook if any plugin listens; a plugin that raises is only logged."""
-        plugins = self.plugins
-        if plugins is None or not plugins.listens(hook_name):
-            return
-        try:
-            getattr(plugins.hook, hook_name)(**kwargs)
-        except Exception:
-            log.exception("a plugin failed in %s", hook_name)
+        if self.plugins is not None:
+            self.plugins.notify(hook_name, **kwargs)
 
     async def _authenticate(self, hello: Hello, peer: Peer) -> Identity:
         """The first authenticator's identity; then a verified client certificate's; then

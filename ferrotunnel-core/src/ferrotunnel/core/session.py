@@ -153,6 +153,8 @@ class Session:
         self.on_stream: Callable[[Stream], None] | None = None
         self.close_reason: BaseException | None = None
         self.bytes_in = 0
+        #: streams opened so far, by either side (refused ones included)
+        self.streams_opened = 0
         self._link = link
         self._decoder = FrameDecoder(config.limits)
         self._state = _State.HANDSHAKE
@@ -246,6 +248,7 @@ class Session:
         if stream_id > (1 << 31) - 1:
             raise SessionClosedError("stream ids exhausted")
         self._next_id += 2
+        self.streams_opened += 1
         frame = Open(
             stream_id,
             kind,
@@ -384,6 +387,7 @@ class Session:
         if stream_id % 2 != peer_parity or stream_id <= self._last_peer_id:
             raise ProtocolError(f"OPEN with invalid or reused stream id {stream_id}")
         self._last_peer_id = stream_id
+        self.streams_opened += 1
         stream = Stream(self, frame, self._peer_window, self.config.window)
         if self.going_away or self.on_stream is None:
             self._streams[stream_id] = stream

@@ -80,6 +80,7 @@ class Stream(ByteStream):
 
     __slots__ = (
         "_closed_locally",
+        "_done_callbacks",
         "_fin_pending",
         "_fin_received",
         "_fin_sent",
@@ -126,6 +127,7 @@ class Stream(ByteStream):
         self._writable: anyio.Event | None = None
         self._sink: Sink | None = None
         self._sink_paused = False
+        self._done_callbacks: list[Callable[[Stream], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.id} {self.open_frame.kind} {self.open_frame.tunnel!r}>"
@@ -150,6 +152,19 @@ class Stream(ByteStream):
     def done(self) -> bool:
         """Both directions have ended, or the stream was reset."""
         return self._reset_code is not None or (self._fin_sent and self._fin_received)
+
+    def add_done_callback(self, callback: Callable[[Stream], None]) -> None:
+        """Call ``callback(stream)`` once, when the stream is over (both FINs, or a reset).
+
+        For observers (spans, counters): it runs inside the session's frame handling, so it
+        must be quick and must not raise. Called at once if the stream is already over.
+        """
+        if self.done:
+            callback(self)
+        elif self._done_callbacks is None:
+            self._done_callbacks = [callback]
+        else:
+            self._done_callbacks.append(callback)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -388,6 +403,7 @@ class Stream(ByteStream):
             if self._sink is not None:
                 self._sink.abort()
         self._wake()
+        self._run_done_callbacks()
 
     # ------------------------------------------------------------------ internals
 
@@ -450,6 +466,13 @@ class Stream(ByteStream):
             else:
                 sink.close_if_done()
         self._wake()
+        if self._done_callbacks is not None:
+            self._run_done_callbacks()
+
+    def _run_done_callbacks(self) -> None:
+        callbacks, self._done_callbacks = self._done_callbacks, None
+        for callback in callbacks or ():
+            callback(self)
 
     def _wake(self) -> None:
         if self._readable is not None:

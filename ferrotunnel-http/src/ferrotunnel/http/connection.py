@@ -439,8 +439,12 @@ class IngressConnection(asyncio.Protocol):
         session = route.session
         if session.closed or session.going_away:
             return None
+        ctx = self._ctx
+        trace = ctx.trace if ctx is not None else None  # a tracing plugin's context
         try:
-            stream = session.open_stream(route.tunnel, TunnelKind.HTTP, visitor=self._visitor)
+            stream = session.open_stream(
+                route.tunnel, TunnelKind.HTTP, visitor=self._visitor, trace=trace
+            )
         except SessionClosedError:
             return None
         self._stream, self._route = stream, route

@@ -69,7 +69,8 @@ class DashboardContext:
     capture_limit: int
     public_urls: dict[str, str] = field(default_factory=dict)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    #: what ``/metrics`` exposes: the process-wide registry, where metrics plugins register
+    #: what ``/metrics`` exposes (the dashboard plugin gives the ``metrics`` plugin's client
+    #: registry when the client has that plugin)
     registry: CollectorRegistry = prometheus_client.REGISTRY
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 
-from ferrotunnel.core import Stream, Tunnel, TunnelKind
+from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
 
 from .exchange import Body, Exchange, trace_id_of
@@ -165,16 +165,16 @@ class CaptureObserver:
         self.store = store
         self.limit = limit
 
-    def open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None:
-        if tunnel.kind is not TunnelKind.HTTP:
-            return None
+    def on_stream(self, stream: Stream) -> StreamTap | None:
         frame = stream.open_frame
+        if frame.kind is not TunnelKind.HTTP:
+            return None
         visitor = None
         if frame.visitor_host is not None and frame.visitor_port is not None:
             visitor = (frame.visitor_host, frame.visitor_port)
         return ExchangeTap(
             self.store,
-            tunnel.name,
+            frame.tunnel,
             self.limit,
             visitor=visitor,
             traceparent=frame.trace.get("traceparent"),

@@ -14,8 +14,10 @@ serves it unless ``--no-dashboard``. Library users register it themselves::
 
 At ``ferrotunnel_startup`` with a :class:`~ferrotunnel.core.Client` the plugin binds its port,
 starts uvicorn inside the client's own event loop (asyncio only: uvicorn has no trio
-support), and asks the client for a tap on every HTTP stream (:class:`~.capture.CaptureObserver`).
-Tunnel status follows the client's ``ferrotunnel_tunnel_registered`` / ``_closed`` hooks.
+support), and gives the client a stream observer that taps every HTTP stream
+(:class:`~.capture.CaptureObserver`, through ``client.observe``). Tunnel status follows the
+client's ``ferrotunnel_tunnel_registered`` / ``_closed`` hooks. Its ``/metrics`` serves the
+client's metrics when the client also has the ``metrics`` plugin.
 
 On a server, with ``[dashboard] admin = true``, the same plugin serves the admin view of
 :mod:`.admin` (sessions, tunnels, visitors; close a session) behind the server's token.
@@ -28,6 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CollectorRegistry
+
 from ferrotunnel.core import Client, GrantedTunnel, Server, Session
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, hookimpl
@@ -36,6 +41,7 @@ from .admin import AdminState, SessionInfo, VisitorLog, create_admin_app
 from .api import DashboardContext, create_app
 from .capture import CaptureObserver
 from .embedded import EmbeddedServer
+from .metrics import MetricsPlugin
 from .store import Store, TunnelState
 
 __all__ = ["Dashboard", "DashboardSettings"]
@@ -65,6 +71,17 @@ def _hosts(bind: str) -> list[str]:
     return ["127.0.0.1", "localhost", "[::1]", bind]
 
 
+def _metrics_registry(client: Client) -> CollectorRegistry:
+    """What the dashboard's ``/metrics`` serves: the client's metrics when the client has the
+    ``metrics`` plugin (:class:`~.metrics.MetricsPlugin`), else prometheus_client's
+    process-wide registry."""
+    if client.plugins is not None:
+        for plugin in client.plugins.manager.get_plugins():
+            if isinstance(plugin, MetricsPlugin):
+                return plugin.client_registry(client)
+    return prometheus_client.REGISTRY
+
+
 class _ClientDashboard:
     """One client's dashboard: its store and web server."""
 
@@ -75,6 +92,7 @@ class _ClientDashboard:
             store=self.store,
             tunnels={t.name: t for t in client.config.tunnels},
             capture_limit=settings.capture_kib * 1024,
+            registry=_metrics_registry(client),
         )
         for tunnel in client.config.tunnels:
             local = str(tunnel.local_addr) if tunnel.local_addr is not None else None

@@ -30,7 +30,14 @@ import pluggy
 from ..errors import ConfigError
 from . import spec
 from .config import Config, ConfigSchema
-from .types import Authenticator, ExchangeRecord, HttpMiddleware, TcpMiddleware, TlsOptions
+from .types import (
+    Authenticator,
+    ExchangeRecord,
+    HttpMiddleware,
+    StreamObserver,
+    TcpMiddleware,
+    TlsOptions,
+)
 
 __all__ = ["PluginHost", "PluginInfo", "load_plugins"]
 
@@ -122,6 +129,9 @@ class PluginHost:
     def tcp_middlewares(self, config: Config) -> list[TcpMiddleware]:
         return self._collect("ferrotunnel_tcp_middlewares", config)
 
+    def stream_observers(self, config: Config) -> list[StreamObserver]:
+        return self._collect("ferrotunnel_stream_observers", config)
+
     def label_of(self, obj: object) -> str:
         """``plugin (distribution version)`` for an object a plugin's hook returned."""
         return self._labels.get(id(obj), type(obj).__name__)
@@ -161,6 +171,15 @@ class PluginHost:
 
     def exchange_complete(self, record: ExchangeRecord) -> None:
         self.hook.ferrotunnel_exchange_complete(record=record)
+
+    def notify(self, hook_name: str, **kwargs: object) -> None:
+        """Call an event hook if any plugin listens; a plugin that raises is only logged."""
+        if not self.listens(hook_name):
+            return
+        try:
+            getattr(self.hook, hook_name)(**kwargs)
+        except Exception:
+            log.exception("a plugin failed in %s", hook_name)
 
 
 def _flatten(results: list[Iterable[Any] | None]) -> list[Any]:

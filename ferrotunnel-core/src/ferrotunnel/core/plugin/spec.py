@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from ferrotunnel.protocol import GrantedTunnel
+from ferrotunnel.protocol import GrantedTunnel, Hello
 
 from .config import Config, ConfigSchema
 from .types import (
@@ -22,6 +22,7 @@ from .types import (
     ExchangeRecord,
     HttpMiddleware,
     Identity,
+    StreamObserver,
     TcpMiddleware,
     TlsOptions,
 )
@@ -161,6 +162,29 @@ def ferrotunnel_tcp_middlewares(config: Config) -> Iterable[TcpMiddleware]:
     return ()
 
 
+@hookspec
+def ferrotunnel_stream_observers(config: Config) -> Iterable[StreamObserver]:
+    """Objects the client shows each stream the server opens to it (see
+    :class:`StreamObserver`), before relaying it; ``on_stream`` may return a
+    :class:`StreamTap` to see the stream's bytes, or None.
+
+    Example::
+
+        class CountStreams:
+            def __init__(self):
+                self.seen = 0
+
+            def on_stream(self, stream):
+                self.seen += 1
+                return None  # no tap: the bytes are not needed
+
+        @hookimpl
+        def ferrotunnel_stream_observers(config):
+            return [CountStreams()]
+    """
+    return ()
+
+
 # ---------------------------------------------------------------------------- lifecycle
 
 
@@ -200,6 +224,25 @@ def ferrotunnel_session_opened(session: Session, identity: Identity) -> None:
         @hookimpl
         def ferrotunnel_session_opened(session, identity):
             SESSIONS.labels(identity.name).inc()
+    """
+
+
+@hookspec
+def ferrotunnel_handshake_done(
+    session: Session, hello: Hello | None, failure: str | None, duration: float
+) -> None:
+    """A session handshake ended, on the server or the client (``session.role``).
+
+    ``failure`` is None when the session was accepted, else why not: a reject code
+    (``auth_failed``, ``server_busy``...), ``timeout`` or ``closed``. ``hello`` is the HELLO
+    (None if none arrived); ``duration`` the seconds since the connection was made.
+
+    Example::
+
+        @hookimpl
+        def ferrotunnel_handshake_done(session, hello, failure, duration):
+            if failure is not None:
+                FAILURES.labels(failure).inc()
     """
 
 

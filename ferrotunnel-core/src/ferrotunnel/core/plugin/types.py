@@ -21,7 +21,6 @@ from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
 from ..tls import TlsInfo
 
 if TYPE_CHECKING:
-    from ..client import Tunnel
     from ..stream import Stream
 
 __all__ = [
@@ -164,7 +163,12 @@ class Reply:
 
 @dataclass(slots=True)
 class RequestContext:
-    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins."""
+    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins.
+
+    ``trace`` (W3C ``traceparent``/``tracestate``), when a plugin sets it in ``on_request``,
+    travels in the OPEN of the stream the ingress opens for this exchange, so the client side
+    can continue the trace.
+    """
 
     tunnel: str
     host: str
@@ -174,6 +178,7 @@ class RequestContext:
     kind: TunnelKind = TunnelKind.HTTP
     started: float = field(default_factory=time.monotonic)
     state: dict[str, object] = field(default_factory=dict)
+    trace: dict[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -234,7 +239,8 @@ class StreamTap(Protocol):
     """Sees a copy of the bytes relayed on one client-side stream, as they pass.
 
     Called synchronously from the relay's callbacks with the very chunks it forwards: it must
-    not keep references to them past the call (copy what it keeps), block, or raise.
+    not keep references to them past the call (copy what it keeps), block, or raise. A stream
+    served by a tunnel's in-process ``handler`` is not relayed: its tap only gets ``closed``.
     """
 
     def to_origin(self, data: bytes | memoryview) -> None:
@@ -248,10 +254,16 @@ class StreamTap(Protocol):
 
 
 class StreamObserver(Protocol):
-    """Given to :meth:`Client.observe <ferrotunnel.core.Client.observe>`: asked once per
-    relayed stream of an HTTP tunnel for a :class:`StreamTap` (or None to skip it)."""
+    """Shown each stream the server opens to a client, once, before the client relays it.
 
-    def open_tap(self, stream: Stream, tunnel: Tunnel) -> StreamTap | None: ...
+    A client gets its observers from ``Client(stream_observers=...)`` (what the plugins'
+    ``ferrotunnel_stream_observers`` return) and :meth:`Client.observe
+    <ferrotunnel.core.Client.observe>`. ``on_stream`` runs inline on the client's event loop:
+    keep it short. It may return a :class:`StreamTap` to see the bytes relayed on the stream
+    (None: no tap). To learn only when the stream ends, use :meth:`Stream.add_done_callback`.
+    """
+
+    def on_stream(self, stream: Stream) -> StreamTap | None: ...
 
 
 def tunnel_request_hosts(request: TunnelRequest) -> tuple[str, ...]:

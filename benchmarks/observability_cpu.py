@@ -1,0 +1,198 @@
+"""CPU per HTTP request of the tunnel processes with metrics and tracing on and off.
+
+On a shared two-core machine req/s swings by ±20 % from one run to the next; the CPU time a
+process spends per request it serves is much steadier. For each configuration this starts a
+``ferrotunnel server`` and ``client`` (``$FERROTUNNEL_BIN``) in front of a small keep-alive
+origin, drives them with ``wrk -t2 -c50`` for ``--seconds``, and reads the processes' CPU time
+(``/proc/PID/stat``) before and after. Configurations are interleaved, ``--rounds`` times, and
+the median reported. Spans go over OTLP/HTTP to a sink in this process.
+
+    uv run python benchmarks/observability_cpu.py --seconds 8 --rounds 3
+
+Every address is 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.server
+import os
+import re
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+FT = os.environ.get("FERROTUNNEL_BIN", str(ROOT / ".venv" / "bin" / "ferrotunnel"))
+BODY = b"x" * 1024
+RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(BODY), BODY)
+TICKS = os.sysconf("SC_CLK_TCK")
+RATIO_10 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+
+
+@dataclass
+class Config:
+    name: str
+    flags: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def configs(sink: str) -> list[Config]:
+    metrics = ("--metrics", "--metrics-bind", f"{HOST}:0")
+    tracing = ("--otlp-endpoint", sink)
+    return [
+        Config("off"),
+        Config("metrics", metrics),
+        Config("tracing, nothing sampled", tracing, {"OTEL_TRACES_SAMPLER": "always_off"}),
+        Config("tracing, 10 % sampled", tracing, RATIO_10),
+        Config("tracing, all sampled", tracing),
+        Config("metrics + tracing, 10 %", metrics + tracing, RATIO_10),
+        Config("metrics + tracing, all", metrics + tracing),
+    ]
+
+
+class _Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def start_sink() -> str:
+    server = http.server.ThreadingHTTPServer((HOST, 0), _Sink)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://{HOST}:{server.server_address[1]}/v1/traces"
+
+
+def start_origin() -> int:
+    """A keep-alive origin answering every request head with 1 KiB, in its own thread."""
+    ready = threading.Event()
+    port: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(RESPONSE)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, HOST, 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        await server.serve_forever()
+
+    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
+    ready.wait(10)
+    return port[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def wait_http(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: bench.localhost\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the tunnel did not come up")
+
+
+def measure(config: Config, origin: int, seconds: float) -> tuple[float, float, float]:
+    """req/s, server µs of CPU per request, client µs of CPU per request."""
+    control, public = free_port(), free_port()
+    env = {**os.environ, **config.env}
+    server = subprocess.Popen(
+        [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
+         "--http-bind", f"{HOST}:{public}", *config.flags],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = None
+    try:
+        time.sleep(1.0)
+        client = subprocess.Popen(
+            [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
+             "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
+             "--no-dashboard", *config.flags],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_http(public)
+        before = cpu_seconds(server.pid), cpu_seconds(client.pid)
+        out = subprocess.run(
+            ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-H", "Host: bench.localhost",
+             f"http://{HOST}:{public}/"],
+            capture_output=True, text=True, timeout=seconds + 30, check=True,
+        ).stdout  # fmt: skip
+        after = cpu_seconds(server.pid), cpu_seconds(client.pid)
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+    match = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    assert match, out
+    requests, took = int(match[1]), float(match[2])
+    return (
+        requests / took,
+        (after[0] - before[0]) / requests * 1e6,
+        (after[1] - before[1]) / requests * 1e6,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    origin, sink = start_origin(), start_sink()
+    plan = configs(sink)
+    results: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in plan}
+    for round_ in range(args.rounds):
+        for config in plan:
+            results[config.name].append(measure(config, origin, args.seconds))
+            rps, server_us, client_us = results[config.name][-1]
+            print(
+                f"round {round_ + 1} {config.name}: {rps:,.0f} req/s, "
+                f"server {server_us:.1f} µs/req, client {client_us:.1f} µs/req",
+                flush=True,
+            )
+    base = [statistics.median(v) for v in zip(*results["off"], strict=True)]
+    print(f"\nmedians of {args.rounds} rounds, wrk -t2 -c50 -d{args.seconds:g}s\n")
+    print("| configuration | req/s | vs off | server CPU µs/req | client CPU µs/req |")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in results.items():
+        rps, server_us, client_us = (statistics.median(v) for v in zip(*runs, strict=True))
+        change = "" if name == "off" else f"{rps / base[0] - 1:+.0%}"
+        print(f"| {name} | {rps:,.0f} | {change} | {server_us:.1f} | {client_us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
