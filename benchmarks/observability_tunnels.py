@@ -1,12 +1,12 @@
-"""tunnelbench plug-in: the HTTP tunnel with Prometheus metrics and OpenTelemetry tracing on.
+"""tunnelbench plug-in: the HTTP tunnel with capture, metrics and tracing on.
 
 ``tunnelbench.py run --plugin benchmarks/observability_tunnels.py --only "ferrotunnel http,ft
 http obs" --tests http`` measures ``ferrotunnel http`` (the observability plugins installed,
-nothing enabled) beside the same server and client with ``--metrics``, with tracing, and with
-both. Tracing exports every span (the SDK's default sampler, parent-based always-on) over
-OTLP/HTTP to a sink in the harness's process that reads and discards each batch, as a
-collector on the same machine would. Everything runs in one invocation, so the ratios are
-what metrics and tracing cost on the request path.
+nothing enabled) beside the same server and client with the dashboard capturing, with
+``--metrics``, with tracing, and with all three. Tracing exports every span (the SDK's
+default sampler, parent-based always-on) over OTLP/HTTP to a sink in the harness's process
+that reads and discards each batch, as a collector on the same machine would. Everything
+runs in one invocation, so the ratios are what each costs on the request path.
 
 This file is exec'd by the harness, which provides ``Tunnel`` in its namespace.
 """
@@ -51,8 +51,11 @@ _SERVER = (
 )
 _CLIENT = (
     "{ft} client --server 127.0.0.1:{control_port} --token {token} "
-    "--local-addr {local_host}:{local_port} --tunnel-id bench.localhost --no-dashboard"
+    "--local-addr {local_host}:{local_port} --tunnel-id bench.localhost"
 )
+_NO_DASHBOARD = " --no-dashboard"
+#: the dashboard on an ephemeral port, capturing every exchange (heads + first 64 KiB)
+_CAPTURE = " --dashboard-port 0"
 _TRACING = " --otlp-endpoint http://127.0.0.1:{aux_port}/v1/traces"
 _SERVER_METRICS = " --metrics --metrics-bind 127.0.0.1:0"
 _CLIENT_METRICS = " --metrics --metrics-bind 127.0.0.1:0"
@@ -66,7 +69,8 @@ def _tunnel(name, extra_server, extra_client, notes, setup=None, env=None):
     return Tunnel(
         name,
         server=_SERVER + extra_server,
-        client=_CLIENT + extra_client,
+        client=_CLIENT
+        + (extra_client if _CAPTURE in extra_client else extra_client + _NO_DASHBOARD),
         kinds=("http",),
         http_host="bench.localhost",
         setup=setup,
@@ -78,6 +82,27 @@ def _tunnel(name, extra_server, extra_client, notes, setup=None, env=None):
 
 
 TUNNELS = [
+    _tunnel(
+        "ft http obs capture",
+        "",
+        _CAPTURE,
+        "ferrotunnel http, the client's dashboard capturing every exchange",
+    ),
+    _tunnel(
+        "ft http obs capture+metrics+tracing",
+        _SERVER_METRICS + _TRACING,
+        _CAPTURE + _CLIENT_METRICS + _TRACING,
+        "capture, metrics and tracing (every request sampled) all on",
+        setup=_start_sink,
+    ),
+    _tunnel(
+        "ft http obs capture+metrics+tracing@10%",
+        _SERVER_METRICS + _TRACING,
+        _CAPTURE + _CLIENT_METRICS + _TRACING,
+        "capture, metrics and tracing, one trace in ten sampled",
+        setup=_start_sink,
+        env=_SAMPLE_10,
+    ),
     _tunnel(
         "ft http obs metrics",
         _SERVER_METRICS,
