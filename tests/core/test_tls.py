@@ -158,7 +158,7 @@ async def test_mutual_tls_identity_is_the_certificate_common_name(pki: Pki) -> N
     async with echo_server() as echo_port, server:
         client = make_client(server, echo_port, token=None, ssl_context=pki.client(cert=True))
         async with client:
-            assert identities.seen == [Identity("alice")]
+            assert identities.seen == [Identity("cert:alice")]
             [session] = server.sessions
             assert session.tls is not None
             assert session.tls.peer_subject is not None

@@ -135,6 +135,7 @@ class TlsAcceptor(asyncio.Protocol):
         self._on_done = on_done
         self._early: list[bytes] = []  # before start_tls: raw bytes; after: plaintext
         self._lost = False
+        self._handed_over = False
         self.peer: tuple[str, int] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -150,7 +151,11 @@ class TlsAcceptor(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
+        # the TLS protocol may have scheduled this call before the link took over
+        if self._handed_over:
+            self._link.connection_lost(exc)
+        else:
+            self._lost = True
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
@@ -178,10 +183,11 @@ class TlsAcceptor(asyncio.Protocol):
             if not isinstance(exc, Exception):
                 raise
             return
-        if encrypted is None or self._lost:
+        if encrypted is None or self._lost or encrypted.is_closing():
             self._on_done(ConnectionResetError("connection closed right after the TLS handshake"))
             return
         self._on_done(None)
+        self._handed_over = True
         encrypted.set_protocol(self._link)
         self._link.connection_made(encrypted)
         for data in self._early:

@@ -512,8 +512,9 @@ class Server:
                 return identity
         tls = peer.tls
         if tls is not None and tls.peer_subject is not None:
-            # mutual TLS: the certificate was verified against the configured CA
-            return Identity(tls.peer_common_name or tls.peer_subject)
+            # mutual TLS: the certificate was verified against the configured CA. Its own
+            # namespace: a certificate named like a token's identity must not own its tunnels
+            return Identity(f"cert:{tls.peer_common_name or tls.peer_subject}")
         if self.config.token is not None:
             expected = self.config.token.encode()
             offered = (hello.token or "").encode()
