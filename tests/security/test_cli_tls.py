@@ -421,9 +421,7 @@ def test_mtls_server_logs_the_certificate_identity(
     )  # fmt: skip
     tcp_tunnel_port(client)
     line = server.proc.expect_stderr(r"INFO\s+session \S+ from 127\.0\.0\.1:\d+ .*")
-    assert "identity 'cert:client'" in line.string, (
-        server.proc.stderr
-    )
+    assert "identity 'cert:client'" in line.string, server.proc.stderr
 
 
 def test_mtls_refuses_a_client_without_a_certificate(
