@@ -18,7 +18,10 @@ from ferrotunnel.http import HttpIngress, HttpIngressConfig
 from ferrotunnel.observability.dashboard import Dashboard
 from ferrotunnel.observability.store import Store
 
+from ..e2e.conftest import launch
 from ..http.harness import HOST, TOKEN, Handler, Origin, RawOrigin, http_tunnel
+
+__all__ = ["launch"]  # the end-to-end suite's process launcher, for the CLI tests here
 
 APP = "app.localhost"
 

@@ -16,11 +16,12 @@ import socket
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ..e2e.conftest import Launch
 from ..e2e.helpers import CONTROL_RE, HOST, CliProcess, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,8 +32,6 @@ TOKEN = "dashboard-e2e-token"
 APP = "app.localhost"
 HTTP_INGRESS_RE = r"^\s+HTTP ingress\s+(?P<host>\S+):(?P<port>\d+)$"
 DASHBOARD_RE = r"^\s+dashboard: (?P<url>http://\S+)$"
-
-Launch = Callable[..., CliProcess]
 
 
 class _Origin(http.server.BaseHTTPRequestHandler):
@@ -72,20 +71,6 @@ def origin() -> Iterator[int]:
     server.shutdown()
     server.server_close()
     thread.join(5)
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    started: list[CliProcess] = []
-
-    def start(*args: str) -> CliProcess:
-        proc = CliProcess(list(args))
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 def tunnel(launch: Launch, origin: int, *extra: str) -> tuple[CliProcess, int]:

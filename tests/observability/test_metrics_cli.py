@@ -6,11 +6,12 @@ from __future__ import annotations
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import Launch
 from tests.e2e.helpers import HOST, CliProcess, child_env, free_port
 from tests.http.test_cli import ThreadedOrigin, answer, curl, start_server
 
@@ -22,21 +23,6 @@ pytestmark = [
 ]
 
 TOKEN = "cli-http-token"  # what tests.http.test_cli.start_server gives the server
-Launch = Callable[..., CliProcess]
-
-
-@pytest.fixture
-def launch() -> Iterator[Launch]:
-    started: list[CliProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> CliProcess:
-        proc = CliProcess(list(args), env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.close()
 
 
 @pytest.fixture
