@@ -1,4 +1,5 @@
-"""Property tests of the sans-IO parsers: request heads against h11, body framing, h2c.
+"""Property tests of the sans-IO parsers: request heads against h11, body framing, h2c,
+response head edits.
 
 ``parse_request_head`` is differentially tested against h11 on generated heads, valid and
 slightly broken. When h11 accepts a head, ours accepts it too and reads the same method,
@@ -36,7 +37,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ferrotunnel.http.h1 import BodyFramer, Framing, HttpError, find_head_end, parse_request_head
+from ferrotunnel.http.h1 import (
+    BodyFramer,
+    Framing,
+    HttpError,
+    ResponseHead,
+    find_head_end,
+    parse_request_head,
+    parse_response_head,
+)
 from ferrotunnel.http.h2c import PREFACE, SettingsAckFilter, first_authority
 
 from .harness import h2_frame as frame
@@ -533,3 +542,49 @@ def test_first_authority(
     assert first_authority(data) == expected
     for end in range(len(PREFACE), len(data) - 1, 7):  # not yet: more bytes needed
         assert first_authority(data[:end]) is None
+
+
+# ---------------------------------------------------------------------------- response edits
+
+_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer:  nginx \r\nContent-Type: text/html\r\n"
+    b"Set-Cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 3\r\n\r\n"
+)
+_NAMES = ["Server", "set-cookie", "X-Served-By", "x-served-by", "X-Other"]
+_EDITS = st.lists(
+    st.tuples(st.sampled_from(["set", "add", "remove"]), st.sampled_from(_NAMES), st.text("ab")),
+    max_size=6,
+)
+
+
+@given(edits=_EDITS)
+def test_edited_response_heads_serialize_as_a_rebuild_would(
+    edits: list[tuple[str, str, str]],
+) -> None:
+    """Only-appended headers are spliced into the parsed head; anything else rebuilds it. Both
+    must give the same header lines."""
+    fast = parse_response_head(_RESPONSE, b"GET")
+    parsed = parse_response_head(_RESPONSE, b"GET")
+    rebuilt = ResponseHead(parsed.status, parsed.reason, parsed.minor, list(parsed.headers))
+    for op, name, value in edits:
+        for head in (fast, rebuilt):
+            if op == "remove":
+                head.remove_header(name)
+            else:
+                getattr(head, f"{op}_header")(name, value)
+    out = fast.serialize()
+    assert parse_response_head(out, b"GET").headers == rebuilt.headers
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"\r\n\r\n")
+
+
+def test_added_headers_leave_the_parsed_head_as_it_came() -> None:
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("X-Served-By", "ferrotunnel")
+    head.add_header("X-Other", "1")
+    assert head.serialize() == _RESPONSE[:-2] + b"X-Served-By: ferrotunnel\r\nX-Other: 1\r\n\r\n"
+    head.set_header("server", "ft")  # replaces a parsed header: rebuilt
+    out = head.serialize()
+    assert b"Server:" not in out
+    assert b"server: ft\r\n" in out
+    assert out.lower().count(b"set-cookie") == 2

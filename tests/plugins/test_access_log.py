@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ferrotunnel.core.errors import ConfigError
-from ferrotunnel.core.plugin import load_toml
+from ferrotunnel.core.plugin import ExchangeRecord, RequestContext, load_toml
 from ferrotunnel.plugins import access_log
 from ferrotunnel.plugins.access_log import AccessLog, format_record
 
@@ -37,6 +41,84 @@ def test_the_json_fields() -> None:
         "visitor_ip": "192.0.2.7",
         "request_id": "req-1",
     }
+
+
+def _as_json_dumps_writes_it(record: ExchangeRecord, ctx: RequestContext) -> str:
+    """The line as ``json.dumps`` of a dict writes it (what the fast formatter must match)."""
+    moment = datetime.fromtimestamp(record.time, UTC).isoformat(timespec="milliseconds")
+    line: dict[str, object] = {
+        "time": moment.replace("+00:00", "Z"),
+        "tunnel": record.tunnel,
+        "host": record.host,
+        "method": record.method,
+        "path": record.path,
+        "status": record.status,
+        "bytes_in": record.bytes_in,
+        "bytes_out": record.bytes_out,
+        "duration_ms": round(record.duration * 1000.0, 3),
+        "visitor_ip": record.visitor_ip,
+        "request_id": record.request_id,
+    }
+    for key, name in [("trace_id", "trace_id"), ("basic_auth.user", "user")]:
+        if key in ctx.state:
+            line[name] = str(ctx.state[key])
+    if record.error is not None:
+        line["error"] = record.error
+    return json.dumps(line, separators=(", ", ": "))
+
+
+@given(
+    moment=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    duration=st.floats(min_value=0, max_value=1e5, allow_nan=False),
+    text=st.text(max_size=20),
+    numbers=st.tuples(*[st.integers(0, 2**63)] * 3),
+    user=st.none() | st.text(max_size=8),
+    error=st.none() | st.text(max_size=8),
+)
+def test_the_line_is_what_json_dumps_writes(
+    moment: float,
+    duration: float,
+    text: str,
+    numbers: tuple[int, int, int],
+    user: str | None,
+    error: str | None,
+) -> None:
+    ctx = make_ctx(host=text, tunnel=text[::-1], visitor_ip=text)
+    if user is not None:
+        ctx.state["basic_auth.user"] = user
+    status, bytes_in, bytes_out = numbers
+    record = make_record(
+        ctx, status, time=moment, duration=duration, method=text, path=text,
+        bytes_in=bytes_in, bytes_out=bytes_out, error=error,
+    )  # fmt: skip
+    assert format_record(record, ctx) == _as_json_dumps_writes_it(record, ctx)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_one_write_per_batch_of_exchanges(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    with path.open("a", encoding="utf-8") as stream:
+        writes: list[str] = []
+        write = stream.write
+
+        def counting_write(text: str) -> int:
+            writes.append(text)
+            return write(text)
+
+        stream.write = counting_write  # type: ignore[method-assign]
+        mw = AccessLog(stream)
+        ctx = make_ctx()
+        for status in (200, 201, 202):
+            mw.on_complete(make_record(ctx, status), ctx)
+        assert writes == []  # formatted, not yet written: the batch is still running
+        await asyncio.sleep(0)
+        assert len(writes) == 1
+        lines = path.read_text(encoding="utf-8").splitlines()  # flushed, not just buffered
+        assert [json.loads(line)["status"] for line in lines] == [200, 201, 202]
+        mw.on_complete(make_record(ctx, 203), ctx)
+        mw.close()  # writes what is pending
+    assert json.loads(path.read_text(encoding="utf-8").splitlines()[-1])["status"] == 203
 
 
 def test_optional_fields() -> None:
@@ -72,7 +154,7 @@ def test_appended_to_a_file_relative_to_the_configuration(tmp_path: Path) -> Non
     try:
         ctx = make_ctx()
         mw.on_complete(make_record(ctx), ctx)
-        # line-buffered: on disk before the file is closed
+        # no event loop: written and flushed at once, before the file is closed
         lines = (tmp_path / "access.log").read_text(encoding="utf-8").splitlines()
     finally:
         mw.close()

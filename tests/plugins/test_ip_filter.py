@@ -77,3 +77,14 @@ def test_hooks_only_when_configured() -> None:
     config = config_of(ip_filter, "ip-filter", {"ip_filter": {"tunnels": RULES}})
     assert [type(m) for m in ip_filter.ferrotunnel_http_middlewares(config)] == [IpFilterHttp]
     assert [type(m) for m in ip_filter.ferrotunnel_tcp_middlewares(config)] == [IpFilterTcp]
+
+
+def test_verdicts_are_cached_per_address_and_bounded() -> None:
+    rule = ip_filter.IpRule(
+        ip_filter.IpFilterRule(allow=("10.0.0.0/8",), deny=("10.9.0.0/16",)), cache_size=4
+    )
+    addresses = [f"10.{i}.0.1" for i in range(12)] + ["192.0.2.1", "junk"]
+    first = [rule.admits(ip) for ip in addresses]
+    again = [rule.admits(ip) for ip in addresses]  # partly from the cache, partly not
+    assert first == again == [i != 9 for i in range(12)] + [False, False]
+    assert len(rule._verdicts) <= 4

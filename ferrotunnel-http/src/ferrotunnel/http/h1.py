@@ -113,6 +113,12 @@ class ResponseHead:
     keep_alive: bool = True
     #: a middleware changed the headers: the head must be re-serialised
     modified: bool = False
+    #: the head as parsed, and the (lower-case) names of its headers: as long as middlewares
+    #: only add headers, :meth:`serialize` appends them to ``raw`` instead of rebuilding it
+    raw: bytes = b""
+    names: frozenset[bytes] | dict[bytes, list[bytes]] = frozenset()
+    #: how many of ``headers`` came with ``raw``; None once one of those was removed
+    parsed: int | None = None
 
     def header(self, name: str) -> str | None:
         wanted = name.lower().encode("latin-1")
@@ -125,7 +131,9 @@ class ResponseHead:
         return _values(self.headers, name)
 
     def set_header(self, name: str, value: str) -> None:
-        self.headers = _set_header(self.headers, name, value)
+        line = _field(name, value)
+        self._drop(line[0].lower())
+        self.headers.append(line)
         self.modified = True
 
     def add_header(self, name: str, value: str) -> None:
@@ -133,10 +141,21 @@ class ResponseHead:
         self.modified = True
 
     def remove_header(self, name: str) -> None:
-        self.headers = _without(self.headers, name)
+        self._drop(name.lower().encode("latin-1"))
         self.modified = True
 
+    def _drop(self, wanted: bytes) -> None:
+        if wanted in self.names:
+            self.parsed = None  # a parsed header goes: rebuild the head
+        elif self.parsed is not None and len(self.headers) == self.parsed:
+            return  # neither parsed nor added: nothing to drop
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != wanted]
+
     def serialize(self) -> bytes:
+        parsed = self.parsed
+        if parsed is not None and self.raw:
+            added = self.headers[parsed:]
+            return self.raw[:-2] + b"".join(b"%s: %s\r\n" % pair for pair in added) + b"\r\n"
         lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
         lines += [b"%s: %s" % pair for pair in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -155,9 +174,12 @@ def _values(headers: Headers, name: str) -> list[str]:
     return [v.decode("latin-1") for k, v in headers if k.lower() == wanted]
 
 
+_TOKEN_TEXT = re.compile(_TOKEN.decode())
+
+
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     """One header line, refusing names and values that would break the head (CR/LF...)."""
-    if _FORBIDDEN_IN_FIELD.search(value) or not re.fullmatch(_TOKEN.decode(), name):
+    if _FORBIDDEN_IN_FIELD.search(value) or not _TOKEN_TEXT.fullmatch(name):
         raise ValueError(f"invalid header {name!r}: {value!r}")
     return name.encode("latin-1"), value.encode("latin-1")
 
@@ -264,7 +286,9 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
         raise HttpError(502, "malformed status line from the origin")
     minor_text, status_text, reason = match.groups()
     minor = int(minor_text)
-    response = ResponseHead(int(status_text), reason or b"", minor, headers)
+    response = ResponseHead(
+        int(status_text), reason or b"", minor, headers, raw=head, names=index, parsed=len(headers)
+    )
     connection = _tokens(index.get(b"connection"))
     response.keep_alive = b"close" not in connection and (minor == 1 or b"keep-alive" in connection)
     status = response.status

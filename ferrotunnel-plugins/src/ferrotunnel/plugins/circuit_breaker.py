@@ -144,7 +144,7 @@ class _Admitted:
 class CircuitBreaker:
     """The HTTP middleware: fast ``503`` while a tunnel's circuit is open."""
 
-    __slots__ = ("_circuits", "_clock", "_matcher")
+    __slots__ = ("_admitted", "_circuits", "_clock", "_matcher")
 
     def __init__(
         self, tunnels: Mapping[str, BreakerSettings], *, clock: Clock = time.monotonic
@@ -152,6 +152,8 @@ class CircuitBreaker:
         self._matcher = TunnelMatcher(dict(tunnels))
         self._clock = clock
         self._circuits: dict[tuple[str, str], Circuit] = {}
+        #: the (immutable) admission of a closed circuit, made once per tunnel and host
+        self._admitted: dict[tuple[str, str], _Admitted] = {}
 
     def state(self, tunnel: str, host: str) -> CircuitState:
         """The circuit state of a tunnel (for tests and status pages)."""
@@ -174,7 +176,12 @@ class CircuitBreaker:
         key = (ctx.tunnel, ctx.host)
         circuit = self._circuits.get(key)
         if circuit is None or circuit.state is CircuitState.CLOSED:
-            ctx.state[STATE_KEY] = _Admitted(settings, key, None)
+            admitted = self._admitted.get(key)
+            if admitted is None:
+                if len(self._admitted) >= 4096:
+                    self._admitted.clear()
+                admitted = self._admitted[key] = _Admitted(settings, key, None)
+            ctx.state[STATE_KEY] = admitted
             return None
         now = self._clock()
         if circuit.state is CircuitState.OPEN:

@@ -134,9 +134,6 @@ class TokenBucket:
             self.stamp = now
         return self.tokens
 
-    def is_full(self, now: float) -> bool:
-        return self.tokens + max(0.0, now - self.stamp) * self.rate >= self.size
-
 
 class BucketTable:
     """Token buckets by key, least recently used first, at most ``capacity`` of them."""
@@ -164,6 +161,28 @@ class BucketTable:
             buckets.popitem(last=False)
         return bucket
 
+    def take_one(self, now: float, key: Hashable, rate: Rate) -> float:
+        """:meth:`take` for one bucket: the common case, written out (it runs per request)."""
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = self.bucket(key, rate, now)
+        else:
+            buckets.move_to_end(key)
+        tokens = bucket.tokens
+        if now > bucket.stamp:
+            tokens = min(bucket.size, tokens + (now - bucket.stamp) * bucket.rate)
+            bucket.stamp = now
+        if tokens >= 1.0:
+            bucket.tokens = tokens - 1.0
+            wait = 0.0
+        else:
+            bucket.tokens = tokens
+            wait = (1.0 - tokens) / bucket.rate
+        if next(iter(buckets)) != key:  # else the only bucket, just used
+            self.sweep(now)
+        return wait
+
     def take(self, now: float, *wanted: tuple[Hashable, Rate]) -> float:
         """Take a token from each bucket if every one has one: 0.0. Otherwise take none and
         return the seconds until every one will have one."""
@@ -182,13 +201,14 @@ class BucketTable:
     def sweep(self, now: float, limit: int = 2) -> None:
         """Drop up to ``limit`` least recently used buckets that have refilled."""
         buckets = self._buckets
-        for _ in range(limit):
-            if not buckets:
-                return
+        while limit and buckets:
             oldest = next(iter(buckets))
-            if not buckets[oldest].is_full(now):
+            bucket = buckets[oldest]
+            elapsed = now - bucket.stamp
+            if bucket.tokens + (elapsed if elapsed > 0.0 else 0.0) * bucket.rate < bucket.size:
                 return
             del buckets[oldest]
+            limit -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +263,11 @@ class RateLimit:
         tunnel = (ctx.tunnel, ctx.host)
         if per_ip is None:
             assert per_tunnel is not None
-            wait = self._buckets.take(now, (tunnel, per_tunnel))
+            wait = self._buckets.take_one(now, tunnel, per_tunnel)
         else:
             visitor = (ctx.tunnel, ctx.host, _visitor_key(ctx.visitor_ip, self._prefix))
             if per_tunnel is None:
-                wait = self._buckets.take(now, (visitor, per_ip))
+                wait = self._buckets.take_one(now, visitor, per_ip)
             else:
                 wait = self._buckets.take(now, (visitor, per_ip), (tunnel, per_tunnel))
         if wait == 0.0:

@@ -1,13 +1,16 @@
-"""CPU per HTTP request of the tunnel processes with metrics and tracing on and off.
+"""CPU per HTTP request of the tunnel processes, per configuration of plugins or observability.
 
 On a shared two-core machine req/s swings by ±20 % from one run to the next; the CPU time a
 process spends per request it serves is much steadier. For each configuration this starts a
 ``ferrotunnel server`` and ``client`` (``$FERROTUNNEL_BIN``) in front of a small keep-alive
 origin, drives them with ``wrk -t2 -c50`` for ``--seconds``, and reads the processes' CPU time
 (``/proc/PID/stat``) before and after. Configurations are interleaved, ``--rounds`` times, and
-the median reported. Spans go over OTLP/HTTP to a sink in this process.
+the median reported. ``--suite observability`` (metrics and tracing; spans go over OTLP/HTTP
+to a sink in this process) or ``--suite plugins`` (the built-ins of Issue 5, one at a time and
+all five, each from a server configuration file).
 
-    uv run python benchmarks/observability_cpu.py --seconds 8 --rounds 3
+    uv run python benchmarks/request_cpu.py --suite observability --seconds 8 --rounds 3
+    uv run python benchmarks/request_cpu.py --suite plugins --seconds 8 --rounds 3
 
 Every address is 127.0.0.1; every wait is bounded.
 """
@@ -22,6 +25,7 @@ import re
 import socket
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,9 +45,29 @@ class Config:
     name: str
     flags: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    server_toml: str = ""  # a server configuration file's text, if any
 
 
-def configs(sink: str) -> list[Config]:
+#: the five built-ins of ``plugin_tunnels.py``, each table on its own
+PLUGIN_TABLES = {
+    "ip-filter": '[ip_filter.tunnels."*"]\nallow = ["127.0.0.0/8"]\n',
+    "rate-limit": "[rate_limit]\nper_ip = { rate = 1000000.0, burst = 1000000 }\n",
+    "headers": '[headers.tunnels."*"]\nresponse_set = { "X-Served-By" = "ferrotunnel" }\n',
+    "circuit-breaker": '[circuit_breaker.tunnels."*"]\nfailure_threshold = 5\n',
+    "access-log": '[access_log]\npath = "{tmp}/access.jsonl"\n',
+}
+
+
+def plugin_configs() -> list[Config]:
+    one_each = [Config(name, server_toml=toml) for name, toml in PLUGIN_TABLES.items()]
+    return [
+        Config("off"),
+        *one_each,
+        Config("all five", server_toml="\n".join(PLUGIN_TABLES.values())),
+    ]
+
+
+def observability_configs(sink: str) -> list[Config]:
     metrics = ("--metrics", "--metrics-bind", f"{HOST}:0")
     tracing = ("--otlp-endpoint", sink)
     return [
@@ -126,13 +150,18 @@ def wait_http(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError("the tunnel did not come up")
 
 
-def measure(config: Config, origin: int, seconds: float) -> tuple[float, float, float]:
+def measure(config: Config, origin: int, seconds: float, tmp: Path) -> tuple[float, float, float]:
     """req/s, server µs of CPU per request, client µs of CPU per request."""
     control, public = free_port(), free_port()
     env = {**os.environ, **config.env}
+    server_flags = config.flags
+    if config.server_toml:
+        path = tmp / "server.toml"
+        path.write_text(config.server_toml.replace("{tmp}", str(tmp)))
+        server_flags += ("--config", str(path))
     server = subprocess.Popen(
         [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
-         "--http-bind", f"{HOST}:{public}", *config.flags],
+         "--http-bind", f"{HOST}:{public}", *server_flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     client = None
@@ -171,13 +200,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--suite", choices=("observability", "plugins"), default="observability")
+    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
     args = parser.parse_args()
-    origin, sink = start_origin(), start_sink()
-    plan = configs(sink)
+    origin = start_origin()
+    if args.suite == "observability":
+        plan = observability_configs(start_sink())
+    else:
+        plan = plugin_configs()
+    if args.only:
+        plan = [c for c in plan if c.name in args.only or c.name == "off"]
+    tmp = Path(tempfile.mkdtemp(prefix="ft-request-cpu-"))
     results: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in plan}
     for round_ in range(args.rounds):
         for config in plan:
-            results[config.name].append(measure(config, origin, args.seconds))
+            results[config.name].append(measure(config, origin, args.seconds, tmp))
             rps, server_us, client_us = results[config.name][-1]
             print(
                 f"round {round_ + 1} {config.name}: {rps:,.0f} req/s, "
