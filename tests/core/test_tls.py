@@ -16,10 +16,17 @@ import anyio
 import pytest
 import trustme
 
-from ferrotunnel.core import ConfigError, HandshakeError, Server, SessionConfig, TlsError
-from ferrotunnel.core.plugin import Identity, PluginHost, hookimpl
+from ferrotunnel.core import (
+    ConfigError,
+    HandshakeError,
+    RejectedError,
+    Server,
+    SessionConfig,
+    TlsError,
+)
+from ferrotunnel.core.plugin import Identity, Peer, PluginHost, hookimpl
 from ferrotunnel.plugins.tls import client_context, server_context
-from ferrotunnel.protocol import ALPN_PROTOCOL
+from ferrotunnel.protocol import ALPN_PROTOCOL, Hello
 
 from .helpers import (
     background,
@@ -163,6 +170,62 @@ async def test_mutual_tls_identity_is_the_certificate_common_name(pki: Pki) -> N
             assert session.tls is not None
             assert session.tls.peer_subject is not None
             assert session.tls.peer_subject.startswith("CN=alice,")  # trustme adds O and OU
+
+
+async def test_with_a_token_configured_a_certificate_alone_is_not_enough(pki: Pki) -> None:
+    """Client certificates and a token: the client needs both (the certificate is only
+    verified, it names no credential)."""
+    identities = Identities()
+    async with (
+        echo_server() as echo_port,
+        make_server(
+            ssl_context=pki.server(client_auth=True), plugins=PluginHost.with_plugins([identities])
+        ) as server,
+    ):
+        alone = make_client(server, echo_port, token=None, ssl_context=pki.client(cert=True))
+        with anyio.fail_after(10), pytest.raises(RejectedError, match="also requires a token"):
+            await alone.start()
+        both = make_client(server, echo_port, ssl_context=pki.client(cert=True))
+        async with both:
+            assert identities.seen == [Identity("token")]
+
+
+class ListedSubjects:
+    """An authenticator that knows certificates by subject, like the ``auth`` plugin's
+    ``subject`` entries."""
+
+    def __init__(self, *common_names: str) -> None:
+        self.common_names = common_names
+
+    async def authenticate(self, hello: Hello, peer: Peer) -> Identity | None:
+        tls = peer.tls
+        if tls is not None and tls.peer_common_name in self.common_names:
+            return Identity(f"listed:{tls.peer_common_name}")
+        return None
+
+
+async def test_with_authenticators_an_unlisted_certificate_is_refused(pki: Pki) -> None:
+    """An authenticator that scopes some certificates would be pointless if an unlisted one
+    got the unscoped ``cert:CN`` identity."""
+    for listed, expected in [(("alice",), Identity("listed:alice")), (("bob",), None)]:
+        identities = Identities()
+        server = Server(
+            bind="127.0.0.1:0",
+            tcp_bind="127.0.0.1:0",
+            ssl_context=pki.server(client_auth=True),
+            authenticators=[ListedSubjects(*listed)],
+            plugins=PluginHost.with_plugins([identities]),
+            session=SessionConfig(handshake_timeout=5),
+        )
+        async with echo_server() as echo_port, server:
+            client = make_client(server, echo_port, token=None, ssl_context=pki.client(cert=True))
+            if expected is None:
+                with anyio.fail_after(10), pytest.raises(RejectedError, match="requires a token"):
+                    await client.start()
+            else:
+                async with client:
+                    pass
+            assert identities.seen == ([expected] if expected else [])
 
 
 async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Pki) -> None:

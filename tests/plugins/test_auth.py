@@ -11,6 +11,7 @@ import pytest
 
 from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import Config, Identity, Peer, PluginHost, load_toml
+from ferrotunnel.core.tls import TlsInfo
 from ferrotunnel.plugins import auth
 from ferrotunnel.plugins.auth import TokenAuthenticator
 from ferrotunnel.protocol import Hello
@@ -70,6 +71,30 @@ async def test_authenticate_reads_the_hello() -> None:
     assert await authn.authenticate(hello, Peer("192.0.2.7", 40000)) == Identity("alice")
     anonymous = Hello(versions=(1,), client_id="c1")
     assert await authn.authenticate(anonymous, Peer("", 0)) is None
+
+
+def _certificate(subject: str, common_name: str) -> Peer:
+    tls = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", None, subject, common_name)
+    return Peer("192.0.2.7", 40000, tls)
+
+
+@pytest.mark.anyio
+async def test_certificates_are_matched_by_subject_or_escaped_common_name() -> None:
+    authn = from_table(
+        tokens=[
+            {"name": "carol", "subject": "CN=carol", "hosts": ["carol.example.com"]},
+            {"name": "full", "subject": "CN=dave,O=Example"},
+        ]
+    )
+    hello = Hello(versions=(1,), client_id="c1")
+    carol = await authn.authenticate(hello, _certificate("CN=carol,O=Example", "carol"))
+    assert carol == Identity("carol", ("carol.example.com",))
+    full = await authn.authenticate(hello, _certificate("CN=dave,O=Example", "dave"))
+    assert full == Identity("full")
+    # a CN that spells another entry's whole subject does not match it: escaped as in the DN
+    sneaky = _certificate("CN=dave\\,O=Example,O=Other", "dave,O=Example")
+    assert await authn.authenticate(hello, sneaky) is None
+    assert await authn.authenticate(hello, _certificate("CN=mallory", "mallory")) is None
 
 
 TOKENS_FILE = f"""

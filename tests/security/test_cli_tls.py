@@ -480,10 +480,10 @@ def test_mtls_subject_scopes_the_hosts(launch: Launch, certs: CertDir, tmp_path:
     origin = ThreadedOrigin("alice")
     try:
 
-        def claim(host: str) -> CliProcess:
+        def claim(host: str, cert: list[str] = alice) -> CliProcess:
             return launch(
                 "client", "--server", f"{HOST}:{server.control_port}", "--no-dashboard",
-                "--tls-ca", str(certs.ca), *alice,
+                "--tls-ca", str(certs.ca), *cert,
                 "--local-addr", f"{HOST}:{origin.port}", "--tunnel-id", host,
             )  # fmt: skip
 
@@ -503,6 +503,11 @@ def test_mtls_subject_scopes_the_hosts(launch: Launch, certs: CertDir, tmp_path:
             r"WARNING\s+rejected 127\.0\.0\.1:\d+ .*'alice-laptop' may not claim bob\.localhost",
             server.proc.stderr,
         ), server.proc.stderr
+
+        # the CA's other client certificate is not listed: not a credential on its own here
+        unlisted = ["--tls-cert", str(certs.client), "--tls-key", str(certs.client_key)]
+        match = expect_fatal_exit(claim("bob.localhost", unlisted), r"rejected the session: (.*)")
+        assert "requires a token, or a client certificate listed by subject" in match[1]
     finally:
         origin.stop()
 

@@ -504,22 +504,36 @@ class Server:
             self.plugins.notify(hook_name, **kwargs)
 
     async def _authenticate(self, hello: Hello, peer: Peer) -> Identity:
-        """The first authenticator's identity; then a verified client certificate's; then
-        the configured token; else refused."""
+        """The first authenticator's identity; then the configured token; else refused.
+
+        A verified client certificate is a credential on its own only when nothing else is
+        configured (no token, no authenticator): then every certificate of the CA is a client.
+        Once credentials are configured, a certificate must be listed by one (the ``auth``
+        plugin's ``subject`` entries) or come with a valid token — else one unlisted
+        certificate would get the unscoped access the listed ones are denied.
+        """
         for authenticator in self._authenticators:
             identity = await authenticator.authenticate(hello, peer)
             if identity is not None:
                 return identity
         tls = peer.tls
-        if tls is not None and tls.peer_subject is not None:
-            # mutual TLS: the certificate was verified against the configured CA. Its own
-            # namespace: a certificate named like a token's identity must not own its tunnels
-            return Identity(f"cert:{tls.peer_common_name or tls.peer_subject}")
+        certificate = tls.peer_subject if tls is not None else None
         if self.config.token is not None:
             expected = self.config.token.encode()
             offered = (hello.token or "").encode()
             if hmac.compare_digest(expected, offered):
                 return Identity("token")
+        elif certificate is not None and not self._authenticators:
+            # mutual TLS only: the certificate was verified against the configured CA. Its
+            # own namespace: a certificate named like a token's identity must not own its
+            # tunnels
+            assert tls is not None
+            return Identity(f"cert:{tls.peer_common_name or certificate}")
+        if certificate is not None and not hello.token:
+            raise Refused(
+                RejectCode.AUTH_FAILED,
+                "this server also requires a token, or a client certificate listed by subject",
+            )
         raise Refused(RejectCode.AUTH_FAILED, "invalid token")
 
     # ------------------------------------------------------------------ claims

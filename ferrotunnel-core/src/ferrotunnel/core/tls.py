@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TlsInfo", "tls_info"]
+__all__ = ["TlsInfo", "escape_dn_value", "tls_info"]
 
 #: OpenSSL's long attribute names, as :meth:`ssl.SSLSocket.getpeercert` gives them, and the
 #: short ones RFC 4514 uses
@@ -69,11 +69,11 @@ def _subject(cert: dict[str, Any] | None) -> tuple[str | None, str | None]:
         for name, value in rdn:
             if name == "commonName" and common_name is None:
                 common_name = value
-            parts.append(f"{_SHORT_NAMES.get(name, name)}={_escape(value)}")
+            parts.append(f"{_SHORT_NAMES.get(name, name)}={escape_dn_value(value)}")
     return ",".join(reversed(parts)) or None, common_name
 
 
-def _escape(value: str) -> str:
+def escape_dn_value(value: str) -> str:
     """RFC 4514 escaping of the characters that would change a DN's meaning."""
     out = "".join(f"\\{c}" if c in ',+"\\<>;=' else c for c in value)
     if out.startswith(("#", " ")):

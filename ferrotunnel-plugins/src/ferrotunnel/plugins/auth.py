@@ -23,6 +23,9 @@ tunnels)::
     subject = "CN=carol"         # its verified subject, or just CN=...
     hosts = ["carol.example.com"]
 
+With credentials configured, a client certificate no ``subject`` entry lists is not a
+credential by itself: that client needs a token too (see ``docs/security.md``).
+
 (or inline: ``tokens = [{ name = "dave", token = "..." }]``)
 
 ``tokens_file`` holds one credential a line, ``#`` starts a comment::
@@ -51,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, Peer, hookimpl
+from ferrotunnel.core.tls import escape_dn_value
 
 from ._common import OWNER, parse_sha256, resolve_path, settings_of, sha256
 
@@ -149,9 +153,11 @@ class TokenAuthenticator:
         """A verified client certificate listed by subject first, then the token."""
         tls = peer.tls
         if self._subjects and tls is not None and tls.peer_subject is not None:
-            identity = self._subjects.get(tls.peer_subject) or self._subjects.get(
-                f"CN={tls.peer_common_name}"
-            )
+            identity = self._subjects.get(tls.peer_subject)
+            if identity is None and tls.peer_common_name is not None:
+                # escaped as in the full subject: a CN "carol,O=Example" is not "CN=carol,O=..."
+                short = f"CN={escape_dn_value(tls.peer_common_name)}"
+                identity = self._subjects.get(short)
             if identity is not None:
                 return identity
         return self.identify(hello.token)
