@@ -469,6 +469,30 @@ async def test_server_busy_is_retried_until_a_slot_frees() -> None:
                 await done.wait()
 
 
+async def test_max_sessions_counts_only_authenticated_sessions() -> None:
+    """Connections still in their handshake (here: silent ones) do not use up session slots,
+    and a client reconnecting at the limit replaces its own session instead of being refused."""
+    async with (
+        echo_server() as echo_port,
+        make_server(max_sessions=1, tcp_port_range=free_port_range(2)) as server,
+    ):
+        port = server.control_address.port
+        silent = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
+        try:
+            async with make_client(server, echo_port, client_id="only", reconnect=False) as first:
+                assert await roundtrip(first.tunnels[0].remote_port or 0, b"a") == b"a"
+                again = make_client(server, echo_port, client_id="only", reconnect=False)
+                async with again:  # the same client: its stale session is replaced
+                    assert await roundtrip(again.tunnels[0].remote_port or 0, b"b") == b"b"
+                    other = make_client(server, echo_port, client_id="other", reconnect=False)
+                    with anyio.fail_after(5), pytest.raises(RejectedError) as info:
+                        await other.start()
+                    assert info.value.code is RejectCode.SERVER_BUSY
+        finally:
+            for sock in silent:
+                await sock.aclose()
+
+
 async def test_custom_authenticator_identities_scope_port_ownership() -> None:
     """With an authenticator, a port belongs to (identity, client id): another identity
     reusing the same client id cannot take it over, the same identity can; a refusal from

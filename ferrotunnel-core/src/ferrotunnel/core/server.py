@@ -82,6 +82,7 @@ class ServerConfig:
     #: TLS for the control plane (None: plain TCP). ``ferrotunnel.plugins.tls`` builds one
     #: (TLS 1.3 only, ALPN ``ferrotunnel/1``, optional client certificates).
     ssl_context: ssl.SSLContext | None = None
+    #: authenticated client sessions at once (handshakes in progress are not counted)
     max_sessions: int = 1000
     #: connections still in their handshake (TLS and HELLO) at once; more are closed at accept
     max_unauthenticated: int = 256
@@ -368,17 +369,9 @@ class Server:
             )
 
     async def _handshake(self, session: Session) -> _Owner | None:
-        # this connection is one of the unauthenticated ones
+        # this connection is one of the unauthenticated ones (max_sessions is checked once
+        # it has authenticated: connections that never do must not take sessions' places)
         started = time.monotonic()
-        if len(self._sessions) + self._unauthenticated > self.config.max_sessions:
-            log.warning(
-                "refusing %s: max_sessions (%d) reached",
-                _fmt(session.peer),
-                self.config.max_sessions,
-            )
-            session.reject(Reject(RejectCode.SERVER_BUSY, "server is at its session limit"))
-            self._handshake_done(session, None, RejectCode.SERVER_BUSY.value, started)
-            return None
         try:
             hello = await self._receive_hello(session, started)
             if hello is None:
@@ -444,6 +437,13 @@ class Server:
                 self._auth_failures.succeeded(peer.host)
             owner = _Owner(identity.name, hello.client_id)
             async with self._claim_lock:
+                # a reconnecting client replaces its own sessions: they do not count
+                others = sum(1 for o in self._sessions.values() if o != owner)
+                if others >= self.config.max_sessions:
+                    raise Refused(
+                        RejectCode.SERVER_BUSY,
+                        f"server is at its session limit ({self.config.max_sessions})",
+                    )
                 granted, stale = await self._claim(session, owner, identity, hello.tunnels)
         except Refused as refusal:
             if refusal.code is RejectCode.AUTH_FAILED and peer.host:
