@@ -588,3 +588,19 @@ def test_added_headers_leave_the_parsed_head_as_it_came() -> None:
     assert b"Server:" not in out
     assert b"server: ft\r\n" in out
     assert out.lower().count(b"set-cookie") == 2
+
+
+def test_request_header_lookups_follow_edits() -> None:
+    """Look-ups use the parser's index until the head is edited, then the edited lines."""
+    head = parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nX-Two: 1\r\nx-two: 2\r\n\r\n"
+    )
+    assert head.get(b"accept") == b"text/html"
+    assert head.header("X-TWO") == "1"
+    head.set_header("Accept", "application/json")
+    assert head.get(b"accept") == b"application/json"
+    head.remove_header("x-two")
+    assert head.get(b"x-two") is None
+    fresh = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    fresh.headers.append((b"X-Late", b"in place"))  # edited in place: the index is not used
+    assert fresh.get(b"x-late") == b"in place"

@@ -63,6 +63,12 @@ class RequestHead:
     host: str = ""
     upgrade: bool = False
     expect_continue: bool = False
+    #: the parser's index of ``headers`` by lower-case name, valid while ``headers`` is still
+    #: the list it was built from, with as many lines (so a look-up is a dict access, not a
+    #: scan lowering every name, as long as nothing edited the head)
+    names: dict[bytes, list[bytes]] | None = None
+    indexed: Headers | None = None
+    indexed_count: int = 0
 
     @property
     def path(self) -> str:
@@ -70,7 +76,15 @@ class RequestHead:
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case)."""
-        for key, value in self.headers:
+        headers = self.headers
+        if (
+            self.names is not None
+            and self.indexed is headers
+            and self.indexed_count == len(headers)
+        ):
+            values = self.names.get(name)
+            return values[0] if values else None
+        for key, value in headers:
             if key.lower() == name:
                 return value
         return None
@@ -253,7 +267,9 @@ def parse_request_head(head: bytes) -> RequestHead:
         raise HttpError(400, "malformed request line")
     method, target, minor_text = match.groups()
     minor = int(minor_text)
-    request = RequestHead(method, target, minor, headers)
+    request = RequestHead(
+        method, target, minor, headers, names=index, indexed=headers, indexed_count=len(headers)
+    )
     hosts = index.get(b"host", [])
     if len(hosts) > 1:
         raise HttpError(400, "more than one Host header")
