@@ -71,6 +71,22 @@ async def test_a_trusted_proxy_has_its_headers_kept_and_appended_to() -> None:
     ]
 
 
+async def test_behind_a_tls_terminating_proxy_the_scheme_is_https() -> None:
+    """``scheme=b"https"``: the plain listener is reached through a proxy that terminates TLS,
+    so the origin is told https and the public URL says so."""
+    async with (
+        Origin(name="app") as origin,
+        tunnel_stack([http_tunnel(APP, origin.port)], scheme=b"https", public_port=443) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        assert stack.clients[0].tunnels[0].public_url == f"https://{APP}"
+        writer.write(request_bytes("GET", "/who", APP))
+        assert (await read_response(reader)).status == 200
+    (request,) = origin.requests
+    assert request.header_all("x-forwarded-proto") == ["https"]
+    assert request.header_all("forwarded") == [f'for={HOST};proto=https;host="{APP}"']
+
+
 async def test_trusting_another_network_is_not_trusting_the_visitor() -> None:
     request = await one_request(*SPOOFED, trusted_proxies=("10.0.0.0/8", "::1/128"))
     assert request.header_all("x-forwarded-for") == [HOST]

@@ -58,6 +58,9 @@ class HttpIngressConfig:
     trusted_proxies: tuple[str, ...] = ()
     #: shown in public URLs (default: the bind address, or ``domain``)
     public_port: int | None = None
+    #: how visitors reach the plain listener: ``b"https"`` behind a proxy that terminates TLS
+    #: (public URLs and X-Forwarded-Proto then say https); the HTTPS listener is always https
+    scheme: bytes = b"http"
     #: an HTTPS listener beside the HTTP one, serving the same routes (public URLs then
     #: use https); ``ferrotunnel.plugins.tls.ingress_context`` builds the context
     https_bind: Address | None = None
@@ -66,6 +69,8 @@ class HttpIngressConfig:
     def __post_init__(self) -> None:
         if (self.https_bind is None) != (self.https_context is None):
             raise ConfigError("the HTTPS ingress needs both https_bind and https_context")
+        if self.scheme not in (b"http", b"https"):
+            raise ConfigError(f"scheme must be b'http' or b'https', not {self.scheme!r}")
 
 
 class HttpIngress:
@@ -101,7 +106,9 @@ class HttpIngress:
         if loop is None:
             raise ConfigError("the HTTP ingress needs the asyncio backend (or uvloop)")
         config = self.config
-        self.address = await self._listen(loop, config.bind, lambda: IngressConnection(self))
+        self.address = await self._listen(
+            loop, config.bind, lambda: IngressConnection(self, config.scheme)
+        )
         if config.https_bind is not None:
             self.https_address = await self._listen(
                 loop,
@@ -196,7 +203,8 @@ class HttpIngress:
         if self.https_address is not None:
             scheme, port = "https", self.https_address.port
         else:
-            scheme, port = "http", self.address.port if self.address else 80
+            scheme = self.config.scheme.decode()
+            port = self.address.port if self.address else 80
         port = self.config.public_port or port
         default = 443 if scheme == "https" else 80
         authority = host if port == default else f"{host}:{port}"
