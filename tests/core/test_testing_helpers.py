@@ -9,6 +9,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
+from ferrotunnel.core import Stream
 from ferrotunnel.core.plugin import TcpConnection, hookimpl
 from ferrotunnel.core.testing import plugin_host, running_tunnel
 
@@ -68,3 +69,62 @@ def test_a_plugin_config_typo_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="did you mean 'refuse'"):
         plugin_host(Gate(), config={"gate": {"refuses": "x"}})
+
+
+class Recorder:
+    """What the taps of a client-side stream observer saw."""
+
+    def __init__(self) -> None:
+        self.to_origin = bytearray()
+        self.to_visitor = bytearray()
+        self.closed: list[str | None] = []
+
+
+class Tap:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        self.recorder.to_origin += data
+
+    def to_visitor(self, data: bytes) -> None:
+        self.recorder.to_visitor += data
+
+    def closed(self, error: str | None) -> None:
+        self.recorder.closed.append(error)
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+
+    def on_stream(self, stream: Stream) -> Tap:
+        return Tap(self.recorder)
+
+
+class ClientEvents:
+    """A client-side plugin: the handshake hook fires on the client too."""
+
+    def __init__(self) -> None:
+        self.failures: list[str | None] = []
+
+    @hookimpl
+    def ferrotunnel_handshake_done(self, failure: str | None) -> None:
+        self.failures.append(failure)
+
+
+@pytest.mark.anyio
+async def test_running_tunnel_gives_the_client_its_plugins_and_observers() -> None:
+    observer, events = Observer(), ClientEvents()
+    client_host = plugin_host(events)
+    async with running_tunnel(
+        echo, client_plugins=client_host, stream_observers=[observer]
+    ) as tunnel:
+        assert tunnel.public is not None
+        async with await anyio.connect_tcp(*tunnel.public) as sock:
+            await sock.send(b"ping")
+            with anyio.fail_after(5):
+                assert await sock.receive() == b"ping"
+    seen = observer.recorder
+    assert (bytes(seen.to_origin), bytes(seen.to_visitor)) == (b"ping", b"ping")
+    assert events.failures == [None]  # the client's successful handshake

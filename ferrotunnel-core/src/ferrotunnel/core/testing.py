@@ -29,7 +29,7 @@ from ferrotunnel.protocol import TunnelKind
 from .client import Client, Tunnel
 from .ingress import Ingress
 from .net import Address
-from .plugin import ConfigSchema, PluginHost
+from .plugin import ConfigSchema, PluginHost, StreamObserver
 from .plugin.config import from_mapping
 from .server import Server
 from .session import SessionConfig
@@ -68,12 +68,16 @@ async def running_tunnel(
     plugins: PluginHost | None = None,
     ingresses: Sequence[Ingress] = (),
     session: SessionConfig | None = None,
+    client_plugins: PluginHost | None = None,
+    stream_observers: Sequence[StreamObserver] = (),
     **client_options: Any,
 ) -> AsyncIterator[RunningTunnel]:
     """A server, a client and ``origin`` (serving each connection), wired together.
 
     With ``plugins`` (see :func:`plugin_host`), the server uses their authenticators, TCP
     middlewares and events; HTTP middlewares belong to the ingress you pass in ``ingresses``.
+    The client gets ``client_plugins`` (their events and stream observers) and
+    ``stream_observers``: a client-side plugin is tested with those.
     """
     token = secrets.token_urlsafe(16)
     config = plugins.config if plugins is not None else None
@@ -93,9 +97,14 @@ async def running_tunnel(
         )
         async with server:
             tunnel = Tunnel(name, Address("127.0.0.1", origin_port), kind, **client_options)
-            async with Client(
-                server_addr=str(server.control_address), token=token, tunnels=[tunnel]
-            ) as client:
+            client = Client(
+                server_addr=str(server.control_address),
+                token=token,
+                tunnels=[tunnel],
+                plugins=client_plugins,
+                stream_observers=stream_observers,
+            )
+            async with client:
                 public = server.tcp_address
                 yield RunningTunnel(
                     server,
