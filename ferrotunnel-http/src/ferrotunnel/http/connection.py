@@ -134,6 +134,9 @@ def _next_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_counter):010x}"
 
 
+#: a body piece up to this size is joined to its response head for one write; a larger one
+#: goes with it through ``writelines`` (no copy)
+_JOIN_BODY = 16 << 10
 _PAUSED_BY_PIPELINE = 4
 _PAUSED_BY_PLUGIN = 8
 #: seconds a refused HTTP/2 connection is kept open (reading nothing) for its answer to arrive
@@ -157,6 +160,7 @@ class IngressConnection(asyncio.Protocol):
         self._stream_usable = False
         self._resp = _Response.IDLE
         self._resp_buf = bytearray()
+        self._head_out = b""  # a final response head not yet written
         self._resp_framer: BodyFramer | None = None
         self._resp_keep_alive = True
         self._resp_started = False
@@ -585,6 +589,10 @@ class IngressConnection(asyncio.Protocol):
                     return
             data = memoryview(bytes(buf))
             buf.clear()
+            # the final head goes out with the first bytes of its body: one write, not two
+            head, self._head_out = self._head_out, b""
+        else:
+            head = b""
         framer = self._resp_framer
         assert framer is not None
         try:
@@ -594,8 +602,16 @@ class IngressConnection(asyncio.Protocol):
             self._abandon_stream(ErrorCode.PROTOCOL_ERROR)
             return
         if n:
-            transport.write(data if n == len(data) else data[:n])
+            body = data if n == len(data) else data[:n]
+            if not head:
+                transport.write(body)
+            elif n <= _JOIN_BODY:
+                transport.write(head + body)
+            else:
+                transport.writelines((head, body))
             self._bytes_out += n
+        elif head:
+            transport.write(head)
         if framer.done:
             if n < len(data):
                 self._stream_usable = False  # extra bytes after the response
@@ -643,7 +659,7 @@ class IngressConnection(asyncio.Protocol):
                     head = response.serialize()
             self._status = status
             self._bytes_out += len(head)
-        transport.write(head)
+        self._head_out = head  # written by _on_response_data, with the body's first bytes
         self._resp_started = True
         self._resp = _Response.BODY
         self._resp_keep_alive = response.keep_alive
