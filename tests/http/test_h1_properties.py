@@ -604,3 +604,43 @@ def test_request_header_lookups_follow_edits() -> None:
     fresh = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     fresh.headers.append((b"X-Late", b"in place"))  # edited in place: the index is not used
     assert fresh.get(b"x-late") == b"in place"
+
+
+# ---------------------------------------------------------------------------- the one-pass split
+
+_head_lines = st.lists(
+    st.one_of(
+        st.builds(
+            lambda name, ws1, value, ws2: name + b":" + ws1 + value + ws2,
+            tokens,
+            st.sampled_from([b"", b" ", b"\t", b"  "]),
+            clean_values,
+            st.sampled_from([b"", b" ", b"\t \t"]),
+        ),
+        st.binary(max_size=16),  # anything: bare CR or LF, controls, no colon, obs-fold...
+    ),
+    max_size=8,
+)
+
+
+@given(_head_lines, st.binary(max_size=20))
+@example([b"A: b\nC: d"], b"GET / HTTP/1.1")  # a bare LF inside a line
+@example([b" folded"], b"GET / HTTP/1.1")
+@example([b"Bad Name: x"], b"HTTP/1.1 200 OK")
+def test_the_one_pass_split_agrees_with_the_line_by_line_one(
+    lines: list[bytes], first: bytes
+) -> None:
+    """``_split_head``'s single regular-expression pass takes exactly the heads the checked
+    line-by-line path takes, with the same fields; the rest go to that path for the error."""
+    from ferrotunnel.http.h1 import _split_head, _split_head_checked
+
+    if b"\r\n" in first:
+        first = first.replace(b"\r\n", b"")
+    head = b"\r\n".join([first, *lines]) + b"\r\n\r\n"
+    outcomes: list[object] = []
+    for split in (_split_head_checked, _split_head):
+        try:
+            outcomes.append(split(head))
+        except HttpError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]

@@ -32,6 +32,13 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+#: every header line of a head at once (see _split_head): a name, and a value without the
+#: white space around it, on a line of its own ending in CRLF
+_FIELD_LINES = re.compile(
+    rb"^(" + _TOKEN + rb"):[ \t]*"
+    rb"((?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?)[ \t]*\r$",
+    re.MULTILINE,
+)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 
@@ -168,8 +175,8 @@ class ResponseHead:
     def serialize(self) -> bytes:
         parsed = self.parsed
         if parsed is not None and self.raw:
-            added = self.headers[parsed:]
-            return self.raw[:-2] + b"".join(b"%s: %s\r\n" % pair for pair in added) + b"\r\n"
+            added = [b"%s: %s\r\n" % pair for pair in self.headers[parsed:]]
+            return b"".join([self.raw[:-2], *added, b"\r\n"])
         lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
         lines += [b"%s: %s" % pair for pair in self.headers]
         return b"\r\n".join(lines) + b"\r\n\r\n"
@@ -191,11 +198,26 @@ def _values(headers: Headers, name: str) -> list[str]:
 _TOKEN_TEXT = re.compile(_TOKEN.decode())
 
 
+#: header names already checked, encoded (plugins set the same few names on every request)
+_checked_names: dict[str, bytes] = {}
+
+
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     """One header line, refusing names and values that would break the head (CR/LF...)."""
-    if _FORBIDDEN_IN_FIELD.search(value) or not _TOKEN_TEXT.fullmatch(name):
+    encoded = _checked_names.get(name)
+    if encoded is None:
+        if not _TOKEN_TEXT.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+        encoded = name.encode("latin-1")
+        if len(_checked_names) < 1024:
+            _checked_names[name] = encoded
+    # printable ASCII has no control character: the common case needs no regular expression
+    if not (value.isascii() and value.isprintable()) and _FORBIDDEN_IN_FIELD.search(value):
         raise ValueError(f"invalid header {name!r}: {value!r}")
-    return name.encode("latin-1"), value.encode("latin-1")
+    try:
+        return encoded, value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"header {name!r}: {value!r} is not Latin-1 text") from None
 
 
 def _set_header(headers: Headers, name: str, value: str) -> Headers:
@@ -210,6 +232,29 @@ def find_head_end(buffer: bytes | bytearray, start: int = 0) -> int:
 
 
 def _split_head(head: bytes) -> tuple[bytes, Headers, dict[bytes, list[bytes]]]:
+    """The first line, the header fields, and the values by lower-case name.
+
+    One regular-expression pass takes every well-formed field line; the head is well formed
+    when that pass took every line and no LF stands without its CR. Otherwise the slow path
+    below, line by line, says what is wrong.
+    """
+    first_end = head.find(b"\r\n")
+    headers: Headers = _FIELD_LINES.findall(head, first_end + 2)
+    crlf = head.count(b"\r\n")
+    if len(headers) == crlf - 2 and head.count(b"\n") == crlf:
+        index: dict[bytes, list[bytes]] = {}
+        for name, value in headers:
+            key = name.lower()
+            values = index.get(key)
+            if values is None:
+                index[key] = [value]
+            else:
+                values.append(value)
+        return head[:first_end], headers, index
+    return _split_head_checked(head)
+
+
+def _split_head_checked(head: bytes) -> tuple[bytes, Headers, dict[bytes, list[bytes]]]:
     lines = head[:-4].split(b"\r\n")
     headers: Headers = []
     index: dict[bytes, list[bytes]] = {}

@@ -72,21 +72,40 @@ class AccessLogSettings:
 
 
 #: JSON string literal of a str, as ``json.dumps`` writes it (``ensure_ascii``)
-_quote = json.encoder.encode_basestring_ascii
+_encode = json.encoder.encode_basestring_ascii
+#: the literals of short strings that recur in every line (tunnel, host, method, visitor
+#: address): at most 4096 of them, each at most 64 characters long
+_quoted: dict[str, str] = {}
+
+
+def _quote(text: str) -> str:
+    quoted = _quoted.get(text)
+    if quoted is None:
+        quoted = _encode(text)
+        if len(text) <= 64:
+            if len(_quoted) >= 4096:
+                _quoted.clear()
+            _quoted[text] = quoted
+    return quoted
 
 
 class _Clock:
-    """ISO 8601 text of wall-clock times, the date and time formatted once per second."""
+    """ISO 8601 text of wall-clock times: the date and time formatted once per second, the
+    whole text once per millisecond (a busy tunnel logs several lines in each)."""
 
-    __slots__ = ("_second", "_text")
+    __slots__ = ("_last", "_last_text", "_second", "_text")
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
+        self._last = -1.0  # the latest moment formatted, and its text
+        self._last_text = ""
 
     def iso(self, moment: float) -> str:
         """``2025-01-02T03:04:05.678Z``: milliseconds truncated, after rounding to
         microseconds, exactly as ``datetime.fromtimestamp(...).isoformat()`` does."""
+        if moment == self._last:
+            return self._last_text
         fraction, whole = math.modf(moment)
         second, micros = int(whole), round(fraction * 1e6)
         if micros >= 1_000_000:
@@ -94,7 +113,9 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._text}.{micros // 1000:03d}Z"
+        self._last = moment
+        self._last_text = text = f"{self._text}.{micros // 1000:03d}Z"
+        return text
 
 
 _clock = _Clock()
@@ -110,20 +131,20 @@ def format_record(record: ExchangeRecord, ctx: RequestContext, *, query: bool = 
     line = (
         f'{{"time": "{_clock.iso(record.time)}", "tunnel": {_quote(record.tunnel)}, '
         f'"host": {_quote(record.host)}, "method": {_quote(record.method)}, '
-        f'"path": {_quote(path)}, "status": {record.status}, "bytes_in": {record.bytes_in}, '
+        f'"path": {_encode(path)}, "status": {record.status}, "bytes_in": {record.bytes_in}, '
         f'"bytes_out": {record.bytes_out}, "duration_ms": {round(record.duration * 1000.0, 3)!r}, '
-        f'"visitor_ip": {_quote(record.visitor_ip)}, "request_id": {_quote(record.request_id)}'
+        f'"visitor_ip": {_quote(record.visitor_ip)}, "request_id": {_encode(record.request_id)}'
     )
     state = ctx.state
     if state:
         trace_id = state.get("trace_id")
         if trace_id is not None:
-            line += ', "trace_id": ' + _quote(str(trace_id))
+            line += ', "trace_id": ' + _encode(str(trace_id))
         user = state.get(USER_KEY)
         if user is not None:
             line += ', "user": ' + _quote(str(user))
     if record.error is not None:
-        line += ', "error": ' + _quote(record.error)
+        line += ', "error": ' + _encode(record.error)
     return line + "}"
 
 
