@@ -167,8 +167,9 @@ class IngressConnection(asyncio.Protocol):
         self._paused = 0
         self._visitor_eof = False
         self._stream_eof = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_callback: object = None
+        self._timer: asyncio.TimerHandle | None = None  # see _arm
+        self._timer_callback: Callable[[], None] | None = None
+        self._deadline = 0.0
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._body_progress = 0.0  # loop time request body bytes last moved
@@ -228,7 +229,7 @@ class IngressConnection(asyncio.Protocol):
         self._phase = _Phase.CLOSED
         if self._ctx is not None:
             self._finish_record(self._status, "the visitor closed the connection", "origin")
-        self._cancel_timer()
+        self._stop_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
         if stream is not None and not stream.done:
@@ -752,21 +753,47 @@ class IngressConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ timers
 
+    # One deadline at a time (idle, head, response, linger), kept lazily: a kept-alive
+    # connection moves its deadline twice per request, so re-arming the loop's timer each
+    # time (a handle and a heap push, then a cancel) would cost more than the request's own
+    # bookkeeping. The loop's timer is only replaced when the deadline comes *earlier*; when
+    # it fires early it re-arms for what is left.
+
     def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay, callback)
+        deadline = self._loop.time() + delay
+        self._deadline = deadline
         self._timer_callback = callback
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        callback = self._timer_callback
+        if callback is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer_callback = None
+        callback()
 
     def _timer_is(self, callback: Callable[[], None]) -> bool:
-        return self._timer is not None and self._timer_callback == callback
+        return self._timer_callback == callback
 
     def _cancel_timer(self) -> None:
+        self._timer_callback = None
+
+    def _stop_timer(self) -> None:
+        """No deadline any more, and no timer keeping this connection alive."""
+        self._timer_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _idle_expired(self) -> None:
-        self._timer = None
         if self._phase is _Phase.HEAD and not self._buf:
             self._close()
 
@@ -777,7 +804,6 @@ class IngressConnection(asyncio.Protocol):
             self._arm(self._config.head_timeout, self._head_expired)
 
     def _head_expired(self) -> None:
-        self._timer = None
         if self._phase is _Phase.HEAD:
             if self._first and self._buf[:3] == PREFACE[:3]:
                 self._close()  # an HTTP/2 client would not understand a 408
@@ -785,7 +811,6 @@ class IngressConnection(asyncio.Protocol):
                 self._reply_and_close(408, "the request head did not arrive in time")
 
     def _response_expired(self) -> None:
-        self._timer = None
         timeout = self._config.response_timeout
         if self._phase is _Phase.BODY:
             # still uploading: only an upload that stopped moving counts against the origin
@@ -881,16 +906,16 @@ class IngressConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         # CLOSED with a timer: a refused HTTP/2 connection lingering (see _h2_refuse)
-        lingering = self._phase is _Phase.CLOSED and self._timer is not None
+        lingering = self._phase is _Phase.CLOSED and self._timer_callback is not None
         if (self._phase is not _Phase.CLOSED or lingering) and self.transport is not None:
             self._phase = _Phase.CLOSED
-            self._cancel_timer()
+            self._stop_timer()
             self.transport.close()
 
     def _abort(self) -> None:
         if self.transport is not None:
             self._phase = _Phase.CLOSED
-            self._cancel_timer()
+            self._stop_timer()
             self.transport.abort()
 
     def _pause_reading(self, reason: int) -> None:
