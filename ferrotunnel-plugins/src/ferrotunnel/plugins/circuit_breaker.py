@@ -202,12 +202,18 @@ class CircuitBreaker:
         admitted = ctx.state.get(STATE_KEY)
         if not isinstance(admitted, _Admitted):
             return  # not let through by this breaker
+        circuits = self._circuits
+        circuit = circuits.get(admitted.key)
+        if (
+            circuit is None
+            and admitted.probe is None
+            and record.status not in admitted.settings.failure_statuses
+        ):
+            return  # the common case: a healthy tunnel, and nothing to count
         # another middleware answered (not the origin), or no response head ever came because
         # the visitor left (status 0): neither says anything about the origin's health
         neutral = REPLIED_BY in ctx.state or record.status == 0
         failed = record.status in admitted.settings.failure_statuses
-        circuits = self._circuits
-        circuit = circuits.get(admitted.key)
         if admitted.probe is not None:
             if (
                 circuit is None

@@ -131,16 +131,20 @@ class HeaderOps:
         )
 
     def apply(self, message: HttpRequest | HttpResponse) -> None:
-        for name in self.remove:
-            message.remove_header(name)
+        if self.remove:
+            for name in self.remove:
+                message.remove_header(name)
         for name, value in self.set:
             message.set_header(name, value)
-        for name, value in self.add:
-            message.add_header(name, value)
+        if self.add:
+            for name, value in self.add:
+                message.add_header(name, value)
 
 
-def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[HeaderOps]:
-    return TunnelMatcher({pattern: HeaderOps.of(r, direction) for pattern, r in tunnels.items()})
+def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[HeaderOps | None]:
+    """Edits by tunnel pattern; a pattern with no edits in this direction looks up as None."""
+    ops = {pattern: HeaderOps.of(r, direction) for pattern, r in tunnels.items()}
+    return TunnelMatcher({pattern: op if op else None for pattern, op in ops.items()})
 
 
 class RequestHeaders:
@@ -153,7 +157,7 @@ class RequestHeaders:
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
         ops = self._matcher.lookup(ctx.host, ctx.tunnel)
-        if ops:
+        if ops is not None:
             ops.apply(request)
         return None
 
@@ -168,7 +172,7 @@ class ResponseHeaders:
 
     def on_response(self, response: HttpResponse, ctx: RequestContext) -> None:
         ops = self._matcher.lookup(ctx.host, ctx.tunnel)
-        if ops:
+        if ops is not None:
             ops.apply(response)
 
 
