@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import ExchangeRecord, RequestContext, load_toml
 from ferrotunnel.plugins import access_log
-from ferrotunnel.plugins.access_log import AccessLog, format_record
+from ferrotunnel.plugins.access_log import AccessLog, _Clock, format_record
 
 from .helpers import config_of, make_ctx, make_record, schema_of
 
@@ -203,3 +203,20 @@ def test_off_unless_enabled_or_given_a_path(tmp_path: Path) -> None:
     assert count({"path": log}) == 1
     assert count({"path": log, "enabled": False}) == 0
     assert count({"enabled": True, "tunnels": []}) == 0
+
+
+@given(
+    start=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    steps=st.lists(st.floats(min_value=0, max_value=2e-3, allow_nan=False), max_size=30),
+)
+def test_times_close_together_read_as_datetime_writes_them(
+    start: float, steps: list[float]
+) -> None:
+    """The clock keeps the text of the last millisecond: moments in it, and moments a hair
+    either side of its ends (where rounding to microseconds decides), still read exactly."""
+    clock = _Clock()
+    moment = start
+    for step in [0.0, *steps, 0.0005, 0.0009995, 0.0000005]:
+        moment += step
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+        assert clock.iso(moment) == expected.replace("+00:00", "Z")

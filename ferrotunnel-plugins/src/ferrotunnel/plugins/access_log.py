@@ -91,21 +91,26 @@ def _quote(text: str) -> str:
 
 class _Clock:
     """ISO 8601 text of wall-clock times: the date and time formatted once per second, the
-    whole text once per millisecond (a busy tunnel logs several lines in each)."""
+    whole text once per millisecond (a busy tunnel logs many lines in each)."""
 
-    __slots__ = ("_last", "_last_text", "_second", "_text")
+    __slots__ = ("_ms", "_ms_text", "_second", "_text")
 
     def __init__(self) -> None:
         self._second = -1
         self._text = ""
-        self._last = -1.0  # the latest moment formatted, and its text
-        self._last_text = ""
+        self._ms = -1  # the millisecond last formatted, and its text
+        self._ms_text = ""
 
     def iso(self, moment: float) -> str:
         """``2025-01-02T03:04:05.678Z``: milliseconds truncated, after rounding to
         microseconds, exactly as ``datetime.fromtimestamp(...).isoformat()`` does."""
-        if moment == self._last:
-            return self._last_text
+        scaled = moment * 1000.0
+        ms = int(scaled)
+        # well inside a millisecond (not within 5 µs of its ends, where rounding to
+        # microseconds or the float's own error could move it), the millisecond is certain
+        inside = 0.005 < scaled - ms < 0.995
+        if inside and ms == self._ms:
+            return self._ms_text
         fraction, whole = math.modf(moment)
         second, micros = int(whole), round(fraction * 1e6)
         if micros >= 1_000_000:
@@ -113,9 +118,17 @@ class _Clock:
         if second != self._second:
             self._second = second
             self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._last = moment
-        self._last_text = text = f"{self._text}.{micros // 1000:03d}Z"
+        text = f"{self._text}.{micros // 1000:03d}Z"
+        if inside:
+            self._ms, self._ms_text = ms, text
         return text
+
+
+def _milliseconds(seconds: float) -> str:
+    """``repr(round(seconds * 1000, 3))`` (what ``json.dumps`` writes), without round()'s
+    cost: both round correctly to three decimals, and repr then drops trailing zeros."""
+    text = f"{seconds * 1000.0:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 _clock = _Clock()
@@ -132,7 +145,7 @@ def format_record(record: ExchangeRecord, ctx: RequestContext, *, query: bool = 
         f'{{"time": "{_clock.iso(record.time)}", "tunnel": {_quote(record.tunnel)}, '
         f'"host": {_quote(record.host)}, "method": {_quote(record.method)}, '
         f'"path": {_encode(path)}, "status": {record.status}, "bytes_in": {record.bytes_in}, '
-        f'"bytes_out": {record.bytes_out}, "duration_ms": {round(record.duration * 1000.0, 3)!r}, '
+        f'"bytes_out": {record.bytes_out}, "duration_ms": {_milliseconds(record.duration)}, '
         f'"visitor_ip": {_quote(record.visitor_ip)}, "request_id": {_encode(record.request_id)}'
     )
     state = ctx.state
