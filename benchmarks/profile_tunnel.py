@@ -14,7 +14,16 @@ through the tunnel, and profiles the tunnel processes while it runs:
 Workloads: ``up`` / ``down`` (bulk bytes through one stream, visitor -> service or back),
 ``rtt`` (64-byte ping-pong on one connection), ``connect`` (new connection + 1-byte echo).
 
+``--tls`` runs the control connection in TLS 1.3 exactly as the harness's "ferrotunnel tcp
+tls" entry does (certificates from ``ferrotunnel cert init``). For bulk workloads the script
+also prints, per tunnel process and per GB moved, what ``/proc`` counted: CPU seconds, read
+and write system calls, voluntary context switches (how often it went to sleep) and minor
+page faults (memory the allocator had to map afresh).
+``--pid-file`` writes the two process ids, for attaching ``perf`` while the workload runs.
+To run another source tree, set ``PYTHONPATH`` to its ``ferrotunnel-*/src`` folders.
+
     uv run python benchmarks/profile_tunnel.py --workload up --seconds 8 --profiler py-spy
+    uv run python benchmarks/profile_tunnel.py --workload up --seconds 8 --tls
 
 Every address is 127.0.0.1; every loop is bounded by ``--seconds`` and a byte/count cap.
 """
@@ -122,8 +131,9 @@ def _dial(port: int) -> socket.socket:
     return s
 
 
-def bulk(port: int, direction: str, seconds: float, cap: int) -> str:
-    """Move bytes through one stream for ``seconds`` (at most ``cap``); report MB/s."""
+def bulk(port: int, direction: str, seconds: float, cap: int) -> tuple[str, int]:
+    """Move bytes through one stream for ``seconds`` (at most ``cap``); report MB/s and
+    the bytes moved."""
     moved = 0
     t0 = time.perf_counter()
     end = t0 + seconds
@@ -150,7 +160,7 @@ def bulk(port: int, direction: str, seconds: float, cap: int) -> str:
                     got += r
         moved += n
     dt = time.perf_counter() - t0
-    return f"{direction}: {moved / MiB:.0f} MiB in {dt:.2f} s = {moved / dt / 1e6:.0f} MB/s"
+    return f"{direction}: {moved / MiB:.0f} MiB in {dt:.2f} s = {moved / dt / 1e6:.0f} MB/s", moved
 
 
 def rtt(port: int, seconds: float, cap: int) -> str:
@@ -260,6 +270,8 @@ def main() -> int:
         default="ferrotunnel",
         help="profile the harness's reference mux (pytunnel.py, $PYTUNNEL) instead",
     )
+    ap.add_argument("--tls", action="store_true", help="TLS 1.3 on the control connection")
+    ap.add_argument("--pid-file", default="", help="write 'server PID\nclient PID' here")
     ap.add_argument("--out", default="", help="keep profiles here (default: a temp dir)")
     a = ap.parse_args()
     if not 0 < a.seconds <= 120:
@@ -326,6 +338,24 @@ def main() -> int:
                 *common,
             ],
         }
+    if a.tls:
+        if a.impl != "ferrotunnel":
+            ap.error("--tls profiles ferrotunnel only")
+        certs = out / "certs"
+        if not (certs / "ca.pem").exists():
+            subprocess.run(
+                [a.bin, "cert", "init", "--out", str(certs), "--hostname", HOST],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=60,
+            )
+        argv["server"] += [
+            "--tls-cert",
+            str(certs / "server.pem"),
+            "--tls-key",
+            str(certs / "server-key.pem"),
+        ]
+        argv["client"] += ["--tls", "--tls-ca", str(certs / "ca.pem")]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     spies: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
@@ -370,16 +400,23 @@ def main() -> int:
                 cmd.append("--native" if a.native else "--nonblocking")
                 spies.append((_start(cmd, out / f"{side}.pyspy.log", env), raw))
             time.sleep(0.5)  # let py-spy attach
+        if a.pid_file:
+            Path(a.pid_file).write_text(f"{procs['server'].pid}\n{procs['client'].pid}\n")
         cpu0 = {side: _cpu(p.pid) for side, p in procs.items()}
+        counters0 = {side: _counters(p.pid) for side, p in procs.items()}
+        moved = 0
         if a.workload in ("up", "down"):
-            result = bulk(public_port, a.workload, a.seconds, 64 * 1024 * MiB)
+            result, moved = bulk(public_port, a.workload, a.seconds, 64 * 1024 * MiB)
         elif a.workload == "rtt":
             result = rtt(public_port, a.seconds, 2_000_000)
         else:
             result = connect(public_port, a.seconds, 200_000)
         cpu = {side: _cpu(p.pid) - cpu0[side] for side, p in procs.items()}
+        counters = {side: _counters(p.pid) for side, p in procs.items()}
         print(result)
         print("tunnel CPU seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+        if moved:
+            print(_per_gb(moved, cpu, counters0, counters))
         for spy, _ in spies:
             spy.wait(a.seconds + 30)
     finally:
@@ -403,6 +440,47 @@ def main() -> int:
                 print(f"{prof}: no profile written (see {out / (side + '.log')})")
     print(f"profiles and logs in {out}")
     return 0
+
+
+def _counters(pid: int) -> dict[str, int]:
+    """System calls, bytes, voluntary context switches and minor page faults of one process
+    so far."""
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/io") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            values[key] = int(value)
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("voluntary_ctxt_switches"):
+                values["vcsw"] = int(line.split()[1])
+    with open(f"/proc/{pid}/stat") as fh:
+        values["minflt"] = int(fh.read().rsplit(")", 1)[1].split()[7])
+    return values
+
+
+def _per_gb(
+    moved: int,
+    cpu: dict[str, float],
+    before: dict[str, dict[str, int]],
+    after: dict[str, dict[str, int]],
+) -> str:
+    """One line per process: what it cost per GB moved through the tunnel."""
+    gb = moved / 1e9
+    lines = [f"per GB ({gb:.2f} GB moved):"]
+    for side in cpu:
+        d = {k: after[side][k] - before[side].get(k, 0) for k in after[side]}
+        reads = d.get("syscr", 0)
+        lines.append(
+            f"  {side}: CPU {cpu[side] / gb:.3f} s, reads {reads / gb:,.0f} "
+            f"(avg {d.get('rchar', 0) / max(reads, 1) / 1024:.0f} KiB), "
+            f"writes {d.get('syscw', 0) / gb:,.0f} "
+            f"(avg {d.get('wchar', 0) / max(d.get('syscw', 0), 1) / 1024:.0f} KiB), "
+            f"voluntary switches {d.get('vcsw', 0) / gb:,.0f}, "
+            f"page faults {d.get('minflt', 0) / gb:,.0f}"
+        )
+    lines.append(f"  both: CPU {sum(cpu.values()) / gb:.3f} s")
+    return "\n".join(lines)
 
 
 def _cpu(pid: int) -> float:
