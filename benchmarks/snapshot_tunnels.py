@@ -16,6 +16,8 @@ Each tree also gets a ``snap-tls NAME`` entry: the same tunnel with its control 
 TLS 1.3, set up exactly as the harness's ``ferrotunnel tcp tls`` (certificates from
 ``ferrotunnel cert init``, ``--tls-cert/--tls-key`` on the server, ``--tls --tls-ca`` on the
 client). ``--only "snap "`` selects the plain entries only, ``--only "snap-tls "`` the TLS ones.
+And a ``snap-http NAME`` entry: the HTTP ingress of that tree (``--tests http``), as the
+harness's ``ferrotunnel http``.
 
 This file is exec'd by the harness, which provides ``Tunnel`` in its namespace.
 """
@@ -27,7 +29,7 @@ import shlex
 import subprocess
 
 _FT = os.environ.get("FERROTUNNEL_BIN", "ferrotunnel")
-_PACKAGES = ("core", "protocol", "cli", "http", "plugins")
+_PACKAGES = ("core", "protocol", "cli", "http", "plugins", "observability")
 
 _SERVER = (
     "{ft} server --token {token} --bind 127.0.0.1:{control_port} "
@@ -36,6 +38,14 @@ _SERVER = (
 _CLIENT = (
     "{ft} client --server 127.0.0.1:{control_port} --token {token} "
     "--local-addr {local_host}:{local_port} --protocol tcp --no-dashboard"
+)
+_SERVER_HTTP = (
+    "{ft} server --token {token} --bind 127.0.0.1:{control_port} "
+    "--http-bind 127.0.0.1:{public_port}"
+)
+_CLIENT_HTTP = (
+    "{ft} client --server 127.0.0.1:{control_port} --token {token} "
+    "--local-addr {local_host}:{local_port} --tunnel-id bench.localhost --no-dashboard"
 )
 _SERVER_TLS = " --tls-cert {tmp}/certs/server.pem --tls-key {tmp}/certs/server-key.pem"
 _CLIENT_TLS = " --tls --tls-ca {tmp}/certs/ca.pem"
@@ -73,4 +83,19 @@ def _entry(name, root, tls):
     )
 
 
+def _http_entry(name, root):
+    return Tunnel(
+        f"snap-http {name}",
+        server=_SERVER_HTTP,
+        client=_CLIENT_HTTP,
+        kinds=("http",),
+        http_host="bench.localhost",
+        requires=("exe:" + _FT, f"path:{root}/ferrotunnel-core/src"),
+        wait_port="control",
+        env={"PYTHONPATH": ":".join(f"{root}/ferrotunnel-{p}/src" for p in _PACKAGES)},
+        notes=f"ferrotunnel http from the source tree in {root}",
+    )
+
+
 TUNNELS = [_entry(name, root, tls) for name, root in _snapshots() for tls in (False, True)]
+TUNNELS += [_http_entry(name, root) for name, root in _snapshots()]
