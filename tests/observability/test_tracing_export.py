@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import logging
+import os
 import random
 import threading
 from collections.abc import Iterator
@@ -467,3 +468,25 @@ def test_a_sampler_that_never_samples_needs_no_records() -> None:
         assert ctx.trace is not None
         assert ctx.state["trace_id"] == ctx.trace["traceparent"][3:35]
         provider.shutdown()
+
+
+def test_a_forked_child_exports_its_own_spans() -> None:
+    collector = Collector()
+    batches = exporter(collector)
+    batches.add(span_bytes(1))  # the parent's: not the child's to send
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own worker, an empty queue
+        try:
+            batches.add(span_bytes(2))
+            batches.shutdown()
+            os.write(write, repr(collector.sizes()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        child_sizes = answer.read()
+    os.waitpid(pid, 0)
+    batches.shutdown()
+    assert child_sizes == "[1]"
+    assert collector.sizes() == [1]

@@ -21,6 +21,7 @@ import collections
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -99,9 +100,22 @@ class BatchExporter(SpanProcessor):
         #: spans dropped because the queue was full, and how many of them were logged
         self.dropped = 0
         self._reported = 0
+        self._stopping = False
+        self._start_worker()
+        # a forked child has the queue but not the thread: start its own (as the SDK does)
+        restart = weakref.WeakMethod(self._start_worker)
+
+        def after_fork() -> None:
+            method = restart()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _start_worker(self) -> None:
+        self._queue.clear()  # a child does not export its parent's spans
         self._wake = threading.Event()
         self._export_lock = threading.Lock()  # the worker or a flush: one batch at a time
-        self._stopping = False
         self._worker = threading.Thread(
             target=self._run, name="ferrotunnel-otlp-export", daemon=True
         )
@@ -128,7 +142,8 @@ class BatchExporter(SpanProcessor):
             self.add(span)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Export every queued span now, in the caller's thread."""
+        """Export every queued span now, in the caller's thread (as the SDK does; the sender's
+        own timeout bounds each request)."""
         self._export(everything=True)
         return True
 

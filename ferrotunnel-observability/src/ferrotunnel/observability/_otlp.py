@@ -140,7 +140,11 @@ class SpanEncoder:
             parts.append(_field(b"\x1a", trace_state.encode()))
         if parent_span_id:
             parts += (b"\x22\x08", parent_span_id.to_bytes(8, "big"))
-        parts += (self._name(name), _KINDS[kind], _TIMES.pack(0x39, start, 0x41, end))
+        parts += (
+            self._names.get(name) or self._name(name),
+            _KINDS[kind],
+            _TIMES.pack(0x39, start, 0x41, end),
+        )
         # The hot loop (every sampled exchange has eight or nine attributes). String values
         # repeat (methods, hosts, tunnels, addresses, paths), so their whole field is cached,
         # keyed by the (key, value) item itself; only str values are stored, so a value of
@@ -166,7 +170,11 @@ class SpanEncoder:
         else:
             parts.append(_STATUS[status])
         parts.append(_FLAGS_REMOTE if parent_span_id else _FLAGS_LOCAL)
-        return _field(b"\x12", b"".join(parts))
+        body = b"".join(parts)
+        size = len(body)
+        if 0x80 <= size < 0x4000:  # the usual size of a span: a two-byte length
+            return bytes((0x12, size & 0x7F | 0x80, size >> 7)) + body
+        return _field(b"\x12", body)
 
     def readable(self, span: ReadableSpan) -> bytes | None:
         """``span`` encoded as :meth:`span` does, or None if only the official encoder can
@@ -223,13 +231,11 @@ class SpanEncoder:
         raise ValueError(f"attribute {key!r}: {type(value).__name__} is not encoded here")
 
     def _name(self, name: str) -> bytes:
-        """``Span.name``, encoded (names repeat: methods)."""
-        encoded = self._names.get(name)
-        if encoded is None:
-            encoded = _field(b"\x2a", name.encode())
-            if len(self._names) >= self.MAX_KEYS:
-                self._names.clear()
-            self._names[name] = encoded
+        """``Span.name``, encoded and cached (names repeat: methods)."""
+        encoded = _field(b"\x2a", name.encode())
+        if len(self._names) >= self.MAX_KEYS:
+            self._names.clear()
+        self._names[name] = encoded
         return encoded
 
     def _number_prefix(self, key: str) -> tuple[bytes, bytes]:
