@@ -158,6 +158,7 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
 _Sampled = tuple[int, int, int | None, str | None]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_CODE, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _ROOT = Context()
 
 
@@ -166,7 +167,7 @@ class OtlpTracerProvider(TracerProvider):
     :class:`~._batch.BatchExporter` posting hand-encoded OTLP/HTTP requests.
 
     While that exporter is its only processor (``direct``), :class:`Tracing` gives it an
-    exchange's span as plain fields, without an SDK span object; a processor added later
+    exchange's span already encoded, without an SDK span object; a processor added later
     must see every span, so from then on the spans take the SDK's path.
     """
 
@@ -225,7 +226,7 @@ class Tracing:
         # With the SDK's tracer, a sampled exchange's span is handed to the span processors
         # directly, as the finished ReadableSpan it is (12 µs less than the start_span/end
         # lifecycle, measured: see docs/benchmark.md, Issue 7), or, to the exporter of an
-        # OtlpTracerProvider, as fields; other tracers get start_span.
+        # OtlpTracerProvider, encoded (no span object); other tracers get start_span.
         self._sampler: Sampler | None = None
         self._on_end: Callable[[ReadableSpan], None] | None = None
         self._otlp = provider if isinstance(provider, OtlpTracerProvider) else None
@@ -326,7 +327,7 @@ class Tracing:
                     started,
                     ended,
                     attributes,
-                    StatusCode.ERROR.value if failed else StatusCode.UNSET.value,
+                    _ERROR if failed else _UNSET_CODE,
                     record.error if failed else None,
                 )
             )
