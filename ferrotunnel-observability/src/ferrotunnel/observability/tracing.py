@@ -427,9 +427,8 @@ class ContextOnly:
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
-
-    def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
-        self.tracing.on_request(request, ctx)
+        #: the tracing's own method (no extra call per request)
+        self.on_request: Callable[[HttpRequest, RequestContext], None] = tracing.on_request
 
 
 def _parent(
