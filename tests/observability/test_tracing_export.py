@@ -8,11 +8,14 @@ import http.server
 import logging
 import os
 import random
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -290,6 +293,47 @@ def test_a_closed_connection_is_replaced(receiver: Receiver) -> None:
     sender.close()
     assert receiver.bodies == [b"one", b"two"]
     assert len(receiver.connections) == 2
+
+
+def test_an_https_collector_is_verified_with_the_configured_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    bodies: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+    server.daemon_threads = True
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"https://{HOST}:{server.server_address[1]}/v1/traces"
+        env = {"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE": str(ca_file)}
+        trusting = OtlpHttpSender(OtlpHttpSettings.from_env(url, env))
+        assert trusting.send(b"secret spans")
+        trusting.close()
+        untrusting = OtlpHttpSender(OtlpHttpSettings(url, timeout=1.0))  # certifi's roots
+        assert not untrusting.send(b"not for them")
+        untrusting.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert bodies == [b"secret spans"]
 
 
 def test_an_unreachable_collector_fails_without_raising() -> None:
