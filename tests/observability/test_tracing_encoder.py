@@ -321,3 +321,16 @@ def test_random_spans_encode_as_the_official_encoder_does(
         end=start,
     )
     assert_same_as_official([span])
+
+
+@pytest.mark.parametrize("status", [StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR])
+def test_a_status_message_with_any_code_is_canonical_protobuf(status: StatusCode) -> None:
+    """(The SDK keeps a message only for errors; the encoder takes any.)"""
+    encoder = SpanEncoder(RESOURCE, SCOPE)
+    data = encoder.request(
+        [encoder.span(1 << 64 | 2, 0, "", "GET", SpanKind.SERVER, 1, 2, {}, status.value, "why")]
+    )
+    request = ExportTraceServiceRequest.FromString(data)
+    assert request.SerializeToString() == data
+    [span] = request.resource_spans[0].scope_spans[0].spans
+    assert (span.status.code, span.status.message) == (status.value, "why")

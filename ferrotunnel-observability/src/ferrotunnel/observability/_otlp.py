@@ -80,8 +80,9 @@ class SpanEncoder:
     """Spans of one resource and instrumentation scope, as OTLP protobuf.
 
     :meth:`span` encodes one span (``ScopeSpans.spans`` field, tag included); :meth:`request`
-    wraps encoded spans in an ``ExportTraceServiceRequest``. Both are pure and thread-safe
-    (the caches only ever grow by complete entries), so encoding can run in an export thread.
+    wraps encoded spans in an ``ExportTraceServiceRequest``. Both are thread-safe (a cache
+    entry is added whole, or the cache emptied), so the event loop and the export thread
+    can share an encoder.
     """
 
     #: bounds for the caches of encoded keys and string attributes (values repeat: hosts,
@@ -164,9 +165,9 @@ class SpanEncoder:
                 else:
                     encoded = self._attribute(key, value)
             parts.append(encoded)
-        if message:
+        if message:  # (a code of 0 is left out, as protobuf does)
             text = _field(b"\x12", message.encode())
-            parts.append(_field(b"\x7a", text + b"\x18" + _BYTE[status]))
+            parts.append(_field(b"\x7a", (text + b"\x18" + _BYTE[status]) if status else text))
         else:
             parts.append(_STATUS[status])
         parts.append(_FLAGS_REMOTE if parent_span_id else _FLAGS_LOCAL)
