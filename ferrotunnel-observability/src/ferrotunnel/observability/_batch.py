@@ -2,14 +2,16 @@
 
 The SDK's ``BatchSpanProcessor`` with the OTLP exporter, minus what made it expensive: the
 event loop appends a span already encoded (``_otlp.SpanEncoder.span``, a few µs) to a deque;
-the worker joins a batch of them into one request and posts it. Encoding in the worker, as
-the SDK does, cost more CPU per request, measured live (+21 µs against +12 µs per sampled
-request): each batch held the GIL for milliseconds while the event loop waited for it, and
-the spans' data went from one core to the other. The behaviour and the
-``OTEL_BSP_*`` settings are the SDK's: a batch goes out when ``max_export_batch_size`` spans
-are waiting or ``schedule_delay`` has passed; at most ``max_queue_size`` spans wait (the
-rest are dropped and counted, the newest first, so memory stays bounded when the collector
-is slow or down); ``force_flush`` and ``shutdown`` export everything still queued.
+the worker joins a batch of them into one request and posts it. (Encoding in the worker, as
+the SDK does, cost more CPU per request, measured live: +21 µs against +12 µs per sampled
+request. Each batch held the GIL for milliseconds while the event loop waited for it, and
+the spans' data went from one core to the other.)
+
+The behaviour and the ``OTEL_BSP_*`` settings are the SDK's: a batch goes out when
+``max_export_batch_size`` spans are waiting or ``schedule_delay`` has passed; at most
+``max_queue_size`` spans wait, and while the queue is full new spans are dropped and counted
+(memory stays bounded when the collector is slow or down); ``force_flush`` and ``shutdown``
+export everything still queued.
 
 It is also an SDK ``SpanProcessor``: spans of the SDK's own lifecycle (handshakes, the
 client's proxy spans, another library's) reach it through ``on_end`` and share its batches.
