@@ -29,12 +29,11 @@ How it is made depends on the provider. With the one :func:`otlp_provider` build
 CLI uses), whose only span processor is its :class:`~._batch.BatchExporter`, the span is
 encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object)
 and queued; the exporter's thread joins each batch into one request and posts it
-(``_otlp_http.py``). With
-another SDK provider the span is a finished ``ReadableSpan`` handed to its span processors;
-with another API implementation, its tracer's ``start_span``/``end``. On the client, a stream
-observer starts a span for each stream the server opens, as a child of the context in its
-OPEN, and ends it when the stream is over; these and the handshake spans take the SDK's usual
-path (and the same exporter).
+(``_otlp_http.py``). With another SDK provider the span is a finished ``ReadableSpan``
+handed to its span processors; with another API implementation, its tracer's
+``start_span``/``end``. On the client, a stream observer starts a span for each stream the
+server opens, as a child of the context in its OPEN, and ends it when the stream is over;
+these and the handshake spans take the SDK's usual path (and the same exporter).
 
 A kept-alive visitor connection carries later requests on the stream its first request
 opened: each request still gets its server span and its own ``traceparent`` at the origin,
