@@ -9,14 +9,18 @@ from collections.abc import Mapping
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
+    NonRecordingSpan,
     SpanContext,
     SpanKind,
     Status,
@@ -334,3 +338,32 @@ def test_a_status_message_with_any_code_is_canonical_protobuf(status: StatusCode
     assert request.SerializeToString() == data
     [span] = request.resource_spans[0].scope_spans[0].spans
     assert (span.status.code, span.status.message) == (status.value, "why")
+
+
+def test_spans_of_the_sdks_own_lifecycle_are_encoded_by_hand() -> None:
+    """The handshake and proxy spans: started by the provider's tracer, whose scope object
+    differs from the encoder's but encodes the same; they join its ScopeSpans."""
+    provider = TracerProvider(resource=RESOURCE)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("ferrotunnel")
+    visitor = trace.set_span_in_context(NonRecordingSpan(VISITOR))
+    attributes: dict[str, str | int] = {"ferrotunnel.tunnel": "app", "ferrotunnel.stream_id": 3}
+    tracer.start_span("proxy app", visitor, SpanKind.CLIENT, attributes).end()
+    tracer.start_span("ferrotunnel.handshake", kind=SpanKind.SERVER).end()
+    spans = list(memory.get_finished_spans())
+    encoder = SpanEncoder(RESOURCE, SCOPE)
+    assert all(encoder.readable(span) is not None for span in spans)
+
+    def messages(request: ExportTraceServiceRequest) -> list[object]:
+        return [
+            (resource_spans.resource, scope_spans.scope, span)
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
+
+    ours = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+    assert len(ours.resource_spans[0].scope_spans) == 1
+    assert messages(ours) == messages(encode_spans(spans))
+    provider.shutdown()

@@ -76,6 +76,28 @@ def _optional(tag: bytes, text: str) -> bytes:
     return _field(tag, text.encode()) if text else b""
 
 
+def _envelope(
+    resource: Resource, scope: InstrumentationScope | None
+) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """What encloses the spans of ``resource`` and ``scope``, from the official encoder: the
+    ``ResourceSpans.resource`` and ``ScopeSpans.scope`` fields, each with its schema URL."""
+    probe = ReadableSpan(
+        name="", context=SpanContext(1, 1, False), resource=resource, instrumentation_scope=scope
+    )
+    [resource_spans] = encode_spans([probe]).resource_spans
+    [scope_spans] = resource_spans.scope_spans
+    return (
+        (
+            _field(b"\x0a", resource_spans.resource.SerializeToString()),
+            _optional(b"\x1a", resource_spans.schema_url),
+        ),
+        (
+            _field(b"\x0a", scope_spans.scope.SerializeToString()),
+            _optional(b"\x1a", scope_spans.schema_url),
+        ),
+    )
+
+
 class SpanEncoder:
     """Spans of one resource and instrumentation scope, as OTLP protobuf.
 
@@ -93,17 +115,10 @@ class SpanEncoder:
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         self.resource = resource
         self.scope = scope
-        # the constant envelope, from the official encoder: resource and scope, schema URLs
-        probe = ReadableSpan(
-            name="", context=SpanContext(1, 1, False), resource=resource,
-            instrumentation_scope=scope,
-        )  # fmt: skip
-        [resource_spans] = encode_spans([probe]).resource_spans
-        [scope_spans] = resource_spans.scope_spans
-        self._resource = _field(b"\x0a", resource_spans.resource.SerializeToString())
-        self._resource_schema = _optional(b"\x1a", resource_spans.schema_url)
-        self._scope = _field(b"\x0a", scope_spans.scope.SerializeToString())
-        self._scope_schema = _optional(b"\x1a", scope_spans.schema_url)
+        self._resource, self._scope = _envelope(resource, scope)
+        #: scopes whose encoding is this encoder's (the SDK's tracer makes its own object,
+        #: e.g. with a version of "" where ours has None: both encode the same)
+        self._scopes: dict[InstrumentationScope | None, bool] = {scope: True}
         self._keys: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
         self._numbers: dict[str, tuple[bytes, bytes]] = {}
@@ -191,7 +206,7 @@ class SpanEncoder:
             or not span.start_time
             or not span.end_time
             or not (span.resource is self.resource or span.resource == self.resource)
-            or span.instrumentation_scope != self.scope
+            or not self._same_scope(span.instrumentation_scope)
         ):
             return None
         state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
@@ -211,6 +226,15 @@ class SpanEncoder:
             )
         except ValueError:
             return None
+
+    def _same_scope(self, scope: InstrumentationScope | None) -> bool:
+        same = self._scopes.get(scope)
+        if same is None:
+            same = _envelope(self.resource, scope)[1] == self._scope
+            if len(self._scopes) >= self.MAX_KEYS:
+                self._scopes.clear()
+            self._scopes[scope] = same
+        return same
 
     def _attribute(self, key: str, value: AttributeValue) -> bytes:
         """One ``Span.attributes`` field: a KeyValue with a string, bool, int or double."""
@@ -266,8 +290,10 @@ class SpanEncoder:
     def request(self, spans: Iterable[bytes], others: Sequence[ReadableSpan] = ()) -> bytes:
         """An ``ExportTraceServiceRequest``: ``spans`` (from :meth:`span`) under this
         encoder's resource and scope, then ``others`` as the official encoder has them."""
-        scope_spans = self._scope + b"".join(spans) + self._scope_schema
-        resource_spans = self._resource + _field(b"\x12", scope_spans) + self._resource_schema
+        scope, scope_schema = self._scope
+        resource, resource_schema = self._resource
+        scope_spans = scope + b"".join(spans) + scope_schema
+        resource_spans = resource + _field(b"\x12", scope_spans) + resource_schema
         request = _field(b"\x0a", resource_spans)
         if others:
             request += encode_spans(others).SerializeToString()
