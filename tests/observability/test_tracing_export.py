@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_OFF, Sampler
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
 from ferrotunnel.core.plugin import ExchangeRecord, RequestContext
+from ferrotunnel.core.testing import plugin_host
 from ferrotunnel.http.h1 import parse_request_head
 from ferrotunnel.observability._batch import BatchExporter, BatchSettings
 from ferrotunnel.observability._otlp import SpanEncoder
@@ -39,6 +40,7 @@ from ferrotunnel.observability.tracing import (
     ContextOnly,
     OtlpTracerProvider,
     Tracing,
+    TracingPlugin,
     TracingSettings,
     otlp_provider,
 )
@@ -534,3 +536,19 @@ def test_a_forked_child_exports_its_own_spans() -> None:
     batches.shutdown()
     assert child_sizes == "[1]"
     assert collector.sizes() == [1]
+
+
+def test_the_plugin_installs_only_the_context_when_nothing_can_be_sampled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    tracing = TracingPlugin()
+    host = plugin_host(tracing, config={"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces"}})
+    assert host.config is not None
+    try:
+        [middleware] = host.http_middlewares(host.config)
+        assert isinstance(middleware, ContextOnly)
+        assert isinstance(tracing._provider, OtlpTracerProvider)
+    finally:
+        assert tracing._provider is not None
+        tracing._provider.shutdown()
