@@ -10,12 +10,22 @@ from __future__ import annotations
 import random
 import re
 
-__all__ = ["format_traceparent", "new_span_id", "new_trace_id", "parse_traceparent"]
+__all__ = [
+    "format_traceparent",
+    "new_ids",
+    "new_span_id",
+    "new_trace_id",
+    "parse_traceparent",
+    "traceparent_of",
+]
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
 
 SAMPLED = 0x01
 RANDOM_TRACE_ID = 0x02
+
+_MASK64 = (1 << 64) - 1
+_FLAGS = [f"-{flags:02x}" for flags in range(256)]
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:
@@ -33,7 +43,22 @@ def parse_traceparent(value: str) -> tuple[int, int, int] | None:
 
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    return traceparent_of(trace_id << 64 | span_id, flags)
+
+
+def traceparent_of(ids: int, flags: int) -> str:
+    """The ``traceparent`` of ``ids`` (``trace_id << 64 | span_id``): one conversion to hex,
+    half the cost of formatting the two ids (this runs for every request)."""
+    hexed = ids.to_bytes(24, "big").hex()
+    return "".join(("00-", hexed[:32], "-", hexed[32:], _FLAGS[flags]))
+
+
+def new_ids() -> int:
+    """A new trace id and span id, as one int: ``trace_id << 64 | span_id``, neither zero."""
+    ids = random.getrandbits(192)
+    while not ids >> 64 or not ids & _MASK64:  # (one chance in 2**64)
+        ids = random.getrandbits(192)
+    return ids
 
 
 def new_span_id() -> int:

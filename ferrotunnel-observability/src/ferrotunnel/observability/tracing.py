@@ -17,14 +17,23 @@ Theory of operation
 -------------------
 One span per exchange, none per chunk, and no SDK work on the request path. When a request
 head arrives, the HTTP middleware only decides the exchange's trace context: it continues the
-visitor's ``traceparent`` (or starts a trace), picks the span id, asks the SDK's sampler, and
-writes the result into the head the origin will see. The same context goes into
+visitor's ``traceparent`` (or starts a trace), picks the span id, takes the sampling decision
+(for the SDK's own samplers, from the trace id and the parent's flag alone: ``_sampling.py``),
+and writes the result into the head the origin will see. The same context goes into
 ``ctx.trace``, which the ingress puts in the OPEN of the stream it opens for the request, and
 the trace id into ``ctx.state["trace_id"]`` (the access log prints it). The span itself is
-built only for a sampled exchange, finished, when its record arrives (after the batch of
-responses that completed it), with the exchange's own start and duration, and handed to the
-provider's span processors. On the client, a stream observer starts a span for each stream
-the server opens, as a child of the context in its OPEN, and ends it when the stream is over.
+made only for a sampled exchange, finished, when its record arrives (after the batch of
+responses that completed it), with the exchange's own start and duration.
+
+How it is made depends on the provider. With the one :func:`otlp_provider` builds (what the
+CLI uses), whose only span processor is its :class:`~._batch.BatchExporter`, the span is
+encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object)
+and queued; the exporter's thread joins each batch into one request and posts it
+(``_otlp_http.py``). With another SDK provider the span is a finished ``ReadableSpan``
+handed to its span processors; with another API implementation, its tracer's
+``start_span``/``end``. On the client, a stream observer starts a span for each stream the
+server opens, as a child of the context in its OPEN, and ends it when the stream is over;
+these and the handshake spans take the SDK's usual path (and the same exporter).
 
 A kept-alive visitor connection carries later requests on the stream its first request
 opened: each request still gets its server span and its own ``traceparent`` at the origin,
@@ -32,7 +41,8 @@ but only the first is the parent of the client's proxy span. HTTP/2 connections 
 through undecoded, so they get no request span.
 
 With tracing off the plugin returns no middleware and no observer: nothing is added to the
-request path.
+request path. With a sampler that never samples (``always_off``) the middleware only sets the
+trace context: it has no ``on_complete``, so the ingress builds no exchange records for it.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ import click
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
@@ -76,17 +86,22 @@ from ferrotunnel.core.plugin import (
 )
 from ferrotunnel.protocol import ErrorCode, Hello
 
+from ._batch import BatchExporter, BatchSettings
 from ._context import (
     RANDOM_TRACE_ID,
     SAMPLED,
-    format_traceparent,
+    new_ids,
     new_span_id,
-    new_trace_id,
     parse_traceparent,
+    traceparent_of,
 )
 from ._options import add_options
+from ._otlp import SpanEncoder
+from ._otlp_http import OtlpHttpSender, OtlpHttpSettings, standard_exporter_reason
+from ._sampling import fast_sampler
 
 __all__ = [
+    "OtlpTracerProvider",
     "Tracing",
     "TracingPlugin",
     "TracingSettings",
@@ -104,6 +119,8 @@ OWNER = "ferrotunnel-observability"
 #: access log reads)
 SPAN_KEY = "tracing.span"
 TRACE_ID_KEY = "trace_id"
+
+SCOPE = InstrumentationScope("ferrotunnel")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -135,25 +152,61 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
     )
 
 
-#: what ``on_request`` keeps for a sampled exchange: trace id, span id, flags, the visitor's
-#: span (if any), method, path
-_Sampled = tuple[int, int, int, SpanContext | None, str, str]
+#: what ``on_request`` keeps for a sampled exchange: ``trace_id << 64 | span_id``, then the
+#: visitor's span as its id, trace flags and ``tracestate`` header (0, None, None for a root)
+_Sampled = tuple[int, int, int | None, str | None]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_CODE, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _ROOT = Context()
+
+
+class OtlpTracerProvider(TracerProvider):
+    """What :func:`otlp_provider` builds: a provider whose span processor is a
+    :class:`~._batch.BatchExporter` posting hand-encoded OTLP/HTTP requests.
+
+    While that exporter is its only processor (``direct``), :class:`Tracing` gives it an
+    exchange's span already encoded, without an SDK span object; a processor added later
+    must see every span, so from then on the spans take the SDK's path.
+    """
+
+    def __init__(
+        self,
+        resource: Resource,
+        http: OtlpHttpSettings,
+        batch: BatchSettings | None = None,
+        sampler: Sampler | None = None,
+    ) -> None:
+        super().__init__(sampler=sampler, resource=resource)
+        sender = OtlpHttpSender(http)
+        self.encoder = SpanEncoder(resource, SCOPE)
+        self.exporter = BatchExporter(self.encoder.encode, sender.send, batch, sender.close)
+        super().add_span_processor(self.exporter)
+        self.direct: BatchExporter | None = self.exporter
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        self.direct = None
+        super().add_span_processor(span_processor)
 
 
 def otlp_provider(settings: TracingSettings) -> TracerProvider:
     """A provider exporting in batches to the OTLP/HTTP endpoint of ``settings`` (or
-    ``OTEL_*``)."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+    ``OTEL_*``): an :class:`OtlpTracerProvider`, or, for what only the SDK's exporter does
+    (a proxy, a credential provider), the SDK's ``BatchSpanProcessor`` and exporter."""
     attributes: dict[str, Any] = {}
     if settings.service_name:
         attributes[SERVICE_NAME] = settings.service_name
     elif not os.environ.get("OTEL_SERVICE_NAME"):
         attributes[SERVICE_NAME] = "ferrotunnel"
-    provider = TracerProvider(resource=Resource.create(attributes))
+    resource = Resource.create(attributes)
+    http = OtlpHttpSettings.from_env(settings.endpoint)
+    reason = standard_exporter_reason(http)
+    if reason is None:
+        return OtlpTracerProvider(resource, http)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    log.info("spans are exported by the OpenTelemetry SDK's exporter: %s", reason)
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
     return provider
 
@@ -171,14 +224,21 @@ class Tracing:
         self.tracer = tracer = provider.get_tracer("ferrotunnel")
         # With the SDK's tracer, a sampled exchange's span is handed to the span processors
         # directly, as the finished ReadableSpan it is (12 µs less than the start_span/end
-        # lifecycle, measured: see docs/benchmark.md, Issue 7); other tracers get start_span.
+        # lifecycle, measured: see docs/benchmark.md, Issue 7), or, to the exporter of an
+        # OtlpTracerProvider, encoded (no span object); other tracers get start_span.
         self._sampler: Sampler | None = None
         self._on_end: Callable[[ReadableSpan], None] | None = None
+        self._otlp = provider if isinstance(provider, OtlpTracerProvider) else None
         if isinstance(tracer, SdkTracer):
             self._sampler = tracer.sampler
             self._on_end = tracer.span_processor.on_end
             self._resource = tracer.resource
-            self._scope = InstrumentationScope("ferrotunnel")
+        self._fast = fast_sampler(self._sampler) if self._sampler is not None else None
+        #: the HTTP middleware: this object, or only its ``on_request`` when no exchange can
+        #: be sampled (then the ingress needs no exchange records for it)
+        self.middleware: Tracing | ContextOnly = (
+            ContextOnly(self) if self._fast is not None and self._fast.never else self
+        )
 
     # ---- server: the HTTP ingress
 
@@ -188,28 +248,25 @@ class Tracing:
         incoming = request.header("traceparent")
         state = request.header("tracestate")
         found = parse_traceparent(incoming) if incoming is not None else None
-        parent: SpanContext | None = None
         if found is None:
-            trace_id, flags = new_trace_id(), RANDOM_TRACE_ID
+            ids, parent_id, parent_flags = new_ids(), 0, None
+            flags = RANDOM_TRACE_ID
             if state is not None:
                 request.remove_header("tracestate")  # it belonged to no valid trace
                 state = None
         else:
             trace_id, parent_id, parent_flags = found
+            ids = trace_id << 64 | new_span_id()
             flags = parent_flags & RANDOM_TRACE_ID
-            parent = SpanContext(
-                trace_id,
-                parent_id,
-                is_remote=True,
-                trace_flags=TraceFlags(parent_flags),
-                trace_state=TraceState.from_header([state]) if state is not None else None,
-            )
-        span_id = new_span_id()
-        method = request.method_text
-        if self._sampled(parent, trace_id, method):
+        fast = self._fast
+        if (
+            fast.sampled(ids >> 64, parent_flags)
+            if fast is not None
+            else self._sampled(ids >> 64, parent_id, parent_flags, state, request.method_text)
+        ):
             flags |= SAMPLED
-            ctx.state[SPAN_KEY] = (trace_id, span_id, flags, parent, method, request.path)
-        traceparent = format_traceparent(trace_id, span_id, flags)
+            ctx.state[SPAN_KEY] = (ids, parent_id, parent_flags, state)
+        traceparent = traceparent_of(ids, flags)
         if incoming is None:
             request.add_header("traceparent", traceparent)  # cheaper: nothing to replace
         else:
@@ -219,13 +276,17 @@ class Tracing:
             ctx.trace["tracestate"] = state
         ctx.state[TRACE_ID_KEY] = traceparent[3:35]
 
-    def _sampled(self, parent: SpanContext | None, trace_id: int, method: str) -> bool:
+    def _sampled(
+        self, trace_id: int, parent_id: int, parent_flags: int | None, state: str | None, name: str
+    ) -> bool:
+        """Ask the sampler (one :func:`fast_sampler` does not know)."""
         sampler = self._sampler
         if sampler is None:
             return True
+        parent = _parent(trace_id, parent_id, parent_flags, state)
         # an explicit context, empty for a root: the sampler must not look at the current one
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else _ROOT
-        result = sampler.should_sample(context, trace_id, method, SpanKind.SERVER)
+        result = sampler.should_sample(context, trace_id, name, SpanKind.SERVER)
         return result.decision is Decision.RECORD_AND_SAMPLE
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
@@ -234,11 +295,12 @@ class Tracing:
         facts = ctx.state.pop(SPAN_KEY, None)
         if facts is None:
             return
-        trace_id, span_id, flags, parent, method, path = cast(_Sampled, facts)
+        ids, parent_id, parent_flags, state = cast(_Sampled, facts)
         status = record.status
+        method = record.method
         attributes: dict[str, str | int] = {
             "http.request.method": method,
-            "url.path": path.partition("?")[0],
+            "url.path": record.path.partition("?")[0],
             "server.address": record.host,
             "client.address": record.visitor_ip,
             "ferrotunnel.tunnel": record.tunnel,
@@ -252,6 +314,25 @@ class Tracing:
         failed = status >= 500 or not status
         started = int(record.time * 1e9)
         ended = started + int(record.duration * 1e9)
+        otlp = self._otlp
+        if otlp is not None and (exporter := otlp.direct) is not None:
+            exporter.add(  # encoded now: see _batch.py for why not in the export thread
+                otlp.encoder.span(
+                    ids,
+                    parent_id,
+                    _trace_state_text(state) if state is not None else "",
+                    method,
+                    SpanKind.SERVER,
+                    started,
+                    ended,
+                    attributes,
+                    _ERROR if failed else _UNSET_CODE,
+                    record.error if failed else None,
+                )
+            )
+            return
+        trace_id = ids >> 64
+        parent = _parent(trace_id, parent_id, parent_flags, state)
         on_end = self._on_end
         if on_end is None:  # not the SDK: its own lifecycle, its own ids
             span = self.tracer.start_span(
@@ -270,9 +351,9 @@ class Tracing:
                 name=method,
                 context=SpanContext(
                     trace_id,
-                    span_id,
+                    ids & 0xFFFF_FFFF_FFFF_FFFF,
                     is_remote=False,
-                    trace_flags=TraceFlags(flags),
+                    trace_flags=TraceFlags(_flags(parent_flags)),
                     trace_state=parent.trace_state if parent is not None else None,
                 ),
                 parent=parent,
@@ -282,13 +363,13 @@ class Tracing:
                 status=Status(StatusCode.ERROR, record.error) if failed else _UNSET,
                 start_time=started,
                 end_time=ended,
-                instrumentation_scope=self._scope,
+                instrumentation_scope=SCOPE,
             )
         )
 
     @hookimpl(tryfirst=True)
-    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing]:
-        return [self]  # first, so that the span covers the other middlewares
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing | ContextOnly]:
+        return [self.middleware]  # first, so that the span covers the other middlewares
 
     # ---- client: the proxy
 
@@ -337,6 +418,42 @@ class Tracing:
             span.set_attribute("ferrotunnel.handshake.failure", failure)
             span.set_status(Status(StatusCode.ERROR, failure))
         span.end(end_time=now)
+
+
+class ContextOnly:
+    """The HTTP middleware of a :class:`Tracing` whose sampler never samples: it sets each
+    request's trace context and has no ``on_complete`` (so no exchange records are built)."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self.tracing = tracing
+        #: the tracing's own method (no extra call per request)
+        self.on_request: Callable[[HttpRequest, RequestContext], None] = tracing.on_request
+
+
+def _parent(
+    trace_id: int, parent_id: int, parent_flags: int | None, state: str | None
+) -> SpanContext | None:
+    """The visitor's span, as the SDK's samplers and spans want it (None for a root)."""
+    if parent_flags is None:
+        return None
+    return SpanContext(
+        trace_id,
+        parent_id,
+        is_remote=True,
+        trace_flags=TraceFlags(parent_flags),
+        trace_state=TraceState.from_header([state]) if state is not None else None,
+    )
+
+
+def _flags(parent_flags: int | None) -> int:
+    """The trace flags of a sampled exchange's span."""
+    random_id = RANDOM_TRACE_ID if parent_flags is None else parent_flags & RANDOM_TRACE_ID
+    return random_id | SAMPLED
+
+
+def _trace_state_text(header: str) -> str:
+    """A visitor's ``tracestate`` as the SDK keeps and exports it (invalid entries dropped)."""
+    return ",".join(f"{key}={value}" for key, value in TraceState.from_header([header]).items())
 
 
 def _end_proxy_span(span: Span, stream: Stream) -> None:
@@ -393,8 +510,8 @@ class TracingPlugin:
         )
 
     @hookimpl(tryfirst=True)
-    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing]:
-        return [self.tracing] if self.tracing is not None else []
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing | ContextOnly]:
+        return [self.tracing.middleware] if self.tracing is not None else []
 
     @hookimpl
     def ferrotunnel_stream_observers(self, config: Config) -> list[Tracing]:
