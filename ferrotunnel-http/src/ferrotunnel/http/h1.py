@@ -175,7 +175,10 @@ class ResponseHead:
     def serialize(self) -> bytes:
         parsed = self.parsed
         if parsed is not None and self.raw:
-            added = [b"%s: %s\r\n" % pair for pair in self.headers[parsed:]]
+            headers = self.headers
+            if len(headers) == parsed + 1:  # the usual edit: one header added
+                return b"%s%s: %s\r\n\r\n" % (self.raw[:-2], *headers[parsed])
+            added = [b"%s: %s\r\n" % pair for pair in headers[parsed:]]
             return b"".join([self.raw[:-2], *added, b"\r\n"])
         lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
         lines += [b"%s: %s" % pair for pair in self.headers]
