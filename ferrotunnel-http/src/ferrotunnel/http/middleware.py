@@ -123,6 +123,7 @@ class MiddlewareChain:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
+        steps, notify = self.complete_steps, self.notify
         for ctx, (wall, method, target, status, b_in, b_out, took, error, by) in pending:
             record = ExchangeRecord(
                 wall,
@@ -139,19 +140,16 @@ class MiddlewareChain:
                 error,
                 by,
             )
-            self.on_complete(record, ctx)
-
-    def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-        for label, step in self.complete_steps:
-            try:
-                step(record, ctx)
-            except Exception:
-                log.exception("plugin %s failed in on_complete", label)
-        if self.notify is not None:
-            try:
-                self.notify(record)
-            except Exception:
-                log.exception("a plugin failed in ferrotunnel_exchange_complete")
+            for label, step in steps:
+                try:
+                    step(record, ctx)
+                except Exception:
+                    log.exception("plugin %s failed in on_complete", label)
+            if notify is not None:
+                try:
+                    notify(record)
+                except Exception:
+                    log.exception("a plugin failed in ferrotunnel_exchange_complete")
 
 
 def reply_bytes(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:
