@@ -16,7 +16,7 @@ from collections import deque
 from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
 
-from .exchange import Body, Exchange
+from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser
 from .store import Store
 
@@ -45,9 +45,8 @@ class ExchangeTap:
         self.traceparent = traceparent
         self.replay_of = replay_of
         self._sent: deque[Exchange] = deque()  # request head seen, response not finished
-        #: the bodies being read, each way
-        self._request_body: Body | None = None
-        self._response_body: Body | None = None
+        self._request: Exchange | None = None  # whose request body is being read
+        self._response_body: Body | None = None  # the response body being read
         #: the latest exchange seen on this stream
         self.last: Exchange | None = None
         self._requests = Http1Parser(
@@ -103,20 +102,23 @@ class ExchangeTap:
     # ---- requests
 
     def _request_head(self, head: Head) -> None:
-        body = self._request_body = Body(self.limit)
-        exchange = self.last = Exchange(
-            self.tunnel, head, body, self.visitor, self.traceparent, self.replay_of
+        # most requests have no body: theirs is made when the first byte of it comes
+        exchange = self.last = self._request = Exchange(
+            self.tunnel, head, NO_BODY, self.visitor, self.traceparent, self.replay_of
         )
         self._sent.append(exchange)
         self._responses.expect(head.method)
         self.store.add(exchange)
 
     def _request_chunk(self, chunk: memoryview) -> None:
-        if self._request_body is not None:
-            self._request_body.add(chunk)
+        exchange = self._request
+        if exchange is not None:
+            if exchange.request_body is NO_BODY:
+                exchange.request_body = Body(self.limit)
+            exchange.request_body.add(chunk)
 
     def _request_end(self) -> None:
-        self._request_body = None
+        self._request = None
 
     # ---- responses
 

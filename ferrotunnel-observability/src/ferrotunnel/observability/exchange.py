@@ -12,7 +12,7 @@ from typing import Any
 
 from .http1 import Head
 
-__all__ = ["Body", "Exchange", "render_body"]
+__all__ = ["NO_BODY", "Body", "Exchange", "render_body"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 #: how much of a captured body the detail view shows as a hex dump
@@ -38,6 +38,10 @@ class Body:
         room = self.limit - len(self.data)
         if room > 0:
             self.data += chunk[:room]
+
+
+#: the body of a message that has none (yet): shared, so never added to
+NO_BODY = Body(0)
 
 
 @dataclass(slots=True)
