@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Head", "Http1Parser"]
 
-#: how many bytes to search for a head's end or a line end at a time
+#: how many bytes to search for a head's end or a line's at a time
 _PROBE = 4096
 _MAX_LINE = 8192
 
@@ -51,6 +51,7 @@ _CR = 13
 _LF = 10
 #: the empty line ending a head, from the line end before it (CRLF, or LF: lenient)
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+_LINE_END = re.compile(rb"\n")
 
 
 def _field(name: bytes) -> re.Pattern[bytes]:
@@ -177,7 +178,7 @@ class Http1Parser:
                 self.on_body(view)
                 return
             else:
-                view = view[self._lines_from(bytes(view[:_PROBE])) :]
+                view = view[self._lines_from(view) :]
 
     def feed_eof(self) -> None:
         """The direction ended: a read-until-close body is complete."""
@@ -295,19 +296,20 @@ class Http1Parser:
 
     # ------------------------------------------------------------------ chunked framing
 
-    def _lines_from(self, probe: bytes) -> int:
-        """Take the lines at the start of ``probe`` while the state reads lines (chunk sizes,
+    def _lines_from(self, view: memoryview) -> int:
+        """Take the lines at the start of ``view`` while the state reads lines (chunk sizes,
         chunk ends, trailers); returns how many bytes were used."""
         pos = 0
         while self.state in _LINE_STATES:
-            end = probe.find(b"\n", pos)
-            self._line += probe[pos : len(probe) if end < 0 else end + 1]
+            found = _LINE_END.search(view, pos, pos + _PROBE)
+            end = min(len(view), pos + _PROBE) if found is None else found.end()
+            self._line += view[pos:end]
             if len(self._line) > _MAX_LINE + 2:  # with its CR LF: judged alike however split
                 self.go_opaque("line too long")
-                return len(probe)
-            if end < 0:
-                return len(probe)
-            pos = end + 1
+                return end
+            if found is None:
+                return end
+            pos = end
             line = bytes(self._line).rstrip(b"\r\n")
             self._line.clear()
             self._on_line(line)
