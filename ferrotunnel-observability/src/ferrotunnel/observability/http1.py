@@ -70,8 +70,8 @@ _REQUEST_FRAMING = _field(b"(?:content-length|transfer-encoding|upgrade)")
 
 @dataclass(slots=True)
 class Head:
-    """A request line or status line, and the raw head it starts (its last line end and the
-    empty line excluded).
+    """A request line or status line, and the raw head it starts (each line with its line
+    end, the empty line that ends the head excluded).
 
     The header fields are split out of ``raw`` the first time they are asked for: watching a
     stream needs only the framing fields, and most heads are never looked at.
