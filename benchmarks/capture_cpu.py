@@ -48,23 +48,29 @@ CHUNKED = (
 
 
 def load(ref: str | None) -> ModuleType:
-    """The capture package of this tree, or of git revision ``ref`` (as a copy)."""
+    """The capture package of this tree, or of git revision ``ref`` (imported from a copy)."""
     if ref is None:
         return importlib.import_module("ferrotunnel.observability")
     name = "_capture_" + "".join(ch if ch.isalnum() else "_" for ch in ref)
-    where = Path(tempfile.mkdtemp(prefix="capture-cpu-")) / name
-    where.mkdir()
-    (where / "__init__.py").write_text("")
-    for module in MODULES:
-        source = subprocess.run(
-            ["git", "show", f"{ref}:{PACKAGE}/{module}.py"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        (where / f"{module}.py").write_text(source)
-    sys.path.insert(0, str(where.parent))
+    with tempfile.TemporaryDirectory(prefix="capture-cpu-") as tmp:
+        where = Path(tmp) / name
+        where.mkdir()
+        (where / "__init__.py").write_text("")
+        for module in MODULES:
+            source = subprocess.run(
+                ["git", "show", f"{ref}:{PACKAGE}/{module}.py"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            (where / f"{module}.py").write_text(source)
+        sys.path.insert(0, tmp)
+        try:
+            for module in MODULES:
+                importlib.import_module(f"{name}.{module}")
+        finally:
+            sys.path.remove(tmp)
     return importlib.import_module(name)
 
 
