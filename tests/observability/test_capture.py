@@ -4,7 +4,12 @@ and bodies of every kind."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ferrotunnel.observability.capture import ExchangeTap
 from ferrotunnel.observability.exchange import Body, render_body
@@ -107,3 +112,118 @@ def test_the_store_forgets_the_oldest_and_lagging_subscribers() -> None:
         assert [e.target for e in store.query()] == ["/4", "/3", "/2"]
         assert store.get(1) is None
         assert slow.lagged  # it could not keep up: dropped, never waited for
+
+
+# ---------------------------------------------------------------------------- chunking
+
+
+def exchanges_of(
+    requests: list[bytes], responses: list[bytes], limit: int = 8
+) -> list[dict[str, Any]]:
+    """Feed a tap the chunks of both directions; the details the API shows of what it
+    recorded (but the ids and times), oldest first."""
+    store = Store()
+    tap = ExchangeTap(store, "app", limit, visitor=("192.0.2.1", 1234), traceparent=TRACE)
+    for chunk in requests:
+        tap.to_origin(memoryview(chunk))
+    for chunk in responses:
+        tap.to_visitor(chunk)
+    tap.closed(None)
+    shown = []
+    for exchange in reversed(store.query(limit=500)):
+        detail = exchange.detail()
+        for volatile in ("id", "started", "duration_ms", "timing"):
+            del detail[volatile]
+        shown.append(detail)
+    return shown
+
+
+PIPELINED_REQUESTS = (
+    b"POST /form HTTP/1.1\r\nHost: app\r\nContent-Length: 11\r\n\r\nhello world"
+    b"GET /items?page=2 HTTP/1.1\r\nHost: app\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736"
+    b"-00f067aa0ba902b7-01\r\n\r\n"
+    b"PUT /up HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    b"HEAD /h HTTP/1.1\r\nHost: app\r\n\r\n"
+)
+PIPELINED_RESPONSES = (
+    b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nfirst\r\n6\r\nsecond\r\n0\r\nX-Trailer: t\r\n\r\n"
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+)
+
+
+def test_several_exchanges_in_one_chunk_each_way() -> None:
+    post, get, put, head = exchanges_of([PIPELINED_REQUESTS], [PIPELINED_RESPONSES])
+    assert [
+        (e["method"], e["target"], e["status"], e["state"]) for e in (post, get, put, head)
+    ] == [
+        ("POST", "/form", 201, "complete"),
+        ("GET", "/items?page=2", 200, "complete"),
+        ("PUT", "/up", 204, "complete"),
+        ("HEAD", "/h", 200, "complete"),
+    ]
+    assert post["request"]["headers"] == [["Host", "app"], ["Content-Length", "11"]]
+    assert (post["request"]["body"]["text"], post["request"]["body"]["size"]) == ("hello wo", 11)
+    assert post["response"]["body"]["text"] == "ok"
+    assert (get["response"]["body"]["text"], get["response"]["body"]["size"]) == ("firstsec", 11)
+    assert put["request"]["body"]["text"] == "abc"
+    assert head["response"]["body"]["size"] == 0  # whatever its Content-Length says
+    assert get["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"  # its own
+    assert post["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the stream's
+
+
+def test_every_split_of_both_directions_records_the_same() -> None:
+    whole = exchanges_of([PIPELINED_REQUESTS], [PIPELINED_RESPONSES])
+    for cut in range(1, max(len(PIPELINED_REQUESTS), len(PIPELINED_RESPONSES))):
+        split = exchanges_of(
+            [PIPELINED_REQUESTS[:cut], PIPELINED_REQUESTS[cut:]],
+            [PIPELINED_RESPONSES[:cut], PIPELINED_RESPONSES[cut:]],
+        )
+        assert split == whole, cut
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    return [data[start:end] for start, end in itertools.pairwise(bounds) if end > start]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    request_cuts=st.lists(st.integers(1, len(PIPELINED_REQUESTS) - 1), max_size=12),
+    response_cuts=st.lists(st.integers(1, len(PIPELINED_RESPONSES) - 1), max_size=12),
+)
+def test_random_chunkings_record_what_whole_chunks_do(
+    request_cuts: list[int], response_cuts: list[int]
+) -> None:
+    assert exchanges_of(
+        pieces(PIPELINED_REQUESTS, request_cuts), pieces(PIPELINED_RESPONSES, response_cuts)
+    ) == exchanges_of([PIPELINED_REQUESTS], [PIPELINED_RESPONSES])
+
+
+def test_the_visitor_and_header_fields_are_worked_out_when_asked() -> None:
+    store = Store()
+    tap = ExchangeTap(store, "app", 64, visitor=("198.51.100.4", 4711))
+    tap.to_origin(b"GET / HTTP/1.1\r\nHost: app\r\nAccept: */*\r\n\r\n")
+    tap.to_visitor(
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"
+    )
+    (exchange,) = store.query()
+    assert (exchange.visitor_ip, exchange.visitor_port, exchange.trace_id) == (
+        "198.51.100.4",
+        4711,
+        None,
+    )
+    assert exchange.request_headers == [("Host", "app"), ("Accept", "*/*")]
+    assert exchange.response_headers == [("Content-Type", "text/plain"), ("Content-Length", "0")]
+    assert exchange.header("content-type", response=True) == "text/plain"
+    assert (exchange.status, exchange.reason, exchange.http_version) == (
+        404,
+        "Not Found",
+        "HTTP/1.1",
+    )
+    assert exchange.detail()["response"]["headers"] == [
+        ["Content-Type", "text/plain"],
+        ["Content-Length", "0"],
+    ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ferrotunnel.observability.http1 import Head, Http1Parser
 
@@ -16,7 +19,7 @@ class Seen:
     ends: int = 0
     opaque: list[str] = field(default_factory=list)
 
-    def parser(self, *, response: bool) -> Http1Parser:
+    def parser(self, *, response: bool, head_limit: int = 64 * 1024) -> Http1Parser:
         def on_head(head: Head) -> None:
             self.heads.append(head)
             self.bodies.append(b"")
@@ -33,6 +36,7 @@ class Seen:
             on_body=on_body,
             on_end=on_end,
             on_opaque=self.opaque.append,
+            head_limit=head_limit,
         )
 
 
@@ -124,3 +128,168 @@ def test_a_bad_chunk_size_stops_the_parser_not_the_caller() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", response=True, step=4
     )
     assert seen.opaque == ["bad chunk size"]
+
+
+# ---------------------------------------------------------------------------- heads, however split
+
+
+def record(
+    data: bytes,
+    cuts: list[int],
+    *,
+    response: bool,
+    methods: tuple[str, ...] = (),
+    head_limit: int = 64 * 1024,
+) -> Seen:
+    """What a parser sees of ``data`` fed in pieces cut at ``cuts``."""
+    seen = Seen()
+    parser = seen.parser(response=response, head_limit=head_limit)
+    for method in methods:
+        parser.expect(method)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        if end > start:
+            parser.feed(memoryview(data)[start:end])
+    parser.feed_eof()
+    return seen
+
+
+def summary(seen: Seen) -> tuple[object, ...]:
+    heads = [
+        (h.raw, h.method, h.target, h.version, h.status, h.reason, h.headers) for h in seen.heads
+    ]
+    return heads, seen.bodies, seen.ends, seen.opaque
+
+
+def test_a_head_split_at_every_byte_position_is_seen_as_if_whole() -> None:
+    for data, response, methods in (
+        (PIPELINE, False, ()),
+        (RESPONSES, True, ("POST", "HEAD", "GET", "GET")),
+    ):
+        whole = summary(record(data, [], response=response, methods=methods))
+        for cut in range(1, len(data)):
+            split = record(data, [cut], response=response, methods=methods)
+            assert summary(split) == whole, cut
+
+
+def test_several_messages_and_empty_lines_between_them_in_one_chunk() -> None:
+    data = b"\r\n" + PIPELINE + b"\r\n\r\n" + b"DELETE /d HTTP/1.1\nHost: h\n\n"  # bare LF too
+    seen = record(data, [], response=False)
+    assert [(h.method, h.target) for h in seen.heads] == [
+        ("POST", "/a?x=1"),
+        ("PUT", "/b"),
+        ("GET", "/c"),
+        ("DELETE", "/d"),
+    ]
+    assert seen.heads[3].headers == [("Host", "h")]
+    assert (seen.bodies, seen.ends, seen.opaque) == ([b"hello", b"abcde", b"", b""], 4, [])
+    for cut in range(1, len(data)):
+        assert summary(record(data, [cut], response=False)) == summary(seen), cut
+
+
+def test_chunked_bodies_with_extensions_and_trailers_at_every_split() -> None:
+    data = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"4;name=value\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Checksum: abc\r\nX-More: 1\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+    )
+    whole = record(data, [], response=True, methods=("GET", "GET"))
+    assert [h.status for h in whole.heads] == [200, 204]
+    assert (whole.bodies, whole.ends, whole.opaque) == ([b"wikipedia", b""], 2, [])
+    for cut in range(1, len(data)):
+        assert summary(record(data, [cut], response=True, methods=("GET", "GET"))) == summary(
+            whole
+        ), cut
+
+
+def test_header_fields_are_split_out_only_when_asked_for_and_as_sent() -> None:
+    seen = record(
+        b"GET / HTTP/1.1\r\nHost:  h \r\nX-Empty:\r\nno colon here\r\nX-A: 1: 2\r\n\r\n",
+        [],
+        response=False,
+    )
+    (head,) = seen.heads
+    assert head.raw.startswith(b"GET / HTTP/1.1\r\n")
+    assert head._headers is None  # not split yet
+    assert head.headers == [("Host", "h"), ("X-Empty", ""), ("X-A", "1: 2")]
+    assert head.header("x-a") == "1: 2"
+    assert head.header("absent") is None
+
+
+def test_framing_fields_are_found_in_any_case_with_spaces_before_the_colon() -> None:
+    seen = record(
+        b"POST /a HTTP/1.1\r\ncONTENT-lENGTH : 3\r\n\r\nabc"
+        b"POST /b HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nde"
+        b"POST /c HTTP/1.1\r\nX-Long: 1\r\n Content-Length: 9\r\n\r\n",  # folded: not a field
+        [],
+        response=False,
+    )
+    assert seen.bodies == [b"abc", b"de", b""]
+    assert (seen.ends, seen.opaque) == (3, [])
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "bad content-length"),
+        (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", "bad content-length"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", "line too long"),
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 2000 + b"\r\n", "head too large"),
+    ],
+)
+def test_a_head_is_judged_alike_whole_or_split(data: bytes, why: str) -> None:
+    for cuts in ([], [len(data) // 2], list(range(1, len(data)))):
+        assert record(data, cuts, response=False, head_limit=10_000).opaque == [why]
+
+
+def test_a_head_at_the_limit_is_followed_over_it_is_not() -> None:
+    head = b"GET / HTTP/1.1\r\nX: " + b"y" * 60 + b"\r\n"  # with its line ends, the limit
+    for extra, expected in ((b"", []), (b"z", ["head too large"])):
+        data = head[:-2] + extra + b"\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
+        for cuts in ([], [5], list(range(1, len(data)))):
+            seen = record(data, cuts, response=False, head_limit=len(head))
+            assert seen.opaque == expected, cuts
+
+
+# ---------------------------------------------------------------------------- property
+
+
+NAMES = ["Host", "X-A", "Content-Length", "content-length", "TRANSFER-ENCODING", "Connection"]
+NAMES += ["Upgrade", "Set-Cookie", "Content-Length "]
+VALUES = ["", "0", "1", "7", "3, 3", "chunked", "gzip, chunked", "chunked, gzip", "close"]
+VALUES += ["keep-alive, Upgrade", "websocket", " spaced out ", "zz"]
+REQUEST_LINES = [b"GET / HTTP/1.1", b"POST /a?b=1 HTTP/1.1", b"HEAD /h HTTP/1.0"]
+REQUEST_LINES += [b"CONNECT h:443 HTTP/1.1", b"PUT /p HTTP/1.1", b"GET /no-version"]
+STATUS_LINES = [b"HTTP/1.1 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.1 304 Not Modified"]
+STATUS_LINES += [b"HTTP/1.1 100 Continue", b"HTTP/1.0 404 Not Found", b"HTTP/1.1 101 Switching"]
+STATUS_LINES += [b"HTTP/1.1 500", b"HTTP/1.1 2x0 Odd"]
+
+
+@st.composite
+def messages(draw: st.DrawFn, response: bool) -> bytes:
+    """One message: a head (CRLF or bare LF lines) and a body framed as its fields say, or
+    not (then the stream desynchronises — both ways of feeding it must agree on that too)."""
+    end = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    start = draw(st.sampled_from(STATUS_LINES if response else REQUEST_LINES))
+    fields = draw(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=5))
+    head = start + end + b"".join(f"{n}:{v}".encode() + end for n, v in fields) + end
+    body = draw(st.binary(max_size=30))
+    if draw(st.booleans()):
+        sizes = draw(st.lists(st.integers(1, 20), max_size=3))
+        body = b"".join(b"%x;e=1\r\n" % size + b"c" * size + b"\r\n" for size in sizes)
+        body += b"0\r\n" + draw(st.sampled_from([b"", b"X-Trailer: 1\r\n"])) + b"\r\n"
+    return draw(st.sampled_from([b"", b"\r\n"])) + head + body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_whole_heads_and_split_heads_are_seen_alike(data: st.DataObject) -> None:
+    response = data.draw(st.booleans())
+    stream = b"".join(data.draw(st.lists(messages(response), min_size=1, max_size=4)))
+    methods = tuple(data.draw(st.lists(st.sampled_from(["GET", "HEAD", "CONNECT"]), max_size=4)))
+    cuts = data.draw(st.lists(st.integers(1, len(stream)), max_size=10))
+    whole = summary(record(stream, [], response=response, methods=methods))
+    split = record(stream, cuts, response=response, methods=methods)
+    assert summary(split) == whole
+    byte_by_byte = record(stream, list(range(len(stream))), response=response, methods=methods)
+    assert summary(byte_by_byte) == whole

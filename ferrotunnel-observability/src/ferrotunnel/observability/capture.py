@@ -16,7 +16,7 @@ from collections import deque
 from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
 
-from .exchange import Body, Exchange, trace_id_of
+from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser
 from .store import Store
 
@@ -45,20 +45,21 @@ class ExchangeTap:
         self.traceparent = traceparent
         self.replay_of = replay_of
         self._sent: deque[Exchange] = deque()  # request head seen, response not finished
-        self._request: Exchange | None = None  # whose body is being read
+        self._request: Exchange | None = None  # whose request body is being read
+        self._response_body: Body | None = None  # the response body being read
         #: the latest exchange seen on this stream
         self.last: Exchange | None = None
         self._requests = Http1Parser(
             response=False,
             on_head=self._request_head,
-            on_body=self._request_body,
+            on_body=self._request_chunk,
             on_end=self._request_end,
             on_opaque=self._opaque,
         )
         self._responses = Http1Parser(
             response=True,
             on_head=self._response_head,
-            on_body=self._response_body,
+            on_body=self._response_chunk,
             on_end=self._response_end,
             on_opaque=self._opaque,
         )
@@ -101,27 +102,20 @@ class ExchangeTap:
     # ---- requests
 
     def _request_head(self, head: Head) -> None:
-        traceparent = head.header("traceparent") or self.traceparent
-        exchange = Exchange(
-            tunnel=self.tunnel,
-            method=head.method,
-            target=head.target,
-            http_version=head.version,
-            request_headers=head.headers,
-            request_body=Body(self.limit),
-            visitor_ip=self.visitor[0] if self.visitor else None,
-            visitor_port=self.visitor[1] if self.visitor else None,
-            trace_id=trace_id_of(traceparent),
-            replay_of=self.replay_of,
+        # most requests have no body: theirs is made when the first byte of it comes
+        exchange = self.last = self._request = Exchange(
+            self.tunnel, head, NO_BODY, self.visitor, self.traceparent, self.replay_of
         )
-        self._request = self.last = exchange
         self._sent.append(exchange)
         self._responses.expect(head.method)
         self.store.add(exchange)
 
-    def _request_body(self, chunk: memoryview) -> None:
-        if self._request is not None:
-            self._request.request_body.add(chunk)
+    def _request_chunk(self, chunk: memoryview) -> None:
+        exchange = self._request
+        if exchange is not None:
+            if exchange.request_body is NO_BODY:
+                exchange.request_body = Body(self.limit)
+            exchange.request_body.add(chunk)
 
     def _request_end(self) -> None:
         self._request = None
@@ -133,17 +127,16 @@ class ExchangeTap:
             self._responses.go_opaque("a response without a request")
             return
         exchange = self._sent[0]
-        exchange.status = head.status
-        exchange.reason = head.reason
-        exchange.response_headers = head.headers
-        exchange.response_body = Body(self.limit)
+        exchange.response = head
+        exchange.response_body = self._response_body = Body(self.limit)
         exchange.ttfb = time.monotonic() - exchange.started_mono
 
-    def _response_body(self, chunk: memoryview) -> None:
-        if self._sent and self._sent[0].response_body is not None:
-            self._sent[0].response_body.add(chunk)
+    def _response_chunk(self, chunk: memoryview) -> None:
+        if self._response_body is not None:
+            self._response_body.add(chunk)
 
     def _response_end(self) -> None:
+        self._response_body = None
         if self._sent:
             exchange = self._sent.popleft()
             exchange.complete = True

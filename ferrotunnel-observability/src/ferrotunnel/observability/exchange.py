@@ -10,7 +10,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Body", "Exchange", "render_body"]
+from .http1 import Head
+
+__all__ = ["NO_BODY", "Body", "Exchange", "render_body"]
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 #: how much of a captured body the detail view shows as a hex dump
@@ -38,27 +40,31 @@ class Body:
             self.data += chunk[:room]
 
 
+#: the body of a message that has none (yet): shared, so never added to
+NO_BODY = Body(0)
+
+
 @dataclass(slots=True)
 class Exchange:
-    """A request and (once it came) its response, as the origin saw and sent them."""
+    """A request and (once it came) its response, as the origin saw and sent them.
+
+    The heads are kept raw (:class:`~.http1.Head`): header fields, the trace id and the
+    visitor's address are worked out when the API asks, not for every exchange relayed.
+    """
 
     tunnel: str
-    method: str
-    target: str
-    request_headers: list[tuple[str, str]]
+    request: Head
     request_body: Body
-    visitor_ip: str | None = None
-    visitor_port: int | None = None
-    trace_id: str | None = None
-    http_version: str = "HTTP/1.1"
+    #: the visitor's address, from the stream's OPEN frame
+    visitor: tuple[str, int] | None = None
+    #: the stream's ``traceparent`` (OPEN metadata), for a request that carries none
+    stream_traceparent: str | None = None
     #: the exchange this one replays (None: real traffic)
     replay_of: int | None = None
     id: int = 0
     started: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
-    status: int | None = None
-    reason: str = ""
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response: Head | None = None
     response_body: Body | None = None
     #: seconds from the request head to the response head, and to the response's end
     ttfb: float | None = None
@@ -67,8 +73,49 @@ class Exchange:
     error: str | None = None
 
     @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def target(self) -> str:
+        return self.request.target
+
+    @property
+    def http_version(self) -> str:
+        return self.request.version
+
+    @property
     def path(self) -> str:
         return self.target.split("?", 1)[0]
+
+    @property
+    def status(self) -> int | None:
+        return None if self.response is None else self.response.status
+
+    @property
+    def reason(self) -> str:
+        return "" if self.response is None else self.response.reason
+
+    @property
+    def request_headers(self) -> list[tuple[str, str]]:
+        return self.request.headers
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [] if self.response is None else self.response.headers
+
+    @property
+    def visitor_ip(self) -> str | None:
+        return None if self.visitor is None else self.visitor[0]
+
+    @property
+    def visitor_port(self) -> int | None:
+        return None if self.visitor is None else self.visitor[1]
+
+    @property
+    def trace_id(self) -> str | None:
+        """From the request's ``traceparent``, else from the stream's."""
+        return trace_id_of(self.request.header("traceparent") or self.stream_traceparent)
 
     @property
     def state(self) -> str:
@@ -77,9 +124,8 @@ class Exchange:
         return "complete" if self.complete else "pending"
 
     def header(self, name: str, *, response: bool = False) -> str | None:
-        name = name.lower()
-        headers = self.response_headers if response else self.request_headers
-        return next((v for k, v in headers if k.lower() == name), None)
+        head = self.response if response else self.request
+        return None if head is None else head.header(name)
 
     def summary(self) -> dict[str, Any]:
         """What the request list shows (and the SSE ``request`` event carries)."""

@@ -12,64 +12,109 @@ message ends and the next head begins, so several exchanges on one stream are to
 is lenient where a server must be strict: what it cannot follow (an HTTP/2 preface, a
 protocol switch, a head too large, garbage) turns it *opaque* — it stops looking, and the
 bytes still flow untouched, because the tap never alters or delays them.
+
+It runs for every message relayed, so a head is handled as one block, not line by line: its
+end (the first empty line) is found by one search of the chunk, and the head is copied out
+in one slice — a head split across chunks is gathered first, then handled the same way.
+Only the start line is split; the framing fields are found by searching the lower-cased
+head, and the header fields are split out of the raw head only when someone asks for them
+(:attr:`Head.headers`).
 """
 
 from __future__ import annotations
 
-import enum
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Head", "Http1Parser"]
 
-#: how many bytes to probe for a line end at a time (a copy this size at most)
+#: how many bytes to search for a head's end or a line's at a time
 _PROBE = 4096
 _MAX_LINE = 8192
 
+# What comes next. Plain ints rather than an Enum: the state is tested several times for
+# every chunk, and reading an Enum member costs a class attribute lookup each time.
+_HEAD = 0  # a head (or empty lines before one, tolerated)
+_FIXED = 1  # a Content-Length body: ``_left`` bytes to go
+_CHUNK_SIZE = 2
+_CHUNK_DATA = 3
+_CHUNK_END = 4  # the CRLF after a chunk's data
+_TRAILER = 5
+_UNTIL_CLOSE = 6
+_OPAQUE = 7
 
-class _State(enum.Enum):
-    HEAD = 1
-    FIXED = 2  # Content-Length body: ``_left`` bytes to go
-    CHUNK_SIZE = 3
-    CHUNK_DATA = 4
-    CHUNK_END = 5  # the CRLF after a chunk's data
-    TRAILER = 6
-    UNTIL_CLOSE = 7
-    OPAQUE = 8
+_LINE_STATES = frozenset({_CHUNK_SIZE, _CHUNK_END, _TRAILER})
+
+_CR = 13
+_LF = 10
+#: the empty line ending a head, from the line end before it (CRLF, or LF: lenient)
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_LINE_END = re.compile(rb"\n")
 
 
-_LINE_STATES = frozenset({_State.HEAD, _State.CHUNK_SIZE, _State.CHUNK_END, _State.TRAILER})
+def _field(name: bytes) -> re.Pattern[bytes]:
+    """Finds the values of field ``name`` in a lower-cased head: a line that starts with the
+    name (a line that starts with a space only continues the one before)."""
+    return re.compile(rb"\n" + name + rb"[ \t]*:([^\n]*)")
+
+
+_CONTENT_LENGTH = _field(b"content-length")
+_TRANSFER_ENCODING = _field(b"transfer-encoding")
+_CONNECTION = _field(b"connection")
+_UPGRADE = _field(b"upgrade")
+#: any field that gives a request a body or switches protocols: most requests have none
+_REQUEST_FRAMING = _field(b"(?:content-length|transfer-encoding|upgrade)")
 
 
 @dataclass(slots=True)
 class Head:
-    """A request line or status line, and the header fields as sent (order and case kept)."""
+    """A request line or status line, and the raw head it starts (each line with its line
+    end, the empty line that ends the head excluded).
 
+    The header fields are split out of ``raw`` the first time they are asked for: watching a
+    stream needs only the framing fields, and most heads are never looked at.
+    """
+
+    raw: bytes
+    version: str = "HTTP/1.1"
     method: str = ""
     target: str = ""
     status: int = 0
     reason: str = ""
-    version: str = "HTTP/1.1"
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    _headers: list[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The header fields as sent (order and case kept)."""
+        if self._headers is None:
+            self._headers = _split_fields(self.raw)
+        return self._headers
 
     def header(self, name: str) -> str | None:
         name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return next((value for key, value in self.headers if key.lower() == name), None)
 
-    def tokens(self, name: str) -> list[str]:
-        """The comma-separated tokens of every ``name`` field, lower case."""
-        name = name.lower()
-        return [
-            token.strip().lower()
-            for key, value in self.headers
-            if key.lower() == name
-            for token in value.split(",")
-            if token.strip()
-        ]
+
+def _split_fields(raw: bytes) -> list[tuple[str, str]]:
+    """The ``name: value`` lines after the start line; a line without a colon is skipped."""
+    fields = []
+    for line in raw.decode("latin-1").split("\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.append((name.strip(), value.strip()))
+    return fields
+
+
+def _tokens(pattern: re.Pattern[bytes], low: bytes) -> list[bytes]:
+    """The comma-separated tokens of every field ``pattern`` finds in ``low``."""
+    return [
+        token.strip()
+        for value in pattern.findall(low)
+        for token in value.split(b",")
+        if token.strip()
+    ]
 
 
 class Http1Parser:
@@ -95,74 +140,176 @@ class Http1Parser:
         self.on_end = on_end
         self.on_opaque = on_opaque
         self.head_limit = head_limit
-        self.state = _State.HEAD
-        self._line = bytearray()
-        self._lines: list[bytes] = []
-        self._head_size = 0
+        self.state = _HEAD
+        self._partial = bytearray()  # the start of a head split across chunks
+        self._line = bytearray()  # the start of a chunk-size or trailer line
         self._left = 0
-        self._after_end = _State.HEAD
+        self._switching = False  # the message being read switches protocols when it ends
         self._methods: deque[str] = deque()
-
-    @property
-    def opaque(self) -> bool:
-        return self.state is _State.OPAQUE
-
-    @property
-    def in_message(self) -> bool:
-        """A message has begun and not ended."""
-        return self.state is not _State.HEAD or bool(self._lines) or bool(self._line)
 
     def expect(self, method: str) -> None:
         """A request with ``method`` was sent: its response comes next (in order)."""
         self._methods.append(method)
 
     def go_opaque(self, why: str) -> None:
-        if self.state is not _State.OPAQUE:
-            self.state = _State.OPAQUE
+        if self.state != _OPAQUE:
+            self.state = _OPAQUE
+            self._partial.clear()
             self._line.clear()
-            self._lines.clear()
             self.on_opaque(why)
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view and self.state is not _State.OPAQUE:
+        while view and self.state != _OPAQUE:
             state = self.state
-            if state is _State.FIXED or state is _State.CHUNK_DATA:
-                n = min(len(view), self._left)
+            if state == _HEAD:
+                view = view[self._head_from(view) :]
+            elif state in (_FIXED, _CHUNK_DATA):
+                n = len(view) if len(view) < self._left else self._left
                 self.on_body(view[:n])
                 self._left -= n
                 view = view[n:]
                 if not self._left:
-                    if state is _State.FIXED:
+                    if state == _FIXED:
                         self._end()
                     else:
-                        self.state = _State.CHUNK_END
-            elif state is _State.UNTIL_CLOSE:
+                        self.state = _CHUNK_END
+            elif state == _UNTIL_CLOSE:
                 self.on_body(view)
                 return
             else:
-                view = view[self._lines_from(bytes(view[:_PROBE])) :]
+                view = view[self._lines_from(view) :]
 
     def feed_eof(self) -> None:
         """The direction ended: a read-until-close body is complete."""
-        if self.state is _State.UNTIL_CLOSE:
+        if self.state == _UNTIL_CLOSE:
             self._end()
 
-    # ------------------------------------------------------------------ lines
+    # ------------------------------------------------------------------ heads
 
-    def _lines_from(self, probe: bytes) -> int:
-        """Take the lines at the start of ``probe`` while the state reads lines; returns how
-        many bytes were used (each byte is copied once, however many lines it holds)."""
+    def _head_from(self, view: memoryview) -> int:
+        """Take the head at the start of ``view``, or as much of it as ``view`` holds;
+        returns how many bytes were used. A head whole in ``view`` is copied out of it in one
+        slice; one split across chunks is gathered in ``_partial`` until its end comes."""
+        partial = self._partial
+        if not partial:
+            if view[0] == _CR or view[0] == _LF:  # empty lines between messages: tolerated
+                probe = bytes(view[:_PROBE])
+                return len(probe) - len(probe.lstrip(b"\r\n"))
+            blank = _BLANK_LINE.search(view, 0, _PROBE)
+            if blank is not None:
+                self._on_head(bytes(view[: blank.start() + 1]))
+                return blank.end()
+        seen = len(partial)
+        partial += view[:_PROBE]
+        taken = len(partial) - seen
+        # the verdicts on a head must not depend on how it was split: the start line is
+        # judged before the head's end is looked for, the whole head once it has ended
+        if len(partial) >= _MAX_LINE and partial.find(b"\n", 0, _MAX_LINE) < 0:
+            self.go_opaque("line too long")
+            return taken
+        blank = _BLANK_LINE.search(partial, max(seen - 2, 0)) if seen else None
+        if blank is None:
+            if len(partial) > self.head_limit + 1:  # its head will be larger than the limit
+                self.go_opaque("head too large")
+            return taken
+        head = bytes(partial[: blank.start() + 1])
+        partial.clear()
+        self._on_head(head)
+        return blank.end() - seen
+
+    def _on_head(self, raw: bytes) -> None:
+        if len(raw) > self.head_limit:
+            self.go_opaque("head too large")
+            return
+        line = raw.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
+        parts = line.split(" ", 2)
+        if self.response:
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdecimal():
+                self.go_opaque("not an HTTP/1 response")
+                return
+            reason = parts[2] if len(parts) > 2 else ""
+            self._on_response_head(Head(raw, parts[0], "", "", int(parts[1]), reason))
+        elif line.startswith("PRI * HTTP/2"):
+            self.go_opaque("HTTP/2")
+        elif len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self.go_opaque("not an HTTP/1 request")
+        else:
+            method, target, version = parts
+            self._on_request_head(Head(raw, version, method, target))
+
+    def _on_request_head(self, head: Head) -> None:
+        low = head.raw.lower()
+        framed = _REQUEST_FRAMING.search(low) is not None
+        self._switching = head.method == "CONNECT" or (
+            framed and _UPGRADE.search(low) is not None and b"upgrade" in _tokens(_CONNECTION, low)
+        )
+        self.on_head(head)
+        if framed:
+            self._body(low, _HEAD)
+        else:
+            self._end()
+
+    def _on_response_head(self, head: Head) -> None:
+        status = head.status
+        if 100 <= status < 200 and status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the real answer follows
+        method = self._methods.popleft() if self._methods else "GET"
+        self._switching = status == 101 or (method == "CONNECT" and 200 <= status < 300)
+        self.on_head(head)
+        if self._switching or method == "HEAD" or status == 204 or status == 304:
+            self._end()  # no body, whatever the fields say
+        else:
+            self._body(head.raw.lower(), _UNTIL_CLOSE)
+
+    def _body(self, low: bytes, unframed: int) -> None:
+        """Read the body that the head ``low`` (lower case) announces; ``unframed``: the state
+        for a body without framing fields (none for a request, until close for a response)."""
+        if _TRANSFER_ENCODING.search(low) is not None:
+            codings = _tokens(_TRANSFER_ENCODING, low)
+            if codings and codings[-1] == b"chunked":
+                self.state = _CHUNK_SIZE
+                return
+        length = _CONTENT_LENGTH.search(low)
+        if length is None:
+            if unframed == _UNTIL_CLOSE:
+                self.state = _UNTIL_CLOSE
+            else:
+                self._end()
+            return
+        try:
+            self._left = int(length[1].split(b",")[0])
+        except ValueError:
+            self._left = -1
+        if self._left < 0:
+            self.go_opaque("bad content-length")
+        elif self._left:
+            self.state = _FIXED
+        else:
+            self._end()
+
+    def _end(self) -> None:
+        self.state = _HEAD
+        self.on_end()
+        if self._switching:
+            self.go_opaque("protocol switched")
+
+    # ------------------------------------------------------------------ chunked framing
+
+    def _lines_from(self, view: memoryview) -> int:
+        """Take the lines at the start of ``view`` while the state reads lines (chunk sizes,
+        chunk ends, trailers); returns how many bytes were used."""
         pos = 0
         while self.state in _LINE_STATES:
-            end = probe.find(b"\n", pos)
-            if end < 0:
-                self._line += probe[pos:]
-                if len(self._line) > _MAX_LINE:
-                    self.go_opaque("line too long")
-                return len(probe)
-            self._line += probe[pos : end + 1]
-            pos = end + 1
+            found = _LINE_END.search(view, pos, pos + _PROBE)
+            end = min(len(view), pos + _PROBE) if found is None else found.end()
+            self._line += view[pos:end]
+            if len(self._line) > _MAX_LINE + 2:  # with its CR LF: judged alike however split
+                self.go_opaque("line too long")
+                return end
+            if found is None:
+                return end
+            pos = end
             line = bytes(self._line).rstrip(b"\r\n")
             self._line.clear()
             self._on_line(line)
@@ -170,104 +317,15 @@ class Http1Parser:
 
     def _on_line(self, line: bytes) -> None:
         state = self.state
-        if state is _State.HEAD:
-            if not line and not self._lines:
-                return  # tolerated empty lines between messages
-            if line:
-                self._head_size += len(line) + 2
-                if self._head_size > self.head_limit:
-                    self.go_opaque("head too large")
-                    return
-                self._lines.append(line)
-                return
-            lines, self._lines, self._head_size = self._lines, [], 0
-            self._on_head(lines)
-        elif state is _State.CHUNK_SIZE:
+        if state == _CHUNK_SIZE:
             size = line.split(b";", 1)[0].strip()
             try:
                 self._left = int(size, 16)
             except ValueError:
                 self.go_opaque("bad chunk size")
                 return
-            self.state = _State.CHUNK_DATA if self._left else _State.TRAILER
-        elif state is _State.CHUNK_END:
-            self.state = _State.CHUNK_SIZE
-        elif state is _State.TRAILER and not line:
+            self.state = _CHUNK_DATA if self._left else _TRAILER
+        elif state == _CHUNK_END:
+            self.state = _CHUNK_SIZE
+        elif state == _TRAILER and not line:
             self._end()
-
-    # ------------------------------------------------------------------ heads
-
-    def _on_head(self, lines: list[bytes]) -> None:
-        text = [line.decode("latin-1") for line in lines]
-        start, fields = text[0], text[1:]
-        head = Head()
-        for line in fields:
-            name, sep, value = line.partition(":")
-            if not sep:
-                continue
-            head.headers.append((name.strip(), value.strip()))
-        parts = start.split(" ", 2)
-        if self.response:
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-                self.go_opaque("not an HTTP/1 response")
-                return
-            head.version, head.status = parts[0], int(parts[1])
-            head.reason = parts[2] if len(parts) > 2 else ""
-            self._on_response_head(head)
-        else:
-            if start.startswith("PRI * HTTP/2"):
-                self.go_opaque("HTTP/2")
-                return
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                self.go_opaque("not an HTTP/1 request")
-                return
-            head.method, head.target, head.version = parts
-            self._on_request_head(head)
-
-    def _on_request_head(self, head: Head) -> None:
-        upgrading = head.method == "CONNECT" or (
-            head.header("upgrade") is not None and "upgrade" in head.tokens("connection")
-        )
-        self._after_end = _State.OPAQUE if upgrading else _State.HEAD
-        self.on_head(head)
-        self._frame(head, no_body=False, until_close=False)
-
-    def _on_response_head(self, head: Head) -> None:
-        status = head.status
-        if 100 <= status < 200 and status != 101:
-            return  # interim (100 Continue, 103 Early Hints): the real answer follows
-        method = self._methods.popleft() if self._methods else "GET"
-        switched = status == 101 or (method == "CONNECT" and 200 <= status < 300)
-        self._after_end = _State.OPAQUE if switched else _State.HEAD
-        self.on_head(head)
-        no_body = switched or method == "HEAD" or status in (204, 304)
-        self._frame(head, no_body=no_body, until_close=True)
-
-    def _frame(self, head: Head, *, no_body: bool, until_close: bool) -> None:
-        if no_body:
-            self._end()
-            return
-        codings = head.tokens("transfer-encoding")
-        length = head.header("content-length")
-        if codings and codings[-1] == "chunked":
-            self.state = _State.CHUNK_SIZE
-        elif length is not None:
-            try:
-                self._left = int(length.split(",")[0].strip())
-            except ValueError:
-                self.go_opaque("bad content-length")
-                return
-            if self._left:
-                self.state = _State.FIXED
-            else:
-                self._end()
-        elif until_close:
-            self.state = _State.UNTIL_CLOSE
-        else:
-            self._end()
-
-    def _end(self) -> None:
-        self.state = _State.HEAD
-        self.on_end()
-        if self._after_end is _State.OPAQUE:
-            self.go_opaque("protocol switched")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,16 +39,18 @@ class TunnelState:
     traffic: deque[list[int]] = field(default_factory=lambda: deque(maxlen=TRAFFIC_WINDOW))
 
     def count(self, exchange: Exchange) -> None:
+        size_in = exchange.request_body.size
         size_out = exchange.response_body.size if exchange.response_body else 0
         self.requests += 1
-        self.bytes_in += exchange.request_body.size
+        self.bytes_in += size_in
         self.bytes_out += size_out
         second = int(time.time())
-        if self.traffic and self.traffic[-1][0] == second:
-            self.traffic[-1][1] += 1
-            self.traffic[-1][2] += exchange.request_body.size + size_out
+        last = self.traffic[-1] if self.traffic else None
+        if last is not None and last[0] == second:
+            last[1] += 1
+            last[2] += size_in + size_out
         else:
-            self.traffic.append([second, 1, exchange.request_body.size + size_out])
+            self.traffic.append([second, 1, size_in + size_out])
 
     def as_json(self) -> dict[str, Any]:
         now = int(time.time())
@@ -81,7 +83,7 @@ class Store:
         self.keep = keep
         self.queue_size = queue_size
         self.tunnels: dict[str, TunnelState] = {}
-        self._exchanges: OrderedDict[int, Exchange] = OrderedDict()
+        self._exchanges: dict[int, Exchange] = {}  # in id order
         self._next_id = 1
         self._subscribers: set[Subscriber] = set()
 
@@ -94,16 +96,16 @@ class Store:
         exchange.id = self._next_id
         self._next_id += 1
         self._exchanges[exchange.id] = exchange
-        while len(self._exchanges) > self.keep:
-            self._exchanges.popitem(last=False)
-        self.publish("request", exchange.summary())
+        self._exchanges.pop(exchange.id - self.keep, None)  # ids are consecutive
+        if self._subscribers:  # a summary is worth building only for someone to read it
+            self.publish("request", exchange.summary())
 
     def update(self, exchange: Exchange) -> None:
         if exchange.complete or exchange.error is not None:
             tunnel = self.tunnels.get(exchange.tunnel)
             if tunnel is not None:
                 tunnel.count(exchange)
-        if exchange.id in self._exchanges:
+        if self._subscribers and exchange.id in self._exchanges:
             self.publish("request", exchange.summary())
 
     def get(self, exchange_id: int) -> Exchange | None:
