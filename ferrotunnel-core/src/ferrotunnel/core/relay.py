@@ -97,9 +97,10 @@ class SpliceProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stream = self.stream
         if stream is not None:
-            if self.tap is not None:
-                self.tap.to_visitor(data)
+            tap = self.tap
             stream.feed(data)
+            if tap is not None and tap is self.tap:  # forwarded first: a tap never delays it
+                tap.to_visitor(data)
         elif self._pool is not None:
             self._leave_pool()  # an idle origin connection must not talk: drop it
 
@@ -134,10 +135,10 @@ class SpliceProtocol(asyncio.Protocol):
     # ---- the Sink interface: stream → socket (and ``write``, set in connection_made)
 
     def _tapped_write(self, data: bytes | memoryview) -> None:
-        if self.tap is not None:
-            self.tap.to_origin(data)
         assert self.transport is not None
         self.transport.write(data)
+        if self.tap is not None:
+            self.tap.to_origin(data)
 
     def _untap(self, error: str | None) -> None:
         tap, self.tap = self.tap, None

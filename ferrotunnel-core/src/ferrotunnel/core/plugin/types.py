@@ -238,16 +238,17 @@ class TcpMiddleware(Protocol):
 class StreamTap(Protocol):
     """Sees a copy of the bytes relayed on one client-side stream, as they pass.
 
-    Called synchronously from the relay's callbacks with the very chunks it forwards: it must
+    Called synchronously from the relay's callbacks with the very chunks it forwards, right
+    after forwarding each (so a tap never delays the bytes): it must
     not keep references to them past the call (copy what it keeps), block, or raise. A stream
     served by a tunnel's in-process ``handler`` is not relayed: its tap only gets ``closed``.
     """
 
     def to_origin(self, data: bytes | memoryview) -> None:
-        """Bytes from the visitor, about to be written to the local service."""
+        """Bytes from the visitor, just written to the local service."""
 
     def to_visitor(self, data: bytes) -> None:
-        """Bytes the local service sent, about to go into the tunnel."""
+        """Bytes the local service sent, just handed to the tunnel."""
 
     def closed(self, error: str | None) -> None:
         """The stream is over (``error``: why it failed, or None); no more calls follow."""
