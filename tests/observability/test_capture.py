@@ -3,15 +3,19 @@ and bodies of every kind."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
 import json
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ferrotunnel.observability.capture import ExchangeTap
+from ferrotunnel.core import TunnelKind
+from ferrotunnel.observability.capture import CaptureObserver, ExchangeTap
 from ferrotunnel.observability.exchange import Body, render_body
 from ferrotunnel.observability.store import Store
 
@@ -227,3 +231,33 @@ def test_the_visitor_and_header_fields_are_worked_out_when_asked() -> None:
         ["Content-Type", "text/plain"],
         ["Content-Length", "0"],
     ]
+
+
+def _http_stream(frame_visitor: tuple[str, int] | None = None) -> Any:
+    """Just enough of a client-side stream for CaptureObserver.on_stream."""
+    host, port = frame_visitor or (None, None)
+    frame = SimpleNamespace(
+        kind=TunnelKind.HTTP, tunnel="app", visitor_host=host, visitor_port=port, trace={}
+    )
+    return SimpleNamespace(open_frame=frame)
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_taps_work_after_the_loop_iteration_in_order() -> None:
+    """What the relay hands a dashboard tap is captured in one callback after the current
+    event-loop iteration (the tunnel's gathered writes leave first), in the order given."""
+    store = Store()
+    observer = CaptureObserver(store, 1024)
+    first = observer.on_stream(_http_stream(("192.0.2.9", 4444)))
+    second = observer.on_stream(_http_stream())
+    assert first is not None
+    assert second is not None
+    first.to_origin(b"GET /one HTTP/1.1\r\n\r\n")
+    second.to_origin(b"GET /two HTTP/1.1\r\n\r\n")
+    first.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    second.closed("stream reset (CANCEL)")
+    assert len(store) == 0  # nothing yet: the calls wait for the end of this iteration
+    await asyncio.sleep(0)
+    one, two = reversed(store.query())
+    assert (one.target, one.state, one.visitor_ip) == ("/one", "complete", "192.0.2.9")
+    assert (two.target, two.state, two.error) == ("/two", "error", "stream reset (CANCEL)")

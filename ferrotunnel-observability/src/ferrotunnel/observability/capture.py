@@ -5,13 +5,22 @@ The client's relay hands an :class:`ExchangeTap` every chunk it forwards (see
 and the responses; heads are kept, bodies only up to ``limit`` bytes each, and the bytes
 themselves are never held or delayed: the relay has already got them. A tap that meets
 something it cannot follow (HTTP/2, a protocol switch) stops looking and lets bytes pass.
+
+The dashboard's taps (:class:`CaptureObserver`) go one step further: the relay calls a tap
+right after forwarding a chunk, but the tunnel's writes of one event-loop iteration leave
+together at its end (``ProtocolLink`` gathers them), so parsing there would still hold them
+up. Their calls are only noted, and a :class:`Backlog` makes them all, in order, in one
+callback after the iteration, once the bytes are on their way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
@@ -20,7 +29,7 @@ from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser
 from .store import Store
 
-__all__ = ["CaptureObserver", "ExchangeTap"]
+__all__ = ["Backlog", "CaptureObserver", "ExchangeTap"]
 
 log = logging.getLogger("ferrotunnel.observability.capture")
 
@@ -150,13 +159,57 @@ class ExchangeTap:
         log.debug("tunnel %r: not capturing the rest of a stream: %s", self.tunnel, why)
 
 
+class Backlog:
+    """Tap calls noted during one event-loop iteration, made in one callback after it."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[Callable[[Any], None], Any]] = []
+
+    def add(self, call: Callable[[Any], None], argument: Any) -> None:
+        calls = self._calls
+        if not calls:
+            try:
+                asyncio.get_running_loop().call_soon(self.run)
+            except RuntimeError:  # no event loop: make the call now
+                call(argument)
+                return
+        calls.append((call, argument))
+
+    def run(self) -> None:
+        calls, self._calls = self._calls, []
+        for call, argument in calls:
+            call(argument)
+
+
+class _DeferredTap:
+    """A tap whose calls wait in a :class:`Backlog` (see the module's docstring)."""
+
+    __slots__ = ("_backlog", "_tap")
+
+    def __init__(self, tap: ExchangeTap, backlog: Backlog) -> None:
+        self._tap = tap
+        self._backlog = backlog
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        self._backlog.add(self._tap.to_origin, data)
+
+    def to_visitor(self, data: bytes) -> None:
+        self._backlog.add(self._tap.to_visitor, data)
+
+    def closed(self, error: str | None) -> None:
+        self._backlog.add(self._tap.closed, error)
+
+
 class CaptureObserver:
     """The :class:`~ferrotunnel.core.plugin.StreamObserver` a dashboard gives its client:
-    a tap on each stream of an HTTP tunnel."""
+    a tap on each stream of an HTTP tunnel, its calls made after each loop iteration."""
 
     def __init__(self, store: Store, limit: int) -> None:
         self.store = store
         self.limit = limit
+        self.backlog = Backlog()
 
     def on_stream(self, stream: Stream) -> StreamTap | None:
         frame = stream.open_frame
@@ -165,10 +218,11 @@ class CaptureObserver:
         visitor = None
         if frame.visitor_host is not None and frame.visitor_port is not None:
             visitor = (frame.visitor_host, frame.visitor_port)
-        return ExchangeTap(
+        tap = ExchangeTap(
             self.store,
             frame.tunnel,
             self.limit,
             visitor=visitor,
             traceparent=frame.trace.get("traceparent"),
         )
+        return _DeferredTap(tap, self.backlog)
