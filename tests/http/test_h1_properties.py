@@ -606,6 +606,22 @@ def test_request_header_lookups_follow_edits() -> None:
     assert fresh.get(b"x-late") == b"in place"
 
 
+def test_added_request_headers_keep_the_index_true() -> None:
+    """add_header keeps the parser's index up to date (a tracing plugin adds traceparent to
+    every request; the ingress's later look-ups stay dict accesses)."""
+    head = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\n\r\n")
+    head.add_header("X-Two", "2")
+    head.add_header("traceparent", "00-abc")
+    assert head._index() is not None
+    assert head.header_values("x-two") == ["1", "2"]
+    assert head.get(b"x-two") == b"1"
+    assert head.header("TraceParent") == "00-abc"
+    assert head.serialize().endswith(b"X-Two: 2\r\ntraceparent: 00-abc\r\n\r\n")
+    head.remove_header("traceparent")  # a rebuilt list: the index no longer applies
+    assert head._index() is None
+    assert head.header("traceparent") is None
+
+
 # ---------------------------------------------------------------------------- the one-pass split
 
 _head_lines = st.lists(

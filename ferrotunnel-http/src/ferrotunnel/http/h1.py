@@ -81,17 +81,20 @@ class RequestHead:
     def path(self) -> str:
         return self.target.split(b"?", 1)[0].decode("latin-1")
 
+    def _index(self) -> dict[bytes, list[bytes]] | None:
+        """The parser's index, while it still describes ``headers``."""
+        headers = self.headers
+        if self.indexed is headers and self.indexed_count == len(headers):
+            return self.names
+        return None
+
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case)."""
-        headers = self.headers
-        if (
-            self.names is not None
-            and self.indexed is headers
-            and self.indexed_count == len(headers)
-        ):
-            values = self.names.get(name)
+        names = self._index()
+        if names is not None:
+            values = names.get(name)
             return values[0] if values else None
-        for key, value in headers:
+        for key, value in self.headers:
             if key.lower() == name:
                 return value
         return None
@@ -107,7 +110,7 @@ class RequestHead:
         return self.method.decode("latin-1")
 
     def header(self, name: str) -> str | None:
-        value = self.get(name.lower().encode("latin-1"))
+        value = self.get(_lower_name(name))
         return None if value is None else value.decode("latin-1")
 
     def header_values(self, name: str) -> list[str]:
@@ -117,7 +120,16 @@ class RequestHead:
         self.headers = _set_header(self.headers, name, value)
 
     def add_header(self, name: str, value: str) -> None:
-        self.headers = [*self.headers, _field(name, value)]
+        line = _field(name, value)
+        names = self._index()
+        if names is not None:  # keep the index true: look-ups stay dict accesses
+            found = names.get(key := line[0].lower())
+            if found is None:
+                names[key] = [line[1]]
+            else:
+                found.append(line[1])
+            self.indexed_count += 1
+        self.headers.append(line)
 
     def remove_header(self, name: str) -> None:
         self.headers = _without(self.headers, name)
@@ -191,6 +203,19 @@ _FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 def _without(headers: Headers, name: str) -> Headers:
     wanted = name.lower().encode("latin-1")
     return [(k, v) for k, v in headers if k.lower() != wanted]
+
+
+#: header names (as plugins write them) in lower case, encoded: the same few every request
+_lower_names: dict[str, bytes] = {}
+
+
+def _lower_name(name: str) -> bytes:
+    lower = _lower_names.get(name)
+    if lower is None:
+        lower = name.lower().encode("latin-1")
+        if len(_lower_names) < 1024:
+            _lower_names[name] = lower
+    return lower
 
 
 def _values(headers: Headers, name: str) -> list[str]:
