@@ -10,8 +10,11 @@ task (the connection stops reading meanwhile).
 that completed the exchange: an exchange usually completes while the session is delivering a
 batch of response frames for many visitor connections, and work done there delays every
 response behind it — measured, 3 µs per exchange there cost 16 % of req/s against 2 % when
-done elsewhere. So the connection hands over the facts, and one ``call_soon`` per batch builds
-the records and calls the middlewares.
+done elsewhere. So the connection hands over the facts, and one callback per batch builds
+the records and calls the middlewares. That callback first lets the event loop poll once
+more: requests that arrived meanwhile (the visitors answered by this batch send their next
+ones at once) are forwarded first, and the records are made while the tunnel waits for
+their answers (measured with all five built-ins: about 5 points of req/s).
 
 A middleware that raises is contained: the exchange gets a 500 (or, once the response is on
 its way, just the log line), the error is logged with the plugin's name and distribution, and
@@ -112,13 +115,14 @@ class MiddlewareChain:
         return True
 
     def complete_later(self, ctx: RequestContext, facts: tuple[Any, ...]) -> None:
-        """Queue an exchange's end for :meth:`_flush` (one ``call_soon`` per batch).
+        """Queue an exchange's end for :meth:`_flush` (one callback per batch).
 
         ``facts``: wall-clock start, method, target (bytes), status, bytes in, bytes out,
         duration, error, replied_by.
         """
         if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._flush)  # after one more poll: see above
         self._pending.append((ctx, facts))
 
     def _flush(self) -> None:
