@@ -5,9 +5,9 @@ process spends per request it serves is much steadier. For each configuration th
 ``ferrotunnel server`` and ``client`` (``$FERROTUNNEL_BIN``) in front of a small keep-alive
 origin, drives them with ``wrk -t2 -c50`` for ``--seconds``, and reads the processes' CPU time
 (``/proc/PID/stat``) before and after. Configurations are interleaved, ``--rounds`` times, and
-the median reported. ``--suite observability`` (metrics and tracing; spans go over OTLP/HTTP
-to a sink in this process) or ``--suite plugins`` (the built-ins of Issue 5, one at a time and
-all five, each from a server configuration file).
+the median reported. ``--suite observability`` (the dashboard's capture, metrics and tracing;
+spans go over OTLP/HTTP to a sink in this process) or ``--suite plugins`` (the built-ins of
+Issue 5, one at a time and all five, each from a server configuration file).
 
     uv run python benchmarks/request_cpu.py --suite observability --seconds 8 --rounds 3
     uv run python benchmarks/request_cpu.py --suite plugins --seconds 8 --rounds 3
@@ -43,9 +43,19 @@ RATIO_10 = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMP
 @dataclass
 class Config:
     name: str
-    flags: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # for both processes
     env: dict[str, str] = field(default_factory=dict)
     server_toml: str = ""  # a server configuration file's text, if any
+    client_flags: tuple[str, ...] = ()  # for the client only
+
+    def client_command(self) -> list[str]:
+        """The client's extra flags: without ``--dashboard-port``, no dashboard."""
+        extra = [*self.flags, *self.client_flags]
+        return extra if "--dashboard-port" in extra else [*extra, "--no-dashboard"]
+
+
+#: the client's dashboard on an ephemeral port, capturing every exchange
+CAPTURE = ("--dashboard-port", "0")
 
 
 #: the five built-ins of ``plugin_tunnels.py``, each table on its own
@@ -72,12 +82,13 @@ def observability_configs(sink: str) -> list[Config]:
     tracing = ("--otlp-endpoint", sink)
     return [
         Config("off"),
+        Config("capture", client_flags=CAPTURE),
         Config("metrics", metrics),
         Config("tracing, nothing sampled", tracing, {"OTEL_TRACES_SAMPLER": "always_off"}),
         Config("tracing, 10 % sampled", tracing, RATIO_10),
         Config("tracing, all sampled", tracing),
-        Config("metrics + tracing, 10 %", metrics + tracing, RATIO_10),
-        Config("metrics + tracing, all", metrics + tracing),
+        Config("capture + metrics + tracing, 10 %", metrics + tracing, RATIO_10, "", CAPTURE),
+        Config("capture + metrics + tracing, all", metrics + tracing, {}, "", CAPTURE),
     ]
 
 
@@ -170,7 +181,7 @@ def measure(config: Config, origin: int, seconds: float, tmp: Path) -> tuple[flo
         client = subprocess.Popen(
             [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
              "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
-             "--no-dashboard", *config.flags],
+             *config.client_command()],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_http(public)

@@ -83,9 +83,7 @@ def measure(config: Config, side: str, origin: int, seconds: float, tmp: Path) -
                   "--http-bind", f"{HOST}:{public}", *server_flags]  # fmt: skip
     client_cmd = [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
                   "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
-                  *config.flags]  # fmt: skip
-    if "--dashboard-port" not in config.flags:
-        client_cmd.append("--no-dashboard")
+                  *config.client_command()]  # fmt: skip
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     server = client = None
     try:
