@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--suite", choices=("observability", "plugins"), default="plugins")
     parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    parser.add_argument(
+        "--keep", type=Path, help="copy each callgrind dump here (read with callgrind_annotate)"
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if shutil.which(tool) is None:
@@ -137,6 +140,11 @@ def main() -> None:
     for config in plan:
         with tempfile.TemporaryDirectory(prefix="ft-instructions-") as tmp:
             requests, per_request = measure(config, args.side, origin, args.seconds, Path(tmp))
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                name = re.sub(r"[^a-z0-9]+", "-", config.name.lower()).strip("-")
+                for dump in Path(tmp).glob("callgrind-*.out*"):
+                    shutil.copy(dump, args.keep / f"{name}-{dump.name}")
         rows.append((config.name, requests, per_request))
         print(f"{config.name}: {per_request / 1000:,.1f} k instructions per request "
               f"({requests:,} requests)", flush=True)  # fmt: skip

@@ -261,3 +261,114 @@ async def test_the_dashboard_taps_work_after_the_loop_iteration_in_order() -> No
     one, two = reversed(store.query())
     assert (one.target, one.state, one.visitor_ip) == ("/one", "complete", "192.0.2.9")
     assert (two.target, two.state, two.error) == ("/two", "error", "stream reset (CANCEL)")
+
+
+# ---------------------------------------------------------------------------- whole messages
+
+
+class ParserOnlyTap(ExchangeTap):
+    """A tap that never takes the whole-message shortcut: every chunk goes to a parser."""
+
+    def _whole_request(self, data: bytes | memoryview) -> bool:
+        return False
+
+    def _whole_response(self, data: bytes | memoryview) -> bool:
+        return False
+
+
+#: (request, response) pairs, each as a stream would carry it; the last may be read to close
+EXCHANGES = [
+    (b"GET / HTTP/1.1\r\nHost: app\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    (b"GET /e HTTP/1.1\r\nHost: app\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    (b"GET /lf HTTP/1.1\nHost: app\n\n", b"HTTP/1.1 404 Not Found\nContent-Length: 2\n\nno"),
+    (b"POST /f HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+     b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx"),
+    (b"HEAD /h HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
+    (b"GET /n HTTP/1.1\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"),
+    (b"DELETE /d HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"),
+    (b"GET /c HTTP/1.1\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    (b"GET /i HTTP/1.1\r\n\r\n",
+     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    (b"GET /bad HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
+    (b"GET /x HTTP/1.1\r\nX-Long: " + b"y" * 5000 + b"\r\n\r\n",
+     b"HTTP/1.1 500 Oops\r\nContent-Length: 1, 1\r\n\r\n!"),
+]  # fmt: skip
+#: exchanges after which a stream carries no more HTTP/1 messages (each may come last)
+LAST = [
+    (b"GET /u HTTP/1.1\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nthe rest"),
+    (b"CONNECT db:5432 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+     b"HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"),
+    (b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi"),
+]  # fmt: skip
+
+
+def recorded(tap_class: type[ExchangeTap], chunks: list[tuple[bool, bytes]]) -> list[Any]:
+    store = Store()
+    tap = tap_class(store, "app", 8, visitor=("192.0.2.1", 1234))
+    for to_origin, chunk in chunks:
+        if to_origin:
+            tap.to_origin(memoryview(chunk))
+        else:
+            tap.to_visitor(chunk)
+    tap.closed(None)
+    shown = []
+    for exchange in reversed(store.query(limit=500)):
+        detail = exchange.detail()
+        for volatile in ("id", "started", "duration_ms", "timing"):
+            del detail[volatile]
+        shown.append(detail)
+    return shown
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    picks=st.lists(st.integers(0, len(EXCHANGES) - 1), min_size=1, max_size=6),
+    last=st.integers(-1, len(LAST) - 1),
+    cuts=st.lists(st.one_of(st.just(0), st.just(-1), st.integers(1, 200)), max_size=8),
+    ahead=st.integers(0, 2),
+    join=st.booleans(),
+)
+def test_whole_message_chunks_record_what_the_parsers_do(
+    picks: list[int], last: int, cuts: list[int], ahead: int, join: bool
+) -> None:
+    """The shortcut for chunks that hold one whole message (most of them, on a tunnel)
+    records exactly what the parsers do, however the messages are split and interleaved:
+    each message is sent whole or cut (anywhere, or where its head ends), and requests run
+    up to ``ahead`` exchanges ahead of their responses (pipelining), in one chunk if
+    ``join``."""
+    exchanges = [EXCHANGES[i] for i in picks] + ([LAST[last]] if last >= 0 else [])
+
+    def parts(message: bytes, i: int) -> list[bytes]:  # whole (0), or cut once
+        cut = cuts[i] if i < len(cuts) else 0
+        if cut == -1:
+            cut = message.find(b"\n\r\n") + 3 if b"\n\r\n" in message else message.find(b"\n\n") + 2
+        return pieces(message, [cut] if 0 < cut < len(message) else [])
+
+    chunks: list[tuple[bool, bytes]] = []
+    sent = 0
+    for i, (_, response) in enumerate(exchanges):
+        requests = []
+        while sent <= min(i + ahead, len(exchanges) - 1):
+            requests += parts(exchanges[sent][0], sent)
+            sent += 1
+        chunks += (
+            [(True, b"".join(requests))]
+            if join and requests
+            else [(True, part) for part in requests]
+        )
+        chunks += [(False, part) for part in parts(response, i + 1)]
+    assert recorded(ExchangeTap, chunks) == recorded(ParserOnlyTap, chunks)
+
+
+def test_a_keep_alive_stream_of_whole_messages_records_each_exchange() -> None:
+    chunks = [(i % 2 == 0, m) for pair in EXCHANGES[:3] for i, m in enumerate(pair)]
+    shown = recorded(ExchangeTap, chunks)
+    assert [(e["method"], e["target"], e["status"], e["state"]) for e in shown] == [
+        ("GET", "/", 200, "complete"),
+        ("GET", "/e", 200, "complete"),
+        ("GET", "/lf", 404, "complete"),
+    ]
+    assert shown[0]["response"]["body"]["text"] == "hello"
+    assert shown == recorded(ParserOnlyTap, chunks)

@@ -1,9 +1,12 @@
 """Bounded capture of the HTTP exchanges on a client's relayed streams.
 
 The client's relay hands an :class:`ExchangeTap` every chunk it forwards (see
-``ferrotunnel.core.plugin.StreamTap``). Two :class:`~.http1.Http1Parser` follow the requests
-and the responses; heads are kept, bodies only up to ``limit`` bytes each, and the bytes
-themselves are never held or delayed: the relay has already got them. A tap that meets
+``ferrotunnel.core.plugin.StreamTap``). Most chunks of an HTTP tunnel hold one whole message
+(a request head, a response with its whole body): those are recorded at once
+(:func:`~.http1.whole_request`, :func:`~.http1.whole_response`). A direction's first chunk that
+is anything else gets it an :class:`~.http1.Http1Parser`, which follows that direction from
+then on. Heads are kept, bodies only up to ``limit`` bytes each, and the bytes themselves are
+never held or delayed: the relay has already got them. A tap that meets
 something it cannot follow (HTTP/2, a protocol switch) stops looking and lets bytes pass.
 
 The dashboard's taps (:class:`CaptureObserver`) go one step further: the relay calls a tap
@@ -26,7 +29,7 @@ from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
 
 from .exchange import NO_BODY, Body, Exchange
-from .http1 import Head, Http1Parser
+from .http1 import Head, Http1Parser, whole_request, whole_response
 from .store import Store
 
 __all__ = ["Backlog", "CaptureObserver", "ExchangeTap"]
@@ -58,20 +61,10 @@ class ExchangeTap:
         self._response_body: Body | None = None  # the response body being read
         #: the latest exchange seen on this stream
         self.last: Exchange | None = None
-        self._requests = Http1Parser(
-            response=False,
-            on_head=self._request_head,
-            on_body=self._request_chunk,
-            on_end=self._request_end,
-            on_opaque=self._opaque,
-        )
-        self._responses = Http1Parser(
-            response=True,
-            on_head=self._response_head,
-            on_body=self._response_chunk,
-            on_end=self._response_end,
-            on_opaque=self._opaque,
-        )
+        # Each direction's parser is made only when a chunk is not one whole message (see
+        # ``whole_request``): until then, each direction is between messages.
+        self._requests: Http1Parser | None = None
+        self._responses: Http1Parser | None = None
         self._closed = False
 
     @property
@@ -83,23 +76,36 @@ class ExchangeTap:
 
     def to_origin(self, data: bytes | memoryview) -> None:
         try:
+            if self._requests is None:
+                if self._whole_request(data):
+                    return
+                self._requests = self._parser(response=False)
             self._requests.feed(data)
         except Exception:  # a tap must never break the relay
             log.exception("request capture failed; not capturing this stream further")
+            self._requests = self._requests or self._parser(response=False)
             self._requests.go_opaque("capture error")
 
     def to_visitor(self, data: bytes) -> None:
         try:
+            if self._responses is None:
+                if self._sent and self._whole_response(data):
+                    return
+                self._responses = self._parser(response=True)
+                for exchange in self._sent:  # unanswered: the parser must know their methods
+                    self._responses.expect(exchange.method)
             self._responses.feed(data)
         except Exception:
             log.exception("response capture failed; not capturing this stream further")
+            self._responses = self._responses or self._parser(response=True)
             self._responses.go_opaque("capture error")
 
     def closed(self, error: str | None) -> None:
         if self._closed:
             return
         self._closed = True
-        self._responses.feed_eof()
+        if self._responses is not None:
+            self._responses.feed_eof()
         for exchange in self._sent:
             if not exchange.complete:
                 exchange.error = error or (
@@ -107,6 +113,50 @@ class ExchangeTap:
                 )
                 self._finish(exchange)
         self._sent.clear()
+        self._requests = self._responses = None  # they refer back to this tap
+
+    def _parser(self, *, response: bool) -> Http1Parser:
+        if response:
+            return Http1Parser(
+                response=True,
+                on_head=self._response_head,
+                on_body=self._response_chunk,
+                on_end=self._response_end,
+                on_opaque=self._opaque,
+            )
+        return Http1Parser(
+            response=False,
+            on_head=self._request_head,
+            on_body=self._request_chunk,
+            on_end=self._request_end,
+            on_opaque=self._opaque,
+        )
+
+    def _whole_request(self, data: bytes | memoryview) -> bool:
+        """Record ``data`` if it is one whole request without a body."""
+        head = whole_request(data)
+        if head is None:
+            return False
+        self._request_head(head)
+        self._request = None
+        return True
+
+    def _whole_response(self, data: bytes | memoryview) -> bool:
+        """Record ``data`` if it is the whole response to the oldest request waiting."""
+        exchange = self._sent[0]
+        found = whole_response(data, exchange.method)
+        if found is None:
+            return False
+        head, start = found
+        self._sent.popleft()
+        exchange.response = head
+        exchange.response_body = body = Body(self.limit)
+        if start < len(data):
+            body.add(memoryview(data)[start:])
+        exchange.ttfb = time.monotonic() - exchange.started_mono
+        exchange.complete = True
+        self._finish(exchange)
+        return True
 
     # ---- requests
 
@@ -116,7 +166,8 @@ class ExchangeTap:
             self.tunnel, head, NO_BODY, self.visitor, self.traceparent, self.replay_of
         )
         self._sent.append(exchange)
-        self._responses.expect(head.method)
+        if self._responses is not None:
+            self._responses.expect(head.method)
         self.store.add(exchange)
 
     def _request_chunk(self, chunk: memoryview) -> None:
@@ -133,6 +184,7 @@ class ExchangeTap:
 
     def _response_head(self, head: Head) -> None:
         if not self._sent:
+            assert self._responses is not None  # the parser calling this
             self._responses.go_opaque("a response without a request")
             return
         exchange = self._sent[0]

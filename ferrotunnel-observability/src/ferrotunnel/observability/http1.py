@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Head", "Http1Parser"]
+__all__ = ["Head", "Http1Parser", "start_line", "whole_request", "whole_response"]
 
 #: how many bytes to search for a head's end or a line's at a time
 _PROBE = 4096
@@ -115,6 +115,72 @@ def _tokens(pattern: re.Pattern[bytes], low: bytes) -> list[bytes]:
         for token in value.split(b",")
         if token.strip()
     ]
+
+
+def start_line(raw: bytes, *, response: bool) -> Head | str:
+    """The :class:`Head` whose start line begins ``raw``, or why it cannot be followed."""
+    line = raw.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
+    parts = line.split(" ", 2)
+    if response:
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdecimal():
+            return "not an HTTP/1 response"
+        return Head(raw, parts[0], "", "", int(parts[1]), parts[2] if len(parts) > 2 else "")
+    if line.startswith("PRI * HTTP/2"):
+        return "HTTP/2"
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return "not an HTTP/1 request"
+    method, target, version = parts
+    return Head(raw, version, method, target)
+
+
+# ---------------------------------------------------------------------- whole messages
+#
+# Nearly every chunk a tunnel relays for a small exchange holds one whole message: a request
+# head without a body, or a response head with all of its Content-Length body. These two
+# functions recognise exactly that case, so a tap can record it without setting up a parser;
+# anything else (a body still to come, chunked framing, a protocol switch, a second message,
+# an interim response) gets None, and the caller hands the chunk to an Http1Parser instead,
+# which reaches the same verdicts.
+
+
+def whole_request(data: bytes | memoryview) -> Head | None:
+    """The request that ``data`` holds exactly, if it is a head with no body to follow."""
+    if not data or data[0] == _CR or data[0] == _LF:
+        return None
+    blank = _BLANK_LINE.search(data, 0, _PROBE)
+    if blank is None or blank.end() != len(data):
+        return None
+    raw = bytes(data[: blank.start() + 1])
+    head = start_line(raw, response=False)
+    if isinstance(head, str) or head.method == "CONNECT":
+        return None
+    return None if _REQUEST_FRAMING.search(raw.lower()) else head
+
+
+def whole_response(data: bytes | memoryview, method: str) -> tuple[Head, int] | None:
+    """The final response to ``method`` that ``data`` holds exactly, and where its body
+    starts (it runs to the end of ``data``)."""
+    if not data or data[0] == _CR or data[0] == _LF or method == "CONNECT":
+        return None
+    blank = _BLANK_LINE.search(data, 0, _PROBE)
+    if blank is None:
+        return None
+    raw = bytes(data[: blank.start() + 1])
+    head = start_line(raw, response=True)
+    if isinstance(head, str) or head.status < 200:
+        return None
+    start = blank.end()
+    if method == "HEAD" or head.status == 204 or head.status == 304:
+        return (head, start) if start == len(data) else None
+    low = raw.lower()
+    length = _CONTENT_LENGTH.search(low)
+    if length is None or _TRANSFER_ENCODING.search(low) is not None:
+        return None
+    try:
+        size = int(length[1].split(b",")[0])
+    except ValueError:
+        return None
+    return (head, start) if size >= 0 and start + size == len(data) else None
 
 
 class Http1Parser:
@@ -222,21 +288,13 @@ class Http1Parser:
         if len(raw) > self.head_limit:
             self.go_opaque("head too large")
             return
-        line = raw.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
-        parts = line.split(" ", 2)
-        if self.response:
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdecimal():
-                self.go_opaque("not an HTTP/1 response")
-                return
-            reason = parts[2] if len(parts) > 2 else ""
-            self._on_response_head(Head(raw, parts[0], "", "", int(parts[1]), reason))
-        elif line.startswith("PRI * HTTP/2"):
-            self.go_opaque("HTTP/2")
-        elif len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            self.go_opaque("not an HTTP/1 request")
+        head = start_line(raw, response=self.response)
+        if isinstance(head, str):
+            self.go_opaque(head)
+        elif self.response:
+            self._on_response_head(head)
         else:
-            method, target, version = parts
-            self._on_request_head(Head(raw, version, method, target))
+            self._on_request_head(head)
 
     def _on_request_head(self, head: Head) -> None:
         low = head.raw.lower()
