@@ -6,10 +6,16 @@ import itertools
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ferrotunnel.observability.http1 import Head, Http1Parser
+from ferrotunnel.observability.http1 import (
+    Head,
+    Http1Parser,
+    start_line,
+    whole_request,
+    whole_response,
+)
 
 
 @dataclass
@@ -293,3 +299,48 @@ def test_whole_heads_and_split_heads_are_seen_alike(data: st.DataObject) -> None
     assert summary(split) == whole
     byte_by_byte = record(stream, list(range(len(stream))), response=response, methods=methods)
     assert summary(byte_by_byte) == whole
+
+
+def _line(*choices: list[bytes]) -> st.SearchStrategy[bytes]:
+    return st.tuples(*(st.sampled_from(c) for c in choices)).map(b"".join)
+
+
+_SEP = [b" ", b"  ", b"", b"\t", b" \r"]
+_REQUEST_LINES = _line(
+    [b"GET", b"PRI", b"CONNECT", b"", b"G\xe9T", b"HEAD"], _SEP, [b"/", b"*", b"/a b", b"\r/"],
+    _SEP, [b"HTTP/1.1", b"HTTP/2.0", b"HTTP/", b"http/1.1", b"HTTP/1.1 x", b""], [b"", b"\r", b" "],
+)  # fmt: skip
+_STATUS_LINES = _line(
+    [b"HTTP/1.1", b"HTTP/", b"HTTP/1.1 ", b"ICY", b""], _SEP,
+    [b"200", b"204", b"101", b"99", b"2x", b"\xb200", b"-1", b""], _SEP,
+    [b"OK", b"", b"Not Found", b"a\rb", b"\xe9"], [b"", b"\r", b" "],
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_REQUEST_LINES.map(lambda b: (b, False)), _STATUS_LINES.map(lambda b: (b, True))))
+@example((b"PRI * HTTP/2.0", False))  # the HTTP/2 preface: never a request
+@example((b"CONNECT db:5432 HTTP/1.1", False))
+@example((b"HTTP/1.1 200 OK\r", True))
+def test_the_whole_message_shortcut_reads_start_lines_as_the_parser_does(
+    line: tuple[bytes, bool],
+) -> None:
+    """``whole_request``/``whole_response`` take every whole message whose start line the
+    parser accepts (but CONNECT's, and interim responses), and read it alike; what the parser
+    refuses (the HTTP/2 preface, a malformed line), they leave to it."""
+    raw, response = line[0] + b"\r\n", line[1]
+    if response:
+        raw += b"Content-Length: 0\r\n"
+        found = whole_response(raw + b"\r\n", "GET")
+        expected = start_line(raw, response=True)
+        if found is not None:
+            assert found[0] == expected
+        elif not isinstance(expected, str) and expected.status >= 200:
+            pytest.fail(f"{raw!r}: the parser reads {expected}, the shortcut refused it")
+    else:
+        head = whole_request(raw + b"\r\n")
+        expected = start_line(raw, response=False)
+        if head is not None:
+            assert head == expected
+        elif not isinstance(expected, str) and expected.method not in ("CONNECT", "PRI"):
+            pytest.fail(f"{raw!r}: the parser reads {expected}, the shortcut refused it")
