@@ -48,10 +48,25 @@ class Config:
     server_toml: str = ""  # a server configuration file's text, if any
     client_flags: tuple[str, ...] = ()  # for the client only
 
-    def client_command(self) -> list[str]:
-        """The client's extra flags: without ``--dashboard-port``, no dashboard."""
-        extra = [*self.flags, *self.client_flags]
-        return extra if "--dashboard-port" in extra else [*extra, "--no-dashboard"]
+    def commands(
+        self, tmp: Path, control: int, public: int, origin: int
+    ) -> tuple[list[str], list[str]]:
+        """The server's and the client's command lines (the server's TOML written in ``tmp``);
+        without ``--dashboard-port``, the client runs no dashboard."""
+        server_flags = list(self.flags)
+        if self.server_toml:
+            path = tmp / "server.toml"
+            path.write_text(self.server_toml.replace("{tmp}", str(tmp)))
+            server_flags += ["--config", str(path)]
+        client_flags = [*self.flags, *self.client_flags]
+        if "--dashboard-port" not in client_flags:
+            client_flags.append("--no-dashboard")
+        server = [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
+                  "--http-bind", f"{HOST}:{public}", *server_flags]  # fmt: skip
+        client = [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
+                  "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
+                  *client_flags]  # fmt: skip
+        return server, client
 
 
 #: the client's dashboard on an ephemeral port, capturing every exchange
@@ -165,25 +180,13 @@ def measure(config: Config, origin: int, seconds: float, tmp: Path) -> tuple[flo
     """req/s, server µs of CPU per request, client µs of CPU per request."""
     control, public = free_port(), free_port()
     env = {**os.environ, **config.env}
-    server_flags = config.flags
-    if config.server_toml:
-        path = tmp / "server.toml"
-        path.write_text(config.server_toml.replace("{tmp}", str(tmp)))
-        server_flags += ("--config", str(path))
-    server = subprocess.Popen(
-        [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
-         "--http-bind", f"{HOST}:{public}", *server_flags],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server_cmd, client_cmd = config.commands(tmp, control, public, origin)
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    server = subprocess.Popen(server_cmd, **quiet)
     client = None
     try:
         time.sleep(1.0)
-        client = subprocess.Popen(
-            [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
-             "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
-             *config.client_command()],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        client = subprocess.Popen(client_cmd, **quiet)
         wait_http(public)
         before = cpu_seconds(server.pid), cpu_seconds(client.pid)
         out = subprocess.run(

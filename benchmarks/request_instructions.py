@@ -70,20 +70,11 @@ def measure(config: Config, side: str, origin: int, seconds: float, tmp: Path) -
     """(requests, instructions per request) of ``side`` for one configuration."""
     control, public = free_port(), free_port()
     env = {**os.environ, **config.env}
-    server_flags = config.flags
-    if config.server_toml:
-        path = tmp / "server.toml"
-        path.write_text(config.server_toml.replace("{tmp}", str(tmp)))
-        server_flags += ("--config", str(path))
+    server_cmd, client_cmd = config.commands(tmp, control, public, origin)
     out = tmp / f"callgrind-{side}.out"
     out.unlink(missing_ok=True)
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={out}", PYTHON]  # fmt: skip
-    server_cmd = [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
-                  "--http-bind", f"{HOST}:{public}", *server_flags]  # fmt: skip
-    client_cmd = [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
-                  "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
-                  *config.client_command()]  # fmt: skip
     quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     server = client = None
     try:

@@ -121,17 +121,22 @@ def test_the_store_forgets_the_oldest_and_lagging_subscribers() -> None:
 # ---------------------------------------------------------------------------- chunking
 
 
-def exchanges_of(
-    requests: list[bytes], responses: list[bytes], limit: int = 8
+def recorded(
+    chunks: list[tuple[bool, bytes]],
+    *,
+    tap_class: type[ExchangeTap] = ExchangeTap,
+    limit: int = 8,
+    traceparent: str | None = TRACE,
 ) -> list[dict[str, Any]]:
-    """Feed a tap the chunks of both directions; the details the API shows of what it
-    recorded (but the ids and times), oldest first."""
+    """Feed a tap ``chunks`` (to the origin if the flag is set, else to the visitor); the
+    details the API shows of what it recorded (but the ids and times), oldest first."""
     store = Store()
-    tap = ExchangeTap(store, "app", limit, visitor=("192.0.2.1", 1234), traceparent=TRACE)
-    for chunk in requests:
-        tap.to_origin(memoryview(chunk))
-    for chunk in responses:
-        tap.to_visitor(chunk)
+    tap = tap_class(store, "app", limit, visitor=("192.0.2.1", 1234), traceparent=traceparent)
+    for to_origin, chunk in chunks:
+        if to_origin:
+            tap.to_origin(memoryview(chunk))
+        else:
+            tap.to_visitor(chunk)
     tap.closed(None)
     shown = []
     for exchange in reversed(store.query(limit=500)):
@@ -140,6 +145,14 @@ def exchanges_of(
             del detail[volatile]
         shown.append(detail)
     return shown
+
+
+def exchanges_of(
+    requests: list[bytes], responses: list[bytes], limit: int = 8
+) -> list[dict[str, Any]]:
+    """All the requests' chunks first, then all the responses'."""
+    chunks = [(True, chunk) for chunk in requests] + [(False, chunk) for chunk in responses]
+    return recorded(chunks, limit=limit)
 
 
 PIPELINED_REQUESTS = (
@@ -304,24 +317,6 @@ LAST = [
 ]  # fmt: skip
 
 
-def recorded(tap_class: type[ExchangeTap], chunks: list[tuple[bool, bytes]]) -> list[Any]:
-    store = Store()
-    tap = tap_class(store, "app", 8, visitor=("192.0.2.1", 1234))
-    for to_origin, chunk in chunks:
-        if to_origin:
-            tap.to_origin(memoryview(chunk))
-        else:
-            tap.to_visitor(chunk)
-    tap.closed(None)
-    shown = []
-    for exchange in reversed(store.query(limit=500)):
-        detail = exchange.detail()
-        for volatile in ("id", "started", "duration_ms", "timing"):
-            del detail[volatile]
-        shown.append(detail)
-    return shown
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     picks=st.lists(st.integers(0, len(EXCHANGES) - 1), min_size=1, max_size=6),
@@ -359,16 +354,16 @@ def test_whole_message_chunks_record_what_the_parsers_do(
             else [(True, part) for part in requests]
         )
         chunks += [(False, part) for part in parts(response, i + 1)]
-    assert recorded(ExchangeTap, chunks) == recorded(ParserOnlyTap, chunks)
+    assert recorded(chunks) == recorded(chunks, tap_class=ParserOnlyTap)
 
 
 def test_a_keep_alive_stream_of_whole_messages_records_each_exchange() -> None:
     chunks = [(i % 2 == 0, m) for pair in EXCHANGES[:3] for i, m in enumerate(pair)]
-    shown = recorded(ExchangeTap, chunks)
+    shown = recorded(chunks)
     assert [(e["method"], e["target"], e["status"], e["state"]) for e in shown] == [
         ("GET", "/", 200, "complete"),
         ("GET", "/e", 200, "complete"),
         ("GET", "/lf", 404, "complete"),
     ]
     assert shown[0]["response"]["body"]["text"] == "hello"
-    assert shown == recorded(ParserOnlyTap, chunks)
+    assert shown == recorded(chunks, tap_class=ParserOnlyTap)
