@@ -160,7 +160,6 @@ class IngressConnection(asyncio.Protocol):
         self._stream_usable = False
         self._resp = _Response.IDLE
         self._resp_buf = bytearray()
-        self._head_out = b""  # a final response head not yet written
         self._resp_framer: BodyFramer | None = None
         self._resp_keep_alive = True
         self._resp_started = False
@@ -577,21 +576,23 @@ class IngressConnection(asyncio.Protocol):
             buf = self._resp_buf
             buf += data
             # informational heads (100 Continue, 103 Early Hints) come before the final one,
-            # possibly in the same read; a 101 leaves what follows it in ``buf`` for the tunnel
+            # possibly in the same read; a 101 leaves what follows it in ``buf`` for the tunnel.
+            # The final head goes out with the first bytes of its body: one write, not two.
+            head = b""
             while self._resp is _Response.HEAD:
                 end = find_head_end(buf)
                 if end < 0 or end > self._config.max_head_size:
                     if end > 0 or len(buf) > self._config.max_head_size:
                         self._origin_failed("the origin's response head is too large")
                     return
-                head = bytes(buf[:end])
+                raw = bytes(buf[:end])
                 del buf[:end]
-                if not self._response_head(head):
+                out = self._response_head(raw)
+                if out is None:
                     return
+                head = out
             data = memoryview(bytes(buf))
             buf.clear()
-            # the final head goes out with the first bytes of its body: one write, not two
-            head, self._head_out = self._head_out, b""
         else:
             head = b""
         framer = self._resp_framer
@@ -618,8 +619,10 @@ class IngressConnection(asyncio.Protocol):
                 self._stream_usable = False  # extra bytes after the response
             self._response_complete()
 
-    def _response_head(self, head: bytes) -> bool:
-        """Handle a whole response head; False if nothing more should be read now."""
+    def _response_head(self, head: bytes) -> bytes | None:
+        """Handle a whole response head: the final head to write with its body's first bytes
+        (b"" for an informational one, written already), or None if nothing more should be
+        read now."""
         request = self._request
         transport = self.transport
         assert request is not None
@@ -628,7 +631,7 @@ class IngressConnection(asyncio.Protocol):
             response = parse_response_head(head, request.method)
         except HttpError as exc:
             self._origin_failed(str(exc))
-            return False
+            return None
         status = response.status
         if status < 200:
             transport.write(head)
@@ -646,26 +649,25 @@ class IngressConnection(asyncio.Protocol):
                 if rest:
                     transport.write(bytes(rest))
                     rest.clear()
-                return False
+                return None
             self._resp_started = True
-            return True  # 100 Continue, 103 Early Hints: the final head is still to come
+            return b""  # 100 Continue, 103 Early Hints: the final head is still to come
         self._cancel_timer()
         ctx = self._ctx
         if ctx is not None:
             if self._chain.response_steps:
                 if not self._chain.on_response(response, ctx):
                     self._origin_failed("a plugin failed while handling the response", 500)
-                    return False
+                    return None
                 if response.modified:
                     head = response.serialize()
             self._status = status
             self._bytes_out += len(head)
-        self._head_out = head  # written by _on_response_data, with the body's first bytes
         self._resp_started = True
         self._resp = _Response.BODY
         self._resp_keep_alive = response.keep_alive
         self._resp_framer = BodyFramer(response.framing, response.length)
-        return True
+        return head
 
     def _response_complete(self) -> None:
         request = self._request
