@@ -138,24 +138,19 @@ class ExchangeTap:
         if head is None:
             return False
         self._request_head(head)
-        self._request = None
+        self._request_end()
         return True
 
     def _whole_response(self, data: bytes | memoryview) -> bool:
         """Record ``data`` if it is the whole response to the oldest request waiting."""
-        exchange = self._sent[0]
-        found = whole_response(data, exchange.method)
+        found = whole_response(data, self._sent[0].method)
         if found is None:
             return False
         head, start = found
-        self._sent.popleft()
-        exchange.response = head
-        exchange.response_body = body = Body(self.limit)
+        self._response_head(head)  # as the parser would have called them
         if start < len(data):
-            body.add(memoryview(data)[start:])
-        exchange.ttfb = time.monotonic() - exchange.started_mono
-        exchange.complete = True
-        self._finish(exchange)
+            self._response_chunk(memoryview(data)[start:])
+        self._response_end()
         return True
 
     # ---- requests
