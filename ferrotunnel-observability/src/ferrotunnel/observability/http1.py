@@ -117,6 +117,18 @@ def _tokens(pattern: re.Pattern[bytes], low: bytes) -> list[bytes]:
     ]
 
 
+def _content_length(low: bytes) -> int | None:
+    """The body size the head ``low`` (lower case) gives: None without a Content-Length,
+    -1 for one that is not a size (its first value is read, as a list's would be)."""
+    found = _CONTENT_LENGTH.search(low)
+    if found is None:
+        return None
+    try:
+        return max(int(found[1].split(b",")[0]), -1)
+    except ValueError:
+        return -1
+
+
 def start_line(raw: bytes, *, response: bool) -> Head | str:
     """The :class:`Head` whose start line begins ``raw``, or why it cannot be followed."""
     line = raw.partition(b"\n")[0].rstrip(b"\r").decode("latin-1")
@@ -173,14 +185,10 @@ def whole_response(data: bytes | memoryview, method: str) -> tuple[Head, int] | 
     if method == "HEAD" or head.status == 204 or head.status == 304:
         return (head, start) if start == len(data) else None
     low = raw.lower()
-    length = _CONTENT_LENGTH.search(low)
-    if length is None or _TRANSFER_ENCODING.search(low) is not None:
+    if _TRANSFER_ENCODING.search(low) is not None:
         return None
-    try:
-        size = int(length[1].split(b",")[0])
-    except ValueError:
-        return None
-    return (head, start) if size >= 0 and start + size == len(data) else None
+    size = _content_length(low)
+    return (head, start) if size is not None and size >= 0 and start + size == len(data) else None
 
 
 class Http1Parser:
@@ -328,18 +336,15 @@ class Http1Parser:
             if codings and codings[-1] == b"chunked":
                 self.state = _CHUNK_SIZE
                 return
-        length = _CONTENT_LENGTH.search(low)
+        length = _content_length(low)
         if length is None:
             if unframed == _UNTIL_CLOSE:
                 self.state = _UNTIL_CLOSE
             else:
                 self._end()
             return
-        try:
-            self._left = int(length[1].split(b",")[0])
-        except ValueError:
-            self._left = -1
-        if self._left < 0:
+        self._left = length
+        if length < 0:
             self.go_opaque("bad content-length")
         elif self._left:
             self.state = _FIXED
