@@ -131,14 +131,12 @@ class HeaderOps:
         )
 
     def apply(self, message: HttpRequest | HttpResponse) -> None:
-        if self.remove:
-            for name in self.remove:
-                message.remove_header(name)
+        for name in self.remove:
+            message.remove_header(name)
         for name, value in self.set:
             message.set_header(name, value)
-        if self.add:
-            for name, value in self.add:
-                message.add_header(name, value)
+        for name, value in self.add:
+            message.add_header(name, value)
 
 
 def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[HeaderOps | None]:

@@ -265,9 +265,7 @@ class RateLimit:
             assert per_tunnel is not None
             wait = self._buckets.take_one(now, tunnel, per_tunnel)
         else:
-            ip = ctx.visitor_ip
-            key = ip if ":" not in ip else _visitor_key(ip, self._prefix)  # IPv4: as it is
-            visitor = (ctx.tunnel, ctx.host, key)
+            visitor = (ctx.tunnel, ctx.host, _visitor_key(ctx.visitor_ip, self._prefix))
             if per_tunnel is None:
                 wait = self._buckets.take_one(now, visitor, per_ip)
             else:
