@@ -107,6 +107,23 @@ def observability_configs(sink: str) -> list[Config]:
     ]
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser, default_suite: str) -> None:
+    """``--suite`` and ``--only``, which every script measuring these configurations takes."""
+    parser.add_argument("--suite", choices=("observability", "plugins"), default=default_suite)
+    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+
+
+def plan_of(args: argparse.Namespace) -> list[Config]:
+    """The configurations ``--suite``/``--only`` ask for, ``off`` (the baseline) first; the
+    observability suite gets its OTLP sink started here."""
+    plan = (
+        observability_configs(start_sink()) if args.suite == "observability" else plugin_configs()
+    )
+    if args.only:
+        plan = [c for c in plan if c.name in args.only or c.name == "off"]
+    return plan
+
+
 class _Sink(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -214,16 +231,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--suite", choices=("observability", "plugins"), default="observability")
-    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    add_plan_arguments(parser, "observability")
     args = parser.parse_args()
     origin = start_origin()
-    if args.suite == "observability":
-        plan = observability_configs(start_sink())
-    else:
-        plan = plugin_configs()
-    if args.only:
-        plan = [c for c in plan if c.name in args.only or c.name == "off"]
+    plan = plan_of(args)
     tmp = Path(tempfile.mkdtemp(prefix="ft-request-cpu-"))
     results: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in plan}
     for round_ in range(args.rounds):

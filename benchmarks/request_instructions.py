@@ -38,11 +38,10 @@ from request_cpu import (  # a sibling script, not a package
     FT,
     HOST,
     Config,
+    add_plan_arguments,
     free_port,
-    observability_configs,
-    plugin_configs,
+    plan_of,
     start_origin,
-    start_sink,
     wait_http,
 )
 
@@ -112,8 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", choices=("server", "client"), default="server")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--suite", choices=("observability", "plugins"), default="plugins")
-    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    add_plan_arguments(parser, "plugins")
     parser.add_argument(
         "--keep", type=Path, help="copy each callgrind dump here (read with callgrind_annotate)"
     )
@@ -122,11 +120,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: valgrind, wrk)")
     origin = start_origin()
-    plan = (
-        observability_configs(start_sink()) if args.suite == "observability" else plugin_configs()
-    )
-    if args.only:
-        plan = [c for c in plan if c.name in args.only or c.name == "off"]
+    plan = plan_of(args)
     rows = []
     for config in plan:
         with tempfile.TemporaryDirectory(prefix="ft-instructions-") as tmp:

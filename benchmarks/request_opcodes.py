@@ -34,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from request_cpu import (  # a sibling script, not a package
     HOST,
     Config,
+    add_plan_arguments,
     free_port,
-    observability_configs,
-    plugin_configs,
+    plan_of,
     start_origin,
-    start_sink,
     wait_http,
 )
 
@@ -114,16 +113,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", choices=("server", "client"), default="server")
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--suite", choices=("observability", "plugins"), default="plugins")
-    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    add_plan_arguments(parser, "plugins")
     parser.add_argument("--top", type=int, default=20, help="functions shown per configuration")
     args = parser.parse_args()
     origin = start_origin()
-    plan = (
-        observability_configs(start_sink()) if args.suite == "observability" else plugin_configs()
-    )
-    if args.only:
-        plan = [c for c in plan if c.name in args.only or c.name == "off"]
+    plan = plan_of(args)
     base: dict[str, float] = {}
     for config in plan:
         with tempfile.TemporaryDirectory(prefix="ft-opcodes-") as tmp:
