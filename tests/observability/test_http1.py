@@ -322,13 +322,19 @@ _STATUS_LINES = _line(
 @example((b"PRI * HTTP/2.0", False))  # the HTTP/2 preface: never a request
 @example((b"CONNECT db:5432 HTTP/1.1", False))
 @example((b"HTTP/1.1 200 OK\r", True))
+@example((b"\r/  HTTP/1.1", False))  # an empty line first: left to the parser
 def test_the_whole_message_shortcut_reads_start_lines_as_the_parser_does(
     line: tuple[bytes, bool],
 ) -> None:
     """``whole_request``/``whole_response`` take every whole message whose start line the
     parser accepts (but CONNECT's, and interim responses), and read it alike; what the parser
-    refuses (the HTTP/2 preface, a malformed line), they leave to it."""
+    refuses (the HTTP/2 preface, a malformed line), they leave to it, and so a message that
+    starts with empty lines (which the parser skips before it reads the start line)."""
     raw, response = line[0] + b"\r\n", line[1]
+    if raw[:1] in (b"\r", b"\n"):
+        assert whole_response(raw + b"Content-Length: 0\r\n\r\n", "GET") is None
+        assert whole_request(raw + b"\r\n") is None
+        return
     if response:
         raw += b"Content-Length: 0\r\n"
         found = whole_response(raw + b"\r\n", "GET")
