@@ -47,7 +47,7 @@ log = logging.getLogger("ferrotunnel.http.middleware")
 
 PLUGIN_FAILED = Reply(500, "a plugin failed while handling this request")
 
-RequestStep = tuple[str, Callable[..., Any], bool]
+Step = tuple[str, Callable[..., Any]]
 
 
 class MiddlewareChain:
@@ -55,11 +55,14 @@ class MiddlewareChain:
         def label(m: object) -> str:
             return plugins.label_of(m) if plugins is not None else type(m).__name__
 
-        self.request_steps: list[RequestStep] = [
-            (label(m), m.on_request, inspect.iscoroutinefunction(m.on_request))
-            for m in middlewares
-            if hasattr(m, "on_request")
-        ]
+        steps = [(label(m), m.on_request) for m in middlewares if hasattr(m, "on_request")]
+        first_async = next(
+            (i for i, (_, step) in enumerate(steps) if inspect.iscoroutinefunction(step)),
+            len(steps),
+        )
+        self.request_steps: list[Step] = steps
+        #: the plain steps before the first async one run inline; the rest in a task
+        self._inline_steps, self._async_steps = steps[:first_async], steps[first_async:]
         self.response_steps = [
             (label(m), m.on_response) for m in middlewares if hasattr(m, "on_response")
         ]
@@ -77,22 +80,19 @@ class MiddlewareChain:
         self, request: HttpRequest, ctx: RequestContext
     ) -> Reply | Awaitable[Reply | None] | None:
         """None to forward the request, a Reply to answer it, or an awaitable of either."""
-        for index, (label, step, is_async) in enumerate(self.request_steps):
-            if is_async:
-                return self._on_request_async(index, request, ctx)
-            try:
+        label = ""
+        try:
+            for label, step in self._inline_steps:  # noqa: B007 (read by the except clause)
                 reply = step(request, ctx)
-            except Exception:
-                log.exception("plugin %s failed in on_request", label)
-                return PLUGIN_FAILED
-            if reply is not None:
-                return reply  # type: ignore[no-any-return]
-        return None
+                if reply is not None:
+                    return reply  # type: ignore[no-any-return]
+        except Exception:
+            log.exception("plugin %s failed in on_request", label)
+            return PLUGIN_FAILED
+        return self._on_request_async(request, ctx) if self._async_steps else None
 
-    async def _on_request_async(
-        self, start: int, request: HttpRequest, ctx: RequestContext
-    ) -> Reply | None:
-        for label, step, _ in self.request_steps[start:]:
+    async def _on_request_async(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        for label, step in self._async_steps:
             try:
                 reply = step(request, ctx)
                 if inspect.isawaitable(reply):

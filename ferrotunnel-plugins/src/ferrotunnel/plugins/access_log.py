@@ -73,8 +73,10 @@ class AccessLogSettings:
 
 #: JSON string literal of a str, as ``json.dumps`` writes it (``ensure_ascii``)
 _encode = json.encoder.encode_basestring_ascii
-#: the literals of short strings that recur in every line (tunnel, host, method, visitor
-#: address): at most 4096 of them, each at most 64 characters long
+#: the JSON of short strings that recur in every line: the ``"tunnel"``, ``"host"`` and
+#: ``"method"`` members together, keyed by their values, and visitor addresses' literals;
+#: each cache holds at most 4096 short entries (it is emptied when full)
+_members: dict[tuple[str, str, str], str] = {}
 _quoted: dict[str, str] = {}
 
 
@@ -89,9 +91,20 @@ def _quote(text: str) -> str:
     return quoted
 
 
+def _route_members(key: tuple[str, str, str]) -> str:
+    tunnel, host, method = key
+    members = f'"tunnel": {_encode(tunnel)}, "host": {_encode(host)}, "method": {_encode(method)}'
+    if len(members) <= 512:  # a visitor's odd method or host is not kept
+        if len(_members) >= 4096:
+            _members.clear()
+        _members[key] = members
+    return members
+
+
 class _Clock:
     """ISO 8601 text of wall-clock times: the date and time formatted once per second, the
-    whole text once per millisecond (a busy tunnel logs many lines in each)."""
+    whole text once per millisecond (a busy tunnel logs many lines in each), and from the
+    millisecond's integer alone wherever rounding cannot move it."""
 
     __slots__ = ("_ms", "_ms_text", "_second", "_text")
 
@@ -109,8 +122,13 @@ class _Clock:
         # well inside a millisecond (not within 5 µs of its ends, where rounding to
         # microseconds or the float's own error could move it), the millisecond is certain
         inside = 0.005 < scaled - ms < 0.995
-        if inside and ms == self._ms:
-            return self._ms_text
+        if inside:
+            if ms == self._ms:
+                return self._ms_text
+            second, millis = divmod(ms, 1000)
+            if second == self._second:
+                self._ms, self._ms_text = ms, f"{self._text}.{millis:03d}Z"
+                return self._ms_text
         fraction, whole = math.modf(moment)
         second, micros = int(whole), round(fraction * 1e6)
         if micros >= 1_000_000:
@@ -141,9 +159,9 @@ def format_record(record: ExchangeRecord, ctx: RequestContext, *, query: bool = 
     every request, and it is three times faster (the strings are still escaped by ``json``).
     """
     path = record.path if query else record.path.partition("?")[0]
+    route = (record.tunnel, record.host, record.method)
     line = (
-        f'{{"time": "{_clock.iso(record.time)}", "tunnel": {_quote(record.tunnel)}, '
-        f'"host": {_quote(record.host)}, "method": {_quote(record.method)}, '
+        f'{{"time": "{_clock.iso(record.time)}", {_members.get(route) or _route_members(route)}, '
         f'"path": {_encode(path)}, "status": {record.status}, "bytes_in": {record.bytes_in}, '
         f'"bytes_out": {record.bytes_out}, "duration_ms": {_milliseconds(record.duration)}, '
         f'"visitor_ip": {_quote(record.visitor_ip)}, "request_id": {_encode(record.request_id)}'

@@ -260,15 +260,15 @@ class RateLimit:
         if per_ip is None and per_tunnel is None:
             return None
         now = self._clock()
-        tunnel = (ctx.tunnel, ctx.host)
         if per_ip is None:
             assert per_tunnel is not None
-            wait = self._buckets.take_one(now, tunnel, per_tunnel)
+            wait = self._buckets.take_one(now, (ctx.tunnel, ctx.host), per_tunnel)
         else:
             visitor = (ctx.tunnel, ctx.host, _visitor_key(ctx.visitor_ip, self._prefix))
             if per_tunnel is None:
                 wait = self._buckets.take_one(now, visitor, per_ip)
             else:
+                tunnel = (ctx.tunnel, ctx.host)
                 wait = self._buckets.take(now, (visitor, per_ip), (tunnel, per_tunnel))
         if wait == 0.0:
             return None
