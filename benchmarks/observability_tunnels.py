@@ -6,7 +6,9 @@ nothing enabled) beside the same server and client with the dashboard capturing,
 ``--metrics``, with tracing, and with all three. Tracing exports every span (the SDK's
 default sampler, parent-based always-on) over OTLP/HTTP to a sink in the harness's process
 that reads and discards each batch, as a collector on the same machine would. Everything
-runs in one invocation, so the ratios are what each costs on the request path.
+runs in one invocation, so the ratios are what each costs on the request path; ``ferrotunnel
+http again``, last, measures the baseline once more (``repeat_runs.py`` uses it to cancel the
+machine's drift during the run).
 
 This file is exec'd by the harness, which provides ``Tunnel`` in its namespace.
 """
@@ -131,4 +133,7 @@ TUNNELS = [
         setup=_start_sink,
         env=_SAMPLE_10,
     ),
+    # the baseline once more, last: benchmarks/repeat_runs.py compares each variant with the
+    # baseline interpolated between its two runs
+    _tunnel("ferrotunnel http again", "", "", "ferrotunnel http again, after the variants"),
 ]

@@ -4,7 +4,9 @@
 measures ``ferrotunnel http`` (no plugin configured) beside ``ft http +5 plugins``: the same
 server and client, the server started with a configuration that enables ip-filter, rate-limit
 (generous: it must not refuse wrk), headers, circuit-breaker and access-log (to a file).
-Both run in one invocation, so their ratio is what the plugins cost on the request path.
+Both run in one invocation, so their ratio is what the plugins cost on the request path;
+``ferrotunnel http again`` runs the baseline once more after them (``repeat_runs.py`` uses it
+to cancel the machine's drift during the run).
 
 This file is exec'd by the harness, which provides ``Tunnel`` in its namespace.
 """
@@ -51,5 +53,19 @@ TUNNELS = [
         requires=("exe:" + _FT,),
         wait_port="control",
         notes="ferrotunnel http with ip-filter, rate-limit, headers, circuit-breaker, access-log",
-    )
+    ),
+    # the baseline once more, last: benchmarks/repeat_runs.py compares "+5 plugins" with the
+    # mean of the baseline's two runs around it
+    Tunnel(
+        "ferrotunnel http again",
+        server="{ft} server --token {token} --bind 127.0.0.1:{control_port} "
+        "--http-bind 127.0.0.1:{public_port}",
+        client="{ft} client --server 127.0.0.1:{control_port} --token {token} "
+        "--local-addr {local_host}:{local_port} --tunnel-id bench.localhost --no-dashboard",
+        kinds=("http",),
+        http_host="bench.localhost",
+        requires=("exe:" + _FT,),
+        wait_port="control",
+        notes="ferrotunnel http again, after the plugins' run",
+    ),
 ]
