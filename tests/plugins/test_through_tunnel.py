@@ -450,6 +450,42 @@ async def test_circuit_breaker_counts_the_ingress_502_of_a_dead_origin() -> None
                 assert (await up.get("/")).status_code == 200
 
 
+class Maintenance:
+    """A third-party middleware answering ``503`` itself for paths under ``/maintenance``,
+    without marking ``ctx.state`` (the kernel does)."""
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        if request.path.startswith("/maintenance"):
+            return Reply(503, "down for maintenance\n")
+        return None
+
+
+async def test_circuit_breaker_ignores_another_plugins_replies() -> None:
+    """Another plugin's 503s are not the origin's: they never open the circuit, and the
+    records name that plugin as the one that answered."""
+    recorder = Recorder()
+    host = host_with(
+        {
+            "maintenance": MiddlewarePlugin(Maintenance()),
+            "circuit-breaker": builtin("circuit-breaker"),
+            "recorder": MiddlewarePlugin(recorder),
+        },
+        {"circuit_breaker": {"tunnels": {"*": {"failure_threshold": 2}}}},
+    )
+    async with (
+        Origin() as origin,
+        plugin_stack(host, http_tunnel("app.localhost", origin.port)) as stack,
+        stack.visitor("app.localhost") as web,
+    ):
+        for _ in range(4):
+            response = await web.get("/maintenance")
+            assert response.status_code == 503
+            assert response.text == "down for maintenance\n"
+        assert (await web.get("/")).status_code == 200  # still closed
+        assert [r.path for r in origin.requests] == ["/"]
+    assert [r.replied_by for r in recorder.records] == ["maintenance"] * 4 + ["origin"]
+
+
 # ---------------------------------------------------------------------------- 3. ip-filter
 
 
@@ -914,6 +950,11 @@ async def test_a_failing_plugin_costs_one_request_a_500(caplog: pytest.LogCaptur
     assert ("/boom-response", 500) in statuses
     assert ("/async-boom", 500) in statuses
     assert len(statuses) == 8  # /health is the ingress's own: no exchange of a tunnel
+    # each failed exchange is accounted to the plugin that failed, not to the origin
+    answered = {r.path: r.replied_by for r in recorder.records}
+    assert answered["/boom-request"] == answered["/boom-response"] == "boom"
+    assert answered["/async-boom"] == "async-boom"
+    assert answered["/after"] == "origin"
 
 
 # ---------------------------------------------------------------------------- 9. async middleware

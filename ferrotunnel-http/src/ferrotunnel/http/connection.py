@@ -848,7 +848,6 @@ class IngressConnection(asyncio.Protocol):
         request = self._request
         if ctx is None or request is None or not self._chain.wants_records:
             return
-        by = ctx.state.get("ferrotunnel.replied_by") or replied_by or "origin"
         # only the facts are taken now; the record is built and delivered after the batch
         # of frames being processed (see MiddlewareChain.complete_later)
         self._chain.complete_later(
@@ -860,9 +859,9 @@ class IngressConnection(asyncio.Protocol):
                 status,
                 self._bytes_in,
                 self._bytes_out,
-                time.monotonic() - ctx.started,
+                time.monotonic(),
                 error,
-                str(by),
+                replied_by,
             ),
         )
 

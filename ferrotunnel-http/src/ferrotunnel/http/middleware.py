@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ferrotunnel.core.plugin import (
+    REPLIED_BY,
     ExchangeRecord,
     HttpMiddleware,
     HttpRequest,
@@ -82,13 +83,13 @@ class MiddlewareChain:
         """None to forward the request, a Reply to answer it, or an awaitable of either."""
         label = ""
         try:
-            for label, step in self._inline_steps:  # noqa: B007 (read by the except clause)
+            for label, step in self._inline_steps:
                 reply = step(request, ctx)
                 if reply is not None:
-                    return reply  # type: ignore[no-any-return]
+                    ctx.state.setdefault(REPLIED_BY, label)
+                    return reply
         except Exception:
-            log.exception("plugin %s failed in on_request", label)
-            return PLUGIN_FAILED
+            return _failed(ctx, label, "on_request")
         return self._on_request_async(request, ctx) if self._async_steps else None
 
     async def _on_request_async(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
@@ -98,10 +99,10 @@ class MiddlewareChain:
                 if inspect.isawaitable(reply):
                     reply = await reply
             except Exception:
-                log.exception("plugin %s failed in on_request", label)
-                return PLUGIN_FAILED
+                return _failed(ctx, label, "on_request")
             if reply is not None:
-                return reply  # type: ignore[no-any-return]
+                ctx.state.setdefault(REPLIED_BY, label)
+                return reply
         return None
 
     def on_response(self, response: HttpResponse, ctx: RequestContext) -> bool:
@@ -110,7 +111,7 @@ class MiddlewareChain:
             try:
                 step(response, ctx)
             except Exception:
-                log.exception("plugin %s failed in on_response", label)
+                _failed(ctx, label, "on_response")
                 return False
         return True
 
@@ -118,7 +119,7 @@ class MiddlewareChain:
         """Queue an exchange's end for :meth:`_flush` (one callback per batch).
 
         ``facts``: wall-clock start, method, target (bytes), status, bytes in, bytes out,
-        duration, error, replied_by.
+        the monotonic end, error, who answered (None: the origin, unless a middleware did).
         """
         if not self._pending:
             loop = asyncio.get_running_loop()
@@ -128,7 +129,7 @@ class MiddlewareChain:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         steps, notify = self.complete_steps, self.notify
-        for ctx, (wall, method, target, status, b_in, b_out, took, error, by) in pending:
+        for ctx, (wall, method, target, status, b_in, b_out, end, error, by) in pending:
             record = ExchangeRecord(
                 wall,
                 ctx.tunnel,
@@ -138,11 +139,11 @@ class MiddlewareChain:
                 status,
                 b_in,
                 b_out,
-                took,
+                end - ctx.started,
                 ctx.visitor_ip,
                 ctx.request_id,
                 error,
-                by,
+                str(ctx.state.get(REPLIED_BY) or by or "origin"),
             )
             for label, step in steps:
                 try:
@@ -154,6 +155,13 @@ class MiddlewareChain:
                     notify(record)
                 except Exception:
                     log.exception("a plugin failed in ferrotunnel_exchange_complete")
+
+
+def _failed(ctx: RequestContext, label: str, method: str) -> Reply:
+    """Log a middleware's exception; the exchange is its to account for, not the origin's."""
+    log.exception("plugin %s failed in %s", label, method)
+    ctx.state[REPLIED_BY] = label
+    return PLUGIN_FAILED
 
 
 def reply_bytes(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:

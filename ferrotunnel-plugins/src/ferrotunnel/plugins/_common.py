@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ferrotunnel.core.plugin import Config, Reply, RequestContext
+from ferrotunnel.core.plugin import REPLIED_BY, Config, Reply, RequestContext
 
 __all__ = [
     "OWNER",
@@ -29,10 +29,6 @@ T = TypeVar("T")
 
 #: the ``owner`` of every table the built-ins declare
 OWNER = "ferrotunnel-plugins"
-
-#: ``ctx.state`` key a built-in sets (to its plugin name) when it answers a request itself, so
-#: that the circuit breaker does not take that answer for one from the tunnel's origin
-REPLIED_BY = "ferrotunnel.replied_by"
 
 #: ``ctx.state`` key under which ``basic-auth`` leaves the name of the visitor it let in
 USER_KEY = "basic_auth.user"
@@ -144,6 +140,7 @@ def reply(
     body: str,
     headers: Sequence[tuple[str, str]] = (),
 ) -> Reply:
-    """A :class:`Reply`, with ``ctx`` marked as answered by ``plugin`` (see :data:`REPLIED_BY`)."""
+    """A :class:`Reply`, with ``ctx`` marked as answered by ``plugin`` (its short name, rather
+    than the label the kernel would write; see :data:`REPLIED_BY`)."""
     ctx.state[REPLIED_BY] = plugin
     return Reply(status, body, headers)

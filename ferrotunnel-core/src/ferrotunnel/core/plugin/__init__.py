@@ -22,6 +22,7 @@ from .config import Config, ConfigSchema, TableSpec, from_mapping, load_toml
 from .manager import PluginError, PluginHost, PluginInfo, load_plugins
 from .spec import hookimpl
 from .types import (
+    REPLIED_BY,
     Authenticator,
     ExchangeRecord,
     HttpMiddleware,
@@ -40,6 +41,7 @@ from .types import (
 )
 
 __all__ = [
+    "REPLIED_BY",
     "Authenticator",
     "Config",
     "ConfigSchema",

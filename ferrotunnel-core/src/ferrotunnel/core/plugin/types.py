@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..stream import Stream
 
 __all__ = [
+    "REPLIED_BY",
     "Authenticator",
     "ExchangeRecord",
     "HttpMiddleware",
@@ -161,9 +162,16 @@ class Reply:
     content_type: str = "text/plain; charset=utf-8"
 
 
+#: ``RequestContext.state`` key naming who answered an exchange instead of the origin: the
+#: label of the middleware whose :class:`Reply` answered (or that failed), set by the kernel
+#: unless the middleware set it itself
+REPLIED_BY = "ferrotunnel.replied_by"
+
+
 @dataclass(slots=True)
 class RequestContext:
-    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins.
+    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins
+    (``state[REPLIED_BY]`` says which middleware answered instead of the origin, if one did).
 
     ``trace`` (W3C ``traceparent``/``tracestate``), when a plugin sets it in ``on_request``,
     travels in the OPEN of the stream the ingress opens for this exchange, so the client side
