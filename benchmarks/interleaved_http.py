@@ -42,6 +42,7 @@ from request_cpu import (  # a sibling script, not a package
     plan_of,
     start_origin,
     wait_http,
+    wrk,
 )
 
 NGINX_CONF = """\
@@ -105,14 +106,8 @@ class Tunnel:
         wait_http(self.public)
 
     def req_per_second(self, seconds: float) -> float:
-        out = subprocess.run(
-            ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-H", "Host: bench.localhost",
-             f"http://{HOST}:{self.public}/"],
-            capture_output=True, text=True, timeout=seconds + 30, check=True,
-        ).stdout  # fmt: skip
-        match = re.search(r"(\d+) requests in ([\d.]+)s", out)
-        assert match, out
-        return int(match[1]) / float(match[2])
+        requests, took = wrk(self.public, seconds)
+        return requests / took
 
     def stop(self) -> None:
         for process in reversed(self.processes):

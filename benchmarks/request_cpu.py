@@ -193,6 +193,18 @@ def wait_http(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError("the tunnel did not come up")
 
 
+def wrk(port: int, seconds: float) -> tuple[int, float]:
+    """``wrk -t2 -c50`` (the harness's load) for ``seconds``: requests done, and in how long."""
+    out = subprocess.run(
+        ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-H", "Host: bench.localhost",
+         f"http://{HOST}:{port}/"],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"(\d+) requests in ([\d.]+)s", out)
+    assert match, out
+    return int(match[1]), float(match[2])
+
+
 def measure(config: Config, origin: int, seconds: float, tmp: Path) -> tuple[float, float, float]:
     """req/s, server µs of CPU per request, client µs of CPU per request."""
     control, public = free_port(), free_port()
@@ -206,20 +218,13 @@ def measure(config: Config, origin: int, seconds: float, tmp: Path) -> tuple[flo
         client = subprocess.Popen(client_cmd, **quiet)
         wait_http(public)
         before = cpu_seconds(server.pid), cpu_seconds(client.pid)
-        out = subprocess.run(
-            ["wrk", "-t2", "-c50", f"-d{seconds:g}s", "-H", "Host: bench.localhost",
-             f"http://{HOST}:{public}/"],
-            capture_output=True, text=True, timeout=seconds + 30, check=True,
-        ).stdout  # fmt: skip
+        requests, took = wrk(public, seconds)
         after = cpu_seconds(server.pid), cpu_seconds(client.pid)
     finally:
         for proc in (client, server):
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
-    match = re.search(r"(\d+) requests in ([\d.]+)s", out)
-    assert match, out
-    requests, took = int(match[1]), float(match[2])
     return (
         requests / took,
         (after[0] - before[0]) / requests * 1e6,
