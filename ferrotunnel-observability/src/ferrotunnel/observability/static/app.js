@@ -263,11 +263,18 @@ function diffView(d) {
           ),
         );
       }
-      parts.push(
-        diff.body.same
-          ? el("p", { class: "muted" }, "bodies are the same")
-          : el("pre", { class: "code diff-body" }, diff.body.diff.split("\n").map((line) => el("span", { class: line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "" }, line + "\n"))),
-      );
+      const body = diff.body;
+      const sizes = `${body.size.original} → ${body.size.replay} bytes`;
+      if (body.same) {
+        parts.push(el("p", { class: "muted" }, body.partial ? `bodies are the same as far as captured (${sizes})` : "bodies are the same"));
+      } else {
+        if (body.partial) parts.push(el("p", { class: "muted" }, `the bodies differ; the diff shows only part of them (${sizes})`));
+        parts.push(
+          body.diff
+            ? el("pre", { class: "code diff-body" }, body.diff.split("\n").map((line) => el("span", { class: line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "" }, line + "\n")))
+            : el("p", { class: "muted" }, `the bodies differ in bytes their display does not show (${sizes})`),
+        );
+      }
       box.replaceChildren(...parts);
     },
     (error) => box.replaceChildren(el("p", { class: "error" }, error.message)),
