@@ -84,6 +84,42 @@ def test_a_response_without_a_request_is_not_made_up() -> None:
     assert store.query() == []
 
 
+H2C_UPGRADE = (
+    b"GET /a HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+def test_a_declined_upgrade_keeps_capturing_the_connection() -> None:
+    """``curl --http2`` asks for h2c; an HTTP/1.1-only origin answers 200 and the connection
+    stays HTTP/1.1: the requests after it are captured too."""
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(H2C_UPGRADE)
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+    tap.to_origin(b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    tap.closed(None)
+    assert [(e.target, e.state) for e in reversed(store.query())] == [
+        ("/a", "complete"),
+        ("/b", "complete"),
+    ]
+
+
+def test_a_101_stops_the_capture_both_ways() -> None:
+    """After ``101 Switching Protocols`` neither direction is HTTP/1 any more, even where the
+    new protocol's bytes happen to look like it."""
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(H2C_UPGRADE)
+    tap.to_visitor(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+    tap.to_origin(b"GET /b HTTP/1.1\r\nHost: app\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    tap.closed(None)
+    (only,) = store.query()
+    assert (only.target, only.status, only.state) == ("/a", 101, "complete")
+
+
 def _body(data: bytes, limit: int = 1 << 20) -> Body:
     body = Body(limit)
     body.add(memoryview(data))
@@ -306,6 +342,9 @@ EXCHANGES = [
     (b"GET /bad HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
     (b"GET /x HTTP/1.1\r\nX-Long: " + b"y" * 5000 + b"\r\n\r\n",
      b"HTTP/1.1 500 Oops\r\nContent-Length: 1, 1\r\n\r\n!"),
+    (H2C_UPGRADE, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"),  # declined: goes on
+    (b"POST /up HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 1"
+     b"\r\n\r\nx", b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n"),
 ]  # fmt: skip
 #: exchanges after which a stream carries no more HTTP/1 messages (each may come last)
 LAST = [

@@ -102,13 +102,23 @@ def test_responses_follow_the_request_methods(step: int) -> None:
 
 
 def test_a_protocol_switch_turns_both_sides_opaque() -> None:
+    """CONNECT switches once its request ends; an Upgrade only if its answer is a 101 (the
+    request side is then stopped by the tap), so a declined one leaves the stream HTTP/1."""
     requests = feed_split(
-        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello",
+        b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n\x16\x03\x01 tls",
         response=False,
         step=5,
     )
     assert requests.ends == 1
     assert requests.opaque == ["protocol switched"]
+    requests = feed_split(
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        b"GET /next HTTP/1.1\r\n\r\n",
+        response=False,
+        step=5,
+    )
+    assert [h.target for h in requests.heads] == ["/ws", "/next"]
+    assert not requests.opaque
     responses = feed_split(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
         response=True,

@@ -16,7 +16,16 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from ferrotunnel.core import ClientStatus
 
-from ..http.harness import HOST, MiB, RawOrigin, RssWatch, read_head, request_bytes, visitor
+from ..http.harness import (
+    HOST,
+    MiB,
+    RawOrigin,
+    RssWatch,
+    content_length,
+    read_head,
+    request_bytes,
+    visitor,
+)
 from ..http.test_grpc import SERVICE, _authority, _missing, _stream, _unary
 from ..http.test_streaming import block, chunked_source, expected_sha256
 from .conftest import APP, DashStack, dash_stack
@@ -143,3 +152,29 @@ async def test_a_websocket_works_and_is_listed_as_its_upgrade() -> None:
                     assert await ws.recv() == message
             (row,) = await stack.wait_for(1)
             assert (row["target"], row["status"], row["state"]) == ("/chat?room=1", 101, "complete")
+
+
+@pytest.mark.timeout(30)
+async def test_requests_after_a_declined_upgrade_are_listed() -> None:
+    """``curl --http2`` asks for h2c; the origin declines (a 200, not a 101) and the ingress
+    keeps serving HTTP/1.1 on the connection: the requests after it are listed too."""
+    async with dash_stack() as stack, visitor(stack.public_port) as (reader, writer):
+        writer.write(
+            request_bytes(
+                "GET",
+                "/first",
+                APP,
+                "Connection: Upgrade, HTTP2-Settings",
+                "Upgrade: h2c",
+                "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA",
+            )
+        )
+        for i in range(4):
+            with anyio.fail_after(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                await reader.readexactly(content_length(head))
+            if i < 3:
+                writer.write(request_bytes("GET", f"/after/{i}", APP))
+        rows = await stack.wait_for(4)
+        assert [r["path"] for r in rows] == ["/after/2", "/after/1", "/after/0", "/first"]

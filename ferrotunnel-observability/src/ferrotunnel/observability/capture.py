@@ -83,8 +83,7 @@ class ExchangeTap:
             self._requests.feed(data)
         except Exception:  # a tap must never break the relay
             log.exception("request capture failed; not capturing this stream further")
-            self._requests = self._requests or self._parser(response=False)
-            self._requests.go_opaque("capture error")
+            self._stop_requests("capture error")
 
     def to_visitor(self, data: bytes) -> None:
         try:
@@ -131,6 +130,13 @@ class ExchangeTap:
             on_end=self._request_end,
             on_opaque=self._opaque,
         )
+
+    def _stop_requests(self, why: str) -> None:
+        """Read no more requests on this stream (the fast path included: it only runs while
+        there is no parser)."""
+        if self._requests is None:
+            self._requests = self._parser(response=False)
+        self._requests.go_opaque(why)
 
     def _whole_request(self, data: bytes | memoryview) -> bool:
         """Record ``data`` if it is one whole request without a body."""
@@ -186,6 +192,11 @@ class ExchangeTap:
         exchange.response = head
         exchange.response_body = self._response_body = Body(self.limit)
         exchange.ttfb = time.monotonic() - exchange.started_mono
+        if head.status == 101:
+            # an Upgrade accepted: the response parser stops after this head, and what the
+            # visitor sends from now on is the new protocol too (a 101 is never a whole
+            # message, so it always comes through the parser: both paths decide here)
+            self._stop_requests("protocol switched")
 
     def _response_chunk(self, chunk: memoryview) -> None:
         if self._response_body is not None:

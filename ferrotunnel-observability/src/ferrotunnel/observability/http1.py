@@ -62,10 +62,8 @@ def _field(name: bytes) -> re.Pattern[bytes]:
 
 _CONTENT_LENGTH = _field(b"content-length")
 _TRANSFER_ENCODING = _field(b"transfer-encoding")
-_CONNECTION = _field(b"connection")
-_UPGRADE = _field(b"upgrade")
-#: any field that gives a request a body or switches protocols: most requests have none
-_REQUEST_FRAMING = _field(b"(?:content-length|transfer-encoding|upgrade)")
+#: any field that gives a request a body: most requests have none
+_REQUEST_FRAMING = _field(b"(?:content-length|transfer-encoding)")
 
 
 @dataclass(slots=True)
@@ -196,6 +194,12 @@ class Http1Parser:
 
     A response parser must be told the method of each request it answers (``expect``), since
     the answer to HEAD has no body whatever its headers say.
+
+    A request parser stops after CONNECT, which switches protocols once its request ends, but
+    reads on after a request that asks to Upgrade: the origin may decline (an HTTP/1.1-only
+    one answers ``curl --http2`` with a plain 200) and the stream stays HTTP/1. Only the 101
+    that accepts it switches, and only the response side sees it: the caller then stops the
+    request side too (``go_opaque``).
     """
 
     def __init__(
@@ -307,9 +311,7 @@ class Http1Parser:
     def _on_request_head(self, head: Head) -> None:
         low = head.raw.lower()
         framed = _REQUEST_FRAMING.search(low) is not None
-        self._switching = head.method == "CONNECT" or (
-            framed and _UPGRADE.search(low) is not None and b"upgrade" in _tokens(_CONNECTION, low)
-        )
+        self._switching = head.method == "CONNECT"  # an Upgrade waits for its 101 (see above)
         self.on_head(head)
         if framed:
             self._body(low, _HEAD)
