@@ -206,6 +206,19 @@ async def test_detail_errors(stack: DashStack, path: str, expected: tuple[int, s
     assert await error_of(await stack.api.get(path)) == expected
 
 
+async def test_odd_ids_are_invalid_on_every_request_route(stack: DashStack) -> None:
+    """Digits to ``str.isdigit()`` but not to ``int()``: a superscript two, Arabic-Indic
+    digits, and more digits than ``int()`` converts."""
+    await stack.visitor.get("/x")
+    await stack.wait_for(1)
+    for raw_id in ("%C2%B2", "%D9%A3", "9" * 5000):
+        for route in ("", "/diff?against=1", "/export"):
+            response = await stack.api.get(f"/api/v1/requests/{raw_id}{route}")
+            assert await error_of(response) == (400, "INVALID_ID"), route
+        response = await stack.api.post(f"/api/v1/requests/{raw_id}/replay", json={})
+        assert await error_of(response) == (400, "INVALID_ID")
+
+
 # ---------------------------------------------------------------------------- replay
 
 

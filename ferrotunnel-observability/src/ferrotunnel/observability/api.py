@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ RETRY_MS = 1000
 #: a comment line keeps idle event streams (and proxies in between) alive
 PING_INTERVAL = 15.0
 MAX_LIMIT = 500
+#: a request id: ASCII digits only (``str.isdigit`` takes "²" too, which ``int`` refuses, and
+#: ``int`` refuses more than 4300 digits), and ids never grow that long
+REQUEST_ID = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass
@@ -298,8 +302,8 @@ async def metrics(request: Request) -> Response:
 
 def _exchange(request: Request) -> Exchange:
     raw = request.path_params["id"]
-    if not raw.isdigit():
-        raise ApiError(400, "INVALID_ID", f"request ids are numbers, not {raw!r}")
+    if not REQUEST_ID.fullmatch(raw):
+        raise ApiError(400, "INVALID_ID", f"request ids are numbers, not {raw[:40]!r}")
     exchange = _ctx(request).store.get(int(raw))
     if exchange is None:
         raise ApiError(404, "NOT_FOUND", f"no request #{raw} (it may have been evicted)")
