@@ -115,9 +115,24 @@ async def test_requests_filters(stack: DashStack) -> None:
     page = (await stack.api.get("/api/v1/requests?status=5xx&limit=1")).json()
     assert page["next_before"] is None
     assert await paths("tunnel=other") == []
+    assert await paths("status=4XX") == await paths("status=%204xx%20") == ["/status/404"]
+    assert await paths("status=pending") == []
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "before=0", "before=y"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "before=0",
+        "before=y",
+        "status=banana",
+        "status=6xx",
+        "status=99",
+        "status=%C2%B2xx",  # a digit to str.isdigit(), not to int()
+    ],
+)
 async def test_requests_bad_parameters(stack: DashStack, query: str) -> None:
     response = await stack.api.get(f"/api/v1/requests?{query}")
     assert await error_of(response) == (400, "INVALID_PARAMETER")

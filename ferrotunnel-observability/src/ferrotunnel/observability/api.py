@@ -49,7 +49,7 @@ from .diff import diff_responses
 from .exchange import Exchange
 from .export import VERSION, to_curl, to_har, to_pytest
 from .replay import Edits, ReplayError, replay
-from .store import Store, sse_message
+from .store import Store, sse_message, valid_status_filter
 
 __all__ = ["DashboardContext", "create_app"]
 
@@ -181,10 +181,13 @@ async def requests(request: Request) -> Response:
     params = request.query_params
     limit = _int_param(params.get("limit"), "limit", 50, low=1, high=MAX_LIMIT) or 50
     before = _int_param(params.get("before"), "before", None, low=1)
+    status = params.get("status")
+    if status and not valid_status_filter(status):
+        raise ApiError(400, "INVALID_PARAMETER", "status must be like 404, 4xx or pending")
     filters = {
         "tunnel": params.get("tunnel"),
         "method": params.get("method"),
-        "status": params.get("status"),
+        "status": status,
         "path": params.get("path") or params.get("q"),
     }
     found = store.query(limit=limit, before=before, **filters)
