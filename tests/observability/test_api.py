@@ -514,6 +514,10 @@ async def test_unknown_routes_and_methods_are_json_errors(stack: DashStack) -> N
     assert await error_of(await stack.api.get("/api/v2/health")) == (404, "NOT_FOUND")
     response = await stack.api.put("/api/v1/health")
     assert await error_of(response) == (405, "METHOD_NOT_ALLOWED")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    response = await stack.api.put("/api/v1/requests")
+    assert await error_of(response) == (405, "METHOD_NOT_ALLOWED")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
 
 
 async def test_a_foreign_host_is_refused(stack: DashStack) -> None:

@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,11 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None) -> Starlette:
@@ -134,7 +137,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
     code = codes.get(exc.status_code, "HTTP_ERROR")
     message = f"no such API route: {request.url.path}" if exc.status_code == 404 else exc.detail
-    return error_response(exc.status_code, code, str(message))
+    return error_response(exc.status_code, code, str(message), exc.headers)  # 405's Allow
 
 
 # ---------------------------------------------------------------------------- pages
