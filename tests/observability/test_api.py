@@ -290,6 +290,7 @@ async def test_replay_with_edits(stack: DashStack) -> None:
         ('{"headers": [["X", "a\\r\\nb"]]}', "application/json", (400, "INVALID_EDIT")),
         ('{"body": "a", "body_base64": "YQ=="}', "application/json", (400, "INVALID_EDIT")),
         ('{"body_base64": "***"}', "application/json", (400, "INVALID_EDIT")),
+        ("[" * 100_000, "application/json", (400, "INVALID_JSON")),  # too deep to parse
     ],
 )
 async def test_replay_rejects_bad_requests(

@@ -342,6 +342,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         value = json.loads(raw)
     except ValueError as exc:
         raise ApiError(400, "INVALID_JSON", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # the parser recurses once per nested array or object
+        raise ApiError(400, "INVALID_JSON", "the body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, "INVALID_JSON", "the body must be a JSON object")
     return value
