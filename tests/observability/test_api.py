@@ -291,6 +291,15 @@ async def test_replay_with_edits(stack: DashStack) -> None:
         ('{"body": "a", "body_base64": "YQ=="}', "application/json", (400, "INVALID_EDIT")),
         ('{"body_base64": "***"}', "application/json", (400, "INVALID_EDIT")),
         ("[" * 100_000, "application/json", (400, "INVALID_JSON")),  # too deep to parse
+        ('{"body_base64": null}', "application/json", (400, "INVALID_EDIT")),
+        ('{"body_base64": 5}', "application/json", (400, "INVALID_EDIT")),
+        ('{"body": "\\ud800"}', "application/json", (400, "INVALID_EDIT")),  # not UTF-8
+        ('{"path": "/a\\tb"}', "application/json", (400, "INVALID_EDIT")),
+        ('{"path": "/a\\u007fb"}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X-\\u2603", "1"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X(1)", "1"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X", "\\u2603"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X", "a\\u0000b"]]}', "application/json", (400, "INVALID_EDIT")),
     ],
 )
 async def test_replay_rejects_bad_requests(
@@ -304,6 +313,20 @@ async def test_replay_rejects_bad_requests(
         headers={"content-type": content_type},
     )
     assert await error_of(response) == expected
+
+
+async def test_replay_percent_encodes_a_non_ascii_path(stack: DashStack) -> None:
+    """As a browser does with a URL typed in its address bar."""
+    await stack.visitor.get("/x")
+    (row,) = await stack.wait_for(1)
+    edits = {
+        "path": "/caf\u00e9/\u65e5\u672c?q=a%20b&r=\u00e9",
+        "headers": [["Host", APP], ["X-Name", "caf\u00e9\tau lait"]],
+    }
+    response = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json=edits)
+    assert response.status_code == 201, response.text
+    echo = json.loads(response.json()["response"]["body"]["text"])
+    assert echo["target"] == "/caf%C3%A9/%E6%97%A5%E6%9C%AC?q=a%20b&r=%C3%A9"
 
 
 async def test_replay_of_an_unknown_request(stack: DashStack) -> None:

@@ -21,10 +21,12 @@ import base64
 import binascii
 import json
 import re
+import string
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import prometheus_client
 from prometheus_client.registry import CollectorRegistry
@@ -62,6 +64,8 @@ MAX_LIMIT = 500
 #: a request id: ASCII digits only (``str.isdigit`` takes "²" too, which ``int`` refuses, and
 #: ``int`` refuses more than 4300 digits), and ids never grow that long
 REQUEST_ID = re.compile(r"[0-9]{1,18}")
+#: RFC 9110 token characters, what a header name is made of
+TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
 @dataclass
@@ -351,7 +355,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _edits(body: dict[str, Any]) -> Edits:
     """The replay body: ``method``, ``path``, ``headers`` (``[[name, value], ...]`` or an
-    object), and ``body`` (text) or ``body_base64``; each optional."""
+    object), and ``body`` (text) or ``body_base64``; each optional. Whatever cannot go on
+    the wire as written is refused here, so that building the request cannot fail."""
     unknown = set(body) - {"method", "path", "headers", "body", "body_base64"}
     if unknown:
         raise ApiError(400, "INVALID_EDIT", f"unknown fields: {', '.join(sorted(unknown))}")
@@ -360,11 +365,7 @@ def _edits(body: dict[str, Any]) -> Edits:
         not isinstance(method, str) or not method.isascii() or not method.isalpha()
     ):
         raise ApiError(400, "INVALID_EDIT", "method must be a token like GET or POST")
-    path = body.get("path")
-    if path is not None and (
-        not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n")
-    ):
-        raise ApiError(400, "INVALID_EDIT", "path must start with / and contain no spaces")
+    path = _edit_path(body.get("path"))
     headers = _edit_headers(body.get("headers"))
     data: bytes | None = None
     if "body" in body and "body_base64" in body:
@@ -372,13 +373,36 @@ def _edits(body: dict[str, Any]) -> Edits:
     if "body" in body:
         if not isinstance(body["body"], str):
             raise ApiError(400, "INVALID_EDIT", "body must be a string")
-        data = body["body"].encode()
-    elif "body_base64" in body:
         try:
-            data = base64.b64decode(str(body["body_base64"]), validate=True)
+            data = body["body"].encode()
+        except UnicodeEncodeError:  # JSON can spell a lone surrogate, "\ud800"
+            raise ApiError(400, "INVALID_EDIT", "body is not valid Unicode") from None
+    elif "body_base64" in body:
+        if not isinstance(body["body_base64"], str):
+            raise ApiError(400, "INVALID_EDIT", "body_base64 must be a string")
+        try:
+            data = base64.b64decode(body["body_base64"], validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "INVALID_EDIT", "body_base64 is not base64") from None
     return Edits(method.upper() if method else None, path, headers, data)
+
+
+def _edit_path(path: object) -> str | None:
+    """The request target, sent as ASCII: other characters are percent-encoded as UTF-8, as
+    a browser does with a URL typed in; spaces and control characters are refused."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.startswith("/") or any(_control(c) for c in path):
+        raise ApiError(400, "INVALID_EDIT", "path must start with / and have no spaces or controls")
+    try:
+        return quote(path, safe=string.punctuation)  # keeps ASCII, and %-escapes as they are
+    except UnicodeEncodeError:  # a lone surrogate
+        raise ApiError(400, "INVALID_EDIT", "path is not valid Unicode") from None
+
+
+def _control(c: str) -> bool:
+    """A space, a C0 control or DEL: what ends or breaks a request line."""
+    return c <= " " or c == "\x7f"
 
 
 def _edit_headers(raw: object) -> list[tuple[str, str]] | None:
@@ -396,7 +420,11 @@ def _edit_headers(raw: object) -> list[tuple[str, str]] | None:
         ):
             raise ApiError(400, "INVALID_EDIT", "each header must be [name, value] strings")
         name, value = pair
-        if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
-            raise ApiError(400, "INVALID_EDIT", f"invalid header {name!r}")
+        if not name or not set(name) <= TCHAR:
+            raise ApiError(400, "INVALID_EDIT", f"header name {name!r} is not an HTTP token")
+        if not all(c == "\t" or " " <= c <= "~" or "\x80" <= c <= "\xff" for c in value):
+            raise ApiError(
+                400, "INVALID_EDIT", f"header {name}: only Latin-1 without control characters"
+            )
         headers.append((name, value))
     return headers
