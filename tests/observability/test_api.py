@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
 import re
+import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from ferrotunnel.core import Address
 
 from ..e2e.helpers import free_port
-from ..http.harness import HOST, OriginRequest, OriginResponse
+from ..http.harness import HOST, OriginRequest, OriginResponse, RawOrigin, read_head
 from .conftest import APP, DashStack, dash_stack
 
 pytestmark = pytest.mark.anyio
@@ -345,19 +348,72 @@ async def test_replay_refuses_a_truncated_body_unless_edited() -> None:
         assert json.loads(response.json()["response"]["body"]["text"])["body_len"] == 5
 
 
-async def test_replay_to_a_dead_origin_is_a_502_and_a_row(stack: DashStack) -> None:
-    await stack.visitor.get("/x")
-    (row,) = await stack.wait_for(1)
+def replay_to(stack: DashStack, port: int) -> None:
+    """Replays of the tunnel's requests go to ``port`` from now on."""
     running = stack.plugin.running(stack.client)
     assert running is not None
     tunnel = running.ctx.tunnels[APP]
-    running.ctx.tunnels[APP] = dataclasses.replace(tunnel, local_addr=Address(HOST, free_port()))
+    running.ctx.tunnels[APP] = dataclasses.replace(tunnel, local_addr=Address(HOST, port))
+
+
+async def test_replay_to_a_dead_origin_is_a_502_and_a_row(stack: DashStack) -> None:
+    await stack.visitor.get("/x")
+    (row,) = await stack.wait_for(1)
+    replay_to(stack, free_port())
     response = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json={})
     assert await error_of(response) == (502, "REPLAY_FAILED")
     rows = (await stack.api.get("/api/v1/requests")).json()["requests"]
     assert rows[0]["replay_of"] == row["id"]
     assert rows[0]["state"] == "error"
     assert "cannot connect" in rows[0]["error"]
+
+
+#: more than loopback's socket buffers hold, so that sending it waits for the origin to read
+BIG_BODY = "x" * (32 << 20)
+
+
+async def test_replay_reset_while_sending_is_a_502_and_a_row(stack: DashStack) -> None:
+    """The origin reads the head and resets the connection (an upload it refuses)."""
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closing with SO_LINGER 0 sends RST
+
+    await stack.visitor.post("/upload", content=b"abc")
+    (row,) = await stack.wait_for(1)
+    async with RawOrigin(reset) as origin:
+        replay_to(stack, origin.port)
+        url = f"/api/v1/requests/{row['id']}/replay"
+        response = await stack.api.post(url, json={"body": BIG_BODY})
+    assert await error_of(response) == (502, "REPLAY_FAILED")
+    rows = (await stack.api.get("/api/v1/requests")).json()["requests"]
+    assert rows[0]["replay_of"] == row["id"]
+    assert rows[0]["state"] == "error"
+    assert rows[0]["error"].startswith("the connection broke"), rows[0]["error"]
+
+
+async def test_replay_records_an_answer_that_comes_before_the_body_is_sent(
+    stack: DashStack,
+) -> None:
+    """The origin answers 413 after the head and reads no further."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n")
+        await writer.drain()
+        await anyio.sleep(30)  # holds the connection open, unread, until the test ends
+
+    await stack.visitor.post("/upload", content=b"abc")
+    (row,) = await stack.wait_for(1)
+    async with RawOrigin(refuse) as origin:
+        replay_to(stack, origin.port)
+        url = f"/api/v1/requests/{row['id']}/replay"
+        response = await stack.api.post(url, json={"body": BIG_BODY})
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == 413
+    assert response.json()["response"]["body"]["text"] == "too big\n"
 
 
 # ---------------------------------------------------------------------------- diff
