@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
 import re
+import socket
+import struct
 import sys
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from ferrotunnel.core import Address
 
 from ..e2e.helpers import free_port
-from ..http.harness import HOST, OriginRequest, OriginResponse
+from ..http.harness import HOST, OriginRequest, OriginResponse, RawOrigin, read_head
 from .conftest import APP, DashStack, dash_stack
 
 pytestmark = pytest.mark.anyio
@@ -115,9 +118,24 @@ async def test_requests_filters(stack: DashStack) -> None:
     page = (await stack.api.get("/api/v1/requests?status=5xx&limit=1")).json()
     assert page["next_before"] is None
     assert await paths("tunnel=other") == []
+    assert await paths("status=4XX") == await paths("status=%204xx%20") == ["/status/404"]
+    assert await paths("status=pending") == []
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=x", "before=0", "before=y"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "before=0",
+        "before=y",
+        "status=banana",
+        "status=6xx",
+        "status=99",
+        "status=%C2%B2xx",  # a digit to str.isdigit(), not to int()
+    ],
+)
 async def test_requests_bad_parameters(stack: DashStack, query: str) -> None:
     response = await stack.api.get(f"/api/v1/requests?{query}")
     assert await error_of(response) == (400, "INVALID_PARAMETER")
@@ -206,6 +224,19 @@ async def test_detail_errors(stack: DashStack, path: str, expected: tuple[int, s
     assert await error_of(await stack.api.get(path)) == expected
 
 
+async def test_odd_ids_are_invalid_on_every_request_route(stack: DashStack) -> None:
+    """Digits to ``str.isdigit()`` but not to ``int()``: a superscript two, Arabic-Indic
+    digits, and more digits than ``int()`` converts."""
+    await stack.visitor.get("/x")
+    await stack.wait_for(1)
+    for raw_id in ("%C2%B2", "%D9%A3", "9" * 5000):
+        for route in ("", "/diff?against=1", "/export"):
+            response = await stack.api.get(f"/api/v1/requests/{raw_id}{route}")
+            assert await error_of(response) == (400, "INVALID_ID"), route
+        response = await stack.api.post(f"/api/v1/requests/{raw_id}/replay", json={})
+        assert await error_of(response) == (400, "INVALID_ID")
+
+
 # ---------------------------------------------------------------------------- replay
 
 
@@ -262,6 +293,16 @@ async def test_replay_with_edits(stack: DashStack) -> None:
         ('{"headers": [["X", "a\\r\\nb"]]}', "application/json", (400, "INVALID_EDIT")),
         ('{"body": "a", "body_base64": "YQ=="}', "application/json", (400, "INVALID_EDIT")),
         ('{"body_base64": "***"}', "application/json", (400, "INVALID_EDIT")),
+        ("[" * 100_000, "application/json", (400, "INVALID_JSON")),  # too deep to parse
+        ('{"body_base64": null}', "application/json", (400, "INVALID_EDIT")),
+        ('{"body_base64": 5}', "application/json", (400, "INVALID_EDIT")),
+        ('{"body": "\\ud800"}', "application/json", (400, "INVALID_EDIT")),  # not UTF-8
+        ('{"path": "/a\\tb"}', "application/json", (400, "INVALID_EDIT")),
+        ('{"path": "/a\\u007fb"}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X-\\u2603", "1"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X(1)", "1"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X", "\\u2603"]]}', "application/json", (400, "INVALID_EDIT")),
+        ('{"headers": [["X", "a\\u0000b"]]}', "application/json", (400, "INVALID_EDIT")),
     ],
 )
 async def test_replay_rejects_bad_requests(
@@ -275,6 +316,20 @@ async def test_replay_rejects_bad_requests(
         headers={"content-type": content_type},
     )
     assert await error_of(response) == expected
+
+
+async def test_replay_percent_encodes_a_non_ascii_path(stack: DashStack) -> None:
+    """As a browser does with a URL typed in its address bar."""
+    await stack.visitor.get("/x")
+    (row,) = await stack.wait_for(1)
+    edits = {
+        "path": "/caf\u00e9/\u65e5\u672c?q=a%20b&r=\u00e9",
+        "headers": [["Host", APP], ["X-Name", "caf\u00e9\tau lait"]],
+    }
+    response = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json=edits)
+    assert response.status_code == 201, response.text
+    echo = json.loads(response.json()["response"]["body"]["text"])
+    assert echo["target"] == "/caf%C3%A9/%E6%97%A5%E6%9C%AC?q=a%20b&r=%C3%A9"
 
 
 async def test_replay_of_an_unknown_request(stack: DashStack) -> None:
@@ -293,19 +348,72 @@ async def test_replay_refuses_a_truncated_body_unless_edited() -> None:
         assert json.loads(response.json()["response"]["body"]["text"])["body_len"] == 5
 
 
-async def test_replay_to_a_dead_origin_is_a_502_and_a_row(stack: DashStack) -> None:
-    await stack.visitor.get("/x")
-    (row,) = await stack.wait_for(1)
+def replay_to(stack: DashStack, port: int) -> None:
+    """Replays of the tunnel's requests go to ``port`` from now on."""
     running = stack.plugin.running(stack.client)
     assert running is not None
     tunnel = running.ctx.tunnels[APP]
-    running.ctx.tunnels[APP] = dataclasses.replace(tunnel, local_addr=Address(HOST, free_port()))
+    running.ctx.tunnels[APP] = dataclasses.replace(tunnel, local_addr=Address(HOST, port))
+
+
+async def test_replay_to_a_dead_origin_is_a_502_and_a_row(stack: DashStack) -> None:
+    await stack.visitor.get("/x")
+    (row,) = await stack.wait_for(1)
+    replay_to(stack, free_port())
     response = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json={})
     assert await error_of(response) == (502, "REPLAY_FAILED")
     rows = (await stack.api.get("/api/v1/requests")).json()["requests"]
     assert rows[0]["replay_of"] == row["id"]
     assert rows[0]["state"] == "error"
     assert "cannot connect" in rows[0]["error"]
+
+
+#: more than loopback's socket buffers hold, so that sending it waits for the origin to read
+BIG_BODY = "x" * (32 << 20)
+
+
+async def test_replay_reset_while_sending_is_a_502_and_a_row(stack: DashStack) -> None:
+    """The origin reads the head and resets the connection (an upload it refuses)."""
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closing with SO_LINGER 0 sends RST
+
+    await stack.visitor.post("/upload", content=b"abc")
+    (row,) = await stack.wait_for(1)
+    async with RawOrigin(reset) as origin:
+        replay_to(stack, origin.port)
+        url = f"/api/v1/requests/{row['id']}/replay"
+        response = await stack.api.post(url, json={"body": BIG_BODY})
+    assert await error_of(response) == (502, "REPLAY_FAILED")
+    rows = (await stack.api.get("/api/v1/requests")).json()["requests"]
+    assert rows[0]["replay_of"] == row["id"]
+    assert rows[0]["state"] == "error"
+    assert rows[0]["error"].startswith("the connection broke"), rows[0]["error"]
+
+
+async def test_replay_records_an_answer_that_comes_before_the_body_is_sent(
+    stack: DashStack,
+) -> None:
+    """The origin answers 413 after the head and reads no further."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n")
+        await writer.drain()
+        await anyio.sleep(30)  # holds the connection open, unread, until the test ends
+
+    await stack.visitor.post("/upload", content=b"abc")
+    (row,) = await stack.wait_for(1)
+    async with RawOrigin(refuse) as origin:
+        replay_to(stack, origin.port)
+        url = f"/api/v1/requests/{row['id']}/replay"
+        response = await stack.api.post(url, json={"body": BIG_BODY})
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == 413
+    assert response.json()["response"]["body"]["text"] == "too big\n"
 
 
 # ---------------------------------------------------------------------------- diff
@@ -486,6 +594,10 @@ async def test_unknown_routes_and_methods_are_json_errors(stack: DashStack) -> N
     assert await error_of(await stack.api.get("/api/v2/health")) == (404, "NOT_FOUND")
     response = await stack.api.put("/api/v1/health")
     assert await error_of(response) == (405, "METHOD_NOT_ALLOWED")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    response = await stack.api.put("/api/v1/requests")
+    assert await error_of(response) == (405, "METHOD_NOT_ALLOWED")
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
 
 
 async def test_a_foreign_host_is_refused(stack: DashStack) -> None:

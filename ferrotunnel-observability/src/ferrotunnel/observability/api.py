@@ -20,10 +20,13 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator
+import re
+import string
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import prometheus_client
 from prometheus_client.registry import CollectorRegistry
@@ -48,7 +51,7 @@ from .diff import diff_responses
 from .exchange import Exchange
 from .export import VERSION, to_curl, to_har, to_pytest
 from .replay import Edits, ReplayError, replay
-from .store import Store, sse_message
+from .store import Store, sse_message, valid_status_filter
 
 __all__ = ["DashboardContext", "create_app"]
 
@@ -58,6 +61,11 @@ RETRY_MS = 1000
 #: a comment line keeps idle event streams (and proxies in between) alive
 PING_INTERVAL = 15.0
 MAX_LIMIT = 500
+#: a request id: ASCII digits only (``str.isdigit`` takes "²" too, which ``int`` refuses, and
+#: ``int`` refuses more than 4300 digits), and ids never grow that long
+REQUEST_ID = re.compile(r"[0-9]{1,18}")
+#: RFC 9110 token characters, what a header name is made of
+TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
 @dataclass
@@ -82,8 +90,11 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None) -> Starlette:
@@ -130,7 +141,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
     code = codes.get(exc.status_code, "HTTP_ERROR")
     message = f"no such API route: {request.url.path}" if exc.status_code == 404 else exc.detail
-    return error_response(exc.status_code, code, str(message))
+    return error_response(exc.status_code, code, str(message), exc.headers)  # 405's Allow
 
 
 # ---------------------------------------------------------------------------- pages
@@ -177,10 +188,13 @@ async def requests(request: Request) -> Response:
     params = request.query_params
     limit = _int_param(params.get("limit"), "limit", 50, low=1, high=MAX_LIMIT) or 50
     before = _int_param(params.get("before"), "before", None, low=1)
+    status = params.get("status")
+    if status and not valid_status_filter(status):
+        raise ApiError(400, "INVALID_PARAMETER", "status must be like 404, 4xx or pending")
     filters = {
         "tunnel": params.get("tunnel"),
         "method": params.get("method"),
-        "status": params.get("status"),
+        "status": status,
         "path": params.get("path") or params.get("q"),
     }
     found = store.query(limit=limit, before=before, **filters)
@@ -298,8 +312,8 @@ async def metrics(request: Request) -> Response:
 
 def _exchange(request: Request) -> Exchange:
     raw = request.path_params["id"]
-    if not raw.isdigit():
-        raise ApiError(400, "INVALID_ID", f"request ids are numbers, not {raw!r}")
+    if not REQUEST_ID.fullmatch(raw):
+        raise ApiError(400, "INVALID_ID", f"request ids are numbers, not {raw[:40]!r}")
     exchange = _ctx(request).store.get(int(raw))
     if exchange is None:
         raise ApiError(404, "NOT_FOUND", f"no request #{raw} (it may have been evicted)")
@@ -332,6 +346,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         value = json.loads(raw)
     except ValueError as exc:
         raise ApiError(400, "INVALID_JSON", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # the parser recurses once per nested array or object
+        raise ApiError(400, "INVALID_JSON", "the body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, "INVALID_JSON", "the body must be a JSON object")
     return value
@@ -339,7 +355,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _edits(body: dict[str, Any]) -> Edits:
     """The replay body: ``method``, ``path``, ``headers`` (``[[name, value], ...]`` or an
-    object), and ``body`` (text) or ``body_base64``; each optional."""
+    object), and ``body`` (text) or ``body_base64``; each optional. Whatever cannot go on
+    the wire as written is refused here, so that building the request cannot fail."""
     unknown = set(body) - {"method", "path", "headers", "body", "body_base64"}
     if unknown:
         raise ApiError(400, "INVALID_EDIT", f"unknown fields: {', '.join(sorted(unknown))}")
@@ -348,11 +365,7 @@ def _edits(body: dict[str, Any]) -> Edits:
         not isinstance(method, str) or not method.isascii() or not method.isalpha()
     ):
         raise ApiError(400, "INVALID_EDIT", "method must be a token like GET or POST")
-    path = body.get("path")
-    if path is not None and (
-        not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n")
-    ):
-        raise ApiError(400, "INVALID_EDIT", "path must start with / and contain no spaces")
+    path = _edit_path(body.get("path"))
     headers = _edit_headers(body.get("headers"))
     data: bytes | None = None
     if "body" in body and "body_base64" in body:
@@ -360,13 +373,36 @@ def _edits(body: dict[str, Any]) -> Edits:
     if "body" in body:
         if not isinstance(body["body"], str):
             raise ApiError(400, "INVALID_EDIT", "body must be a string")
-        data = body["body"].encode()
-    elif "body_base64" in body:
         try:
-            data = base64.b64decode(str(body["body_base64"]), validate=True)
+            data = body["body"].encode()
+        except UnicodeEncodeError:  # JSON can spell a lone surrogate, "\ud800"
+            raise ApiError(400, "INVALID_EDIT", "body is not valid Unicode") from None
+    elif "body_base64" in body:
+        if not isinstance(body["body_base64"], str):
+            raise ApiError(400, "INVALID_EDIT", "body_base64 must be a string")
+        try:
+            data = base64.b64decode(body["body_base64"], validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "INVALID_EDIT", "body_base64 is not base64") from None
     return Edits(method.upper() if method else None, path, headers, data)
+
+
+def _edit_path(path: object) -> str | None:
+    """The request target, sent as ASCII: other characters are percent-encoded as UTF-8, as
+    a browser does with a URL typed in; spaces and control characters are refused."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path.startswith("/") or any(_control(c) for c in path):
+        raise ApiError(400, "INVALID_EDIT", "path must start with / and have no spaces or controls")
+    try:
+        return quote(path, safe=string.punctuation)  # keeps ASCII, and %-escapes as they are
+    except UnicodeEncodeError:  # a lone surrogate
+        raise ApiError(400, "INVALID_EDIT", "path is not valid Unicode") from None
+
+
+def _control(c: str) -> bool:
+    """A space, a C0 control or DEL: what ends or breaks a request line."""
+    return c <= " " or c == "\x7f"
 
 
 def _edit_headers(raw: object) -> list[tuple[str, str]] | None:
@@ -384,7 +420,11 @@ def _edit_headers(raw: object) -> list[tuple[str, str]] | None:
         ):
             raise ApiError(400, "INVALID_EDIT", "each header must be [name, value] strings")
         name, value = pair
-        if not name or any(c in name for c in " :\r\n") or any(c in value for c in "\r\n"):
-            raise ApiError(400, "INVALID_EDIT", f"invalid header {name!r}")
+        if not name or not set(name) <= TCHAR:
+            raise ApiError(400, "INVALID_EDIT", f"header name {name!r} is not an HTTP token")
+        if not all(c == "\t" or " " <= c <= "~" or "\x80" <= c <= "\xff" for c in value):
+            raise ApiError(
+                400, "INVALID_EDIT", f"header {name}: only Latin-1 without control characters"
+            )
         headers.append((name, value))
     return headers

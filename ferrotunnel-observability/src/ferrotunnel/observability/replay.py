@@ -5,11 +5,13 @@ tunnel is reconnecting, does not pass the server's middlewares (auth, rate limit
 time, and reaches exactly the service the original reached. The request is sent as captured —
 method, target with its query string, headers in order — minus hop-by-hop fields, with
 ``Connection: close``; edits replace method, target, headers or body. The replay is recorded
-like real traffic (through the same :class:`~.capture.ExchangeTap`), marked ``replay_of``.
+like real traffic (through the same :class:`~.capture.ExchangeTap`), marked ``replay_of``,
+including an answer the origin gives before it has read the whole request (a 413, say).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from dataclasses import dataclass
 
@@ -116,28 +118,47 @@ async def replay(
     tap = ExchangeTap(store, tunnel.name, limit, replay_of=original.id)
     tap.to_origin(request)  # recorded now, so a failed replay shows as a row too
     addr = tunnel.local_addr
-    error: str | None = None
+    error: str | None = "the replay was interrupted"  # unless it gets to an answer below
     try:
         with anyio.fail_after(within):
             sock = await _connect(addr.host, addr.port, tunnel.local_tls)
-            async with sock:
-                await sock.send(request)
-                while not tap.idle:
-                    try:
-                        chunk = await sock.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
-                    tap.to_visitor(chunk)
+            async with sock, anyio.create_task_group() as tasks:
+                # sending and receiving at once: an origin may answer (413, 401...) and close
+                # or reset the connection before it has read the whole request
+                tasks.start_soon(_send, sock, request)
+                error = await _receive(sock, tap)
+                tasks.cancel_scope.cancel()
     except TimeoutError:
         error = f"no complete answer from {addr} within {within:.0f} s"
     except OSError as exc:
         error = f"cannot connect to {addr}: {exc.strerror or exc}"
-    tap.closed(error)
+    finally:
+        tap.closed(error)  # never left pending, even when something unexpected escapes
     recorded = tap.last
     assert recorded is not None
     if recorded.error is not None:
         raise ReplayError("REPLAY_FAILED", recorded.error, 502)
     return recorded
+
+
+async def _send(sock: anyio.abc.ByteStream, request: bytes) -> None:
+    """Sends the request; a connection that breaks meanwhile ends the receiving side too,
+    which records what the origin answered, if anything."""
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await sock.send(request)
+
+
+async def _receive(sock: anyio.abc.ByteStream, tap: ExchangeTap) -> str | None:
+    """Feeds the origin's answer to ``tap`` until it is whole or the connection ends; returns
+    why the connection broke, if it did (closing it ends a response without a length)."""
+    while not tap.idle:
+        try:
+            tap.to_visitor(await sock.receive())
+        except anyio.EndOfStream:
+            break
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            return f"the connection broke: {exc.__cause__ or 'closed'}"
+    return None
 
 
 async def _connect(host: str, port: int, tls: ssl.SSLContext | None) -> anyio.abc.ByteStream:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -19,10 +20,12 @@ from typing import Any
 
 from .exchange import Exchange
 
-__all__ = ["Store", "Subscriber", "TunnelState"]
+__all__ = ["Store", "Subscriber", "TunnelState", "valid_status_filter"]
 
 #: seconds of per-second traffic kept for each tunnel's chart
 TRAFFIC_WINDOW = 60
+#: a ``status`` filter, stripped and lower-cased: a code, a class, or no response yet
+STATUS_FILTER = re.compile(r"[1-5][0-9][0-9]|[1-5]xx|pending|none")
 
 
 @dataclass(slots=True)
@@ -194,12 +197,18 @@ def sse_message(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+def valid_status_filter(wanted: str) -> bool:
+    """``404``, ``4xx`` or ``pending``, in any case; the API refuses anything else rather
+    than answering an empty list that looks like "no such requests"."""
+    return STATUS_FILTER.fullmatch(wanted.strip().lower()) is not None
+
+
 def _status_matches(status: int | None, wanted: str) -> bool:
     wanted = wanted.strip().lower()
     if wanted in ("pending", "none"):
         return status is None
     if status is None:
         return False
-    if len(wanted) == 3 and wanted.endswith("xx") and wanted[0].isdigit():
-        return status // 100 == int(wanted[0])
+    if len(wanted) == 3 and wanted.endswith("xx"):
+        return str(status // 100) == wanted[0]  # not int(wanted[0]): "²".isdigit() is true
     return str(status) == wanted
