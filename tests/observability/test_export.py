@@ -1,0 +1,110 @@
+"""Exports of a captured request, fed by hand: the curl command runs (through bash, as if
+pasted) against a raw origin on 127.0.0.1 that keeps the bytes it gets. Methods, targets and
+fields are the visitor's, so each must come out exactly, and none may become code."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ferrotunnel.observability.capture import ExchangeTap
+from ferrotunnel.observability.exchange import Exchange
+from ferrotunnel.observability.export import to_curl
+from ferrotunnel.observability.store import Store
+
+from ..http.harness import HOST, RawOrigin
+
+pytestmark = pytest.mark.anyio
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+def captured(request: bytes, response: bytes = OK) -> Exchange:
+    tap = ExchangeTap(Store(), "app", 64 * 1024)
+    tap.to_origin(memoryview(request))
+    tap.to_visitor(response)
+    tap.closed(None)
+    assert tap.last is not None
+    return tap.last
+
+
+def recording_origin(received: list[bytes], answer: bytes = OK) -> RawOrigin:
+    """Keeps each request (head and Content-Length body), answers ``answer``, and then
+    leaves the connection open until the client closes it, as a keep-alive origin does."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        size = next(
+            (
+                int(line[15:])
+                for line in head.split(b"\r\n")
+                if line.lower()[:15] == b"content-length:"
+            ),
+            0,
+        )
+        received.append(head + await reader.readexactly(size))
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    return RawOrigin(handle)
+
+
+async def run_curl(request: bytes, tmp_path: Path, answer: bytes = OK) -> tuple[str, bytes]:
+    """The exported command, run by bash from a file; the request the origin got."""
+    received: list[bytes] = []
+    async with recording_origin(received, answer) as origin:
+        command = to_curl(captured(request, answer), f"http://{HOST}:{origin.port}")
+        script = tmp_path / "exported.sh"
+        script.write_text(command)
+        with anyio.fail_after(5):
+            result = await anyio.run_process(["bash", str(script)], cwd=tmp_path, check=False)
+    assert result.returncode == 0, (command, result.stderr)
+    (got,) = received
+    return command, got
+
+
+# ---------------------------------------------------------------------------- curl
+
+
+async def test_curl_quotes_a_method_holding_shell_code(tmp_path: Path) -> None:
+    # & $ ' are token characters: the HTTP ingress passes such a method on
+    method = b"GET&touch$IFS'pwned'&"
+    command, got = await run_curl(method + b" /x HTTP/1.1\r\nHost: app\r\n\r\n", tmp_path)
+    assert not (tmp_path / "pwned").exists(), command
+    assert got.startswith(method + b" /x HTTP/1.1\r\n"), got
+
+
+async def test_curl_sends_the_header_fields_byte_for_byte(tmp_path: Path) -> None:
+    fields = b"X-Name: caf\xc3\xa9\r\nX-Empty: \r\nX-Quote: it's $HOME `id` \\x41\r\n"
+    command, got = await run_curl(b"GET /x HTTP/1.1\r\nHost: app\r\n" + fields + b"\r\n", tmp_path)
+    assert fields.replace(b"X-Empty: ", b"X-Empty:") in got, (command, got)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":"x\x00y"}',  # valid UTF-8 with a NUL
+        b"line\r\n\x1b[31mred\x1b[0m\tcaf\xc3\xa9 'quoted' \\n",  # control characters
+        bytes(range(256)),
+    ],
+    ids=["nul", "controls", "binary"],
+)
+async def test_curl_sends_the_body_byte_for_byte(tmp_path: Path, body: bytes) -> None:
+    request = b"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n" % len(body)
+    command, got = await run_curl(request + body, tmp_path)
+    assert got.endswith(b"\r\n\r\n" + body), (command, got)
+    # pasted into a terminal, the command sends no control characters
+    assert command.endswith("\n")
+    assert command[:-1].isascii()
+    assert command[:-1].isprintable()
+
+
+async def test_curl_of_a_head_request_ends(tmp_path: Path) -> None:
+    # a HEAD answer announces a body it does not send; the connection stays open
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    command, got = await run_curl(b"HEAD /x HTTP/1.1\r\nHost: app\r\n\r\n", tmp_path, answer)
+    assert got.startswith(b"HEAD /x HTTP/1.1\r\n"), (command, got)
