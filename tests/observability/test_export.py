@@ -1,9 +1,11 @@
 """Exports of a captured request, fed by hand: the curl command runs (through bash, as if
-pasted) against a raw origin on 127.0.0.1 that keeps the bytes it gets. Methods, targets and
-fields are the visitor's, so each must come out exactly, and none may become code."""
+pasted) and the generated pytest test runs, both against a raw origin on 127.0.0.1 that keeps
+the bytes it gets. Methods, targets and fields are the visitor's, so each must come out
+exactly, and none may become code."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from ferrotunnel.observability.capture import ExchangeTap
 from ferrotunnel.observability.exchange import Exchange
-from ferrotunnel.observability.export import to_curl
+from ferrotunnel.observability.export import to_curl, to_pytest
 from ferrotunnel.observability.store import Store
 
 from ..http.harness import HOST, RawOrigin
@@ -108,3 +110,31 @@ async def test_curl_of_a_head_request_ends(tmp_path: Path) -> None:
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
     command, got = await run_curl(b"HEAD /x HTTP/1.1\r\nHost: app\r\n\r\n", tmp_path, answer)
     assert got.startswith(b"HEAD /x HTTP/1.1\r\n"), (command, got)
+
+
+# ---------------------------------------------------------------------------- pytest
+
+
+@pytest.mark.parametrize("target", [rb"/search?q=C:\x", rb"/a?q=\N", b'/a?q="""', b"/a\\"])
+def test_pytest_export_compiles_whatever_the_target(target: bytes) -> None:
+    exchange = captured(b"GET " + target + b" HTTP/1.1\r\nHost: app\r\n\r\n")
+    module = ast.parse(to_pytest(exchange, f"http://{HOST}:9"))
+    docstring = ast.get_docstring(module)
+    assert docstring is not None
+    assert f"GET {target.decode()}." in docstring
+
+
+async def test_pytest_export_sends_repeated_and_non_ascii_fields() -> None:
+    fields = b"X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2\r\nX-Name: caf\xc3\xa9\r\n"
+    received: list[bytes] = []
+    async with recording_origin(received) as origin:
+        source = to_pytest(
+            captured(b"GET /x HTTP/1.1\r\nHost: app\r\n" + fields + b"\r\n"),
+            f"http://{HOST}:{origin.port}",
+        )
+        namespace: dict[str, object] = {}
+        exec(compile(source, "test_generated.py", "exec"), namespace)
+        with anyio.fail_after(10):
+            await anyio.to_thread.run_sync(namespace["test_get__x"])  # type: ignore[arg-type]
+    (got,) = received
+    assert fields in got, (source, got)
