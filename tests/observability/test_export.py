@@ -1,12 +1,13 @@
 """Exports of a captured request, fed by hand: the curl command runs (through bash, as if
 pasted) and the generated pytest test runs, both against a raw origin on 127.0.0.1 that keeps
-the bytes it gets. Methods, targets and fields are the visitor's, so each must come out
-exactly, and none may become code."""
+the bytes it gets; the HAR is read back. Methods, targets and fields are the visitor's, so
+each must come out exactly, and none may become code."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,7 @@ import pytest
 
 from ferrotunnel.observability.capture import ExchangeTap
 from ferrotunnel.observability.exchange import Exchange
-from ferrotunnel.observability.export import to_curl, to_pytest
+from ferrotunnel.observability.export import to_curl, to_har, to_pytest
 from ferrotunnel.observability.store import Store
 
 from ..http.harness import HOST, RawOrigin
@@ -138,3 +139,27 @@ async def test_pytest_export_sends_repeated_and_non_ascii_fields() -> None:
             await anyio.to_thread.run_sync(namespace["test_get__x"])  # type: ignore[arg-type]
     (got,) = received
     assert fields in got, (source, got)
+
+
+# ---------------------------------------------------------------------------- HAR
+
+
+def test_har_marks_a_binary_request_body_as_base64() -> None:
+    body = b"\x89PNG\r\n\x1a\n\x00\x01\xfe"
+    exchange = captured(
+        b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Type: image/png\r\nContent-Length: %d"
+        b"\r\n\r\n%s" % (len(body), body)
+    )
+    post = to_har(exchange, f"http://{HOST}:9")["log"]["entries"][0]["request"]["postData"]
+    assert post["encoding"] == "base64"
+    assert "base64" in post["comment"]
+    assert base64.b64decode(post["text"]) == body
+
+
+def test_har_response_version_is_the_responses() -> None:
+    exchange = captured(
+        b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    entry = to_har(exchange, f"http://{HOST}:9")["log"]["entries"][0]
+    assert entry["request"]["httpVersion"] == "HTTP/1.1"
+    assert entry["response"]["httpVersion"] == "HTTP/1.0"

@@ -112,15 +112,20 @@ def to_har(exchange: Exchange, base_url: str) -> dict[str, Any]:
     }
     if exchange.request_body.size:
         content = _har_content(exchange.request_body, exchange.header("content-type"))
-        request["postData"] = {
-            "mimeType": content["mimeType"],
-            "text": content["text"],
-            **({"comment": content["comment"]} if "comment" in content else {}),
-        }
+        post = {"mimeType": content["mimeType"], "text": content["text"]}
+        notes = [content["comment"]] if "comment" in content else []
+        if "encoding" in content:
+            # HAR 1.2 has no encoding for postData: without this mark, a tool would send
+            # the base64 text itself
+            post["encoding"] = "base64"
+            notes.append("the body is not UTF-8: text is its base64")
+        if notes:
+            post["comment"] = "; ".join(notes)
+        request["postData"] = post
     response: dict[str, Any] = {
         "status": exchange.status or 0,
         "statusText": exchange.reason,
-        "httpVersion": exchange.http_version,
+        "httpVersion": exchange.response.version if exchange.response else "",
         "cookies": [],
         "headers": [{"name": k, "value": v} for k, v in exchange.response_headers],
         "content": _har_content(
