@@ -19,7 +19,14 @@ import pytest
 from ferrotunnel.core import Address
 
 from ..e2e.helpers import free_port
-from ..http.harness import HOST, OriginRequest, OriginResponse, RawOrigin, read_head
+from ..http.harness import (
+    HOST,
+    OriginRequest,
+    OriginResponse,
+    RawOrigin,
+    raw_exchange,
+    read_head,
+)
 from .conftest import APP, DashStack, dash_stack
 
 pytestmark = pytest.mark.anyio
@@ -469,6 +476,21 @@ async def test_export_curl_runs(stack: DashStack) -> None:
     echo = json.loads(result.stdout)
     assert (echo["method"], echo["target"], echo["body_len"]) == ("POST", "/curl?x=1", 9)
     assert ["x-quote", "a'b"] in echo["headers"]
+
+
+async def test_export_curl_of_a_visitors_method_runs_no_shell_code(
+    stack: DashStack, tmp_path: Path
+) -> None:
+    method = b"GET&touch$IFS'pwned'&"  # token characters: the ingress passes it on
+    request = method + b" /x HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % APP.encode()
+    await raw_exchange(stack.public_port, request)
+    (row,) = await stack.wait_for(1)
+    assert row["method"] == method.decode()
+    command = (await stack.api.get(f"/api/v1/requests/{row['id']}/export?format=curl")).text
+    result = await anyio.run_process(["bash", "-c", command], cwd=tmp_path, check=False)
+    assert not (tmp_path / "pwned").exists(), command
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["method"] == method.decode()
 
 
 async def test_export_curl_with_a_binary_body_runs(stack: DashStack) -> None:

@@ -27,29 +27,51 @@ def _headers(exchange: Exchange) -> list[tuple[str, str]]:
     return [(k, v) for k, v in exchange.request_headers if k.lower() not in HOP_BY_HOP]
 
 
+def _raw(text: str) -> bytes:
+    """The bytes a captured field came as (heads are decoded as latin-1)."""
+    return text.encode("latin-1")
+
+
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
+def _escaped(data: bytes) -> str:
+    """``data`` with every byte but printable ASCII (and ``'``, ``\\``) as ``\\xNN``, as both
+    bash's ``$'...'`` and ``printf %b`` read it."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"'\\" else f"\\x{b:02x}" for b in data)
+
+
+def _sh(data: bytes) -> str:
+    """One bash word that is exactly ``data`` (no NUL); the command stays printable ASCII,
+    so pasting it into a terminal sends no control characters and re-encodes nothing."""
+    if _PRINTABLE.fullmatch(data):
+        return shlex.quote(data.decode("ascii"))
+    return f"$'{_escaped(data)}'"
+
+
 def to_curl(exchange: Exchange, base_url: str, *, keep_host: bool = True) -> str:
-    """A curl command line (bash) reproducing the request; ``keep_host=False`` lets the
-    URL's host stand (for the public URL)."""
-    url = base_url.rstrip("/") + exchange.target
-    parts = ["curl", "-sS", "-X", exchange.method, shlex.quote(url)]
+    """A bash command line running curl with the request; ``keep_host=False`` lets the URL's
+    host stand (for the public URL). Every word is quoted: method, target and fields are the
+    visitor's, and may hold shell syntax."""
+    url = base_url.rstrip("/").encode() + _raw(exchange.target)
+    # -X HEAD would make curl wait for the body the answer's Content-Length announces
+    method = ["-I"] if exchange.method == "HEAD" else ["-X", _sh(_raw(exchange.method))]
+    parts = ["curl", "-sS", *method, _sh(url)]
     for name, value in _headers(exchange):
         if name.lower() == "host" and not keep_host:
             continue
-        parts += ["-H", shlex.quote(f"{name}: {value}")]
+        # "Name:" with nothing after it tells curl to remove the field; "Name;" sends it empty
+        field = f"{name}: {value}" if value else f"{name};"
+        parts += ["-H", _sh(_raw(field))]
     body = exchange.request_body
     prefix = ""
     if body.truncated:
         prefix = f"# the body ({body.size} bytes) was captured only in part: it is left out\n"
+    elif b"\0" in body.data:  # a NUL cannot be in an argument: printf writes it to stdin
+        prefix = f"printf '%b' '{_escaped(bytes(body.data))}' | "
+        parts += ["--data-binary", "@-"]
     elif body.data:
-        data = bytes(body.data)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            escaped = "".join(f"\\x{b:02x}" for b in data)
-            prefix = f"printf '%b' '{escaped}' | "
-            parts += ["--data-binary", "@-"]
-        else:
-            parts += ["--data-binary", shlex.quote(text)]
+        parts += ["--data-binary", _sh(bytes(body.data))]
     return prefix + " ".join(parts) + "\n"
 
 
@@ -90,15 +112,20 @@ def to_har(exchange: Exchange, base_url: str) -> dict[str, Any]:
     }
     if exchange.request_body.size:
         content = _har_content(exchange.request_body, exchange.header("content-type"))
-        request["postData"] = {
-            "mimeType": content["mimeType"],
-            "text": content["text"],
-            **({"comment": content["comment"]} if "comment" in content else {}),
-        }
+        post = {"mimeType": content["mimeType"], "text": content["text"]}
+        notes = [content["comment"]] if "comment" in content else []
+        if "encoding" in content:
+            # HAR 1.2 has no encoding for postData: without this mark, a tool would send
+            # the base64 text itself
+            post["encoding"] = "base64"
+            notes.append("the body is not UTF-8: text is its base64")
+        if notes:
+            post["comment"] = "; ".join(notes)
+        request["postData"] = post
     response: dict[str, Any] = {
         "status": exchange.status or 0,
         "statusText": exchange.reason,
-        "httpVersion": exchange.http_version,
+        "httpVersion": exchange.response.version if exchange.response else "",
         "cookies": [],
         "headers": [{"name": k, "value": v} for k, v in exchange.response_headers],
         "content": _har_content(
@@ -142,10 +169,11 @@ def to_pytest(exchange: Exchange, base_url: str) -> str:
     name = re.sub(r"\W+", "_", f"{exchange.method}_{exchange.path}".lower()).strip("_")
     if not name.isidentifier() or keyword.iskeyword(name):
         name = "request"
-    headers = {k: v for k, v in _headers(exchange) if k.lower() not in ("host", "accept-encoding")}
+    # escaped, so that no target ends the docstring or holds an invalid escape (\x, \N)
+    summary = f"{exchange.method} {exchange.target}".encode("unicode_escape").decode()
+    summary = summary.replace('"', '\\"')
     lines = [
-        f'"""Generated by the ferrotunnel dashboard from request #{exchange.id}: '
-        f'{exchange.method} {exchange.target}."""',
+        f'"""Generated by the ferrotunnel dashboard from request #{exchange.id}: {summary}."""',
         "",
         "import httpx",
         "",
@@ -156,8 +184,16 @@ def to_pytest(exchange: Exchange, base_url: str) -> str:
         "    response = httpx.request(",
         f"        {exchange.method!r},",
         f"        BASE_URL + {exchange.target!r},",
-        f"        headers={headers!r},",
+        "        headers=[",
     ]
+    # pairs, as a field may come more than once; bytes, as httpx sends a str value only if
+    # it is ASCII
+    lines += [
+        f"            ({k!r}, {_raw(v)!r}),"
+        for k, v in _headers(exchange)
+        if k.lower() not in ("host", "accept-encoding")
+    ]
+    lines.append("        ],")
     body = exchange.request_body
     if body.data and not body.truncated:
         lines.append(f"        content={bytes(body.data)!r},")
