@@ -957,6 +957,57 @@ async def test_a_failing_plugin_costs_one_request_a_500(caplog: pytest.LogCaptur
     assert answered["/after"] == "origin"
 
 
+class BadReply:
+    """A middleware whose Reply is malformed: a header value carrying CR/LF (as one copied
+    from the request could), or a non-str value."""
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        if request.path == "/split":
+            return Reply(403, "no\n", [("X-Why", "a\r\nSet-Cookie: evil=1")])
+        if request.path == "/int":
+            return Reply(429, "slow down\n", [("Retry-After", 5)])  # type: ignore[list-item]
+        return None
+
+
+async def test_a_malformed_reply_is_contained_as_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    """A Reply's headers are checked as ``set_header`` checks them: one that would split the
+    response (or cannot be written) is the plugin's failure, answered with a 500, logged with
+    the plugin's name, and the connection carries on."""
+    caplog.set_level(logging.ERROR, logger="ferrotunnel.http.middleware")
+    recorder = Recorder()
+    host = host_with({"bad": MiddlewarePlugin(BadReply()), "recorder": MiddlewarePlugin(recorder)})
+    async with (
+        Origin() as origin,
+        plugin_stack(host, http_tunnel("app.localhost", origin.port)) as stack,
+    ):
+        async with visitor(stack.http_port) as (reader, writer):
+            writer.write(
+                request_bytes("GET", "/split", "app.localhost")
+                + request_bytes("GET", "/int", "app.localhost")
+                + request_bytes("GET", "/fine", "app.localhost", "Connection: close")
+            )
+            raw = await read_until_close(reader, within=5)
+        # HTTP/2 prior knowledge: the refusal is sent as HTTP/2 frames, checked the same way
+        block = hpack.Encoder().encode(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/split"),
+             (":authority", "app.localhost")]
+        )  # fmt: skip
+        async with visitor(stack.http_port) as (reader, writer):
+            writer.write(PREFACE + h2_frame(0x4, 0x0, 0, b"") + h2_frame(0x1, 0x5, 1, block))
+            h2_headers, _ = await read_h2_answer(reader)
+    assert b"evil" not in raw, raw
+    assert [part[:3] for part in raw.split(b"HTTP/1.1 ")[1:]] == [b"500", b"500", b"200"], raw
+    assert h2_headers[":status"] == "500", h2_headers
+    assert "x-why" not in h2_headers
+    assert [r.path for r in origin.requests] == ["/fine"]
+    failures = [r.getMessage() for r in caplog.records if r.name == "ferrotunnel.http.middleware"]
+    assert failures == ["plugin bad failed in on_request"] * 3, failures
+    assert [(r.path, r.status, r.replied_by) for r in recorder.records] == [
+        ("/split", 500, "bad"), ("/int", 500, "bad"), ("/fine", 200, "origin"),
+        ("/split", 500, "bad"),
+    ]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- 9. async middleware
 
 

@@ -61,7 +61,7 @@ from .h2c import (
     first_request,
     reply_frames,
 )
-from .middleware import PLUGIN_FAILED, reply_bytes
+from .middleware import PLUGIN_FAILED, reply_bytes, reply_parts
 from .pages import error_response
 from .routes import Route
 
@@ -542,12 +542,7 @@ class IngressConnection(asyncio.Protocol):
         it: closing at once, with its next frames unread, would reset the connection)."""
         transport = self.transport
         assert transport is not None
-        body = reply.body.encode() if isinstance(reply.body, str) else bytes(reply.body)
-        headers = [
-            (b"content-type", reply.content_type.encode("latin-1")),
-            (b"content-length", b"%d" % len(body)),
-        ]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        body, headers = reply_parts(reply)  # checked by the chain
         data = reply_frames(
             stream_id, reply.status, headers, body, head_only=request.method == b"HEAD"
         )
