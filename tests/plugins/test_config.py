@@ -114,6 +114,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("headers", tunnels({"response_set": {"X": "a\r\nB: c"}}), "line break"),
     ("headers", tunnels({"response_set": {"X": "\u65e5\u672c"}}), "Latin-1"),
     ("headers", tunnels({"request_remove": ["bad name"]}), "not a header name"),
+    ("headers", tunnels({"request_set": {"X-Forwarded-Proto": "https"}}), "set by the ingress"),
+    ("headers", tunnels({"request_remove": ["forwarded"]}), "set by the ingress"),
 ]
 
 
