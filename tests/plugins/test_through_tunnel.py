@@ -32,7 +32,15 @@ import hpack
 import httpx
 import pytest
 
-from ferrotunnel.core import Address, Client, RejectedError, Server, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    RejectedError,
+    Server,
+    SessionConfig,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import (
     ExchangeRecord,
     HttpRequest,
@@ -153,9 +161,11 @@ async def plugin_stack(
     server_token: str | None = TOKEN,
     client_token: str = TOKEN,
     tcp: bool = False,
+    server_session: SessionConfig | None = None,
 ) -> AsyncIterator[Stack]:
     """A server wired to ``host``'s plugins (as ``ferrotunnel server`` wires them), with an
-    HTTP ingress, a TCP ingress if ``tcp``, and one connected client serving ``tunnels``."""
+    HTTP ingress, a TCP ingress if ``tcp``, and one connected client serving ``tunnels``
+    (sessions configured by ``server_session``)."""
     config = host.config
     assert config is not None
     ingress = HttpIngress(
@@ -172,6 +182,7 @@ async def plugin_stack(
         tcp_middlewares=host.tcp_middlewares(config),
         plugins=host,
         drain_timeout=0.25,
+        session=server_session or SessionConfig(),
     )
     async with server, AsyncExitStack() as stack:
         result = Stack(server, ingress)
@@ -448,6 +459,42 @@ async def test_circuit_breaker_counts_the_ingress_502_of_a_dead_origin() -> None
             # the other tunnel has no breaker and its origin is fine
             async with stack.visitor("up.localhost") as up:
                 assert (await up.get("/")).status_code == 200
+
+
+async def test_circuit_breaker_ignores_the_ingress_503_of_a_tunnel_at_its_stream_limit() -> None:
+    """The ingress's own 503 for a tunnel serving as many streams as it may never reached
+    the origin: it is no failure of the origin's."""
+    host = builtins(
+        "circuit-breaker", config={"circuit_breaker": {"tunnels": {"*": {"failure_threshold": 1}}}}
+    )
+    release = anyio.Event()
+    standard = standard_handler("origin")
+
+    async def handle(request: OriginRequest) -> OriginResponse:
+        if request.path == "/hang":
+            await release.wait()
+        return await standard(request)
+
+    async with (
+        Origin(handle) as origin,
+        plugin_stack(
+            host,
+            http_tunnel("app.localhost", origin.port),
+            server_session=SessionConfig(max_streams=1),
+        ) as stack,
+        stack.visitor("app.localhost") as web,
+        visitor(stack.http_port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/hang", "app.localhost", "Connection: close"))
+        await writer.drain()
+        await wait_until(lambda: len(origin.requests) == 1, what="the origin got it")
+        busy = await web.get("/busy")
+        assert busy.status_code == 503
+        assert "try again shortly" in busy.text
+        release.set()
+        assert status_of(await read_until_close(reader, within=5)) == 200
+        assert (await web.get("/after")).status_code == 200  # the circuit stayed closed
+    assert [r.path for r in origin.requests] == ["/hang", "/after"]
 
 
 class Maintenance:

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from ferrotunnel.core import SessionClosedError, Stream, StreamLimitError
-from ferrotunnel.core.plugin import Reply, RequestContext
+from ferrotunnel.core.plugin import REPLIED_BY, Reply, RequestContext
 from ferrotunnel.protocol import ErrorCode, TunnelKind
 
 from .forwarded import add_forwarding_headers
@@ -371,6 +371,8 @@ class IngressConnection(asyncio.Protocol):
                 close=close,
                 head_only=head_only,
             )
+            if self._ctx is not None:  # the origin never saw it: not its outcome to count
+                self._ctx.state.setdefault(REPLIED_BY, "ingress")
             self._finish_record(503, "tunnel at its stream limit", "ingress")
             return
         if stream is None:

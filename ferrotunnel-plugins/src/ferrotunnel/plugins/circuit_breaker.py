@@ -24,8 +24,9 @@ Each tunnel (a tunnel name together with the host visitors ask for) has a circui
 
 ``500`` is not a failure by default: it is usually the application's own error, not a sign
 that the origin is down or overloaded. Outcomes are taken from ``on_complete``; exchanges
-answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``), started
-before the circuit opened, or left by their visitor before any response (status 0) do not
+answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``) or by the
+ingress without the origin (the 503 of a tunnel at its stream limit), started before the
+circuit last opened, or left by their visitor before any response (status 0) do not
 count. Only circuits with failures take memory: a circuit that closes is forgotten.
 """
 
