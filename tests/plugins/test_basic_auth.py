@@ -6,7 +6,11 @@ import base64
 import hashlib
 from typing import Any
 
+import pytest
+
+from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.plugins import basic_auth
+from ferrotunnel.plugins._common import parse_sha256
 from ferrotunnel.plugins.basic_auth import BasicAuth
 
 from .helpers import FakeRequest, config_of, make_ctx
@@ -94,3 +98,20 @@ def test_per_tunnel_settings() -> None:
 def test_no_users_anywhere_means_no_middleware() -> None:
     config = config_of(basic_auth, "basic-auth", {"basic_auth": {"tunnels": {"*": {}}}})
     assert basic_auth.ferrotunnel_http_middlewares(config) == []
+
+
+# 64 characters, but only 62 hexadecimal digits: bytes.fromhex would skip the spaces
+SPACED_HASH = "ab" * 15 + "  " + "cd" * 16
+
+
+@pytest.mark.parametrize("text", [SPACED_HASH, "ab" * 31 + "\tc", "ab" * 31 + "+1", "xy" * 32])
+def test_a_digest_is_exactly_64_hexadecimal_digits(text: str) -> None:
+    with pytest.raises(ValueError, match="64 hexadecimal digits"):
+        parse_sha256(text)
+    assert parse_sha256(f"  {BOB_HASH.upper()}\n") == bytes.fromhex(BOB_HASH)
+
+
+def test_a_user_with_a_malformed_digest_is_a_configuration_error() -> None:
+    """Not a user who can never log in."""
+    with pytest.raises(ConfigError, match="bob"):
+        middleware(**{"*": {"users": [f"bob:sha256:{SPACED_HASH}"]}})

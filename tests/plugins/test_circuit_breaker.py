@@ -146,6 +146,44 @@ def test_late_outcomes_do_not_count() -> None:
     assert state(mw) is CircuitState.CLOSED
 
 
+def test_late_outcomes_do_not_count_once_the_circuit_closed_again() -> None:
+    """A request admitted before the circuit opened, ending after it closed again, neither
+    re-opens the recovered circuit nor starts its failure count."""
+    clock = FakeClock()
+    mw = breaker(clock, failure_threshold=1, open_seconds=10)
+    _, slow = start(mw)  # admitted while closed; its origin hangs
+    exchange(mw, 503)
+    assert state(mw) is CircuitState.OPEN
+    clock.advance(10)
+    assert exchange(mw, 200) is None  # the probe: closed again
+    assert state(mw) is CircuitState.CLOSED
+    mw.on_complete(make_record(slow, 504), slow)  # the old request finally times out
+    assert state(mw) is CircuitState.CLOSED
+    assert len(mw) == 0
+    assert exchange(mw, 502) is None  # a request of the new period does count
+    assert state(mw) is CircuitState.OPEN
+
+
+def test_a_late_probe_of_a_forgotten_circuit_does_not_count() -> None:
+    """Half-open periods are numbered across circuits: the circuit that replaces a closed
+    (forgotten) one does not take the old one's last probe for its own."""
+    clock = FakeClock()
+    mw = breaker(clock, failure_threshold=1, open_seconds=1, half_open_max=2)
+    exchange(mw, 502)
+    clock.advance(1)
+    _, first = start(mw)
+    _, second = start(mw)
+    mw.on_complete(make_record(first, 200), first)
+    assert state(mw) is CircuitState.CLOSED
+    exchange(mw, 502)  # a new circuit opens, then half-opens
+    clock.advance(1)
+    _, probe = start(mw)
+    mw.on_complete(make_record(second, 502), second)
+    assert state(mw) is CircuitState.HALF_OPEN
+    mw.on_complete(make_record(probe, 200), probe)
+    assert state(mw) is CircuitState.CLOSED
+
+
 def test_answers_of_other_middlewares_do_not_count() -> None:
     clock = FakeClock()
     mw = breaker(clock, failure_threshold=1, open_seconds=1)

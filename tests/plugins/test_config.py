@@ -103,7 +103,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("rate_limit", {"per_ip": {"rate": 0}}, "positive"),
     ("rate_limit", {"per_ip": {"rate": 1, "burst": 0}}, "burst"),
     ("rate_limit", {"per_ip": {"burst": 3}}, "needs 'rate'"),
-    ("rate_limit", {"max_buckets": 0}, "max_buckets"),
+    ("rate_limit", {"max_buckets": 1}, "max_buckets must be at least 2"),
     ("rate_limit", {"ipv6_prefix": 129}, "ipv6_prefix"),
     ("circuit_breaker", tunnels({"failure_statuses": [700]}), "700"),
     ("circuit_breaker", tunnels({"failure_threshold": 0}), "failure_threshold"),
@@ -114,6 +114,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("headers", tunnels({"response_set": {"X": "a\r\nB: c"}}), "line break"),
     ("headers", tunnels({"response_set": {"X": "\u65e5\u672c"}}), "Latin-1"),
     ("headers", tunnels({"request_remove": ["bad name"]}), "not a header name"),
+    ("headers", tunnels({"request_set": {"X-Forwarded-Proto": "https"}}), "set by the ingress"),
+    ("headers", tunnels({"request_remove": ["forwarded"]}), "set by the ingress"),
 ]
 
 

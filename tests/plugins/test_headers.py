@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.plugins import headers
 from ferrotunnel.plugins.headers import RequestHeaders, ResponseHeaders
 
@@ -22,7 +25,7 @@ RULES = {
         "response_remove": ["Server", "x-powered-by"],
     },
     "api.example.com": {
-        "request_set": {"X-Tunnel": "api", "X-Forwarded-Proto": "https"},
+        "request_set": {"X-Tunnel": "api", "X-Origin-Proto": "https"},
         "request_add": {"Via": "1.1 ferrotunnel", "X-New": "fresh"},
         "request_remove": ["Cookie", "X-Tunnel"],
         "response_add": {"Vary": "Origin"},
@@ -45,7 +48,7 @@ def test_request_and_response_edits() -> None:
         "Accept": "*/*",
         "Via": "1.1 proxy, 1.1 ferrotunnel",
         "X-Tunnel": "api",  # removed, then set
-        "X-Forwarded-Proto": "https",
+        "X-Origin-Proto": "https",
         "X-New": "fresh",
     }
     response = FakeResponse(
@@ -84,3 +87,16 @@ def test_only_the_directions_in_use() -> None:
     [only_request] = middlewares(**{"*": {"request_add": {"Via": "x"}}})
     assert isinstance(only_request, RequestHeaders)
     assert not hasattr(only_request, "on_response")
+
+
+@pytest.mark.parametrize(
+    "name", ["X-Forwarded-For", "x-forwarded-proto", "X-Forwarded-Host", "Forwarded"]
+)
+@pytest.mark.parametrize("key", ["request_set", "request_add", "request_remove"])
+def test_request_forwarding_headers_are_refused(key: str, name: str) -> None:
+    """The ingress writes them after the plugins: an edit would be silently undone."""
+    entry = {key: [name] if key == "request_remove" else {name: "x"}}
+    with pytest.raises(ConfigError, match="set by the ingress"):
+        middlewares(**{"*": entry})
+    [response_mw] = middlewares(**{"*": {"response_remove": [name]}})  # responses: theirs
+    assert isinstance(response_mw, ResponseHeaders)

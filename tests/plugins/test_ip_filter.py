@@ -52,6 +52,22 @@ def test_http(host: str, ip: str, allowed: bool) -> None:
         assert ctx.state["ferrotunnel.replied_by"] == "ip-filter"
 
 
+@pytest.mark.parametrize(
+    "visitor", ["192.0.2.7", "::ffff:192.0.2.7", "10.1.2.3", "::ffff:10.1.2.3"]
+)
+def test_entries_written_as_ipv4_mapped_apply_to_ipv4_visitors(visitor: str) -> None:
+    """Visitors are judged as IPv4; so are entries a dual-stack listener's logs suggested."""
+    rules = {
+        "*": {"deny": ["::ffff:192.0.2.7"]},
+        "admin.example.com": {"allow": ["::ffff:10.0.0.0/104"]},
+    }
+    mw = IpFilterHttp(tunnels(**rules))
+    denied = mw.on_request(FakeRequest(), make_ctx(host="app.example.com", visitor_ip=visitor))
+    assert (denied is not None) == visitor.endswith("192.0.2.7")
+    admitted = mw.on_request(FakeRequest(), make_ctx(host="admin.example.com", visitor_ip=visitor))
+    assert (admitted is None) == visitor.endswith("10.1.2.3")
+
+
 def test_unmatched_tunnels_are_untouched() -> None:
     mw = IpFilterHttp(tunnels(**{"admin.example.com": {"allow": ["10.0.0.0/8"]}}))
     assert mw.on_request(FakeRequest(), make_ctx(host="app.example.com")) is None

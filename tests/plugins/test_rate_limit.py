@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import Reply
 from ferrotunnel.plugins import rate_limit
 from ferrotunnel.plugins._common import REPLIED_BY
@@ -124,6 +127,20 @@ def test_memory_is_bounded_by_max_buckets() -> None:
     # the most recent visitor is remembered, the oldest forgotten
     assert hit(mw, "10.0.3.231") is not None
     assert hit(mw, "10.0.0.0") is None
+
+
+def test_the_smallest_table_still_limits_a_visitor_and_a_tunnel() -> None:
+    """A request may take from two buckets: a table of one would evict one of them for the
+    other on every request, and nobody would ever be limited. So two is the least allowed."""
+    with pytest.raises(ConfigError, match="max_buckets must be at least 2"):
+        limiter(FakeClock(), max_buckets=1)
+    clock = FakeClock()
+    both = {"rate": 1.0, "burst": 1}
+    mw = limiter(clock, per_ip=both, per_tunnel=both, max_buckets=2)
+    assert [hit(mw) is None for _ in range(5)] == [True, False, False, False, False]
+    clock.advance(1)
+    assert hit(mw) is None
+    assert hit(mw, "192.0.2.8") is not None  # the tunnel's bucket is empty for everybody
 
 
 def test_refilled_buckets_are_swept_on_access() -> None:

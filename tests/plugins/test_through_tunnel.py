@@ -32,7 +32,15 @@ import hpack
 import httpx
 import pytest
 
-from ferrotunnel.core import Address, Client, RejectedError, Server, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    RejectedError,
+    Server,
+    SessionConfig,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import (
     ExchangeRecord,
     HttpRequest,
@@ -153,9 +161,11 @@ async def plugin_stack(
     server_token: str | None = TOKEN,
     client_token: str = TOKEN,
     tcp: bool = False,
+    server_session: SessionConfig | None = None,
 ) -> AsyncIterator[Stack]:
     """A server wired to ``host``'s plugins (as ``ferrotunnel server`` wires them), with an
-    HTTP ingress, a TCP ingress if ``tcp``, and one connected client serving ``tunnels``."""
+    HTTP ingress, a TCP ingress if ``tcp``, and one connected client serving ``tunnels``
+    (sessions configured by ``server_session``)."""
     config = host.config
     assert config is not None
     ingress = HttpIngress(
@@ -172,6 +182,7 @@ async def plugin_stack(
         tcp_middlewares=host.tcp_middlewares(config),
         plugins=host,
         drain_timeout=0.25,
+        session=server_session or SessionConfig(),
     )
     async with server, AsyncExitStack() as stack:
         result = Stack(server, ingress)
@@ -448,6 +459,42 @@ async def test_circuit_breaker_counts_the_ingress_502_of_a_dead_origin() -> None
             # the other tunnel has no breaker and its origin is fine
             async with stack.visitor("up.localhost") as up:
                 assert (await up.get("/")).status_code == 200
+
+
+async def test_circuit_breaker_ignores_the_ingress_503_of_a_tunnel_at_its_stream_limit() -> None:
+    """The ingress's own 503 for a tunnel serving as many streams as it may never reached
+    the origin: it is no failure of the origin's."""
+    host = builtins(
+        "circuit-breaker", config={"circuit_breaker": {"tunnels": {"*": {"failure_threshold": 1}}}}
+    )
+    release = anyio.Event()
+    standard = standard_handler("origin")
+
+    async def handle(request: OriginRequest) -> OriginResponse:
+        if request.path == "/hang":
+            await release.wait()
+        return await standard(request)
+
+    async with (
+        Origin(handle) as origin,
+        plugin_stack(
+            host,
+            http_tunnel("app.localhost", origin.port),
+            server_session=SessionConfig(max_streams=1),
+        ) as stack,
+        stack.visitor("app.localhost") as web,
+        visitor(stack.http_port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/hang", "app.localhost", "Connection: close"))
+        await writer.drain()
+        await wait_until(lambda: len(origin.requests) == 1, what="the origin got it")
+        busy = await web.get("/busy")
+        assert busy.status_code == 503
+        assert "try again shortly" in busy.text
+        release.set()
+        assert status_of(await read_until_close(reader, within=5)) == 200
+        assert (await web.get("/after")).status_code == 200  # the circuit stayed closed
+    assert [r.path for r in origin.requests] == ["/hang", "/after"]
 
 
 class Maintenance:
@@ -955,6 +1002,57 @@ async def test_a_failing_plugin_costs_one_request_a_500(caplog: pytest.LogCaptur
     assert answered["/boom-request"] == answered["/boom-response"] == "boom"
     assert answered["/async-boom"] == "async-boom"
     assert answered["/after"] == "origin"
+
+
+class BadReply:
+    """A middleware whose Reply is malformed: a header value carrying CR/LF (as one copied
+    from the request could), or a non-str value."""
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        if request.path == "/split":
+            return Reply(403, "no\n", [("X-Why", "a\r\nSet-Cookie: evil=1")])
+        if request.path == "/int":
+            return Reply(429, "slow down\n", [("Retry-After", 5)])  # type: ignore[list-item]
+        return None
+
+
+async def test_a_malformed_reply_is_contained_as_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    """A Reply's headers are checked as ``set_header`` checks them: one that would split the
+    response (or cannot be written) is the plugin's failure, answered with a 500, logged with
+    the plugin's name, and the connection carries on."""
+    caplog.set_level(logging.ERROR, logger="ferrotunnel.http.middleware")
+    recorder = Recorder()
+    host = host_with({"bad": MiddlewarePlugin(BadReply()), "recorder": MiddlewarePlugin(recorder)})
+    async with (
+        Origin() as origin,
+        plugin_stack(host, http_tunnel("app.localhost", origin.port)) as stack,
+    ):
+        async with visitor(stack.http_port) as (reader, writer):
+            writer.write(
+                request_bytes("GET", "/split", "app.localhost")
+                + request_bytes("GET", "/int", "app.localhost")
+                + request_bytes("GET", "/fine", "app.localhost", "Connection: close")
+            )
+            raw = await read_until_close(reader, within=5)
+        # HTTP/2 prior knowledge: the refusal is sent as HTTP/2 frames, checked the same way
+        block = hpack.Encoder().encode(
+            [(":method", "GET"), (":scheme", "http"), (":path", "/split"),
+             (":authority", "app.localhost")]
+        )  # fmt: skip
+        async with visitor(stack.http_port) as (reader, writer):
+            writer.write(PREFACE + h2_frame(0x4, 0x0, 0, b"") + h2_frame(0x1, 0x5, 1, block))
+            h2_headers, _ = await read_h2_answer(reader)
+    assert b"evil" not in raw, raw
+    assert [part[:3] for part in raw.split(b"HTTP/1.1 ")[1:]] == [b"500", b"500", b"200"], raw
+    assert h2_headers[":status"] == "500", h2_headers
+    assert "x-why" not in h2_headers
+    assert [r.path for r in origin.requests] == ["/fine"]
+    failures = [r.getMessage() for r in caplog.records if r.name == "ferrotunnel.http.middleware"]
+    assert failures == ["plugin bad failed in on_request"] * 3, failures
+    assert [(r.path, r.status, r.replied_by) for r in recorder.records] == [
+        ("/split", 500, "bad"), ("/int", 500, "bad"), ("/fine", 200, "origin"),
+        ("/split", 500, "bad"),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- 9. async middleware

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 from ferrotunnel.core import SessionClosedError, Stream, StreamLimitError
-from ferrotunnel.core.plugin import Reply, RequestContext
+from ferrotunnel.core.plugin import REPLIED_BY, Reply, RequestContext
 from ferrotunnel.protocol import ErrorCode, TunnelKind
 
 from .forwarded import add_forwarding_headers
@@ -61,7 +61,7 @@ from .h2c import (
     first_request,
     reply_frames,
 )
-from .middleware import PLUGIN_FAILED, reply_bytes
+from .middleware import PLUGIN_FAILED, reply_bytes, reply_parts
 from .pages import error_response
 from .routes import Route
 
@@ -371,6 +371,8 @@ class IngressConnection(asyncio.Protocol):
                 close=close,
                 head_only=head_only,
             )
+            if self._ctx is not None:  # the origin never saw it: not its outcome to count
+                self._ctx.state.setdefault(REPLIED_BY, "ingress")
             self._finish_record(503, "tunnel at its stream limit", "ingress")
             return
         if stream is None:
@@ -542,12 +544,7 @@ class IngressConnection(asyncio.Protocol):
         it: closing at once, with its next frames unread, would reset the connection)."""
         transport = self.transport
         assert transport is not None
-        body = reply.body.encode() if isinstance(reply.body, str) else bytes(reply.body)
-        headers = [
-            (b"content-type", reply.content_type.encode("latin-1")),
-            (b"content-length", b"%d" % len(body)),
-        ]
-        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        body, headers = reply_parts(reply)  # checked by the chain
         data = reply_frames(
             stream_id, reply.status, headers, body, head_only=request.method == b"HEAD"
         )

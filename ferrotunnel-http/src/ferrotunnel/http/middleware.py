@@ -18,7 +18,8 @@ their answers (measured with all five built-ins: about 5 points of req/s).
 
 A middleware that raises is contained: the exchange gets a 500 (or, once the response is on
 its way, just the log line), the error is logged with the plugin's name and distribution, and
-everything else carries on.
+everything else carries on. A :class:`Reply` that cannot be sent as it is (a header value with
+CR/LF, which would split the response, or one that is not a ``str``) counts as such a failure.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ferrotunnel.core.plugin import (
     REPLIED_BY,
@@ -40,9 +41,10 @@ from ferrotunnel.core.plugin import (
     RequestContext,
 )
 
+from .h1 import _field
 from .pages import REASONS
 
-__all__ = ["MiddlewareChain", "reply_bytes"]
+__all__ = ["MiddlewareChain", "reply_bytes", "reply_parts"]
 
 log = logging.getLogger("ferrotunnel.http.middleware")
 
@@ -86,6 +88,7 @@ class MiddlewareChain:
             for label, step in self._inline_steps:
                 reply = step(request, ctx)
                 if reply is not None:
+                    reply_parts(cast(Reply, reply))  # raises for a Reply that cannot be sent
                     ctx.state.setdefault(REPLIED_BY, label)
                     return reply
         except Exception:
@@ -98,6 +101,8 @@ class MiddlewareChain:
                 reply = step(request, ctx)
                 if inspect.isawaitable(reply):
                     reply = await reply
+                if reply is not None:
+                    reply_parts(reply)
             except Exception:
                 return _failed(ctx, label, "on_request")
             if reply is not None:
@@ -164,15 +169,31 @@ def _failed(ctx: RequestContext, label: str, method: str) -> Reply:
     return PLUGIN_FAILED
 
 
-def reply_bytes(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:
-    """A middleware's :class:`Reply` as a whole HTTP/1.1 response."""
+def reply_parts(reply: Reply) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A :class:`Reply`'s body and header lines, checked as ``set_header`` checks a plugin's
+    header: a value with CR/LF would let it add headers of its own (response splitting).
+    Raises ``ValueError`` or ``TypeError`` for a Reply that cannot be sent."""
+    if not isinstance(reply.status, int) or not 200 <= reply.status <= 599:
+        raise ValueError(f"Reply status {reply.status!r} is not a final status (200-599)")
+    if not isinstance(reply.body, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"Reply body {reply.body!r} is neither bytes nor str")
     body = reply.body.encode() if isinstance(reply.body, str) else bytes(reply.body)
+    headers = [_field("content-type", _text(reply.content_type))]
+    headers.append((b"content-length", b"%d" % len(body)))
+    headers += [_field(_text(name), _text(value)) for name, value in reply.headers]
+    return body, headers
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"Reply header {value!r} is not a str")
+    return value
+
+
+def reply_bytes(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:
+    """A middleware's :class:`Reply` (checked by the chain) as a whole HTTP/1.1 response."""
+    body, headers = reply_parts(reply)
     reason = REASONS.get(reply.status, "Status").encode()
-    headers = [
-        (b"content-type", reply.content_type.encode("latin-1")),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
     if close:
         headers.append((b"connection", b"close"))
     head = b"HTTP/1.1 %d %s\r\n" % (reply.status, reason)

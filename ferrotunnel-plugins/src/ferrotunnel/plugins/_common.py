@@ -117,15 +117,18 @@ def sha256(data: str) -> bytes:
     return hashlib.sha256(data.encode("utf-8")).digest()
 
 
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def parse_sha256(text: str) -> bytes:
-    """The 32 bytes a 64-digit hexadecimal SHA-256 digest spells; ValueError otherwise."""
+    """The 32 bytes a 64-digit hexadecimal SHA-256 digest spells; ValueError otherwise.
+
+    Checked digit by digit: ``bytes.fromhex`` skips spaces, so a mistyped digest would give a
+    shorter one that no secret ever matches."""
     text = text.strip()
-    if len(text) != 64:
+    if not _SHA256_HEX.fullmatch(text):
         raise ValueError("a sha256 digest is 64 hexadecimal digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ValueError("a sha256 digest is 64 hexadecimal digits") from None
+    return bytes.fromhex(text)
 
 
 def retry_after(seconds: float) -> str:

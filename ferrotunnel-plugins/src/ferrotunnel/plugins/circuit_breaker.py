@@ -24,14 +24,16 @@ Each tunnel (a tunnel name together with the host visitors ask for) has a circui
 
 ``500`` is not a failure by default: it is usually the application's own error, not a sign
 that the origin is down or overloaded. Outcomes are taken from ``on_complete``; exchanges
-answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``), started
-before the circuit opened, or left by their visitor before any response (status 0) do not
+answered by another built-in plugin (401, 403, 429 ... marked in ``ctx.state``) or by the
+ingress without the origin (the 503 of a tunnel at its stream limit), started before the
+circuit last opened, or left by their visitor before any response (status 0) do not
 count. Only circuits with failures take memory: a circuit that closes is forgotten.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -62,6 +64,10 @@ PLUGIN = "circuit-breaker"
 STATE_KEY = "circuit_breaker"
 
 Clock = Callable[[], float]
+
+#: half-open periods of every circuit, numbered once: a circuit that closes is forgotten, and
+#: its successor must not take a late probe of the old one for its own
+_PERIODS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ class Circuit:
         self.in_flight = 0
         self.opened_at = 0.0
         self.probe_at = 0.0
-        self.epoch = 0  # which half-open period probes belong to
+        self.epoch = 0  # which half-open period probes belong to (unique, see _PERIODS)
 
     def open(self, now: float) -> None:
         self.state = CircuitState.OPEN
@@ -126,7 +132,7 @@ class Circuit:
 
     def half_open(self, now: float) -> None:
         self.state = CircuitState.HALF_OPEN
-        self.epoch += 1
+        self.epoch = next(_PERIODS)
         self.in_flight = 0
         self.successes = 0
         self.probe_at = now
@@ -152,7 +158,10 @@ class CircuitBreaker:
         self._matcher = TunnelMatcher(dict(tunnels))
         self._clock = clock
         self._circuits: dict[tuple[str, str], Circuit] = {}
-        #: the (immutable) admission of a closed circuit, made once per tunnel and host
+        #: the (immutable) admission of a closed circuit, made once per tunnel and host and
+        #: replaced each time the circuit opens: it is the closed period's generation, and an
+        #: outcome whose admission is no longer the current one started before the circuit
+        #: last opened, so it does not count (emptying the cache when full loses a few counts)
         self._admitted: dict[tuple[str, str], _Admitted] = {}
 
     def state(self, tunnel: str, host: str) -> CircuitState:
@@ -225,26 +234,28 @@ class CircuitBreaker:
             if neutral:
                 return
             if failed:
-                circuit.open(self._clock())
+                self._open(admitted.key, circuit)
             else:
                 circuit.successes += 1
                 if circuit.successes >= admitted.settings.success_threshold:
                     del circuits[admitted.key]
             return
-        if neutral:
-            return
+        if neutral or self._admitted.get(admitted.key) is not admitted:
+            return  # not the origin's answer, or started before the circuit last opened
         if circuit is None:
             if not failed:
                 return
             circuit = circuits[admitted.key] = Circuit()
-        elif circuit.state is not CircuitState.CLOSED:
-            return  # started before the circuit opened
         if not failed:
             del circuits[admitted.key]
             return
         circuit.failures += 1
         if circuit.failures >= admitted.settings.failure_threshold:
-            circuit.open(self._clock())
+            self._open(admitted.key, circuit)
+
+    def _open(self, key: tuple[str, str], circuit: Circuit) -> None:
+        circuit.open(self._clock())
+        self._admitted.pop(key, None)  # a new generation: see __init__
 
     @staticmethod
     def _refuse(ctx: RequestContext, seconds: float) -> Reply:

@@ -16,7 +16,10 @@ For each message, ``*_remove`` runs first, then ``*_set`` (replaces any value), 
 appending ``, value``; existing lines are kept).
 Header names are case-insensitive. Framing and routing headers (``Host``, ``Content-Length``,
 ``Transfer-Encoding``, ``Connection``, ``Upgrade``, ``TE``, ``Trailer``, ``Keep-Alive``) cannot
-be changed here. One entry applies per tunnel — the most specific key; entries are not merged.
+be changed here, nor can the forwarding headers of requests (``X-Forwarded-For``,
+``X-Forwarded-Proto``, ``X-Forwarded-Host``, ``Forwarded``): the ingress writes those after the
+plugins, so an edit would be silently undone (``--trust-proxy`` decides what is kept). One
+entry applies per tunnel — the most specific key; entries are not merged.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ _PROTECTED = frozenset(
         "keep-alive",
     ]
 )
+#: request headers the ingress replaces after the middlewares ran (see ``forwarded.py``)
+_SET_BY_INGRESS = frozenset(
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]
+)
 
 
 def _check_name(name: str, key: str) -> None:
@@ -62,6 +69,11 @@ def _check_name(name: str, key: str) -> None:
         raise ValueError(f"{key}: {name!r} is not a header name")
     if name.lower() in _PROTECTED:
         raise ValueError(f"{key}: {name!r} cannot be changed by the headers plugin")
+    if key.startswith("request_") and name.lower() in _SET_BY_INGRESS:
+        raise ValueError(
+            f"{key}: {name!r} is set by the ingress after the plugins (see --trust-proxy), "
+            "so the headers plugin cannot change it"
+        )
 
 
 def _check_values(values: Mapping[str, str], key: str) -> None:

@@ -11,7 +11,8 @@
 A visitor whose address is in a ``deny`` network is refused; otherwise, if ``allow`` is not
 empty, a visitor outside every ``allow`` network is refused. HTTP visitors get ``403``; TCP
 connections are closed (for TCP tunnels the keys are matched against the tunnel name).
-IPv4-mapped IPv6 addresses (``::ffff:192.0.2.7``) are checked as IPv4. One entry applies
+IPv4-mapped IPv6 addresses (``::ffff:192.0.2.7``) are checked as IPv4, visitors and entries
+alike (``::ffff:10.0.0.0/104`` is taken as ``10.0.0.0/8``). One entry applies
 per tunnel — the most specific key; entries are not merged, so repeat global ``deny``
 networks in specific entries. Tunnels no key matches are untouched.
 """
@@ -43,13 +44,22 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def _networks(cidrs: tuple[str, ...], key: str) -> tuple[Network, ...]:
+    """The entries as networks; IPv4-mapped ones as IPv4, as visitors are judged (see
+    :func:`_address`), else they would never match anyone."""
     networks = []
     for cidr in cidrs:
         try:
-            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
         except ValueError:
             raise ValueError(f"{key}: {cidr!r} is not an address or CIDR network") from None
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+            ipv4 = network.network_address.ipv4_mapped
+            network = ipaddress.IPv4Network((ipv4, network.prefixlen - 96))
+        networks.append(network)
     return tuple(networks)
 
 

@@ -105,14 +105,16 @@ class RateLimitSettings:
     #: overrides by tunnel pattern, matched against the host and the tunnel name
     #: (``"*"``: every tunnel; the most specific key applies)
     tunnels: dict[str, RateLimitTunnel] = field(default_factory=dict)
-    #: most buckets kept at once (least recently used ones are dropped)
+    #: most buckets kept at once (least recently used ones are dropped; at least 2)
     max_buckets: int = 100_000
     #: IPv6 visitors sharing this many leading address bits share a bucket (1-128)
     ipv6_prefix: int = 64
 
     def __post_init__(self) -> None:
-        if self.max_buckets < 1:
-            raise ValueError("max_buckets must be at least 1")
+        # a request may take from two buckets (its visitor's and its tunnel's): in a table of
+        # one, each would evict the other on every request, and nobody would ever be limited
+        if self.max_buckets < 2:
+            raise ValueError("max_buckets must be at least 2")
         if not 1 <= self.ipv6_prefix <= 128:
             raise ValueError("ipv6_prefix must be between 1 and 128")
 
