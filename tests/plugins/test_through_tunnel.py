@@ -729,6 +729,25 @@ async def test_basic_auth_challenges_then_lets_in_without_forwarding_credentials
                 assert echoed(passed)["headers"]["authorization"] == mine
 
 
+@pytest.mark.parametrize("visited", ["app.localhost", "nope.localhost"])
+async def test_an_answer_to_an_upload_reaches_the_uploader(visited: str) -> None:
+    """A 401 from basic-auth (or the ingress's own 404) answers an upload before its body
+    has arrived: the connection then closes gently, so the visitor reads the answer instead
+    of a reset, and the origin sees nothing."""
+    host = builtins(
+        "basic-auth", config={"basic_auth": {"tunnels": {"*": {"users": ["alice:s3cret"]}}}}
+    )
+    body = b"x" * (8 << 20)
+    async with (
+        Origin() as origin,
+        plugin_stack(host, http_tunnel("app.localhost", origin.port)) as stack,
+        stack.visitor(visited) as web,
+    ):
+        statuses = [(await web.post("/upload", content=body)).status_code for _ in range(3)]
+    assert statuses == [401 if visited == "app.localhost" else 404] * 3
+    assert origin.requests == []
+
+
 # ---------------------------------------------------------------------------- 5. auth
 
 

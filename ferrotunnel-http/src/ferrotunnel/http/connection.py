@@ -139,8 +139,9 @@ def _next_request_id() -> str:
 _JOIN_BODY = 16 << 10
 _PAUSED_BY_PIPELINE = 4
 _PAUSED_BY_PLUGIN = 8
-#: seconds a refused HTTP/2 connection is kept open (reading nothing) for its answer to arrive
-_H2_LINGER = 2.0
+#: seconds a connection closed after our own answer keeps reading (and dropping) what the
+#: visitor still sends, so that the answer is read rather than lost to a reset
+_LINGER = 2.0
 
 
 class IngressConnection(asyncio.Protocol):
@@ -351,7 +352,7 @@ class IngressConnection(asyncio.Protocol):
         self._bytes_out += len(data)
         self._finish_record(reply.status, None)
         if close:
-            self._close()
+            self._linger_close()
         else:
             self._arm(self._config.idle_timeout, self._idle_expired)
 
@@ -551,11 +552,7 @@ class IngressConnection(asyncio.Protocol):
         transport.write(data)
         self._bytes_out += len(data)
         self._finish_record(reply.status, None)
-        self._phase = _Phase.CLOSED  # read and ignore whatever else comes
-        self._buf.clear()
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._arm(_H2_LINGER, transport.close)
+        self._linger_close()
 
     # ------------------------------------------------------------------ responses
 
@@ -887,7 +884,7 @@ class IngressConnection(asyncio.Protocol):
                 error_response(status, detail, accept=accept, close=close, head_only=head_only)
             )
         if close:
-            self._close()
+            self._linger_close()
         else:
             self._arm(self._config.idle_timeout, self._idle_expired)
 
@@ -902,8 +899,26 @@ class IngressConnection(asyncio.Protocol):
         if stream is not None and not stream.done:
             stream.reset(code)
 
+    def _linger_close(self) -> None:
+        """Close after our own answer, gently: the visitor may still be sending (a refused
+        upload, an HTTP/2 client's next frames), and closing a socket with unread bytes
+        resets the connection, which can destroy the answer before the visitor reads it. So
+        end our side, read and drop what still comes, and close when the visitor ends its
+        side or after ``_LINGER`` seconds."""
+        transport = self.transport
+        if transport is None or self._phase is _Phase.CLOSED or not transport.can_write_eof():
+            self._close()
+            return
+        self._phase = _Phase.CLOSED
+        self._buf.clear()
+        transport.write_eof()
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        self._arm(_LINGER, transport.close)
+
     def _close(self) -> None:
-        # CLOSED with a timer: a refused HTTP/2 connection lingering (see _h2_refuse)
+        # CLOSED with a timer: lingering after our own answer (see _linger_close)
         lingering = self._phase is _Phase.CLOSED and self._timer_callback is not None
         if (self._phase is not _Phase.CLOSED or lingering) and self.transport is not None:
             self._phase = _Phase.CLOSED
