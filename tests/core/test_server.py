@@ -10,11 +10,13 @@ import anyio
 import pytest
 
 from ferrotunnel.core import Refused, RejectedError, Server, SessionConfig
-from ferrotunnel.core.plugin.types import Identity, Peer
+from ferrotunnel.core.plugin import PluginHost, hookimpl
+from ferrotunnel.core.plugin.types import Identity, Peer, TcpConnection
 from ferrotunnel.protocol import (
     ErrorCode,
     FrameType,
     GoAway,
+    GrantedTunnel,
     Hello,
     Ping,
     Reject,
@@ -538,6 +540,56 @@ async def test_custom_authenticator_identities_scope_port_ownership() -> None:
                 assert again.tunnels[0].remote_port == port
                 await wait_for(lambda: a.session is not None and a.session.closed)
                 assert await roundtrip(port, b"alice") == b"alice"
+
+
+async def test_a_limited_identitys_tunnels_are_named_after_it_on_the_server() -> None:
+    """Tunnel names are the client's to choose, so the server prefixes those of a limited
+    identity (one with host or port scopes) with the identity: TCP middlewares and the
+    ``tunnel_registered`` hook see ``carol/db``; the client still knows its tunnel as ``db``,
+    and an unlimited identity's names are left as they are."""
+
+    class Users:
+        async def authenticate(self, hello: Hello, peer: Peer) -> Identity:
+            if hello.token == "carol-token":
+                return Identity("carol", ports=((1, 65535),))
+            return Identity("dave")
+
+    class Seen:
+        def __init__(self) -> None:
+            self.connections: list[str] = []
+            self.registered: list[str] = []
+
+        def on_connect(self, conn: TcpConnection) -> bool:
+            self.connections.append(conn.tunnel)
+            return True
+
+        @hookimpl
+        def ferrotunnel_tunnel_registered(self, session: object, tunnel: GrantedTunnel) -> None:
+            self.registered.append(tunnel.name)
+
+    seen = Seen()
+    async with (
+        echo_server() as echo_port,
+        Server(
+            authenticators=[Users()],
+            tcp_middlewares=[seen],
+            plugins=PluginHost.with_plugins([seen]),
+            bind="127.0.0.1:0",
+            tcp_port_range=free_port_range(2),
+            session=FAST,
+            drain_timeout=0.5,
+        ) as server,
+    ):
+        for token in ("carol-token", "dave-token"):
+            async with make_client(
+                server, echo_port, token=token, tunnel_id="db", reconnect=False
+            ) as client:
+                [granted] = client.tunnels
+                assert granted.name == "db"
+                assert granted.remote_port is not None
+                assert await roundtrip(granted.remote_port, b"hi") == b"hi"
+    assert seen.registered == ["carol/db", "db"]
+    assert seen.connections == ["carol/db", "db"]
 
 
 async def test_a_failing_authenticator_refuses_one_client_not_the_server(

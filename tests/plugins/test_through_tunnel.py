@@ -810,6 +810,58 @@ async def test_auth_scoped_tokens_hashed_tokens_and_wrong_tokens() -> None:
         assert sorted(r.path for r in origin.requests) == ["/alice", "/bob"]
 
 
+async def test_a_scoped_client_cannot_name_its_way_into_another_tunnels_rules() -> None:
+    """Tunnel names are the client's choice: a client whose token is scoped has its tunnels
+    named ``IDENTITY/NAME`` on the server, so a rule keyed by a bare name (here one that
+    lets loopback visitors into the tunnel "open") never applies to it; a rule keyed by its
+    qualified name does. Its client still knows the tunnel by the name it chose."""
+    ip_filter = {
+        "tunnels": {
+            "*": {"allow": ["10.0.0.0/8"]},  # loopback visitors refused everywhere ...
+            "open": {"allow": ["127.0.0.0/8"]},  # ... except in the tunnel "open"
+            "alice/public": {"allow": ["127.0.0.0/8"]},  # ... and alice's "public"
+        }
+    }
+    tokens = [
+        {"name": "alice", "token": "alice-secret", "hosts": ["*.alice.localhost"]},
+        {"name": "bob", "token": "bob-secret"},  # unscoped: trusted with any name
+    ]
+    seen: list[str] = []
+
+    class Tunnels:
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            seen.append(ctx.tunnel)
+
+    host = host_with(
+        {
+            "tunnels": MiddlewarePlugin(Tunnels()),
+            "auth": builtin("auth"),
+            "ip-filter": builtin("ip-filter"),
+        },
+        {"auth": {"tokens": tokens}, "ip_filter": ip_filter},
+    )
+
+    def named(name: str, hostname: str, port: int) -> Tunnel:
+        return Tunnel(name, Address(HOST, port), TunnelKind.HTTP, hostnames=(hostname,))
+
+    async with Origin() as origin, plugin_stack(host, server_token=None) as stack:
+        alice_open = named("open", "open.alice.localhost", origin.port)
+        alice_public = named("public", "public.alice.localhost", origin.port)
+        async with stack.connect(alice_open, alice_public, token="alice-secret") as alice:
+            assert [t.name for t in alice.tunnels] == ["open", "public"]
+            async with stack.visitor("open.alice.localhost") as web:
+                assert (await web.get("/alice-open")).status_code == 403
+            async with stack.visitor("public.alice.localhost") as web:
+                assert (await web.get("/alice-public")).status_code == 200
+        async with (
+            stack.connect(named("open", "open.bob.localhost", origin.port), token="bob-secret"),
+            stack.visitor("open.bob.localhost") as web,
+        ):
+            assert (await web.get("/bob-open")).status_code == 200
+    assert seen == ["alice/open", "alice/public", "open"]
+    assert [r.path for r in origin.requests] == ["/alice-public", "/bob-open"]
+
+
 # ---------------------------------------------------------------------------- 6. access-log
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -43,8 +43,13 @@ class Ingress(Protocol):
         """
         ...
 
-    def grant(self, request: TunnelRequest, session: Session) -> GrantedTunnel:
-        """Route ``request``'s keys to ``session`` (replacing a stale session's route)."""
+    def grant(self, request: TunnelRequest, session: Session, identity: Identity) -> GrantedTunnel:
+        """Route ``request``'s keys to ``session`` (replacing a stale session's route).
+
+        Streams to the client name the tunnel as the client did (``request.name``); what the
+        server shows of it — the :class:`GrantedTunnel` returned, ``RequestContext.tunnel`` —
+        uses ``identity.tunnel_name(request.name)`` (see :meth:`Identity.tunnel_name`).
+        """
         ...
 
     def revoke(self, session: Session) -> None:

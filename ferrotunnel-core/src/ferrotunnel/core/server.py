@@ -24,7 +24,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Self, cast
 
@@ -114,7 +114,8 @@ class _TcpIngress:
     listener: Listener
     dynamic: bool  # bound for one claim: closed when the claim is released
     session: Session | None = None
-    tunnel: str = ""
+    tunnel: str = ""  # as the client named it: streams are opened for this name
+    label: str = ""  # as the server names it (Identity.tunnel_name): what plugins see
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,11 +463,13 @@ class Server:
             self._sessions.pop(old, None)
         session.on_stream = None  # clients do not open streams towards the server
         self._sessions[session] = owner
+        # the client knows its tunnels by the names it chose (see Identity.tunnel_name)
+        chosen = {identity.tunnel_name(t.name): t.name for t in hello.tunnels}
         session.accept(
             Welcome(
                 version=max(versions),
                 session_id=uuid.uuid4().hex,
-                tunnels=tuple(granted),
+                tunnels=tuple(replace(t, name=chosen[t.name]) for t in granted),
                 window=self.config.session.window,
                 max_frame=self.config.session.max_frame,
                 ping_interval=self.config.session.ping_interval,
@@ -607,11 +610,12 @@ class Server:
             self._claims[port] = owner
             self._remembered_ports[owner, request.name] = port
             ingress.session, ingress.tunnel = session, request.name
+            ingress.label = identity.tunnel_name(request.name)
             if ingress.dynamic:
                 self._ingress[port] = ingress
             result.append(
                 GrantedTunnel(
-                    request.name,
+                    ingress.label,
                     TunnelKind.TCP,
                     f"tcp://{self._public_host(ingress)}:{port}",
                     remote_port=port,
@@ -620,8 +624,8 @@ class Server:
         for extension, request, keys in extension_plan:
             for key in keys:
                 self._ingress_claims[key] = (owner, session)
-            result.append(extension.grant(request, session))
-        order = {request.name: i for i, request in enumerate(requests)}
+            result.append(extension.grant(request, session, identity))
+        order = {identity.tunnel_name(request.name): i for i, request in enumerate(requests)}
         result.sort(key=lambda granted: order[granted.name])
         return result, stale
 
@@ -733,7 +737,7 @@ class Server:
                 log.info(
                     "TCP visitor %s refused: tunnel %r is at max_streams",
                     _fmt(visitor),
-                    ingress.tunnel,
+                    ingress.label,
                 )
                 return None
 
@@ -754,7 +758,7 @@ class Server:
         return ingress
 
     def _tcp_allowed(self, ingress: _TcpIngress, visitor: tuple[str, int] | None) -> bool:
-        conn = TcpConnection(ingress.tunnel, ingress.listener.address.port, *(visitor or ("", 0)))
+        conn = TcpConnection(ingress.label, ingress.listener.address.port, *(visitor or ("", 0)))
         for middleware in self._tcp_middlewares:
             try:
                 if not middleware.on_connect(conn):

@@ -828,7 +828,7 @@ class IngressConnection(asyncio.Protocol):
 
     def _begin_record(self, request: RequestHead, route: Route) -> RequestContext:
         self._ctx = ctx = RequestContext(
-            route.tunnel, request.host, self._visitor[0], self._visitor[1], _next_request_id()
+            route.label, request.host, self._visitor[0], self._visitor[1], _next_request_id()
         )
         self._request = request
         self._status = 0

@@ -182,15 +182,16 @@ class HttpIngress:
                 raise Refused(RejectCode.FORBIDDEN, f"{identity.name!r} may not claim {host}")
         return [("http", host, prefix) for host in hosts]
 
-    def grant(self, request: TunnelRequest, session: Session) -> GrantedTunnel:
+    def grant(self, request: TunnelRequest, session: Session, identity: Identity) -> GrantedTunnel:
         prefix = normalize_path_prefix(request.path)
         host_header = request.options.get("host_header")
         header = None if host_header in (None, "", "preserve") else host_header.encode()
         hosts = self.hostnames(request)
+        label = identity.tunnel_name(request.name)
         for host in hosts:
-            self.routes.add(Route(host, prefix, session, request.name, header))
+            self.routes.add(Route(host, prefix, session, request.name, header, label))
         return GrantedTunnel(
-            request.name,
+            label,
             TunnelKind.HTTP,
             self.public_url(hosts[0], prefix),
             hostnames=tuple(hosts),

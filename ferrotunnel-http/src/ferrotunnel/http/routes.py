@@ -14,9 +14,17 @@ class Route:
     host: str
     prefix: str  # "/" or "/api" (no trailing slash)
     session: Session
+    #: the tunnel's name as the client chose it: streams are opened for this name
     tunnel: str
     #: the Host the origin sees: None keeps the visitor's
     host_header: bytes | None = None
+    #: the tunnel's name on the server (``RequestContext.tunnel``; ``tunnel`` if not given):
+    #: see Identity.tunnel_name
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.tunnel)
 
 
 def normalize_path_prefix(path: str | None) -> str:

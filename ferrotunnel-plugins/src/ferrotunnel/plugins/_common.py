@@ -46,6 +46,10 @@ class TunnelMatcher(Generic[T]):
     wildcard key with the most literal characters (ties: the one written first), ``"*"`` last.
     Entries are not merged. Results are cached per (host, tunnel), at most ``cache_size`` of
     them (the cache is emptied when full).
+
+    The tunnel name is the server's (``RequestContext.tunnel``): a client whose token is scoped
+    to hosts or ports has its tunnels named ``IDENTITY/NAME``, so it cannot pick up a rule
+    meant for another tunnel by naming its own alike (see ``Identity.tunnel_name``).
     """
 
     __slots__ = ("_cache", "_cache_size", "_exact", "_wild")

@@ -26,6 +26,10 @@ tunnels)::
 With credentials configured, a client certificate no ``subject`` entry lists is not a
 credential by itself: that client needs a token too (see ``docs/security.md``).
 
+A scoped credential (``hosts`` or ``ports``) does not choose its tunnels' names on the server:
+alice's tunnel ``web`` is ``alice/web`` there, which is how other plugins' tables, logs and
+metrics name it (key rules for it by host, ``"alice/web"`` or ``"alice/*"``).
+
 (or inline: ``tokens = [{ name = "dave", token = "..." }]``)
 
 ``tokens_file`` holds one credential a line, ``#`` starts a comment::

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ferrotunnel.protocol import Hello, TunnelKind, TunnelRequest
+from ferrotunnel.protocol import Hello, TunnelKind
 
 from ..tls import TlsInfo
 
@@ -49,11 +49,24 @@ class Identity:
 
     ``hosts`` (shell patterns like ``*.example.com``) and ``ports`` (inclusive ranges) limit
     what the session may claim; None means no limit.
+
+    A *limited* identity (either set) cannot choose how its tunnels are named on the server:
+    its tunnel ``web`` is ``alice/web`` there (:meth:`tunnel_name`) — in plugin tables,
+    ``RequestContext.tunnel``, logs and metrics. Tunnel names are the client's choice, so
+    otherwise a confined client could name its tunnel after one an operator's rule exempts.
     """
 
     name: str
     hosts: tuple[str, ...] | None = None
     ports: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.hosts is not None or self.ports is not None
+
+    def tunnel_name(self, name: str) -> str:
+        """The server's name for this identity's tunnel ``name``."""
+        return f"{self.name}/{name}" if self.limited else name
 
     def may_claim_host(self, host: str) -> bool:
         return self.hosts is None or any(fnmatch.fnmatchcase(host, p) for p in self.hosts)
@@ -170,7 +183,9 @@ REPLIED_BY = "ferrotunnel.replied_by"
 
 @dataclass(slots=True)
 class RequestContext:
-    """One exchange: where it goes and who asked. ``state`` is scratch space for plugins
+    """One exchange: where it goes and who asked. ``tunnel`` is the server's name for the
+    tunnel (``alice/web`` for a limited identity's: see :meth:`Identity.tunnel_name`).
+    ``state`` is scratch space for plugins
     (``state[REPLIED_BY]`` says which middleware answered instead of the origin, if one did).
 
     ``trace`` (W3C ``traceparent``/``tracestate``), when a plugin sets it in ``on_request``,
@@ -229,7 +244,8 @@ class HttpMiddleware(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TcpConnection:
-    """A visitor connection arriving at a TCP ingress."""
+    """A visitor connection arriving at a TCP ingress (``tunnel``: the server's name for
+    the tunnel, see :meth:`Identity.tunnel_name`)."""
 
     tunnel: str
     port: int
@@ -273,7 +289,3 @@ class StreamObserver(Protocol):
     """
 
     def on_stream(self, stream: Stream) -> StreamTap | None: ...
-
-
-def tunnel_request_hosts(request: TunnelRequest) -> tuple[str, ...]:
-    return request.hostnames or ((request.name,) if request.kind is TunnelKind.HTTP else ())
