@@ -113,6 +113,15 @@ async def test_curl_of_a_head_request_ends(tmp_path: Path) -> None:
     assert got.startswith(b"HEAD /x HTTP/1.1\r\n"), (command, got)
 
 
+async def test_curl_of_a_head_request_with_a_body_runs_without_it(tmp_path: Path) -> None:
+    request = b"HEAD /x HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc"
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    command, got = await run_curl(request, tmp_path, answer)
+    assert command.startswith("# curl cannot send a HEAD request with a body: its 3 bytes")
+    assert got.startswith(b"HEAD /x HTTP/1.1\r\n"), (command, got)
+    assert b"content-length" not in got.lower()
+
+
 # ---------------------------------------------------------------------------- pytest
 
 

@@ -65,7 +65,11 @@ def to_curl(exchange: Exchange, base_url: str, *, keep_host: bool = True) -> str
         parts += ["-H", _sh(_raw(field))]
     body = exchange.request_body
     prefix = ""
-    if body.truncated:
+    if exchange.method == "HEAD" and body.size:  # curl's -I cannot be given data
+        prefix = (
+            f"# curl cannot send a HEAD request with a body: its {body.size} bytes are left out\n"
+        )
+    elif body.truncated:
         prefix = f"# the body ({body.size} bytes) was captured only in part: it is left out\n"
     elif b"\0" in body.data:  # a NUL cannot be in an argument: printf writes it to stdin
         prefix = f"printf '%b' '{_escaped(bytes(body.data))}' | "
