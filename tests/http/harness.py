@@ -27,12 +27,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import h11
 
 from ferrotunnel.core import Address, Client, Server, SessionConfig, Tunnel, TunnelKind
+from ferrotunnel.core.plugin import HttpMiddleware
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 HOST = "127.0.0.1"
@@ -75,13 +76,15 @@ async def tunnel_stack(
     *clients: Sequence[Tunnel],
     drain_timeout: float = 0.25,
     server_session: SessionConfig | None = None,
+    middlewares: Sequence[object] = (),  # HttpMiddlewares: each method is optional
     **settings: Any,
 ) -> AsyncIterator[Stack]:
     """A server (sessions configured by ``server_session``) whose HTTP ingress is
-    configured by ``settings``, and one client per sequence of tunnels in ``clients`` (all
-    registered when this yields)."""
+    configured by ``settings`` and runs ``middlewares``, and one client per sequence of
+    tunnels in ``clients`` (all registered when this yields)."""
     settings.setdefault("bind", Address(HOST, 0))
-    ingress = HttpIngress(HttpIngressConfig(**settings))
+    chain = cast(Sequence[HttpMiddleware], middlewares)
+    ingress = HttpIngress(HttpIngressConfig(**settings), middlewares=chain)
     async with (
         Server(
             token=TOKEN,

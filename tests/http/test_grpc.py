@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 
 import anyio
 import anyio.to_thread
@@ -15,9 +16,21 @@ import grpc  # type: ignore[import-untyped]
 import hpack
 import pytest
 
+from ferrotunnel.core.plugin import ExchangeRecord, HttpRequest, RequestContext
 from ferrotunnel.http.h2c import EMPTY_SETTINGS, PREFACE
 
-from .harness import HOST, RawOrigin, Stack, h2_frame, http_tunnel, tunnel_stack, visitor
+from .harness import (
+    HOST,
+    RawOrigin,
+    Stack,
+    h2_frame,
+    http_tunnel,
+    tunnel_stack,
+    visitor,
+    wait_until,
+)
+
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 pytestmark = pytest.mark.anyio
 
@@ -44,8 +57,9 @@ def _authority(request: bytes, context: grpc.ServicerContext) -> bytes:
     return str(metadata.get(":authority", "")).encode()
 
 
-@pytest.fixture
-async def grpc_stack() -> AsyncIterator[Stack]:
+@asynccontextmanager
+async def grpc_origin() -> AsyncIterator[int]:
+    """A gRPC server on 127.0.0.1 (its port) serving the test.Echo methods above."""
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
@@ -56,10 +70,15 @@ async def grpc_stack() -> AsyncIterator[Stack]:
     port = server.add_insecure_port(f"{HOST}:0")
     server.start()
     try:
-        async with tunnel_stack([http_tunnel(AUTHORITY, port)]) as stack:
-            yield stack
+        yield port
     finally:
         await anyio.to_thread.run_sync(lambda: server.stop(grace=None).wait(5))
+
+
+@pytest.fixture
+async def grpc_stack() -> AsyncIterator[Stack]:
+    async with grpc_origin() as port, tunnel_stack([http_tunnel(AUTHORITY, port)]) as stack:
+        yield stack
 
 
 def channel(stack: Stack) -> grpc.Channel:
@@ -109,6 +128,52 @@ async def test_error_status_and_details_survive(grpc_stack: Stack) -> None:
     assert isinstance(error, grpc.Call)
     assert error.code() is grpc.StatusCode.NOT_FOUND
     assert error.details() == "no record named 'widget-7'"
+
+
+async def test_each_call_is_an_exchange_record() -> None:
+    """The connection passes through undecoded, yet each call on it reaches ``on_complete``
+    (so the access log and the metrics see gRPC): its method, path, status, and the
+    grpc-status of a failed call. The first call's context is the one ``on_request`` saw."""
+    records: list[tuple[ExchangeRecord, dict[str, object]]] = []
+
+    class Recorder:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            ctx.state["seen"] = request.path  # the connection's first request only
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append((record, dict(ctx.state)))
+
+    def run(stack: Stack) -> list[object]:
+        with channel(stack) as ch:
+            unary = ch.unary_unary(f"/{SERVICE}/Unary")
+            answers: list[object] = [unary(b"a", timeout=10), unary(b"b", timeout=10)]
+            answers.append(list(ch.unary_stream(f"/{SERVICE}/Stream")(b"3", timeout=10)))
+            try:
+                ch.unary_unary(f"/{SERVICE}/Missing")(b"w", timeout=10)
+            except grpc.RpcError as error:
+                answers.append(error.code())
+            return answers
+
+    async with (
+        grpc_origin() as port,
+        tunnel_stack([http_tunnel(AUTHORITY, port)], middlewares=[Recorder()]) as stack,
+    ):
+        with anyio.fail_after(20):
+            answers = await anyio.to_thread.run_sync(run, stack)
+        assert answers == [b"echo:a", b"echo:b", [b"item 0", b"item 1", b"item 2"], NOT_FOUND]
+        await wait_until(lambda: len(records) == 4, what="a record per call")
+    calls = [(r.method, r.path, r.status, r.error, r.tunnel, r.host) for r, _ in records]
+    unary = ("POST", f"/{SERVICE}/Unary", 200, None, AUTHORITY, AUTHORITY)
+    assert calls == [
+        unary,
+        unary,
+        ("POST", f"/{SERVICE}/Stream", 200, None, AUTHORITY, AUTHORITY),
+        ("POST", f"/{SERVICE}/Missing", 200, "grpc-status 5", AUTHORITY, AUTHORITY),
+    ]
+    assert [state.get("seen") for _, state in records] == [f"/{SERVICE}/Unary", None, None, None]
+    assert len({r.request_id for r, _ in records}) == 4
+    assert all(r.bytes_in > 0 and r.bytes_out > 0 and r.duration >= 0 for r, _ in records)
+    assert all(r.replied_by == "origin" for r, _ in records)
 
 
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:

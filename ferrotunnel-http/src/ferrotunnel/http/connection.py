@@ -61,6 +61,7 @@ from .h2c import (
     first_request,
     reply_frames,
 )
+from .h2watch import H2Exchange, H2Watch
 from .middleware import PLUGIN_FAILED, reply_bytes, reply_parts
 from .pages import error_response
 from .routes import Route
@@ -172,6 +173,9 @@ class IngressConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
+        self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
+        self._h2_first: tuple[int, RequestContext] | None = None  # the one plugins saw
+        self._h2_label = ""
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
         self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
@@ -203,6 +207,8 @@ class IngressConnection(asyncio.Protocol):
                 if h2_filter.done:
                     self._h2_filter = None
             self._stream.feed(data)
+            if self._h2_watch is not None:
+                self._h2_records(self._h2_watch.from_visitor(data))
         elif phase is _Phase.BODY and not self._buf:
             self._forward_body(data)
             self._process()
@@ -229,6 +235,9 @@ class IngressConnection(asyncio.Protocol):
         self._phase = _Phase.CLOSED
         if self._ctx is not None:
             self._finish_record(self._status, "the visitor closed the connection", "origin")
+        if self._h2_watch is not None:
+            self._h2_records(self._h2_watch.close("the connection closed"))
+            self._h2_watch = None
         self._stop_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
@@ -510,16 +519,18 @@ class IngressConnection(asyncio.Protocol):
                 self._await_plugins(
                     decision,
                     lambda reply: self._h2_refuse(reply, stream_id, request),
-                    lambda: self._h2_open(route),
+                    lambda: self._h2_open(route, stream_id),
                 )
             else:
-                self._h2_open(route)
+                self._h2_open(route, stream_id)
             return
         self._h2_open(route)
 
-    def _h2_open(self, route: Route) -> None:
-        """Pass the HTTP/2 connection through to ``route``'s tunnel."""
-        self._ctx = self._request = None  # a connection, not one exchange: no record
+    def _h2_open(self, route: Route, first_stream: int = 0) -> None:
+        """Pass the HTTP/2 connection through to ``route``'s tunnel (``first_stream``: the
+        stream of the request the middlewares saw, 0 if none did)."""
+        first = self._ctx
+        self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
         try:
             stream = self._stream_for(route)
         except StreamLimitError:
@@ -533,11 +544,50 @@ class IngressConnection(asyncio.Protocol):
         self._phase = _Phase.TUNNEL
         h2_filter = self._h2_filter
         assert h2_filter is not None
-        data = PREFACE + h2_filter.feed(bytes(buf[len(PREFACE) :]))
+        frames = h2_filter.feed(bytes(buf[len(PREFACE) :]))
         if h2_filter.done:
             self._h2_filter = None
         buf.clear()
-        stream.feed(data)
+        stream.feed(PREFACE + frames)
+        if self._chain.wants_records:
+            self._h2_watch = H2Watch(max_block=self._config.max_head_size)
+            self._h2_label = route.label
+            self._h2_first = (first_stream, first) if first is not None else None
+            self._h2_records(self._h2_watch.from_visitor(frames))
+
+    def _h2_records(self, exchanges: list[H2Exchange]) -> None:
+        """Hand the middlewares the records of the HTTP/2 exchanges that ended. The first
+        one's context is the one its middlewares saw in ``on_request`` (a circuit breaker's
+        probe, say, learns its outcome); the others' contexts are new."""
+        for exchange in exchanges:
+            first = self._h2_first
+            if first is not None and first[0] == exchange.stream_id:
+                self._h2_first = None
+                ctx = first[1]
+            else:
+                visitor_ip, visitor_port = self._visitor
+                ctx = RequestContext(
+                    self._h2_label,
+                    exchange.authority,
+                    visitor_ip,
+                    visitor_port,
+                    _next_request_id(),
+                    started=exchange.started,
+                )
+            self._chain.complete_later(
+                ctx,
+                (
+                    exchange.wall,
+                    exchange.method,
+                    exchange.target,
+                    exchange.status,
+                    exchange.bytes_in,
+                    exchange.bytes_out,
+                    time.monotonic(),
+                    exchange.error,
+                    None,
+                ),
+            )
 
     def _h2_refuse(self, reply: Reply, stream_id: int, request: RequestHead) -> None:
         """A middleware answered the first request of an HTTP/2 connection: send that answer
@@ -561,6 +611,8 @@ class IngressConnection(asyncio.Protocol):
         assert transport is not None
         if self._phase is _Phase.TUNNEL:
             transport.write(data)
+            if self._h2_watch is not None:
+                self._h2_records(self._h2_watch.from_origin(data))
             return
         if self._resp is _Response.IDLE:
             # bytes the origin sent with no request outstanding: it broke HTTP framing

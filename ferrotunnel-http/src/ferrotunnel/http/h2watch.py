@@ -1,0 +1,276 @@
+"""Following the exchanges of an HTTP/2 connection the ingress passes through undecoded.
+
+Theory of operation. An h2c connection goes to its origin byte for byte (see ``h2c.py``), so
+the ingress has no request heads to hand the middlewares' ``on_complete``, the access log or
+the metrics. When they want records, the ingress also shows an :class:`H2Watch` every chunk it
+passes, in each direction. The watch splits the chunks into frames — keeping only the frame
+header and the payloads it reads (header blocks, RST_STREAM), never copying DATA — and decodes
+every header block with one hpack decoder per direction: the dynamic tables are built from
+all blocks in order, so none may be skipped. Per stream it notes the request's method, path
+and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
+trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
+
+It never changes or delays a byte. What it cannot follow (a block hpack cannot decode, one
+larger than ``max_block``) ends its watch: the streams it knew end with that error and later
+ones go unrecorded, while the connection carries on. At most ``max_streams`` unfinished
+streams are tracked (a visitor opening more gets the rest unrecorded).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import hpack
+
+from .h1 import normalize_host
+
+__all__ = ["H2Exchange", "H2Watch"]
+
+_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM})
+#: RFC 9113 error codes, for the error text of a reset stream
+_CODES = (
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+)
+
+
+@dataclass(slots=True)
+class H2Exchange:
+    """One stream of an HTTP/2 connection: a request and its response."""
+
+    stream_id: int
+    method: bytes
+    target: bytes
+    authority: str
+    started: float  # monotonic
+    wall: float  # seconds since the epoch
+    status: int = 0  # the final status; 0 while none came
+    bytes_in: int = 0  # frames from the visitor on this stream, headers included
+    bytes_out: int = 0
+    error: str | None = None
+    request_done: bool = False
+    response_done: bool = False
+
+
+class _Direction:
+    """One direction's frame reader and hpack decoder."""
+
+    __slots__ = (
+        "block",
+        "block_size",
+        "block_stream",
+        "decoder",
+        "end_stream",
+        "frame",
+        "head",
+        "payload",
+        "skip",
+    )
+
+    def __init__(self, max_block: int) -> None:
+        self.decoder = hpack.Decoder(max_header_list_size=max_block)
+        self.decoder.max_allowed_table_size = 1 << 16
+        self.head = bytearray()  # a frame header still arriving
+        self.frame = (0, 0, 0, 0)  # the current frame: type, flags, stream, length
+        self.payload: bytearray | None = None  # a payload being read (None: skipped)
+        self.skip = 0  # payload bytes of the current frame still to come
+        self.block = bytearray()  # a header block spanning CONTINUATION frames
+        self.block_stream = -1  # its stream (-1: none open; 0: a PUSH_PROMISE's, ignored)
+        self.block_size = 0  # the bytes of its frames, headers included
+        self.end_stream = False  # its HEADERS frame ended the stream
+
+
+class H2Watch:
+    """Feed it what passes each way; it returns the exchanges each chunk completed."""
+
+    def __init__(self, *, max_block: int = 64 << 10, max_streams: int = 1024) -> None:
+        self._max_block = max_block
+        self._max_streams = max_streams
+        self._visitor = _Direction(max_block)
+        self._origin = _Direction(max_block)
+        self._streams: dict[int, H2Exchange] = {}
+        self._done: list[H2Exchange] = []
+        #: why the watch stopped following the connection, once it has
+        self.failed: str | None = None
+
+    def from_visitor(self, data: bytes | bytearray | memoryview) -> list[H2Exchange]:
+        """``data`` (frames after the preface) went to the origin."""
+        return self._feed(self._visitor, True, data)
+
+    def from_origin(self, data: bytes | bytearray | memoryview) -> list[H2Exchange]:
+        """``data`` went to the visitor."""
+        return self._feed(self._origin, False, data)
+
+    def close(self, error: str) -> list[H2Exchange]:
+        """The connection ended: every unfinished exchange, ended with ``error``."""
+        for exchange in self._streams.values():
+            exchange.error = exchange.error or error
+        ended = list(self._streams.values())
+        self._streams.clear()
+        return ended
+
+    # ------------------------------------------------------------------ frames
+
+    def _feed(
+        self, side: _Direction, visitor: bool, data: bytes | bytearray | memoryview
+    ) -> list[H2Exchange]:
+        view = memoryview(data)
+        pos, size = 0, len(view)
+        while pos < size and self.failed is None:
+            if side.skip:
+                n = min(side.skip, size - pos)
+                if side.payload is not None:
+                    side.payload += view[pos : pos + n]
+                side.skip -= n
+                pos += n
+                if not side.skip:
+                    self._frame_done(side, visitor)
+                continue
+            n = min(9 - len(side.head), size - pos)
+            side.head += view[pos : pos + n]
+            pos += n
+            if len(side.head) == 9:
+                self._frame_start(side, visitor)
+        done, self._done = self._done, []
+        return done
+
+    def _frame_start(self, side: _Direction, visitor: bool) -> None:
+        head = side.head
+        length = int.from_bytes(head[:3], "big")
+        ftype, flags = head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        head.clear()
+        side.frame = (ftype, flags, stream, length)
+        exchange = self._streams.get(stream)
+        if exchange is not None:
+            if visitor:
+                exchange.bytes_in += 9 + length
+            else:
+                exchange.bytes_out += 9 + length
+        if ftype in _READ:
+            if length > self._max_block:
+                self._fail(f"an HTTP/2 frame of {length} bytes is more than the watch reads")
+                return
+            side.payload = bytearray()
+        else:
+            side.payload = None
+        side.skip = length
+        if not length:
+            self._frame_done(side, visitor)
+
+    def _frame_done(self, side: _Direction, visitor: bool) -> None:
+        ftype, flags, stream, length = side.frame
+        payload, side.payload = side.payload, None
+        if ftype == _DATA:
+            if flags & _END_STREAM:
+                self._ended(stream, visitor)
+            return
+        if ftype == _RST_STREAM:
+            exchange = self._streams.get(stream)
+            if exchange is not None and payload is not None and len(payload) == 4:
+                code = int.from_bytes(payload, "big")
+                name = _CODES[code] if code < len(_CODES) else f"error {code}"
+                who = "visitor" if visitor else "origin"
+                exchange.error = exchange.error or f"stream reset by the {who} ({name})"
+                self._finish(exchange)
+            return
+        if payload is None:
+            return
+        if ftype in (_HEADERS, _PUSH_PROMISE):
+            if flags & _PADDED and payload:
+                payload = payload[1 : len(payload) - payload[0]]
+            if ftype == _PUSH_PROMISE:
+                payload, stream = payload[4:], 0  # its block only feeds the decoder
+            elif flags & _PRIORITY:
+                payload = payload[5:]
+            side.block, side.block_size = payload, 9 + length
+            side.block_stream, side.end_stream = stream, bool(flags & _END_STREAM)
+        elif ftype == _CONTINUATION and side.block_stream >= 0:
+            side.block += payload
+            side.block_size += 9 + length
+            if len(side.block) > self._max_block:
+                self._fail("an HTTP/2 header block is larger than the watch reads")
+                return
+        else:
+            return
+        if flags & _END_HEADERS:
+            block, block_stream = bytes(side.block), side.block_stream
+            side.block, side.block_stream = bytearray(), -1
+            try:
+                fields = [(bytes(k), bytes(v)) for k, v in side.decoder.decode(block, raw=True)]
+            except Exception as exc:  # hpack raises a family of its own errors
+                self._fail(f"an undecodable HTTP/2 header block ({type(exc).__name__})")
+                return
+            if block_stream:
+                self._headers(block_stream, fields, visitor, side.end_stream, side.block_size)
+
+    # ------------------------------------------------------------------ exchanges
+
+    def _headers(
+        self,
+        stream: int,
+        fields: list[tuple[bytes, bytes]],
+        visitor: bool,
+        end_stream: bool,
+        size: int,
+    ) -> None:
+        exchange = self._streams.get(stream)
+        if visitor:
+            if exchange is None:
+                if len(self._streams) >= self._max_streams:
+                    return
+                values = dict(fields)
+                authority = values.get(b":authority") or values.get(b"host") or b""
+                exchange = self._streams[stream] = H2Exchange(
+                    stream,
+                    values.get(b":method", b""),
+                    values.get(b":path", b""),
+                    normalize_host(authority),
+                    time.monotonic(),
+                    time.time(),
+                    bytes_in=size,  # the frames of its block went by before it existed
+                )
+        elif exchange is not None:
+            for name, value in fields:
+                if name == b":status" and not exchange.status:
+                    status = int(value) if value.isdigit() else 0
+                    if status >= 200:
+                        exchange.status = status
+                elif name == b"grpc-status" and value != b"0":
+                    exchange.error = f"grpc-status {value.decode('latin-1')}"
+        if end_stream:
+            self._ended(stream, visitor)
+
+    def _ended(self, stream: int, visitor: bool) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is None:
+            return
+        if visitor:
+            exchange.request_done = True
+        else:
+            exchange.response_done = True
+        if exchange.request_done and exchange.response_done:
+            self._finish(exchange)
+
+    def _finish(self, exchange: H2Exchange) -> None:
+        del self._streams[exchange.stream_id]
+        self._done.append(exchange)
+
+    def _fail(self, why: str) -> None:
+        self.failed = why
+        self._done += self.close(f"the ingress stopped following the connection: {why}")
