@@ -17,7 +17,9 @@ takes one from the visitor's bucket and one from the tunnel's — only if both h
 refused request costs nothing. A refused request is answered ``429`` with ``Retry-After``
 (whole seconds until both buckets have a request again, rounded up). "A tunnel" is a tunnel
 name together with the host the visitor asked for. IPv6 visitors are grouped by their
-``ipv6_prefix`` (one person usually has a whole /64).
+``ipv6_prefix`` (one person usually has a whole /64). An HTTP/2 cleartext (gRPC) connection
+is passed through undecoded: it takes one request's tokens, for its first request, whatever
+the number of calls it then carries.
 
 Memory is bounded: buckets live in one least-recently-used table of at most ``max_buckets``
 entries (the least recently used one is dropped when it is full), and every request also
