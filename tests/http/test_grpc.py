@@ -58,11 +58,12 @@ def _authority(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 @asynccontextmanager
-async def grpc_origin() -> AsyncIterator[int]:
-    """A gRPC server on 127.0.0.1 (its port) serving the test.Echo methods above."""
+async def grpc_origin(name: bytes = b"echo") -> AsyncIterator[int]:
+    """A gRPC server on 127.0.0.1 (its port) serving the test.Echo methods above; its Unary
+    answers ``name:`` and the request."""
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     handlers = {
-        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda r, _: name + b":" + r),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
         "Missing": grpc.unary_unary_rpc_method_handler(_missing),
     }
@@ -174,6 +175,53 @@ async def test_each_call_is_an_exchange_record() -> None:
     assert len({r.request_id for r, _ in records}) == 4
     assert all(r.bytes_in > 0 and r.bytes_out > 0 and r.duration >= 0 for r, _ in records)
     assert all(r.replied_by == "origin" for r, _ in records)
+
+
+async def test_a_connection_is_routed_by_its_first_requests_path_too() -> None:
+    """Path-prefix routes hold for HTTP/2 as for HTTP/1.1: the connection goes to the tunnel
+    its first request's host *and path* choose. A later call on the connection that another
+    tunnel should serve still goes there (the connection is not decoded), and its record says
+    so."""
+    records: list[ExchangeRecord] = []
+
+    class Recorder:
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    def run(stack: Stack) -> list[object]:
+        with channel(stack) as ch:
+            answers: list[object] = [ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=10)]
+            try:
+                ch.unary_unary("/other.Service/Unary")(b"y", timeout=10)
+            except grpc.RpcError as error:
+                answers.append(error.code())
+            return answers
+
+    async with (
+        grpc_origin(b"echo-service") as echo_port,
+        grpc_origin(b"everything-else") as other_port,
+        tunnel_stack(
+            [
+                http_tunnel(AUTHORITY, echo_port, name="echo", path=f"/{SERVICE}"),
+                http_tunnel(AUTHORITY, other_port, name="rest"),
+            ],
+            middlewares=[Recorder()],
+        ) as stack,
+    ):
+        with anyio.fail_after(20):
+            answers = await anyio.to_thread.run_sync(run, stack)
+        # the echo service's origin got both: the second call is unknown to it
+        assert answers == [b"echo-service:x", grpc.StatusCode.UNIMPLEMENTED]
+        await wait_until(lambda: len(records) == 2, what="a record per call")
+    assert [(r.tunnel, r.path, r.error) for r in records] == [
+        ("echo", f"/{SERVICE}/Unary", None),
+        (
+            "echo",
+            "/other.Service/Unary",
+            "sent to tunnel 'echo' with the first request of its HTTP/2 connection; "
+            "its own host and path route to tunnel 'rest'; grpc-status 12",
+        ),
+    ]
 
 
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:

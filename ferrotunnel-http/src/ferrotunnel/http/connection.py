@@ -175,7 +175,7 @@ class IngressConnection(asyncio.Protocol):
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
         self._h2_first: tuple[int, RequestContext] | None = None  # the one plugins saw
-        self._h2_label = ""
+        self._h2_route: Route | None = None  # where the HTTP/2 connection goes
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
         self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
@@ -499,7 +499,11 @@ class IngressConnection(asyncio.Protocol):
             else:
                 self._await_head()
             return
-        route = self._ingress.routes.lookup(authority, "/")
+        found = first_request(buf)
+        assert found is not None  # its header block is complete: it has an authority
+        stream_id, request = found
+        # routed as an HTTP/1.1 request is, by host and path: the first request's
+        route = self._ingress.routes.lookup(authority, request.path)
         if route is None:
             log.info("HTTP/2 connection for unknown host %r closed", authority)
             self._close()
@@ -508,9 +512,6 @@ class IngressConnection(asyncio.Protocol):
             # the connection is passed through undecoded: the middlewares decide on its first
             # request (their header edits cannot be applied), and a refused visitor gets their
             # answer without the origin seeing any of the connection
-            found = first_request(buf)
-            assert found is not None  # its header block is complete: it has an authority
-            stream_id, request = found
             ctx = self._begin_record(request, route)
             decision = self._chain.on_request(request, ctx)
             if isinstance(decision, Reply):
@@ -551,7 +552,7 @@ class IngressConnection(asyncio.Protocol):
         stream.feed(PREFACE + frames)
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
-            self._h2_label = route.label
+            self._h2_route = route
             self._h2_first = (first_stream, first) if first is not None else None
             self._h2_records(self._h2_watch.from_visitor(frames))
 
@@ -559,6 +560,8 @@ class IngressConnection(asyncio.Protocol):
         """Hand the middlewares the records of the HTTP/2 exchanges that ended. The first
         one's context is the one its middlewares saw in ``on_request`` (a circuit breaker's
         probe, say, learns its outcome); the others' contexts are new."""
+        route = self._h2_route
+        assert route is not None
         for exchange in exchanges:
             first = self._h2_first
             if first is not None and first[0] == exchange.stream_id:
@@ -567,13 +570,22 @@ class IngressConnection(asyncio.Protocol):
             else:
                 visitor_ip, visitor_port = self._visitor
                 ctx = RequestContext(
-                    self._h2_label,
+                    route.label,
                     exchange.authority,
                     visitor_ip,
                     visitor_port,
                     _next_request_id(),
                     started=exchange.started,
                 )
+            path = exchange.target.decode("latin-1").partition("?")[0]
+            own = self._ingress.routes.lookup(exchange.authority, path)
+            if own is None or (own.session, own.tunnel) != (route.session, route.tunnel):
+                # the origin may well have answered it, but the log should say where it went
+                elsewhere = "no tunnel" if own is None else f"tunnel {own.label!r}"
+                exchange.error = (
+                    f"sent to tunnel {route.label!r} with the first request of its HTTP/2 "
+                    f"connection; its own host and path route to {elsewhere}"
+                ) + ("" if exchange.error is None else f"; {exchange.error}")
             self._chain.complete_later(
                 ctx,
                 (

@@ -1,4 +1,5 @@
-"""Routing HTTP/2 cleartext (prior knowledge) by the ``:authority`` of its first request.
+"""Routing HTTP/2 cleartext (prior knowledge) by the ``:authority`` and ``:path`` of its first
+request.
 
 The ingress does not terminate HTTP/2: it reads just far enough to learn where the
 connection is going — the connection preface, then frames up to the end of the first header
