@@ -7,6 +7,9 @@ import socket
 
 import pytest
 
+from ferrotunnel.cli.tunnels import TunnelOptions
+from ferrotunnel.core import Address, TunnelKind
+
 from .conftest import Launch, client_args
 from .helpers import HOST, TunnelClient, TunnelServer, child_env, run_cli
 
@@ -98,3 +101,12 @@ def test_token_from_the_environment(launch: Launch) -> None:
     # the server really uses the environment's token: a client presenting it gets in
     client = TunnelClient(launch(*client_args(server.control, token, 9)))
     assert client.public_port == server.tcp_port
+
+
+@pytest.mark.parametrize("path", ["/api", "/api/", "api", "api/"])
+def test_a_path_prefix_names_the_tunnel_host_slash_path(path: str) -> None:
+    """The server routes ``--path api`` as ``/api``; the tunnel's name (in logs, the
+    dashboard, metrics, plugin tables) says so too, instead of ``appapi``."""
+    options = TunnelOptions("preserve", local_https=False, local_ca=None)
+    tunnel = options.make(TunnelKind.HTTP, "app", Address(HOST, 3000), path=path)
+    assert tunnel.name == "app/api"

@@ -112,6 +112,9 @@ async def test_a_prefix_on_another_host_does_not_match() -> None:
         outside = await client.get("/elsewhere")
         assert outside.status_code == 404
         assert APP in outside.text
+        # the host is served, under another path: the page says which, not "no tunnel"
+        assert "serve the path prefixes /api" in outside.text
+        assert "Start a client" not in outside.text
         other = await client.get("/api/x", headers={"Host": "other.localhost"})
         assert other.status_code == 404
 

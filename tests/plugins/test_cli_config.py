@@ -30,6 +30,7 @@ from ..e2e.helpers import (
     EchoServer,
     child_env,
     echo_roundtrip,
+    free_port,
     run_cli,
 )
 
@@ -409,6 +410,32 @@ def test_client_flags_beat_its_file(tmp_path: Path, launch: Launch, echo: EchoSe
     client = launch("client", "--config", str(config), "--token", "right")
     client.expect(TCP_TUNNEL_RE)
     assert echo_roundtrip(server.tcp_port, b"flag wins\n") == b"flag wins\n"
+
+
+def test_client_takes_the_dashboard_table_of_its_file(
+    tmp_path: Path, launch: Launch, echo: EchoServer
+) -> None:
+    server = started_server(launch(*server_args("t")))
+    port = free_port()
+    client_table = (
+        f'[client]\nserver = "{server.control}"\ntoken = "t"\nprotocol = "tcp"\n'
+        f'local_addr = "{HOST}:{echo.port}"\nreconnect = false\n'
+    )
+    config = write(tmp_path / "client.toml", f"{client_table}\n[dashboard]\nport = {port}\n")
+    client = launch("client", "--config", str(config))
+    client.expect(TCP_TUNNEL_RE)
+    client.expect(rf"^\s+dashboard: http://127\.0\.0\.1:{port}$")
+    client.kill()
+    # a flag still wins over the table
+    flag_port = free_port()
+    client = launch("client", "--config", str(config), "--dashboard-port", str(flag_port))
+    client.expect(rf"^\s+dashboard: http://127\.0\.0\.1:{flag_port}$")
+    client.kill()
+    # enabled = false in [dashboard]: no dashboard, and no "install ..." hint either
+    off = write(tmp_path / "off.toml", f"{client_table}\n[dashboard]\nenabled = false\n")
+    client = launch("client", "--config", str(off))
+    client.expect(r"^Press Ctrl-C to stop\.$")
+    assert "dashboard" not in client.stdout
 
 
 # ---------------------------------------------------------------------------- 5. plugins list

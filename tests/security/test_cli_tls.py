@@ -42,6 +42,7 @@ from tests.http.test_cli import ThreadedOrigin
 
 from .tls_helpers import (
     HTTP_TUNNEL_RE,
+    NAME_MISMATCH_RE,
     SKIP_VERIFY_WARNING,
     TLS_CONTROL_RE,
     VERIFY_RE,
@@ -318,7 +319,7 @@ def test_wrong_server_name_is_a_verification_error(
             "--tls-ca", str(certs.ca), "--tls-server-name", "wrong.example",
         )
     )  # fmt: skip
-    match = expect_fatal_exit(wrong, VERIFY_RE)
+    match = expect_fatal_exit(wrong, NAME_MISMATCH_RE)
     assert match["host"] == "wrong.example"
     # a name the certificate does carry works, whatever address is dialled
     right = launch(

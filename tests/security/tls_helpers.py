@@ -34,6 +34,11 @@ VERIFY_RE = (
     r"TLS: cannot verify the server's certificate for (?P<host>\S+): .*"
     r"Trust the CA that issued it \(--tls-ca\)"
 )
+#: a certificate from a trusted CA, for another name: the hint is the name, not the CA
+NAME_MISMATCH_RE = (
+    r"TLS: cannot verify the server's certificate for (?P<host>\S+): .*"
+    r"Connect to a name it carries, or give one with --tls-server-name\.$"
+)
 SKIP_VERIFY_WARNING = "TLS certificate verification is OFF"
 
 

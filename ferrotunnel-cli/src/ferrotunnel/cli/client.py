@@ -198,7 +198,15 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     dashboard_port: int = merged["dashboard_port"]
     setup_logging(log_level)
     if "dashboard" in loaded.schema.tables:  # declared by ferrotunnel-observability
-        loaded.replace("dashboard", enabled=not no_dashboard, port=dashboard_port)
+        # a flag, its variable or a [client] key wins; else [dashboard] enabled/port stand
+        changes: dict[str, object] = {}
+        if _explicit(ctx, "no_dashboard") or loaded.given("client", "dashboard"):
+            changes["enabled"] = not no_dashboard
+        if _explicit(ctx, "dashboard_port") or loaded.given("client", "dashboard_port"):
+            changes["port"] = dashboard_port
+        loaded.replace("dashboard", **changes)
+        no_dashboard = not loaded.table("dashboard").enabled
+        dashboard_port = loaded.table("dashboard").port
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False)
 

@@ -50,8 +50,9 @@ class TunnelOptions:
             return Tunnel(name, local, kind, remote_port)
         if remote_port is not None:
             raise ConfigError(f"tunnel {name!r}: --remote-port is for TCP tunnels")
+        prefix = path.strip("/") if path else ""  # as the server reads it: "api" is "/api"
         return Tunnel(
-            name + (path or "").rstrip("/"),  # unique per host and path prefix
+            name + (f"/{prefix}" if prefix else ""),  # unique per host and path prefix
             local,
             kind,
             hostnames=(name,),

@@ -605,15 +605,23 @@ def _ssl_error_in(exc: BaseException | None) -> ssl.SSLError | None:
     return None
 
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = (62, 64)
+
+
 def _tls_error(exc: ssl.SSLError, hostname: str | None) -> HandshakeError:
     """A clear error for a failed TLS handshake: :class:`TlsError` (fatal) unless the
     connection merely closed under it (a restarting server), which is worth a retry."""
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
         return HandshakeError(f"TLS handshake interrupted: {exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:  # the CA is trusted: the name is the problem
+            hint = "Connect to a name it carries, or give one with --tls-server-name"
+        else:
+            hint = "Trust the CA that issued it (--tls-ca)"
         return TlsError(
             f"TLS: cannot verify the server's certificate for {hostname}: "
-            f"{exc.verify_message.rstrip('.')}. Trust the CA that issued it (--tls-ca)."
+            f"{exc.verify_message.rstrip('.')}. {hint}."
         )
     reason = (exc.reason or str(exc)).upper()
     if "PROTOCOL_VERSION" in reason or "UNSUPPORTED_PROTOCOL" in reason:

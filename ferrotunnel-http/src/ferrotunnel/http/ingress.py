@@ -214,6 +214,12 @@ class HttpIngress:
     def not_found_text(self, host: str) -> str:
         if not host:
             return "the request has no Host header, so no tunnel can be chosen"
+        prefixes = self.routes.prefixes(host)
+        if prefixes:  # the host is served, under other paths
+            return (
+                f"no tunnel of the host {host!r} serves this path; "
+                f"its tunnels serve the path prefixes {', '.join(prefixes)}"
+            )
         return (
             f"no tunnel serves the host {host!r}. Start a client for it, e.g. "
             f"ferrotunnel client --protocol http --tunnel-id {host} --local-addr HOST:PORT"

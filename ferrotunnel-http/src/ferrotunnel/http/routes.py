@@ -67,3 +67,7 @@ class RouteTable:
 
     def hosts(self) -> list[str]:
         return sorted(self._by_host)
+
+    def prefixes(self, host: str) -> list[str]:
+        """The path prefixes served on ``host``, shortest first (none: an unknown host)."""
+        return sorted(r.prefix for r in self._by_host.get(host, ()))

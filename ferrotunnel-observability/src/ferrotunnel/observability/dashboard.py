@@ -51,9 +51,9 @@ log = logging.getLogger("ferrotunnel.observability.dashboard")
 
 @dataclass(frozen=True)
 class DashboardSettings:
-    """The ``[dashboard]`` table. ``ferrotunnel client`` sets ``enabled`` and ``port`` from
-    ``--no-dashboard`` / ``--dashboard-port`` (or ``dashboard`` / ``dashboard_port`` of
-    ``[client]``)."""
+    """The ``[dashboard]`` table. ``ferrotunnel client``'s ``--no-dashboard`` /
+    ``--dashboard-port`` (or ``dashboard`` / ``dashboard_port`` of ``[client]``), when given,
+    win over ``enabled`` and ``port``."""
 
     enabled: bool = True
     bind: str = "127.0.0.1"

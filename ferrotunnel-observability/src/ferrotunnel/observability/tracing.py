@@ -497,7 +497,7 @@ class TracingPlugin:
                     default=None,
                     envvar="FERROTUNNEL_TRACING",
                     help="OpenTelemetry spans over OTLP/HTTP [default: on if OTEL_EXPORTER_"
-                    "OTLP_ENDPOINT is set].",
+                    "OTLP_(TRACES_)ENDPOINT is set or OTEL_TRACES_EXPORTER=otlp].",
                 ),
                 click.Option(
                     ["--otlp-endpoint", "tracing__endpoint"],
