@@ -6,7 +6,7 @@ Messages are raw bytes (no protoc): identity serializers on both ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -58,9 +58,9 @@ def _authority(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 @asynccontextmanager
-async def grpc_origin() -> AsyncIterator[int]:
+async def grpc_origin(options: Sequence[tuple[str, object]] = ()) -> AsyncIterator[int]:
     """A gRPC server on 127.0.0.1 (its port) serving the test.Echo methods above."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=options)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(_unary),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
@@ -174,6 +174,38 @@ async def test_each_call_is_an_exchange_record() -> None:
     assert len({r.request_id for r, _ in records}) == 4
     assert all(r.bytes_in > 0 and r.bytes_out > 0 and r.duration >= 0 for r, _ in records)
     assert all(r.replied_by == "origin" for r, _ in records)
+
+
+async def test_calls_are_recorded_with_a_table_larger_than_64_kib() -> None:
+    """grpcio's peers may agree on an hpack table larger than the 4096 bytes HTTP/2 starts
+    with (here 1 MiB): the ingress follows the SETTINGS that allow it, so every call is still
+    recorded (a fixed limit ended the watch at the first header block using the table)."""
+    records: list[ExchangeRecord] = []
+
+    class Recorder:
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    table = [
+        ("grpc.http2.hpack_table_size.decoder", 1 << 20),
+        ("grpc.http2.hpack_table_size.encoder", 1 << 20),
+    ]
+
+    def run(stack: Stack) -> list[object]:
+        options = [("grpc.default_authority", AUTHORITY), *table]
+        with grpc.insecure_channel(f"{HOST}:{stack.port}", options=options) as ch:
+            unary = ch.unary_unary(f"/{SERVICE}/Unary")
+            return [unary(b"%d" % i, timeout=10, metadata=[("x-n", str(i))]) for i in range(3)]
+
+    async with (
+        grpc_origin(table) as port,
+        tunnel_stack([http_tunnel(AUTHORITY, port)], middlewares=[Recorder()]) as stack,
+    ):
+        with anyio.fail_after(20):
+            answers = await anyio.to_thread.run_sync(run, stack)
+        assert answers == [b"echo:0", b"echo:1", b"echo:2"]
+        await wait_until(lambda: len(records) == 3, what="a record per call")
+    assert [(r.path, r.status, r.error) for r in records] == [(f"/{SERVICE}/Unary", 200, None)] * 3
 
 
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:

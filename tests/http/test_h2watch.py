@@ -188,3 +188,32 @@ def test_at_most_max_streams_unfinished_streams_are_tracked() -> None:
             origin.headers(stream, [(":status", "200")], END_HEADERS | END_STREAM)
         )
     assert [e.stream_id for e in done] == [1, 3]
+
+
+def test_a_table_size_the_visitor_allows_is_followed() -> None:
+    """A visitor's SETTINGS_HEADER_TABLE_SIZE lets the origin's encoder use a table larger
+    than hpack's 4096 (grpcio, the ``h2`` library and browsers do): the watch must accept the
+    origin's table size update, or it stops following every connection of such a client."""
+    client, origin = Peer(), Peer()
+    origin.encoder.header_table_size = 1 << 18  # emits a table size update in its next block
+    watch = H2Watch()
+    table_size = (0x1).to_bytes(2, "big") + (1 << 18).to_bytes(4, "big")
+    watch.from_visitor(h2_frame(SETTINGS, 0, 0, table_size))
+    watch.from_visitor(client.headers(1, request(), END_HEADERS | END_STREAM))
+    [done] = watch.from_origin(
+        origin.headers(1, [(":status", "200"), ("x-big", "v" * 5000)], END_HEADERS | END_STREAM)
+    )
+    assert (done.status, done.error, watch.failed) == (200, None, None)
+
+
+def test_a_table_size_nobody_allowed_stops_the_watch() -> None:
+    """An encoder going past what its peer advertised (or past ``max_table``) is not followed:
+    the watch ends, the connection carries on."""
+    client = Peer()
+    client.encoder.header_table_size = 1 << 18
+    watch = H2Watch(max_table=1 << 17)
+    table_size = (0x1).to_bytes(2, "big") + (1 << 18).to_bytes(4, "big")
+    watch.from_origin(h2_frame(SETTINGS, 0, 0, table_size))  # capped at max_table
+    watch.from_visitor(client.headers(1, request()))
+    assert watch.failed is not None
+    assert "InvalidTableSizeError" in watch.failed

@@ -10,10 +10,15 @@ all blocks in order, so none may be skipped. Per stream it notes the request's m
 and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
 trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
 
+Each direction's decoder accepts the dynamic table sizes the other peer allowed in its
+SETTINGS (``SETTINGS_HEADER_TABLE_SIZE``: grpcio, the ``h2`` library and browsers may allow
+more than 4096 bytes), up to ``max_table``: that is what the watch's tables may hold.
+
 It never changes or delays a byte. What it cannot follow (a block hpack cannot decode, one
-larger than ``max_block``) ends its watch: the streams it knew end with that error and later
-ones go unrecorded, while the connection carries on. At most ``max_streams`` unfinished
-streams are tracked (a visitor opening more gets the rest unrecorded).
+larger than ``max_block``, a table larger than ``max_table``) ends its watch: the streams it
+knew end with that error and later ones go unrecorded, while the connection carries on. At
+most ``max_streams`` unfinished streams are tracked (a visitor opening more gets the rest
+unrecorded).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from .h1 import normalize_host
 
 __all__ = ["H2Exchange", "H2Watch"]
 
-_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
-_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
-_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM})
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x5, 0x9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTINGS})
+_HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
+_INITIAL_TABLE = 4096  # its initial value (RFC 9113, section 6.5.2)
 #: RFC 9113 error codes, for the error text of a reset stream
 _CODES = (
     "NO_ERROR",
@@ -84,7 +91,8 @@ class _Direction:
 
     def __init__(self, max_block: int) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=max_block)
-        self.decoder.max_allowed_table_size = 1 << 16
+        # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
+        self.decoder.max_allowed_table_size = _INITIAL_TABLE
         self.head = bytearray()  # a frame header still arriving
         self.frame = (0, 0, 0, 0)  # the current frame: type, flags, stream, length
         self.payload: bytearray | None = None  # a payload being read (None: skipped)
@@ -98,9 +106,12 @@ class _Direction:
 class H2Watch:
     """Feed it what passes each way; it returns the exchanges each chunk completed."""
 
-    def __init__(self, *, max_block: int = 64 << 10, max_streams: int = 1024) -> None:
+    def __init__(
+        self, *, max_block: int = 64 << 10, max_streams: int = 1024, max_table: int = 1 << 20
+    ) -> None:
         self._max_block = max_block
         self._max_streams = max_streams
+        self._max_table = max_table
         self._visitor = _Direction(max_block)
         self._origin = _Direction(max_block)
         self._streams: dict[int, H2Exchange] = {}
@@ -191,6 +202,10 @@ class H2Watch:
             return
         if payload is None:
             return
+        if ftype == _SETTINGS:
+            if not flags & _ACK:
+                self._settings(payload, visitor)
+            return
         if ftype in (_HEADERS, _PUSH_PROMISE):
             if flags & _PADDED and payload:
                 payload = payload[1 : len(payload) - payload[0]]
@@ -218,6 +233,16 @@ class H2Watch:
                 return
             if block_stream:
                 self._headers(block_stream, fields, visitor, side.end_stream, side.block_size)
+
+    def _settings(self, payload: bytearray, visitor: bool) -> None:
+        """A peer's SETTINGS_HEADER_TABLE_SIZE is how large the *other* peer's encoder may make
+        its table. The watch sees it before that encoder can act on it; it keeps the largest
+        (a lowered limit applies only once the encoder has seen it) up to ``max_table``."""
+        decoder = (self._origin if visitor else self._visitor).decoder
+        for i in range(0, len(payload) - 5, 6):
+            if int.from_bytes(payload[i : i + 2], "big") == _HEADER_TABLE_SIZE:
+                size = min(int.from_bytes(payload[i + 2 : i + 6], "big"), self._max_table)
+                decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
 
     # ------------------------------------------------------------------ exchanges
 
