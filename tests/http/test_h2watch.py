@@ -217,3 +217,15 @@ def test_a_table_size_nobody_allowed_stops_the_watch() -> None:
     watch.from_visitor(client.headers(1, request()))
     assert watch.failed is not None
     assert "InvalidTableSizeError" in watch.failed
+
+
+def test_a_malformed_status_never_raises() -> None:
+    """``:status`` is the origin's text: one of thousands of digits (past Python's int limit)
+    must not raise out of the watch, which would break the visitor's connection."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch()
+    watch.from_visitor(client.headers(1, request(), END_HEADERS | END_STREAM))
+    [done] = watch.from_origin(
+        origin.headers(1, [(":status", "2" * 5000)], END_HEADERS | END_STREAM)
+    )
+    assert done.status == 0

@@ -273,7 +273,8 @@ class H2Watch:
         elif exchange is not None:
             for name, value in fields:
                 if name == b":status" and not exchange.status:
-                    status = int(value) if value.isdigit() else 0
+                    # three digits: int() of thousands raises (Python's digit limit)
+                    status = int(value) if len(value) == 3 and value.isdigit() else 0
                     if status >= 200:
                         exchange.status = status
                 elif name == b"grpc-status" and value != b"0":
