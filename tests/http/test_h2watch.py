@@ -229,3 +229,21 @@ def test_a_malformed_status_never_raises() -> None:
         origin.headers(1, [(":status", "2" * 5000)], END_HEADERS | END_STREAM)
     )
     assert done.status == 0
+
+
+def test_an_origin_stopping_an_upload_it_answered_is_no_error() -> None:
+    """A server may answer before the request's end, then reset the stream with NO_ERROR to
+    stop the upload (RFC 9113, section 8.1): the exchange succeeded."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch()
+    watch.from_visitor(client.headers(1, request()) + h2_frame(DATA, 0, 1, b"part"))
+    assert (
+        watch.from_origin(origin.headers(1, [(":status", "413")], END_HEADERS | END_STREAM)) == []
+    )
+    [done] = watch.from_origin(h2_frame(RST_STREAM, 0, 1, (0).to_bytes(4, "big")))
+    assert (done.status, done.error) == (413, None)
+    # before the response ended, the same reset cuts it short
+    watch.from_visitor(client.headers(3, request()))
+    watch.from_origin(origin.headers(3, [(":status", "200")]))
+    [cut] = watch.from_origin(h2_frame(RST_STREAM, 0, 3, (0).to_bytes(4, "big")))
+    assert cut.error == "stream reset by the origin (NO_ERROR)"

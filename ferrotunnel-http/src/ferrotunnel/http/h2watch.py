@@ -195,9 +195,12 @@ class H2Watch:
             exchange = self._streams.get(stream)
             if exchange is not None and payload is not None and len(payload) == 4:
                 code = int.from_bytes(payload, "big")
-                name = _CODES[code] if code < len(_CODES) else f"error {code}"
-                who = "visitor" if visitor else "origin"
-                exchange.error = exchange.error or f"stream reset by the {who} ({name})"
+                # NO_ERROR after a whole response: the server stops an upload it no longer
+                # needs (RFC 9113, section 8.1), the exchange succeeded
+                if code or not exchange.response_done:
+                    name = _CODES[code] if code < len(_CODES) else f"error {code}"
+                    who = "visitor" if visitor else "origin"
+                    exchange.error = exchange.error or f"stream reset by the {who} ({name})"
                 self._finish(exchange)
             return
         if payload is None:
