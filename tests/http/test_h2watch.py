@@ -247,3 +247,27 @@ def test_an_origin_stopping_an_upload_it_answered_is_no_error() -> None:
     watch.from_origin(origin.headers(3, [(":status", "200")]))
     [cut] = watch.from_origin(h2_frame(RST_STREAM, 0, 3, (0).to_bytes(4, "big")))
     assert cut.error == "stream reset by the origin (NO_ERROR)"
+
+
+def test_what_unfinished_streams_hold_is_bounded() -> None:
+    """A visitor opening streams with long paths that never end (an origin answering each
+    with a 431 but no reset leaves them open) cannot make the watch hold more than
+    ``max_held`` bytes of their paths: further streams go unrecorded."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch(max_held=20_000)
+    for stream in range(1, 100, 2):
+        watch.from_visitor(client.headers(stream, request("GET", "/" + "p" * 3000)))
+        watch.from_origin(origin.headers(stream, [(":status", "431")], END_HEADERS | END_STREAM))
+    ended = watch.close("the connection closed")
+    assert 0 < sum(len(e.target) + len(e.authority) for e in ended) <= 20_000
+    # once they end, their room is free again
+    client, origin = Peer(), Peer()
+    watch = H2Watch(max_held=7_000)
+    for stream in range(1, 20, 2):
+        watch.from_visitor(
+            client.headers(stream, request("GET", "/" + "q" * 3000), END_HEADERS | END_STREAM)
+        )
+        [done] = watch.from_origin(
+            origin.headers(stream, [(":status", "200")], END_HEADERS | END_STREAM)
+        )
+        assert done.stream_id == stream

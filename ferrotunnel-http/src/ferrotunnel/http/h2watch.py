@@ -17,8 +17,10 @@ more than 4096 bytes), up to ``max_table``: that is what the watch's tables may 
 It never changes or delays a byte. What it cannot follow (a block hpack cannot decode, one
 larger than ``max_block``, a table larger than ``max_table``) ends its watch: the streams it
 knew end with that error and later ones go unrecorded, while the connection carries on. At
-most ``max_streams`` unfinished streams are tracked (a visitor opening more gets the rest
-unrecorded).
+most ``max_streams`` unfinished streams are tracked, their method, path and authority
+together at most ``max_held`` bytes (4 blocks' worth): a visitor can leave streams
+unfinished, each path up to ``max_block`` long, so one opening more, or longer, gets the
+rest unrecorded.
 """
 
 from __future__ import annotations
@@ -107,11 +109,18 @@ class H2Watch:
     """Feed it what passes each way; it returns the exchanges each chunk completed."""
 
     def __init__(
-        self, *, max_block: int = 64 << 10, max_streams: int = 1024, max_table: int = 1 << 20
+        self,
+        *,
+        max_block: int = 64 << 10,
+        max_streams: int = 1024,
+        max_table: int = 1 << 20,
+        max_held: int | None = None,  # 4 * max_block
     ) -> None:
         self._max_block = max_block
         self._max_streams = max_streams
         self._max_table = max_table
+        self._max_held = 4 * max_block if max_held is None else max_held
+        self._held = 0  # the bytes of the tracked streams' method, path and authority
         self._visitor = _Direction(max_block)
         self._origin = _Direction(max_block)
         self._streams: dict[int, H2Exchange] = {}
@@ -133,6 +142,7 @@ class H2Watch:
             exchange.error = exchange.error or error
         ended = list(self._streams.values())
         self._streams.clear()
+        self._held = 0
         return ended
 
     # ------------------------------------------------------------------ frames
@@ -260,19 +270,9 @@ class H2Watch:
         exchange = self._streams.get(stream)
         if visitor:
             if exchange is None:
-                if len(self._streams) >= self._max_streams:
+                exchange = self._track(stream, fields, size)
+                if exchange is None:
                     return
-                values = dict(fields)
-                authority = values.get(b":authority") or values.get(b"host") or b""
-                exchange = self._streams[stream] = H2Exchange(
-                    stream,
-                    values.get(b":method", b""),
-                    values.get(b":path", b""),
-                    normalize_host(authority),
-                    time.monotonic(),
-                    time.time(),
-                    bytes_in=size,  # the frames of its block went by before it existed
-                )
         elif exchange is not None:
             for name, value in fields:
                 if name == b":status" and not exchange.status:
@@ -284,6 +284,30 @@ class H2Watch:
                     exchange.error = f"grpc-status {value.decode('latin-1')}"
         if end_stream:
             self._ended(stream, visitor)
+
+    def _track(
+        self, stream: int, fields: list[tuple[bytes, bytes]], size: int
+    ) -> H2Exchange | None:
+        """A new stream's exchange, or None if the watch holds all it may already."""
+        if len(self._streams) >= self._max_streams:
+            return None
+        values = dict(fields)
+        method, target = values.get(b":method", b""), values.get(b":path", b"")
+        authority = normalize_host(values.get(b":authority") or values.get(b"host") or b"")
+        held = len(method) + len(target) + len(authority)
+        if self._held + held > self._max_held:
+            return None
+        self._held += held
+        exchange = self._streams[stream] = H2Exchange(
+            stream,
+            method,
+            target,
+            authority,
+            time.monotonic(),
+            time.time(),
+            bytes_in=size,  # the frames of its block went by before it existed
+        )
+        return exchange
 
     def _ended(self, stream: int, visitor: bool) -> None:
         exchange = self._streams.get(stream)
@@ -298,6 +322,7 @@ class H2Watch:
 
     def _finish(self, exchange: H2Exchange) -> None:
         del self._streams[exchange.stream_id]
+        self._held -= len(exchange.method) + len(exchange.target) + len(exchange.authority)
         self._done.append(exchange)
 
     def _fail(self, why: str) -> None:
