@@ -16,6 +16,7 @@ import grpc  # type: ignore[import-untyped]
 import hpack
 import pytest
 
+from ferrotunnel.core import Stream
 from ferrotunnel.core.plugin import ExchangeRecord, HttpRequest, RequestContext
 from ferrotunnel.http.h2c import EMPTY_SETTINGS, PREFACE
 
@@ -25,6 +26,7 @@ from .harness import (
     Stack,
     h2_frame,
     http_tunnel,
+    read_until_close,
     tunnel_stack,
     visitor,
     wait_until,
@@ -206,6 +208,75 @@ async def test_calls_are_recorded_with_a_table_larger_than_64_kib() -> None:
         assert answers == [b"echo:0", b"echo:1", b"echo:2"]
         await wait_until(lambda: len(records) == 3, what="a record per call")
     assert [(r.path, r.status, r.error) for r in records] == [(f"/{SERVICE}/Unary", 200, None)] * 3
+
+
+def _h2_request(path: str = "/") -> bytes:
+    """A client's frames after the preface: its SETTINGS and one GET (END_STREAM)."""
+    fields = [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", AUTHORITY)]
+    return h2_frame(0x4, 0x0, 0, b"") + h2_frame(0x1, 0x5, 1, hpack.Encoder().encode(fields))
+
+
+async def _silent_h2_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(h2_frame(0x4, 0x0, 0, b""))
+    while await reader.read(65536):
+        pass
+
+
+async def test_a_first_request_whose_tunnel_went_offline_is_recorded() -> None:
+    """The middlewares saw the connection's first request, then its tunnel went away before
+    the connection could be handed over: the ingress closes it, and that request still
+    reaches ``on_complete`` (a circuit breaker's probe waits for its outcome)."""
+    records: list[tuple[ExchangeRecord, dict[str, object]]] = []
+    deciding, decide = asyncio.Event(), asyncio.Event()
+
+    class Gate:
+        async def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            deciding.set()
+            await decide.wait()
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append((record, dict(ctx.state)))
+
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Gate()]) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        writer.write(PREFACE + _h2_request("/first"))
+        with anyio.fail_after(5):
+            await deciding.wait()
+        await stack.clients[0].shutdown()
+        decide.set()
+        await read_until_close(reader)
+        await wait_until(lambda: len(records) == 1, what="the first request's record")
+    [(record, _state)] = records
+    assert (record.path, record.status, record.error) == ("/first", 0, "tunnel offline")
+    assert record.replied_by == "ingress"
+
+
+async def test_the_first_requests_trace_goes_with_the_connections_stream() -> None:
+    """A tracing plugin's context set in ``on_request`` travels with the stream opened for the
+    HTTP/2 connection, as it does for HTTP/1: the client's proxy span joins the trace."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    opened: list[dict[str, str]] = []
+
+    class Tracer:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            ctx.trace = {"traceparent": traceparent}
+
+    class Observer:
+        def on_stream(self, stream: Stream) -> None:
+            opened.append(dict(stream.open_frame.trace))
+
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Tracer()]) as stack,
+        visitor(stack.port) as (_reader, writer),
+    ):
+        stack.clients[0].observe(Observer())
+        writer.write(PREFACE + _h2_request())
+        await wait_until(lambda: len(opened) == 1, what="the connection's stream")
+    assert opened == [{"traceparent": traceparent}]
 
 
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:

@@ -529,16 +529,19 @@ class IngressConnection(asyncio.Protocol):
     def _h2_open(self, route: Route, first_stream: int = 0) -> None:
         """Pass the HTTP/2 connection through to ``route``'s tunnel (``first_stream``: the
         stream of the request the middlewares saw, 0 if none did)."""
+        try:
+            stream = self._stream_for(route)  # with the first request's trace, if any
+        except StreamLimitError:
+            if self._ctx is not None:  # the origin never saw it: not its outcome to count
+                self._ctx.state.setdefault(REPLIED_BY, "ingress")
+            stream, why = None, "tunnel at its stream limit"
+        else:
+            why = "tunnel offline"
+        if stream is None:
+            self._h2_unavailable(route, why)
+            return
         first = self._ctx
         self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
-        try:
-            stream = self._stream_for(route)
-        except StreamLimitError:
-            stream = None
-        if stream is None:
-            log.info("HTTP/2 connection for offline host %r closed", route.host)
-            self._close()
-            return
         buf = self._buf
         self._cancel_timer()
         self._phase = _Phase.TUNNEL
@@ -554,6 +557,13 @@ class IngressConnection(asyncio.Protocol):
             self._h2_label = route.label
             self._h2_first = (first_stream, first) if first is not None else None
             self._h2_records(self._h2_watch.from_visitor(frames))
+
+    def _h2_unavailable(self, route: Route, why: str) -> None:
+        """No stream for the HTTP/2 connection: close it, and end the record of the request
+        the middlewares saw (the visitor got no answer: status 0, as when it leaves)."""
+        log.info("HTTP/2 connection for host %r closed: %s", route.host, why)
+        self._finish_record(0, why, "ingress")
+        self._close()
 
     def _h2_records(self, exchanges: list[H2Exchange]) -> None:
         """Hand the middlewares the records of the HTTP/2 exchanges that ended. The first
