@@ -279,6 +279,36 @@ async def test_the_first_requests_trace_goes_with_the_connections_stream() -> No
     assert opened == [{"traceparent": traceparent}]
 
 
+async def test_a_first_request_the_watch_never_saw_is_still_recorded() -> None:
+    """Routing skips frames before the first request's HEADERS; the watch decodes them all.
+    A block there it cannot decode (a client's PUSH_PROMISE) stops it before it knows the
+    first stream: that request — the one ``on_request`` saw, maybe a circuit breaker's probe
+    — still reaches ``on_complete``, with why it was not followed."""
+    records: list[ExchangeRecord] = []
+    seen: list[str] = []
+
+    class Recorder:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            seen.append(request.path)
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    bogus = h2_frame(0x5, 0x4, 1, (2).to_bytes(4, "big") + b"\xff\xff\xff\xff")
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Recorder()]) as stack,
+        visitor(stack.port) as (_reader, writer),
+    ):
+        writer.write(PREFACE + bogus + _h2_request("/first"))
+        await wait_until(lambda: len(records) == 1, what="the first request's record")
+    assert seen == ["/first"]
+    [record] = records
+    assert (record.path, record.status) == ("/first", 0)
+    assert record.error is not None
+    assert record.error.startswith("the ingress stopped following the connection")
+
+
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:
     def run() -> object:
         with grpc.insecure_channel(

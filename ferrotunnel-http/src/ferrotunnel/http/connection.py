@@ -174,7 +174,8 @@ class IngressConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
-        self._h2_first: tuple[int, RequestContext] | None = None  # the one plugins saw
+        #: the stream, context and head of the request the middlewares saw, until recorded
+        self._h2_first: tuple[int, RequestContext, RequestHead] | None = None
         self._h2_label = ""
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
@@ -238,6 +239,7 @@ class IngressConnection(asyncio.Protocol):
         if self._h2_watch is not None:
             self._h2_records(self._h2_watch.close("the connection closed"))
             self._h2_watch = None
+            self._h2_first_unseen("the connection closed")
         self._stop_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
@@ -540,7 +542,7 @@ class IngressConnection(asyncio.Protocol):
         if stream is None:
             self._h2_unavailable(route, why)
             return
-        first = self._ctx
+        first, request = self._ctx, self._request
         self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
         buf = self._buf
         self._cancel_timer()
@@ -555,7 +557,8 @@ class IngressConnection(asyncio.Protocol):
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
             self._h2_label = route.label
-            self._h2_first = (first_stream, first) if first is not None else None
+            if first is not None and request is not None:
+                self._h2_first = (first_stream, first, request)
             self._h2_records(self._h2_watch.from_visitor(frames))
 
     def _h2_unavailable(self, route: Route, why: str) -> None:
@@ -598,6 +601,21 @@ class IngressConnection(asyncio.Protocol):
                     None,
                 ),
             )
+        watch = self._h2_watch
+        if watch is not None and watch.failed is not None:
+            self._h2_first_unseen(f"the ingress stopped following the connection: {watch.failed}")
+
+    def _h2_first_unseen(self, error: str) -> None:
+        """The watch will not see the first request end (it stopped following before it knew
+        that stream, or the connection ended first): its record, at once, if still due."""
+        first, self._h2_first = self._h2_first, None
+        if first is None:
+            return
+        _, ctx, request = first
+        self._chain.complete_later(
+            ctx,
+            (self._wall, request.method, request.target, 0, 0, 0, time.monotonic(), error, None),
+        )
 
     def _h2_refuse(self, reply: Reply, stream_id: int, request: RequestHead) -> None:
         """A middleware answered the first request of an HTTP/2 connection: send that answer
