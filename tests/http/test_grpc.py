@@ -6,7 +6,7 @@ Messages are raw bytes (no protoc): identity serializers on both ends."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -16,6 +16,7 @@ import grpc  # type: ignore[import-untyped]
 import hpack
 import pytest
 
+from ferrotunnel.core import Stream
 from ferrotunnel.core.plugin import ExchangeRecord, HttpRequest, RequestContext
 from ferrotunnel.http.h2c import EMPTY_SETTINGS, PREFACE
 
@@ -25,6 +26,7 @@ from .harness import (
     Stack,
     h2_frame,
     http_tunnel,
+    read_until_close,
     tunnel_stack,
     visitor,
     wait_until,
@@ -58,10 +60,12 @@ def _authority(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 @asynccontextmanager
-async def grpc_origin(name: bytes = b"echo") -> AsyncIterator[int]:
+async def grpc_origin(
+    name: bytes = b"echo", options: Sequence[tuple[str, object]] = ()
+) -> AsyncIterator[int]:
     """A gRPC server on 127.0.0.1 (its port) serving the test.Echo methods above; its Unary
     answers ``name:`` and the request."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=options)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(lambda r, _: name + b":" + r),
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
@@ -222,6 +226,137 @@ async def test_a_connection_is_routed_by_its_first_requests_path_too() -> None:
             "its own host and path route to tunnel 'rest'; grpc-status 12",
         ),
     ]
+
+
+async def test_calls_are_recorded_with_a_table_larger_than_64_kib() -> None:
+    """grpcio's peers may agree on an hpack table larger than the 4096 bytes HTTP/2 starts
+    with (here 1 MiB): the ingress follows the SETTINGS that allow it, so every call is still
+    recorded (a fixed limit ended the watch at the first header block using the table)."""
+    records: list[ExchangeRecord] = []
+
+    class Recorder:
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    table = [
+        ("grpc.http2.hpack_table_size.decoder", 1 << 20),
+        ("grpc.http2.hpack_table_size.encoder", 1 << 20),
+    ]
+
+    def run(stack: Stack) -> list[object]:
+        options = [("grpc.default_authority", AUTHORITY), *table]
+        with grpc.insecure_channel(f"{HOST}:{stack.port}", options=options) as ch:
+            unary = ch.unary_unary(f"/{SERVICE}/Unary")
+            return [unary(b"%d" % i, timeout=10, metadata=[("x-n", str(i))]) for i in range(3)]
+
+    async with (
+        grpc_origin(options=table) as port,
+        tunnel_stack([http_tunnel(AUTHORITY, port)], middlewares=[Recorder()]) as stack,
+    ):
+        with anyio.fail_after(20):
+            answers = await anyio.to_thread.run_sync(run, stack)
+        assert answers == [b"echo:0", b"echo:1", b"echo:2"]
+        await wait_until(lambda: len(records) == 3, what="a record per call")
+    assert [(r.path, r.status, r.error) for r in records] == [(f"/{SERVICE}/Unary", 200, None)] * 3
+
+
+def _h2_request(path: str = "/") -> bytes:
+    """A client's frames after the preface: its SETTINGS and one GET (END_STREAM)."""
+    fields = [(":method", "GET"), (":scheme", "http"), (":path", path), (":authority", AUTHORITY)]
+    return h2_frame(0x4, 0x0, 0, b"") + h2_frame(0x1, 0x5, 1, hpack.Encoder().encode(fields))
+
+
+async def _silent_h2_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(h2_frame(0x4, 0x0, 0, b""))
+    while await reader.read(65536):
+        pass
+
+
+async def test_a_first_request_whose_tunnel_went_offline_is_recorded() -> None:
+    """The middlewares saw the connection's first request, then its tunnel went away before
+    the connection could be handed over: the ingress closes it, and that request still
+    reaches ``on_complete`` (a circuit breaker's probe waits for its outcome)."""
+    records: list[tuple[ExchangeRecord, dict[str, object]]] = []
+    deciding, decide = asyncio.Event(), asyncio.Event()
+
+    class Gate:
+        async def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            deciding.set()
+            await decide.wait()
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append((record, dict(ctx.state)))
+
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Gate()]) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        writer.write(PREFACE + _h2_request("/first"))
+        with anyio.fail_after(5):
+            await deciding.wait()
+        await stack.clients[0].shutdown()
+        decide.set()
+        await read_until_close(reader)
+        await wait_until(lambda: len(records) == 1, what="the first request's record")
+    [(record, _state)] = records
+    assert (record.path, record.status, record.error) == ("/first", 0, "tunnel offline")
+    assert record.replied_by == "ingress"
+
+
+async def test_the_first_requests_trace_goes_with_the_connections_stream() -> None:
+    """A tracing plugin's context set in ``on_request`` travels with the stream opened for the
+    HTTP/2 connection, as it does for HTTP/1: the client's proxy span joins the trace."""
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    opened: list[dict[str, str]] = []
+
+    class Tracer:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            ctx.trace = {"traceparent": traceparent}
+
+    class Observer:
+        def on_stream(self, stream: Stream) -> None:
+            opened.append(dict(stream.open_frame.trace))
+
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Tracer()]) as stack,
+        visitor(stack.port) as (_reader, writer),
+    ):
+        stack.clients[0].observe(Observer())
+        writer.write(PREFACE + _h2_request())
+        await wait_until(lambda: len(opened) == 1, what="the connection's stream")
+    assert opened == [{"traceparent": traceparent}]
+
+
+async def test_a_first_request_the_watch_never_saw_is_still_recorded() -> None:
+    """Routing skips frames before the first request's HEADERS; the watch decodes them all.
+    A block there it cannot decode (a client's PUSH_PROMISE) stops it before it knows the
+    first stream: that request — the one ``on_request`` saw, maybe a circuit breaker's probe
+    — still reaches ``on_complete``, with why it was not followed."""
+    records: list[ExchangeRecord] = []
+    seen: list[str] = []
+
+    class Recorder:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            seen.append(request.path)
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    bogus = h2_frame(0x5, 0x4, 1, (2).to_bytes(4, "big") + b"\xff\xff\xff\xff")
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Recorder()]) as stack,
+        visitor(stack.port) as (_reader, writer),
+    ):
+        writer.write(PREFACE + bogus + _h2_request("/first"))
+        await wait_until(lambda: len(records) == 1, what="the first request's record")
+    assert seen == ["/first"]
+    [record] = records
+    assert (record.path, record.status) == ("/first", 0)
+    assert record.error is not None
+    assert record.error.startswith("the ingress stopped following the connection")
 
 
 async def test_unknown_authority_is_refused(grpc_stack: Stack) -> None:

@@ -188,3 +188,86 @@ def test_at_most_max_streams_unfinished_streams_are_tracked() -> None:
             origin.headers(stream, [(":status", "200")], END_HEADERS | END_STREAM)
         )
     assert [e.stream_id for e in done] == [1, 3]
+
+
+def test_a_table_size_the_visitor_allows_is_followed() -> None:
+    """A visitor's SETTINGS_HEADER_TABLE_SIZE lets the origin's encoder use a table larger
+    than hpack's 4096 (grpcio, the ``h2`` library and browsers do): the watch must accept the
+    origin's table size update, or it stops following every connection of such a client."""
+    client, origin = Peer(), Peer()
+    origin.encoder.header_table_size = 1 << 18  # emits a table size update in its next block
+    watch = H2Watch()
+    table_size = (0x1).to_bytes(2, "big") + (1 << 18).to_bytes(4, "big")
+    watch.from_visitor(h2_frame(SETTINGS, 0, 0, table_size))
+    watch.from_visitor(client.headers(1, request(), END_HEADERS | END_STREAM))
+    [done] = watch.from_origin(
+        origin.headers(1, [(":status", "200"), ("x-big", "v" * 5000)], END_HEADERS | END_STREAM)
+    )
+    assert (done.status, done.error, watch.failed) == (200, None, None)
+
+
+def test_a_table_size_nobody_allowed_stops_the_watch() -> None:
+    """An encoder going past what its peer advertised (or past ``max_table``) is not followed:
+    the watch ends, the connection carries on."""
+    client = Peer()
+    client.encoder.header_table_size = 1 << 18
+    watch = H2Watch(max_table=1 << 17)
+    table_size = (0x1).to_bytes(2, "big") + (1 << 18).to_bytes(4, "big")
+    watch.from_origin(h2_frame(SETTINGS, 0, 0, table_size))  # capped at max_table
+    watch.from_visitor(client.headers(1, request()))
+    assert watch.failed is not None
+    assert "InvalidTableSizeError" in watch.failed
+
+
+def test_a_malformed_status_never_raises() -> None:
+    """``:status`` is the origin's text: one of thousands of digits (past Python's int limit)
+    must not raise out of the watch, which would break the visitor's connection."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch()
+    watch.from_visitor(client.headers(1, request(), END_HEADERS | END_STREAM))
+    [done] = watch.from_origin(
+        origin.headers(1, [(":status", "2" * 5000)], END_HEADERS | END_STREAM)
+    )
+    assert done.status == 0
+
+
+def test_an_origin_stopping_an_upload_it_answered_is_no_error() -> None:
+    """A server may answer before the request's end, then reset the stream with NO_ERROR to
+    stop the upload (RFC 9113, section 8.1): the exchange succeeded."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch()
+    watch.from_visitor(client.headers(1, request()) + h2_frame(DATA, 0, 1, b"part"))
+    assert (
+        watch.from_origin(origin.headers(1, [(":status", "413")], END_HEADERS | END_STREAM)) == []
+    )
+    [done] = watch.from_origin(h2_frame(RST_STREAM, 0, 1, (0).to_bytes(4, "big")))
+    assert (done.status, done.error) == (413, None)
+    # before the response ended, the same reset cuts it short
+    watch.from_visitor(client.headers(3, request()))
+    watch.from_origin(origin.headers(3, [(":status", "200")]))
+    [cut] = watch.from_origin(h2_frame(RST_STREAM, 0, 3, (0).to_bytes(4, "big")))
+    assert cut.error == "stream reset by the origin (NO_ERROR)"
+
+
+def test_what_unfinished_streams_hold_is_bounded() -> None:
+    """A visitor opening streams with long paths that never end (an origin answering each
+    with a 431 but no reset leaves them open) cannot make the watch hold more than
+    ``max_held`` bytes of their paths: further streams go unrecorded."""
+    client, origin = Peer(), Peer()
+    watch = H2Watch(max_held=20_000)
+    for stream in range(1, 100, 2):
+        watch.from_visitor(client.headers(stream, request("GET", "/" + "p" * 3000)))
+        watch.from_origin(origin.headers(stream, [(":status", "431")], END_HEADERS | END_STREAM))
+    ended = watch.close("the connection closed")
+    assert 0 < sum(len(e.target) + len(e.authority) for e in ended) <= 20_000
+    # once they end, their room is free again
+    client, origin = Peer(), Peer()
+    watch = H2Watch(max_held=7_000)
+    for stream in range(1, 20, 2):
+        watch.from_visitor(
+            client.headers(stream, request("GET", "/" + "q" * 3000), END_HEADERS | END_STREAM)
+        )
+        [done] = watch.from_origin(
+            origin.headers(stream, [(":status", "200")], END_HEADERS | END_STREAM)
+        )
+        assert done.stream_id == stream

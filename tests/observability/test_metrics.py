@@ -8,7 +8,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ferrotunnel.core import Address, Client, ClientStatus, RejectedError
+from ferrotunnel.core import Address, Client, ClientStatus, RejectedError, Server
+from ferrotunnel.core.plugin import PluginHost
+from ferrotunnel.core.plugin.types import Identity, Peer
 from ferrotunnel.core.testing import plugin_host
 from ferrotunnel.observability.dashboard import Dashboard
 from ferrotunnel.observability.metrics import (
@@ -18,6 +20,8 @@ from ferrotunnel.observability.metrics import (
     metrics_app,
     serve_metrics,
 )
+from ferrotunnel.protocol import Hello
+from tests.core.helpers import FAST, connect, echo_server, free_port_range, make_client
 from tests.http.harness import HOST, Origin, raw_exchange, request_bytes, status_of, visitor
 
 from .observed import APP, Samples, observed_stack, parse, scrape, value
@@ -231,3 +235,36 @@ async def test_the_plugin_collects_client_metrics_for_the_dashboard_without_flag
         assert response.status_code == 200
         assert parse(response.text) == scrape(registry)
     assert metrics.endpoint is None
+
+
+async def test_a_limited_identitys_streams_are_counted_under_its_server_name() -> None:
+    """The server names a limited identity's tunnel ``carol/db`` (its client says ``db``):
+    ``ferrotunnel_streams_active`` counts its streams under that name too, not under the
+    client's, where they would mix with another client's ``db``."""
+
+    class Users:
+        async def authenticate(self, hello: Hello, peer: Peer) -> Identity:
+            return Identity("carol", ports=((1, 65535),))
+
+    metrics = ServerMetrics()
+    registry = registry_of(metrics)
+    async with (
+        echo_server() as echo_port,
+        Server(
+            authenticators=[Users()],
+            plugins=PluginHost.with_plugins([metrics]),
+            bind=f"{HOST}:0",
+            tcp_port_range=free_port_range(1),
+            session=FAST,
+            drain_timeout=0.5,
+        ) as server,
+        make_client(server, echo_port, token="t", tunnel_id="db", reconnect=False) as client,
+    ):
+        [granted] = client.tunnels
+        assert granted.remote_port is not None
+        async with await connect(granted.remote_port) as sock:
+            await sock.send(b"hi")
+            assert await sock.receive() == b"hi"
+            samples = scrape(registry)
+    assert value(samples, "ferrotunnel_streams_active", tunnel="carol/db") == 1
+    assert value(samples, "ferrotunnel_streams_active", tunnel="db") is None

@@ -174,7 +174,8 @@ class IngressConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
-        self._h2_first: tuple[int, RequestContext] | None = None  # the one plugins saw
+        #: the stream, context and head of the request the middlewares saw, until recorded
+        self._h2_first: tuple[int, RequestContext, RequestHead] | None = None
         self._h2_route: Route | None = None  # where the HTTP/2 connection goes
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
@@ -238,6 +239,7 @@ class IngressConnection(asyncio.Protocol):
         if self._h2_watch is not None:
             self._h2_records(self._h2_watch.close("the connection closed"))
             self._h2_watch = None
+            self._h2_first_unseen("the connection closed")
         self._stop_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
@@ -530,16 +532,19 @@ class IngressConnection(asyncio.Protocol):
     def _h2_open(self, route: Route, first_stream: int = 0) -> None:
         """Pass the HTTP/2 connection through to ``route``'s tunnel (``first_stream``: the
         stream of the request the middlewares saw, 0 if none did)."""
-        first = self._ctx
-        self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
         try:
-            stream = self._stream_for(route)
+            stream = self._stream_for(route)  # with the first request's trace, if any
         except StreamLimitError:
-            stream = None
+            if self._ctx is not None:  # the origin never saw it: not its outcome to count
+                self._ctx.state.setdefault(REPLIED_BY, "ingress")
+            stream, why = None, "tunnel at its stream limit"
+        else:
+            why = "tunnel offline"
         if stream is None:
-            log.info("HTTP/2 connection for offline host %r closed", route.host)
-            self._close()
+            self._h2_unavailable(route, why)
             return
+        first, request = self._ctx, self._request
+        self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
         buf = self._buf
         self._cancel_timer()
         self._phase = _Phase.TUNNEL
@@ -553,8 +558,16 @@ class IngressConnection(asyncio.Protocol):
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
             self._h2_route = route
-            self._h2_first = (first_stream, first) if first is not None else None
+            if first is not None and request is not None:
+                self._h2_first = (first_stream, first, request)
             self._h2_records(self._h2_watch.from_visitor(frames))
+
+    def _h2_unavailable(self, route: Route, why: str) -> None:
+        """No stream for the HTTP/2 connection: close it, and end the record of the request
+        the middlewares saw (the visitor got no answer: status 0, as when it leaves)."""
+        log.info("HTTP/2 connection for host %r closed: %s", route.host, why)
+        self._finish_record(0, why, "ingress")
+        self._close()
 
     def _h2_records(self, exchanges: list[H2Exchange]) -> None:
         """Hand the middlewares the records of the HTTP/2 exchanges that ended. The first
@@ -600,6 +613,21 @@ class IngressConnection(asyncio.Protocol):
                     None,
                 ),
             )
+        watch = self._h2_watch
+        if watch is not None and watch.failed is not None:
+            self._h2_first_unseen(f"the ingress stopped following the connection: {watch.failed}")
+
+    def _h2_first_unseen(self, error: str) -> None:
+        """The watch will not see the first request end (it stopped following before it knew
+        that stream, or the connection ended first): its record, at once, if still due."""
+        first, self._h2_first = self._h2_first, None
+        if first is None:
+            return
+        _, ctx, request = first
+        self._chain.complete_later(
+            ctx,
+            (self._wall, request.method, request.target, 0, 0, 0, time.monotonic(), error, None),
+        )
 
     def _h2_refuse(self, reply: Reply, stream_id: int, request: RequestHead) -> None:
         """A middleware answered the first request of an HTTP/2 connection: send that answer

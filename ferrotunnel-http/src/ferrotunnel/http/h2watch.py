@@ -10,10 +10,17 @@ all blocks in order, so none may be skipped. Per stream it notes the request's m
 and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
 trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
 
+Each direction's decoder accepts the dynamic table sizes the other peer allowed in its
+SETTINGS (``SETTINGS_HEADER_TABLE_SIZE``: grpcio, the ``h2`` library and browsers may allow
+more than 4096 bytes), up to ``max_table``: that is what the watch's tables may hold.
+
 It never changes or delays a byte. What it cannot follow (a block hpack cannot decode, one
-larger than ``max_block``) ends its watch: the streams it knew end with that error and later
-ones go unrecorded, while the connection carries on. At most ``max_streams`` unfinished
-streams are tracked (a visitor opening more gets the rest unrecorded).
+larger than ``max_block``, a table larger than ``max_table``) ends its watch: the streams it
+knew end with that error and later ones go unrecorded, while the connection carries on. At
+most ``max_streams`` unfinished streams are tracked, their method, path and authority
+together at most ``max_held`` bytes (4 blocks' worth): a visitor can leave streams
+unfinished, each path up to ``max_block`` long, so one opening more, or longer, gets the
+rest unrecorded.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ from .h1 import normalize_host
 
 __all__ = ["H2Exchange", "H2Watch"]
 
-_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
-_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
-_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM})
+_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x5, 0x9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTINGS})
+_HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
+_INITIAL_TABLE = 4096  # its initial value (RFC 9113, section 6.5.2)
 #: RFC 9113 error codes, for the error text of a reset stream
 _CODES = (
     "NO_ERROR",
@@ -84,7 +93,8 @@ class _Direction:
 
     def __init__(self, max_block: int) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=max_block)
-        self.decoder.max_allowed_table_size = 1 << 16
+        # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
+        self.decoder.max_allowed_table_size = _INITIAL_TABLE
         self.head = bytearray()  # a frame header still arriving
         self.frame = (0, 0, 0, 0)  # the current frame: type, flags, stream, length
         self.payload: bytearray | None = None  # a payload being read (None: skipped)
@@ -98,9 +108,19 @@ class _Direction:
 class H2Watch:
     """Feed it what passes each way; it returns the exchanges each chunk completed."""
 
-    def __init__(self, *, max_block: int = 64 << 10, max_streams: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        max_block: int = 64 << 10,
+        max_streams: int = 1024,
+        max_table: int = 1 << 20,
+        max_held: int | None = None,  # 4 * max_block
+    ) -> None:
         self._max_block = max_block
         self._max_streams = max_streams
+        self._max_table = max_table
+        self._max_held = 4 * max_block if max_held is None else max_held
+        self._held = 0  # the bytes of the tracked streams' method, path and authority
         self._visitor = _Direction(max_block)
         self._origin = _Direction(max_block)
         self._streams: dict[int, H2Exchange] = {}
@@ -122,6 +142,7 @@ class H2Watch:
             exchange.error = exchange.error or error
         ended = list(self._streams.values())
         self._streams.clear()
+        self._held = 0
         return ended
 
     # ------------------------------------------------------------------ frames
@@ -184,12 +205,19 @@ class H2Watch:
             exchange = self._streams.get(stream)
             if exchange is not None and payload is not None and len(payload) == 4:
                 code = int.from_bytes(payload, "big")
-                name = _CODES[code] if code < len(_CODES) else f"error {code}"
-                who = "visitor" if visitor else "origin"
-                exchange.error = exchange.error or f"stream reset by the {who} ({name})"
+                # NO_ERROR after a whole response: the server stops an upload it no longer
+                # needs (RFC 9113, section 8.1), the exchange succeeded
+                if code or not exchange.response_done:
+                    name = _CODES[code] if code < len(_CODES) else f"error {code}"
+                    who = "visitor" if visitor else "origin"
+                    exchange.error = exchange.error or f"stream reset by the {who} ({name})"
                 self._finish(exchange)
             return
         if payload is None:
+            return
+        if ftype == _SETTINGS:
+            if not flags & _ACK:
+                self._settings(payload, visitor)
             return
         if ftype in (_HEADERS, _PUSH_PROMISE):
             if flags & _PADDED and payload:
@@ -219,6 +247,16 @@ class H2Watch:
             if block_stream:
                 self._headers(block_stream, fields, visitor, side.end_stream, side.block_size)
 
+    def _settings(self, payload: bytearray, visitor: bool) -> None:
+        """A peer's SETTINGS_HEADER_TABLE_SIZE is how large the *other* peer's encoder may make
+        its table. The watch sees it before that encoder can act on it; it keeps the largest
+        (a lowered limit applies only once the encoder has seen it) up to ``max_table``."""
+        decoder = (self._origin if visitor else self._visitor).decoder
+        for i in range(0, len(payload) - 5, 6):
+            if int.from_bytes(payload[i : i + 2], "big") == _HEADER_TABLE_SIZE:
+                size = min(int.from_bytes(payload[i + 2 : i + 6], "big"), self._max_table)
+                decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
+
     # ------------------------------------------------------------------ exchanges
 
     def _headers(
@@ -232,29 +270,44 @@ class H2Watch:
         exchange = self._streams.get(stream)
         if visitor:
             if exchange is None:
-                if len(self._streams) >= self._max_streams:
+                exchange = self._track(stream, fields, size)
+                if exchange is None:
                     return
-                values = dict(fields)
-                authority = values.get(b":authority") or values.get(b"host") or b""
-                exchange = self._streams[stream] = H2Exchange(
-                    stream,
-                    values.get(b":method", b""),
-                    values.get(b":path", b""),
-                    normalize_host(authority),
-                    time.monotonic(),
-                    time.time(),
-                    bytes_in=size,  # the frames of its block went by before it existed
-                )
         elif exchange is not None:
             for name, value in fields:
                 if name == b":status" and not exchange.status:
-                    status = int(value) if value.isdigit() else 0
+                    # three digits: int() of thousands raises (Python's digit limit)
+                    status = int(value) if len(value) == 3 and value.isdigit() else 0
                     if status >= 200:
                         exchange.status = status
                 elif name == b"grpc-status" and value != b"0":
                     exchange.error = f"grpc-status {value.decode('latin-1')}"
         if end_stream:
             self._ended(stream, visitor)
+
+    def _track(
+        self, stream: int, fields: list[tuple[bytes, bytes]], size: int
+    ) -> H2Exchange | None:
+        """A new stream's exchange, or None if the watch holds all it may already."""
+        if len(self._streams) >= self._max_streams:
+            return None
+        values = dict(fields)
+        method, target = values.get(b":method", b""), values.get(b":path", b"")
+        authority = normalize_host(values.get(b":authority") or values.get(b"host") or b"")
+        held = len(method) + len(target) + len(authority)
+        if self._held + held > self._max_held:
+            return None
+        self._held += held
+        exchange = self._streams[stream] = H2Exchange(
+            stream,
+            method,
+            target,
+            authority,
+            time.monotonic(),
+            time.time(),
+            bytes_in=size,  # the frames of its block went by before it existed
+        )
+        return exchange
 
     def _ended(self, stream: int, visitor: bool) -> None:
         exchange = self._streams.get(stream)
@@ -269,6 +322,7 @@ class H2Watch:
 
     def _finish(self, exchange: H2Exchange) -> None:
         del self._streams[exchange.stream_id]
+        self._held -= len(exchange.method) + len(exchange.target) + len(exchange.authority)
         self._done.append(exchange)
 
     def _fail(self, why: str) -> None:

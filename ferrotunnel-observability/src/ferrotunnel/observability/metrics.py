@@ -53,6 +53,7 @@ from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
     ExchangeRecord,
+    Identity,
     RequestContext,
     hookimpl,
 )
@@ -120,6 +121,9 @@ class ServerMetrics(Collector):
         self._bounds = sorted(buckets)
         self._http: dict[str, _TunnelCounts] = {}
         self._sessions: dict[Session, list[GrantedTunnel]] = {}
+        #: whose each session is: its streams carry its client's tunnel names, which the
+        #: server shows as Identity.tunnel_name gives them
+        self._identities: dict[Session, Identity] = {}
         self._sessions_opened = 0
         self._streams_of_closed = 0  # streams of sessions that ended
         self._handshake_failures: collections.Counter[str] = collections.Counter()
@@ -150,12 +154,14 @@ class ServerMetrics(Collector):
             self._handshake_failures[failure] += 1
 
     @hookimpl
-    def ferrotunnel_session_opened(self, session: Session) -> None:
+    def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
         self._sessions.setdefault(session, [])
+        self._identities[session] = identity
         self._sessions_opened += 1
 
     @hookimpl
     def ferrotunnel_session_closed(self, session: Session) -> None:
+        self._identities.pop(session, None)
         if self._sessions.pop(session, None) is not None:
             self._streams_of_closed += session.streams_opened
 
@@ -198,11 +204,15 @@ class ServerMetrics(Collector):
         yield failures
         yield from _stream_families(
             "ferrotunnel",
-            [session for session, _ in sessions],
+            [self._server_name(s, stream.tunnel) for s, _ in sessions for stream in s.streams],
             self._streams_of_closed + sum(s.streams_opened for s, _ in sessions),
             [t.name for _, tunnels in sessions for t in tunnels],
         )
         yield from self._http_families()
+
+    def _server_name(self, session: Session, tunnel: str) -> str:
+        identity = self._identities.get(session)
+        return identity.tunnel_name(tunnel) if identity is not None else tunnel
 
     def _http_families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -292,15 +302,16 @@ class ClientMetrics(Collector):
         yield failures
         yield from _stream_families(
             "ferrotunnel_client",
-            [session] if session is not None else [],
+            [stream.tunnel for stream in session.streams] if session is not None else [],
             self._streams_opened,
             [t.name for t in tunnels],
         )
 
 
 def _stream_families(
-    prefix: str, sessions: Sequence[Session], opened: int, tunnels: Iterable[str]
+    prefix: str, streams: Iterable[str], opened: int, tunnels: Iterable[str]
 ) -> Iterator[Metric]:
+    """``streams``: the tunnel of each open stream; ``tunnels``: those registered."""
     yield CounterMetricFamily(
         f"{prefix}_streams_opened", "Streams opened through the tunnels.", value=opened
     )
@@ -308,7 +319,7 @@ def _stream_families(
         f"{prefix}_streams_active", "Streams open now, by tunnel.", labels=["tunnel"]
     )
     per_tunnel = collections.Counter(dict.fromkeys(tunnels, 0))
-    per_tunnel.update(stream.tunnel for session in sessions for stream in session.streams)
+    per_tunnel.update(streams)
     for tunnel, n in sorted(per_tunnel.items()):
         active.add_metric([tunnel], n)
     yield active
@@ -392,9 +403,9 @@ class MetricsPlugin:
             self.server.ferrotunnel_handshake_done(session, failure)
 
     @hookimpl
-    def ferrotunnel_session_opened(self, session: Session) -> None:
+    def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
         if self.settings.enabled:
-            self.server.ferrotunnel_session_opened(session)
+            self.server.ferrotunnel_session_opened(session, identity)
 
     @hookimpl
     def ferrotunnel_session_closed(self, session: Session) -> None:
