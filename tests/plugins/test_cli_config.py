@@ -166,7 +166,10 @@ def test_config_init_writes_a_private_file_that_config_check_accepts(
         assert f"# [{table}]" in text  # every plugin table, commented out
     checked = run_cli(["config", "check", str(path)])
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.strip() == f"{path}: ok ({kind})"
+    *checks, verdict = checked.stdout.splitlines()
+    assert checks == [checks[0]]
+    assert checks[0].startswith(f"ferrotunnel {kind}: settings ok (")
+    assert verdict == f"{path}: ok ({kind})"
     # not overwritten without --force; with it, private again even if it was not
     again = run_cli(["config", "init", kind, "--out", str(path)])
     assert again.returncode == 2
@@ -275,6 +278,89 @@ def test_config_check_names_the_file_line_and_fix(
     error = one_error_line(result.stderr)
     assert error.startswith(f"ferrotunnel: error: {path}:{line}: "), error
     assert message in error, error
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            '[server]\ntoken = "x"\n\n[auth]\ntokens_file = "missing.txt"\n',
+            "[auth] tokens_file '{dir}/missing.txt': No such file or directory",
+            id="missing-tokens-file",
+        ),
+        pytest.param(
+            '[server]\n\n[[auth.tokens]]\nname = "a"\ntoken = "t"\n\n'
+            '[[auth.tokens]]\nname = "b"\ntoken = "t"\n',
+            "[auth] tokens[1]: the same token as [auth] tokens[0] ('b' and 'a')",
+            id="duplicate-token",
+        ),
+        pytest.param(
+            '[server]\ntoken = "x"\n\n[metrics]\nenabled = true\nbind = "127.0.0.1"\n',
+            "[metrics] bind '127.0.0.1' must be HOST:PORT",
+            id="metrics-bind-without-port",
+        ),
+        pytest.param(
+            '[server]\ntoken = "x"\nbind = "nohost"\n',
+            "--bind 'nohost' must be HOST:PORT",
+            id="server-bind-without-port",
+        ),
+        pytest.param(
+            '[server]\ntoken = "x"\ntcp_port_range = "30000-20000"\n',
+            "--tcp-port-range '30000-20000': need 1 <= LOW <= HIGH <= 65535",
+            id="reversed-port-range",
+        ),
+        pytest.param(
+            '[server]\nbind = "127.0.0.1:0"\n',
+            "missing token: pass --token or set FERROTUNNEL_TOKEN",
+            id="server-without-any-credential",
+        ),
+        pytest.param(
+            '[client]\nserver = "127.0.0.1:7835"\n\n'
+            '[[client.tunnels]]\nname = "a"\nlocal_addr = "127.0.0.1:1"\nprotocol = "udp"\n',
+            "[[client.tunnels]] 'a': protocol must be http or tcp",
+            id="client-tunnel-protocol",
+        ),
+        pytest.param(
+            '[client]\nserver = "127.0.0.1:7835"\n\n[dashboard]\nport = 70000\n',
+            "[dashboard] port 70000 is not a TCP port (0-65535)",
+            id="dashboard-port",
+        ),
+        pytest.param(
+            '[client]\nserver = "127.0.0.1:7835"\n\n[access_log]\npath = "no-such-dir/a.log"\n',
+            "[access_log] path '{dir}/no-such-dir/a.log': No such file or directory",
+            id="access-log-directory",
+        ),
+    ],
+)
+def test_config_check_checks_what_a_start_checks(tmp_path: Path, text: str, message: str) -> None:
+    """Values, the files they name and the plugins' own checks: what the table schema cannot
+    see, ``config check`` still catches — exactly as ``server``/``client`` would at start."""
+    path = write(tmp_path / "settings.toml", text)
+    result = run_cli(["config", "check", str(path)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ok" not in result.stdout
+    expected = message.replace("{dir}", str(tmp_path))
+    assert one_error_line(result.stderr) == f"ferrotunnel: error: {expected}"
+
+
+def test_check_flags_validate_and_exit_without_listening(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["--token", "t", "--bind", f"{HOST}:{port}", "--http-bind", f"{HOST}:0"]
+    checked = run_cli(["server", *args, "--check"])
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith(
+        f"ferrotunnel server: settings ok (control plane {HOST}:{port}"
+    )
+    with socket.create_server((HOST, port)):  # nothing listens there: the check did not bind
+        pass
+    bad = run_cli(["server", "--token", "t", "--bind", "nohost", "--check"])
+    assert bad.returncode == 2
+    assert one_error_line(bad.stderr) == "ferrotunnel: error: --bind 'nohost' must be HOST:PORT"
+    client = run_cli(["client", "--server", f"{HOST}:{port}", "--tunnel-id", "app", "--check"])
+    assert client.returncode == 0, client.stderr
+    assert (
+        client.stdout == f"ferrotunnel client: settings ok (server {HOST}:{port}; tunnels: app)\n"
+    )
 
 
 def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:

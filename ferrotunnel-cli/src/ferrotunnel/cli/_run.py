@@ -130,11 +130,22 @@ def config_errors(func: Callable[[], Any]) -> Any:
         fail(str(exc), status=2)
 
 
-def read_token(token: str | None, *, required: bool) -> str | None:
+def check_option() -> Callable[[Any], Any]:
+    """``--check``: everything a start does before it listens, then exit (like ``nginx -t``)."""
+    return click.option(
+        "--check",
+        "check_only",
+        is_flag=True,
+        help="Check the settings (flags, environment, --config file, plugins) as a start "
+        "would, then exit without connecting or listening.",
+    )
+
+
+def read_token(token: str | None, *, required: bool, prompt: bool = True) -> str | None:
     """The token from the flag or environment, else a no-echo prompt on a terminal."""
     if token:
         return token
-    if sys.stdin.isatty():
+    if prompt and sys.stdin.isatty():
         value: str = click.prompt("Token", hide_input=True, err=True)
         return value
     if required:

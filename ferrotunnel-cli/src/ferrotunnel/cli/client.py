@@ -14,6 +14,7 @@ from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel,
 from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
 
 from ._run import (
+    check_option,
     config_errors,
     config_option,
     fail,
@@ -179,8 +180,11 @@ def _tls_context(plugins: PluginHost, merged: dict[str, Any]) -> ssl.SSLContext 
 @click.option("--no-reconnect", is_flag=True, help="Exit when the connection is lost.")
 @log_level_option()
 @config_option("[client], [[client.tunnels]]")
+@check_option()
 @click.pass_context
-def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
+def client(
+    ctx: click.Context, /, config_file: str | None, check_only: bool, **options: Any
+) -> None:
     """Connect to a server and expose a local service through it."""
     plugins: PluginHost = ctx.obj["plugins"]
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
@@ -208,7 +212,7 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
         no_dashboard = not loaded.table("dashboard").enabled
         dashboard_port = loaded.table("dashboard").port
     config_errors(lambda: plugins.configure(loaded))
-    token = read_token(merged["token"], required=False)
+    token = read_token(merged["token"], required=False, prompt=not check_only)
 
     def build() -> ClientConfig:
         if not merged["server_addr"]:
@@ -247,6 +251,12 @@ def client(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
 
     config: ClientConfig = config_errors(build)
     observers = config_errors(lambda: plugins.stream_observers(loaded))
+    if check_only:
+        names = ", ".join(t.name for t in config.tunnels)
+        click.echo(
+            f"ferrotunnel client: settings ok (server {config.server_addr}; tunnels: {names})"
+        )
+        return
 
     async def main() -> None:
         tunnel_client = Client(config, plugins=plugins, stream_observers=observers)

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import tomli_w
@@ -162,11 +162,21 @@ def config_init(ctx: click.Context, kind: str, out: str | None, force: bool) -> 
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.pass_context
 def config_check(ctx: click.Context, file: str) -> None:
-    """Validate FILE (every table and key) without starting anything."""
+    """Validate FILE without starting anything: every table and key, then what ``server
+    --check`` / ``client --check`` check (values, addresses, files it names, plugins) for
+    its [server] or [client] table, with the environment's FERROTUNNEL_* variables."""
     host: PluginHost = ctx.obj["plugins"]
     try:
         loaded = load_settings(host, file)
     except ConfigError as exc:
         fail(str(exc), status=2)
+    root = ctx.find_root()
+    group = cast(click.Group, root.command)
+    for kind in ("server", "client"):
+        if kind in loaded.raw:
+            command = group.get_command(root, kind)
+            assert command is not None
+            with command.make_context(kind, ["--config", file, "--check"], parent=root) as sub:
+                command.invoke(sub)
     tables = sorted(name for name in loaded.raw)
     click.echo(f"{file}: ok ({', '.join(tables) or 'no tables'})")

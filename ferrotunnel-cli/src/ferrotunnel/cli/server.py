@@ -14,6 +14,7 @@ from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 from ._run import (
+    check_option,
     config_errors,
     config_option,
     fail,
@@ -207,8 +208,11 @@ def _tls_contexts(
 @click.option("--https-key", multiple=True, help="Key of the --https-cert at the same position.")
 @log_level_option()
 @config_option("[server]")
+@check_option()
 @click.pass_context
-def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> None:
+def server(
+    ctx: click.Context, /, config_file: str | None, check_only: bool, **options: Any
+) -> None:
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
     plugins: PluginHost = ctx.obj["plugins"]
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
@@ -219,7 +223,11 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
     authenticators = config_errors(lambda: plugins.authenticators(loaded))
     http_middlewares = config_errors(lambda: plugins.http_middlewares(loaded))
     tcp_middlewares = config_errors(lambda: plugins.tcp_middlewares(loaded))
-    token = read_token(settings.token, required=not authenticators and not settings.tls_client_auth)
+    token = read_token(
+        settings.token,
+        required=not authenticators and not settings.tls_client_auth,
+        prompt=not check_only,
+    )
     control_tls, https_tls = config_errors(lambda: _tls_contexts(plugins, settings))
 
     def build_http() -> HttpIngressConfig:
@@ -266,6 +274,13 @@ def server(ctx: click.Context, /, config_file: str | None, **options: Any) -> No
 
     config: ServerConfig = config_errors(build)
     http_config: HttpIngressConfig = config_errors(build_http)
+    if check_only:
+        enabled = [i.name for i in plugins.infos if i.status == "enabled"]
+        click.echo(
+            f"ferrotunnel server: settings ok (control plane {config.bind}, HTTP ingress "
+            f"{http_config.bind}; plugins: {', '.join(enabled) or 'none'})"
+        )
+        return
 
     async def main() -> None:
         ingresses = []

@@ -33,7 +33,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client import CollectorRegistry
 
-from ferrotunnel.core import Client, GrantedTunnel, Server, Session
+from ferrotunnel.core import Client, ConfigError, GrantedTunnel, Server, Session
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, hookimpl
 
@@ -155,6 +155,10 @@ class Dashboard:
     def ferrotunnel_configure(self, config: Config) -> None:
         settings = config.table("dashboard")
         if isinstance(settings, DashboardSettings):
+            for key in ("port", "admin_port"):  # a bad one: a configuration error, not at bind
+                port = getattr(settings, key)
+                if not 0 <= port <= 65535:
+                    raise ConfigError(f"[dashboard] {key} {port} is not a TCP port (0-65535)")
             self.settings = settings
 
     @hookimpl
