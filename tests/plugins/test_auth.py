@@ -138,6 +138,7 @@ def test_tokens_file_relative_to_the_configuration_file(tmp_path: Path) -> None:
         ("alice:token:ports=80-70", "80-70"),
         ("alice:token:ports=http", "PORT or LOW-HIGH"),
         ("alice:token:hosts=a:hosts=b", "unexpected field"),
+        ("team/alice:token", "must not contain '/'"),
     ],
 )
 def test_tokens_file_errors_name_the_line_not_the_token(
@@ -149,6 +150,13 @@ def test_tokens_file_errors_name_the_line_not_the_token(
         auth.parse_tokens_file(path)
     assert "tokens.txt:2:" in str(error.value)
     assert "cret-part" not in str(error.value)
+
+
+def test_a_name_with_a_slash_is_refused_in_the_file_too() -> None:
+    """A scoped identity's tunnels are named ``IDENTITY/NAME``: with "/" in identity names,
+    ``a`` + ``b/c`` and ``a/b`` + ``c`` would both be ``a/b/c``."""
+    with pytest.raises(ValueError, match="must not contain '/'"):
+        auth.TokenEntry(name="a/b", token="secret")
 
 
 def test_configure_reports_a_missing_file(tmp_path: Path) -> None:

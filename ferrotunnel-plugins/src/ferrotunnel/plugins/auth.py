@@ -28,7 +28,8 @@ credential by itself: that client needs a token too (see ``docs/security.md``).
 
 A scoped credential (``hosts`` or ``ports``) does not choose its tunnels' names on the server:
 alice's tunnel ``web`` is ``alice/web`` there, which is how other plugins' tables, logs and
-metrics name it (key rules for it by host, ``"alice/web"`` or ``"alice/*"``).
+metrics name it (key rules for it by host, ``"alice/web"`` or ``"alice/*"``). So a name cannot
+contain ``/``.
 
 (or inline: ``tokens = [{ name = "dave", token = "..." }]``)
 
@@ -103,8 +104,7 @@ class TokenEntry:
     ports: tuple[PortSpec, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise ValueError("name must not be empty")
+        _check_name(self.name)
         if [self.token, self.sha256, self.subject].count(None) != 2:
             raise ValueError(
                 f"token {self.name!r} needs exactly one of 'token', 'sha256' and 'subject'"
@@ -203,6 +203,13 @@ def _hosts(patterns: Sequence[str]) -> tuple[str, ...]:
     return hosts
 
 
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise ValueError("name must not be empty")
+    if "/" in name:  # it prefixes a scoped identity's tunnels: alice/web (Identity.tunnel_name)
+        raise ValueError(f"name {name!r} must not contain '/'")
+
+
 def _entry_credential(entry: TokenEntry, source: str) -> Credential:
     identity = Identity(
         entry.name.strip(),
@@ -225,6 +232,10 @@ def _parse_line(line: str, where: str) -> Credential:
     name = parts[0]
     if not name or len(parts) < 2:
         raise ConfigError(f"{where}: expected name:token or name:sha256:HEX")
+    try:
+        _check_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     hashed = parts[1] == "sha256" and len(parts) >= 3
     if hashed:
         try:
