@@ -25,6 +25,7 @@ rest unrecorded.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ __all__ = ["H2Exchange", "H2Watch"]
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x5, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTINGS})
+_FRAME = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
 _HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
 _INITIAL_TABLE = 4096  # its initial value (RFC 9113, section 6.5.2)
 #: RFC 9113 error codes, for the error text of a reset stream
@@ -162,20 +164,25 @@ class H2Watch:
                 if not side.skip:
                     self._frame_done(side, visitor)
                 continue
-            n = min(9 - len(side.head), size - pos)
-            side.head += view[pos : pos + n]
-            pos += n
-            if len(side.head) == 9:
-                self._frame_start(side, visitor)
+            head = side.head
+            if not head and size - pos >= 9:  # a whole frame header: the usual case
+                high, low, ftype, flags, stream = _FRAME.unpack_from(view, pos)
+                pos += 9
+            else:
+                n = min(9 - len(head), size - pos)
+                head += view[pos : pos + n]
+                pos += n
+                if len(head) < 9:
+                    break
+                high, low, ftype, flags, stream = _FRAME.unpack(head)
+                head.clear()
+            self._frame_start(side, visitor, ftype, flags, stream & 0x7FFFFFFF, high << 8 | low)
         done, self._done = self._done, []
         return done
 
-    def _frame_start(self, side: _Direction, visitor: bool) -> None:
-        head = side.head
-        length = int.from_bytes(head[:3], "big")
-        ftype, flags = head[3], head[4]
-        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-        head.clear()
+    def _frame_start(
+        self, side: _Direction, visitor: bool, ftype: int, flags: int, stream: int, length: int
+    ) -> None:
         side.frame = (ftype, flags, stream, length)
         exchange = self._streams.get(stream)
         if exchange is not None:
