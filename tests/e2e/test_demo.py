@@ -1,7 +1,9 @@
-"""``ferrotunnel demo`` as a user runs it: start, curl the printed URL, Ctrl-C."""
+"""``ferrotunnel demo`` as a user runs it: start, curl the printed URL, see it in the printed
+dashboard, Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -19,6 +21,7 @@ def test_demo_serves_curl_and_stops_on_ctrl_c(launch: Launch) -> None:
     if curl is None:
         pytest.skip("the curl command is not installed")
     demo = launch("demo")
+    dashboard = demo.expect(r"^\s+dashboard \(inspect, replay\)\s+(?P<url>http://\S+)$")
     demo.expect(r"self-check through the tunnel\s+OK")
     url = demo.expect(r"^\s+curl (?P<url>http://\S+:\d+/hello)$").group("url")
     demo.expect(r"^Press Ctrl-C to stop\.$")
@@ -32,6 +35,17 @@ def test_demo_serves_curl_and_stops_on_ctrl_c(launch: Launch) -> None:
     assert result.returncode == 0, result.stderr
     assert "Hello from behind the tunnel" in result.stdout, result.stdout
     assert "GET /hello HTTP/1.1" in result.stdout
+    # the dashboard lists it (and the demo's own self-check before it)
+    listed = subprocess.run(
+        [curl, "--silent", "--max-time", "5", dashboard.group("url") + "/api/v1/requests"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    paths = [item["path"] for item in json.loads(listed.stdout)["requests"]]
+    assert paths == ["/hello", "/self-check"], paths  # newest first
     signalled = time.monotonic()
     demo.signal(signal.SIGINT)
     assert demo.wait_exit(timeout=5.0) == 0, demo.describe()

@@ -2,7 +2,10 @@
 
 The sample app is reached only through the tunnel's public HTTP ingress, routed by its host
 name, exactly as a visitor on the Internet would reach a web app behind NAT. The demo checks
-that path once itself before it tells you how to try it.
+that path once itself before it tells you how to try it. Its client has the installed
+plugins, at their defaults, as ``ferrotunnel client`` would: with ferrotunnel-observability,
+the dashboard (on a free port, so that a running client's 4040 is left alone) lists each
+request as it passes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import click
 from anyio.abc import SocketStream
 
 from ferrotunnel.core import Address, Client, Server, Tunnel, TunnelKind
+from ferrotunnel.core.plugin import PluginHost
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
-from ._run import log_level_option, run, setup_logging
+from ._run import config_errors, log_level_option, run, setup_logging
+from .settings import load_settings
 
 DEMO_HOST = "demo.localhost"
 _MAX_HEAD = 16 << 10
@@ -84,6 +89,12 @@ async def fetch(address: Address, host: str) -> bytes:
 def demo(ctx: click.Context, log_level: str) -> None:
     """Run a server, a client and a sample web app locally; print how to reach the app."""
     setup_logging(log_level)
+    plugins: PluginHost = ctx.obj["plugins"]
+    loaded = config_errors(lambda: load_settings(plugins, None))
+    if "dashboard" in loaded.schema.tables:
+        loaded.replace("dashboard", port=0)
+    config_errors(lambda: plugins.configure(loaded))
+    observers = config_errors(lambda: plugins.stream_observers(loaded))
 
     async def main() -> None:
         token = secrets.token_urlsafe(16)
@@ -97,7 +108,11 @@ def demo(ctx: click.Context, log_level: str) -> None:
             async with (
                 Server(token=token, bind="127.0.0.1:0", ingresses=[ingress]) as server,
                 Client(
-                    server_addr=str(server.control_address), token=token, tunnels=[tunnel]
+                    server_addr=str(server.control_address),
+                    token=token,
+                    tunnels=[tunnel],
+                    plugins=plugins,
+                    stream_observers=observers,
                 ) as client,
             ):
                 public = ingress.address
@@ -114,6 +129,9 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 click.echo(f"  local app (behind the tunnel)  http://127.0.0.1:{app_port}/")
                 click.echo(f"  tunnel server control plane    {server.control_address}")
                 click.echo(f"  public URL                     {url}/")
+                dashboard = client.endpoints.get("dashboard", "")
+                if dashboard.startswith("http"):
+                    click.echo(f"  dashboard (inspect, replay)    {dashboard}")
                 click.echo(
                     f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
                 )
@@ -123,6 +141,8 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 click.echo("Try it (curl resolves *.localhost to this machine):")
                 click.echo(f"  curl {url}/hello")
                 click.echo(f"  curl -H 'Host: {DEMO_HOST}' http://{public}/hello")
+                if dashboard.startswith("http"):
+                    click.echo(f"and watch the requests arrive at {dashboard} (replay one there).")
                 click.echo("Press Ctrl-C to stop.")
                 await anyio.sleep_forever()
             tg.cancel_scope.cancel()
