@@ -5,8 +5,9 @@ the ingress has no request heads to hand the middlewares' ``on_complete``, the a
 the metrics. When they want records, the ingress also shows an :class:`H2Watch` every chunk it
 passes, in each direction. The watch splits the chunks into frames — keeping only the frame
 header and the payloads it reads (header blocks, RST_STREAM), never copying DATA — and decodes
-every header block with one hpack decoder per direction: the dynamic tables are built from
-all blocks in order, so none may be skipped. Per stream it notes the request's method, path
+every header block with one HPACK reader per direction (``hpack_reader.py``: the few fields
+wanted are decoded, the rest only stepped over): the dynamic tables are built from all blocks
+in order, so none may be skipped. Per stream it notes the request's method, path
 and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
 trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
 
@@ -14,7 +15,7 @@ Each direction's decoder accepts the dynamic table sizes the other peer allowed 
 SETTINGS (``SETTINGS_HEADER_TABLE_SIZE``: grpcio, the ``h2`` library and browsers may allow
 more than 4096 bytes), up to ``max_table``: that is what the watch's tables may hold.
 
-It never changes or delays a byte. What it cannot follow (a block hpack cannot decode, one
+It never changes or delays a byte. What it cannot follow (a block that does not decode, one
 larger than ``max_block``, a table larger than ``max_table``) ends its watch: the streams it
 knew end with that error and later ones go unrecorded, while the connection carries on. At
 most ``max_streams`` unfinished streams are tracked, their method, path and authority
@@ -29,9 +30,8 @@ import struct
 import time
 from dataclasses import dataclass
 
-import hpack
-
 from .h1 import normalize_host
+from .hpack_reader import HeaderReader
 
 __all__ = ["H2Exchange", "H2Watch"]
 
@@ -41,6 +41,9 @@ _READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTING
 _FRAME = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
 _HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
 _INITIAL_TABLE = 4096  # its initial value (RFC 9113, section 6.5.2)
+#: the fields read from each direction's header blocks (the others are only stepped over)
+_REQUEST_FIELDS = frozenset({b":method", b":path", b":authority", b"host"})
+_RESPONSE_FIELDS = frozenset({b":status", b"grpc-status"})
 #: RFC 9113 error codes, for the error text of a reset stream
 _CODES = (
     "NO_ERROR",
@@ -79,7 +82,7 @@ class H2Exchange:
 
 
 class _Direction:
-    """One direction's frame reader and hpack decoder."""
+    """One direction's frame reader and HPACK reader."""
 
     __slots__ = (
         "block",
@@ -91,12 +94,13 @@ class _Direction:
         "head",
         "payload",
         "skip",
+        "wanted",
     )
 
-    def __init__(self, max_block: int) -> None:
-        self.decoder = hpack.Decoder(max_header_list_size=max_block)
+    def __init__(self, wanted: frozenset[bytes]) -> None:
         # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
-        self.decoder.max_allowed_table_size = _INITIAL_TABLE
+        self.decoder = HeaderReader(_INITIAL_TABLE)
+        self.wanted = wanted  # the fields read out of its header blocks
         self.head = bytearray()  # a frame header still arriving
         self.frame = (0, 0, 0, 0)  # the current frame: type, flags, stream, length
         self.payload: bytearray | None = None  # a payload being read (None: skipped)
@@ -123,8 +127,8 @@ class H2Watch:
         self._max_table = max_table
         self._max_held = 4 * max_block if max_held is None else max_held
         self._held = 0  # the bytes of the tracked streams' method, path and authority
-        self._visitor = _Direction(max_block)
-        self._origin = _Direction(max_block)
+        self._visitor = _Direction(_REQUEST_FIELDS)
+        self._origin = _Direction(_RESPONSE_FIELDS)
         self._streams: dict[int, H2Exchange] = {}
         self._done: list[H2Exchange] = []
         #: why the watch stopped following the connection, once it has
@@ -247,9 +251,9 @@ class H2Watch:
             block, block_stream = bytes(side.block), side.block_stream
             side.block, side.block_stream = bytearray(), -1
             try:
-                fields = [(bytes(k), bytes(v)) for k, v in side.decoder.decode(block, raw=True)]
-            except Exception as exc:  # hpack raises a family of its own errors
-                self._fail(f"an undecodable HTTP/2 header block ({type(exc).__name__})")
+                fields = side.decoder.read(block, side.wanted if block_stream else ())
+            except Exception as exc:  # HpackError, and anything else it should not raise
+                self._fail(f"an undecodable HTTP/2 header block ({exc or type(exc).__name__})")
                 return
             if block_stream:
                 self._headers(block_stream, fields, visitor, side.end_stream, side.block_size)

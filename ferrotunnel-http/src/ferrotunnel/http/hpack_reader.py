@@ -1,0 +1,154 @@
+"""Just enough HPACK (RFC 7541) to follow the header blocks of a connection one does not serve.
+
+The HTTP/2 watch (``h2watch.py``) must read every header block of a connection, in order, so
+that its copy of each peer's dynamic table stays in step with the peer's; yet of the fields it
+wants only a few (``:method``, ``:path``, ``:status``...). A general decoder builds and
+Huffman-decodes every field of every block; this one decodes a field's value only when the
+field is wanted or enters the table (whose size counts decoded lengths), and skips the rest —
+a literal that changes per request, such as ``grpc-timeout``, is stepped over. Everything it
+keeps is bounded: the table by the size the peer may use, a field by its block.
+
+Anything malformed raises :class:`HpackError`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection
+
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
+
+__all__ = ["HeaderReader", "HpackError"]
+
+_STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
+_ENTRY_OVERHEAD = 32  # RFC 7541, section 4.1
+_INITIAL_SIZE = 4096  # a table's size until its encoder says otherwise (RFC 9113, 6.5.2)
+_MAX_INT = 1 << 32  # no valid integer in a block is larger
+
+
+class HpackError(ValueError):
+    """A header block that does not decode."""
+
+
+class HeaderReader:
+    """One peer's header blocks, read in the order it sent them."""
+
+    __slots__ = ("_entries", "_max_size", "_size", "max_allowed_table_size")
+
+    def __init__(self, max_allowed_table_size: int = 4096) -> None:
+        #: how large the peer may make its table (what the other peer's SETTINGS allow)
+        self.max_allowed_table_size = max_allowed_table_size
+        self._max_size = _INITIAL_SIZE  # the size the peer's encoder last chose
+        self._size = 0
+        self._entries: deque[tuple[bytes, bytes]] = deque()  # newest first
+
+    def read(self, block: bytes, wanted: Collection[bytes]) -> list[tuple[bytes, bytes]]:
+        """The fields of ``block`` whose names are in ``wanted``, in order."""
+        found: list[tuple[bytes, bytes]] = []
+        pos, end = 0, len(block)
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:  # an indexed field
+                index, pos = _integer(block, pos, 7)
+                field = self._entry(index)
+                if field[0] in wanted:
+                    found.append(field)
+            elif first & 0x40:  # a literal that enters the table
+                index, pos = _integer(block, pos, 6)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, pos = _string(block, pos)
+                value, pos = _string(block, pos)
+                self._add(name, value)
+                if name in wanted:
+                    found.append((name, value))
+            elif first & 0x20:  # a table size update
+                size, pos = _integer(block, pos, 5)
+                if size > self.max_allowed_table_size:
+                    raise HpackError(f"table size {size} above the {self.max_allowed_table_size}")
+                self._max_size = size
+                self._evict()
+            else:  # a literal kept out of the table (never-indexed or not)
+                index, pos = _integer(block, pos, 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, pos = _string(block, pos)
+                if name in wanted:
+                    value, pos = _string(block, pos)
+                    found.append((name, value))
+                else:
+                    pos = _skip_string(block, pos)
+        return found
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= len(_STATIC):
+            return _STATIC[index - 1]
+        index -= len(_STATIC) + 1
+        if 0 <= index < len(self._entries):
+            return self._entries[index]
+        raise HpackError("a field index beyond the tables")
+
+    def _add(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + _ENTRY_OVERHEAD
+        if size > self._max_size:  # larger than the table: it empties it (section 4.4)
+            self._entries.clear()
+            self._size = 0
+            return
+        self._entries.appendleft((name, value))
+        self._size += size
+        self._evict()
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while self._size > self._max_size:
+            name, value = entries.pop()
+            self._size -= len(name) + len(value) + _ENTRY_OVERHEAD
+
+
+def _integer(block: bytes, pos: int, prefix: int) -> tuple[int, int]:
+    """The integer with a ``prefix``-bit prefix at ``pos``, and the position after it."""
+    if pos >= len(block):
+        raise HpackError("a truncated field")
+    mask = (1 << prefix) - 1
+    value = block[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        if pos >= len(block):
+            raise HpackError("a truncated integer")
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if value > _MAX_INT:
+            raise HpackError("an integer too large")
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _string(block: bytes, pos: int) -> tuple[bytes, int]:
+    length, start = _integer(block, pos, 7)
+    huffman, pos = block[pos] & 0x80, start
+    end = pos + length
+    if end > len(block):
+        raise HpackError("a truncated string")
+    data = block[pos:end]
+    if huffman:
+        try:
+            data = decode_huffman(data)
+        except Exception as exc:  # hpack's own error family
+            raise HpackError("an invalid Huffman string") from exc
+    return data, end
+
+
+def _skip_string(block: bytes, pos: int) -> int:
+    length, pos = _integer(block, pos, 7)
+    end = pos + length
+    if end > len(block):
+        raise HpackError("a truncated string")
+    return end
