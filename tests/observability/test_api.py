@@ -21,6 +21,7 @@ from ferrotunnel.core import Address
 from ..e2e.helpers import free_port
 from ..http.harness import (
     HOST,
+    Origin,
     OriginRequest,
     OriginResponse,
     RawOrigin,
@@ -421,6 +422,108 @@ async def test_replay_records_an_answer_that_comes_before_the_body_is_sent(
     assert response.status_code == 201, response.text
     assert response.json()["status"] == 413
     assert response.json()["response"]["body"]["text"] == "too big\n"
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+class LateOrigin(Origin):
+    """The local service, down (its port refuses connections) until ``start``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, limit=1 << 20)
+
+    async def __aenter__(self) -> LateOrigin:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            await super().__aexit__(*exc_info)
+
+
+async def test_a_refused_request_is_listed_live_as_the_502_it_got() -> None:
+    """The local service is down: the visitor's request is still listed (live and in the
+    list), with the ingress's 502 and why; once the service is up, it replays as usual."""
+    origin = LateOrigin()
+    async with dash_stack(origin=origin) as stack:
+        seen: list[dict[str, object]] = []
+        async with stack.api.stream("GET", "/api/v1/events") as events:
+            event = ""
+            with anyio.fail_after(5):
+                async for line in events.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "hello":
+                        response = await stack.visitor.post(
+                            "/orders?id=7", json={"qty": 2}, headers={"x-debug": "on"}
+                        )
+                    elif line.startswith("data: ") and event == "request":
+                        seen.append(json.loads(line[6:]))
+                        if seen[-1]["state"] != "pending":
+                            break
+        assert response.status_code == 502
+        refused = f"the local service at {HOST}:{origin.port} refused the connection"
+        live = seen[-1]
+        assert (live["method"], live["target"], live["status"]) == ("POST", "/orders?id=7", 502)
+        assert (live["state"], live["error"]) == ("error", refused)
+        (row,) = (await stack.api.get("/api/v1/requests")).json()["requests"]
+        assert row == live
+        assert (await stack.api.get("/api/v1/requests?status=5xx")).json()["requests"] == [row]
+        detail = (await stack.api.get(f"/api/v1/requests/{row['id']}")).json()
+        assert ["x-debug", "on"] in detail["request"]["headers"]
+        assert json.loads(detail["request"]["body"]["text"]) == {"qty": 2}
+        assert (detail["status"], detail["reason"]) == (502, "Bad Gateway")
+        assert detail["response"] is None  # the 502 is the ingress's: the origin said nothing
+        exported = await stack.api.get(f"/api/v1/requests/{row['id']}/export?format=pytest")
+        assert "status_code ==" not in exported.text  # so an exported test does not expect it
+
+        await origin.start()
+        replayed = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json={})
+        assert replayed.status_code == 201, replayed.text
+        answer = replayed.json()
+        assert (answer["status"], answer["replay_of"], answer["state"]) == (
+            200,
+            row["id"],
+            "complete",
+        )
+        echoed = json.loads(answer["response"]["body"]["text"])
+        assert (echoed["method"], echoed["target"]) == ("POST", "/orders?id=7")
+        assert echoed["body_len"] == len(b'{"qty":2}')  # the body as the visitor sent it
+        assert ["x-debug", "on"] in echoed["headers"]
+
+
+async def _close_after_the_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+
+
+async def _reset_after_the_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # closing with SO_LINGER 0 sends RST
+
+
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (_close_after_the_head, "no response"),
+        (_reset_after_the_head, "Connection reset by peer"),
+    ],
+    ids=["closed", "reset"],
+)
+async def test_a_request_the_local_service_dropped_unanswered_is_listed_as_the_502_it_got(
+    handler: object, error: str
+) -> None:
+    async with dash_stack(origin=RawOrigin(handler)) as stack:  # type: ignore[arg-type]
+        response = await stack.visitor.get("/dropped")
+        assert response.status_code == 502
+        (row,) = await stack.wait_for(1)
+    assert (row["target"], row["status"], row["state"]) == ("/dropped", 502, "error")
+    assert row["error"].endswith(error)
 
 
 # ---------------------------------------------------------------------------- diff
