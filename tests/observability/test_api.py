@@ -725,10 +725,23 @@ async def test_unknown_routes_and_methods_are_json_errors(stack: DashStack) -> N
     assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
 
 
-async def test_a_foreign_host_is_refused(stack: DashStack) -> None:
-    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 gets nothing."""
-    response = await stack.api.get("/api/v1/requests", headers={"host": "evil.example:4040"})
-    assert response.status_code == 400
+@pytest.mark.parametrize("path", ["/api/v1/requests", "/", "/static/app.js", "/api/v1/nope"])
+@pytest.mark.parametrize("host", ["evil.example:4040", "127.0.0.1.evil.example", "[::2]:4040"])
+async def test_a_foreign_host_is_refused_with_a_json_error(
+    stack: DashStack, path: str, host: str
+) -> None:
+    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 gets nothing but the
+    error, in the format of every other."""
+    response = await stack.api.get(path, headers={"host": host})
+    assert await error_of(response) == (400, "INVALID_HOST")
+    assert response.headers["content-type"] == "application/json"
+    assert host in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:4040", "LOCALHOST:1", "[::1]:4040"])
+async def test_a_loopback_host_is_served(stack: DashStack, host: str) -> None:
+    response = await stack.api.get("/api/v1/health", headers={"host": host})
+    assert response.json()["status"] == "ok"
 
 
 async def test_the_ui_is_served_from_the_package(stack: DashStack) -> None:
