@@ -169,6 +169,7 @@ async def test_admin_page_health_and_host_check() -> None:
         assert (await stack.anonymous.get("/static/admin.js")).status_code == 200
         foreign = await stack.api.get("/api/v1/sessions", headers={"host": "evil.example"})
         assert foreign.status_code == 400
+        assert foreign.json()["error"]["code"] == "INVALID_HOST"
         missing = await stack.api.get("/api/v1/nothing")
         assert missing.json()["error"]["code"] == "NOT_FOUND"
 

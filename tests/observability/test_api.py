@@ -21,6 +21,7 @@ from ferrotunnel.core import Address
 from ..e2e.helpers import free_port
 from ..http.harness import (
     HOST,
+    Origin,
     OriginRequest,
     OriginResponse,
     RawOrigin,
@@ -423,6 +424,108 @@ async def test_replay_records_an_answer_that_comes_before_the_body_is_sent(
     assert response.json()["response"]["body"]["text"] == "too big\n"
 
 
+# ---------------------------------------------------------------------------- failures
+
+
+class LateOrigin(Origin):
+    """The local service, down (its port refuses connections) until ``start``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, limit=1 << 20)
+
+    async def __aenter__(self) -> LateOrigin:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            await super().__aexit__(*exc_info)
+
+
+async def test_a_refused_request_is_listed_live_as_the_502_it_got() -> None:
+    """The local service is down: the visitor's request is still listed (live and in the
+    list), with the ingress's 502 and why; once the service is up, it replays as usual."""
+    origin = LateOrigin()
+    async with dash_stack(origin=origin) as stack:
+        seen: list[dict[str, object]] = []
+        async with stack.api.stream("GET", "/api/v1/events") as events:
+            event = ""
+            with anyio.fail_after(5):
+                async for line in events.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "hello":
+                        response = await stack.visitor.post(
+                            "/orders?id=7", json={"qty": 2}, headers={"x-debug": "on"}
+                        )
+                    elif line.startswith("data: ") and event == "request":
+                        seen.append(json.loads(line[6:]))
+                        if seen[-1]["state"] != "pending":
+                            break
+        assert response.status_code == 502
+        refused = f"the local service at {HOST}:{origin.port} refused the connection"
+        live = seen[-1]
+        assert (live["method"], live["target"], live["status"]) == ("POST", "/orders?id=7", 502)
+        assert (live["state"], live["error"]) == ("error", refused)
+        (row,) = (await stack.api.get("/api/v1/requests")).json()["requests"]
+        assert row == live
+        assert (await stack.api.get("/api/v1/requests?status=5xx")).json()["requests"] == [row]
+        detail = (await stack.api.get(f"/api/v1/requests/{row['id']}")).json()
+        assert ["x-debug", "on"] in detail["request"]["headers"]
+        assert json.loads(detail["request"]["body"]["text"]) == {"qty": 2}
+        assert (detail["status"], detail["reason"]) == (502, "Bad Gateway")
+        assert detail["response"] is None  # the 502 is the ingress's: the origin said nothing
+        exported = await stack.api.get(f"/api/v1/requests/{row['id']}/export?format=pytest")
+        assert "status_code ==" not in exported.text  # so an exported test does not expect it
+
+        await origin.start()
+        replayed = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json={})
+        assert replayed.status_code == 201, replayed.text
+        answer = replayed.json()
+        assert (answer["status"], answer["replay_of"], answer["state"]) == (
+            200,
+            row["id"],
+            "complete",
+        )
+        echoed = json.loads(answer["response"]["body"]["text"])
+        assert (echoed["method"], echoed["target"]) == ("POST", "/orders?id=7")
+        assert echoed["body_len"] == len(b'{"qty":2}')  # the body as the visitor sent it
+        assert ["x-debug", "on"] in echoed["headers"]
+
+
+async def _close_after_the_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+
+
+async def _reset_after_the_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_head(reader)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # closing with SO_LINGER 0 sends RST
+
+
+@pytest.mark.parametrize(
+    ("handler", "error"),
+    [
+        (_close_after_the_head, "no response"),
+        (_reset_after_the_head, "Connection reset by peer"),
+    ],
+    ids=["closed", "reset"],
+)
+async def test_a_request_the_local_service_dropped_unanswered_is_listed_as_the_502_it_got(
+    handler: object, error: str
+) -> None:
+    async with dash_stack(origin=RawOrigin(handler)) as stack:  # type: ignore[arg-type]
+        response = await stack.visitor.get("/dropped")
+        assert response.status_code == 502
+        (row,) = await stack.wait_for(1)
+    assert (row["target"], row["status"], row["state"]) == ("/dropped", 502, "error")
+    assert row["error"].endswith(error)
+
+
 # ---------------------------------------------------------------------------- diff
 
 
@@ -622,10 +725,23 @@ async def test_unknown_routes_and_methods_are_json_errors(stack: DashStack) -> N
     assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "DELETE"}
 
 
-async def test_a_foreign_host_is_refused(stack: DashStack) -> None:
-    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 gets nothing."""
-    response = await stack.api.get("/api/v1/requests", headers={"host": "evil.example:4040"})
-    assert response.status_code == 400
+@pytest.mark.parametrize("path", ["/api/v1/requests", "/", "/static/app.js", "/api/v1/nope"])
+@pytest.mark.parametrize("host", ["evil.example:4040", "127.0.0.1.evil.example", "[::2]:4040"])
+async def test_a_foreign_host_is_refused_with_a_json_error(
+    stack: DashStack, path: str, host: str
+) -> None:
+    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 gets nothing but the
+    error, in the format of every other."""
+    response = await stack.api.get(path, headers={"host": host})
+    assert await error_of(response) == (400, "INVALID_HOST")
+    assert response.headers["content-type"] == "application/json"
+    assert host in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:4040", "LOCALHOST:1", "[::1]:4040"])
+async def test_a_loopback_host_is_served(stack: DashStack, host: str) -> None:
+    response = await stack.api.get("/api/v1/health", headers={"host": host})
+    assert response.json()["status"] == "ok"
 
 
 async def test_the_ui_is_served_from_the_package(stack: DashStack) -> None:

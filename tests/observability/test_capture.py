@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ferrotunnel.core import TunnelKind
-from ferrotunnel.observability.capture import CaptureObserver, ExchangeTap
+from ferrotunnel.observability.capture import CaptureObserver, ExchangeTap, ingress_answer
 from ferrotunnel.observability.exchange import Body, render_body
 from ferrotunnel.observability.store import Store
+from ferrotunnel.protocol import ErrorCode
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -74,6 +75,45 @@ def test_a_stream_that_ends_early_marks_its_exchanges() -> None:
     assert whole.state == "complete"
     assert whole.response_body is not None
     assert bytes(whole.response_body.data) == b"all of it"
+
+
+def test_the_ingress_answer_is_the_status_of_a_request_the_origin_never_answered() -> None:
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(b"GET /a HTTP/1.1\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    tap.to_origin(b"GET /b HTTP/1.1\r\n\r\n")
+    tap.closed("the local service at 127.0.0.1:3000 refused the connection", 502)
+    unanswered, answered = store.query()
+    assert (answered.status, answered.state) == (200, "complete")
+    assert (unanswered.status, unanswered.reason, unanswered.state) == (502, "Bad Gateway", "error")
+    assert unanswered.response is None  # the origin said nothing: the 502 is the ingress's
+    assert unanswered.summary()["status"] == 502
+
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(b"GET /cut HTTP/1.1\r\n\r\n")
+    tap.to_visitor(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    tap.closed("[Errno 104] Connection reset by peer", 502)
+    cut = store.query()[0]
+    assert (cut.status, cut.error) == (200, "[Errno 104] Connection reset by peer")
+    assert cut.ingress_status is None  # its head reached the visitor: no 502 came after it
+
+
+@pytest.mark.parametrize(
+    ("reset_code", "done", "answer"),
+    [
+        (ErrorCode.CONNECT_ERROR, True, 502),  # refused, or broken by the origin
+        (None, True, 502),  # the origin closed its connection (FIN both ways)
+        (ErrorCode.TIMEOUT, True, 504),  # the ingress gave up waiting
+        (ErrorCode.CANCEL, True, None),  # the visitor left
+        (ErrorCode.NO_ERROR, True, None),  # released between exchanges
+        (None, False, None),
+    ],
+)
+def test_how_a_stream_ended_tells_what_the_ingress_answered(
+    reset_code: ErrorCode | None, done: bool, answer: int | None
+) -> None:
+    assert ingress_answer(SimpleNamespace(reset_code=reset_code, done=done)) == answer  # type: ignore[arg-type]
 
 
 def test_a_response_without_a_request_is_not_made_up() -> None:
@@ -288,7 +328,7 @@ def _http_stream(frame_visitor: tuple[str, int] | None = None) -> Any:
     frame = SimpleNamespace(
         kind=TunnelKind.HTTP, tunnel="app", visitor_host=host, visitor_port=port, trace={}
     )
-    return SimpleNamespace(open_frame=frame)
+    return SimpleNamespace(open_frame=frame, reset_code=None, done=False)
 
 
 @pytest.mark.anyio

@@ -1,6 +1,6 @@
 """The core's StreamTap, on the splice path (asyncio, uvloop) and the pump path (trio): it sees
-every byte both ways, in order, then ``closed`` once — and a client with plugins calls the
-lifecycle and tunnel hooks with itself."""
+every byte both ways, in order, then ``closed`` once — also when the local service cannot be
+reached — and a client with plugins calls the lifecycle and tunnel hooks with itself."""
 
 from __future__ import annotations
 
@@ -11,8 +11,20 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from ferrotunnel.core import Address, Client, GrantedTunnel, Server, Session, Stream, Tunnel
+from ferrotunnel.core import (
+    Address,
+    Client,
+    GrantedTunnel,
+    Server,
+    Session,
+    Stream,
+    StreamResetError,
+    Tunnel,
+)
 from ferrotunnel.core.plugin import PluginHost, StreamTap, hookimpl
+from ferrotunnel.protocol import ErrorCode
+
+from ..e2e.helpers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -134,6 +146,37 @@ async def test_a_tap_sees_every_byte_both_ways_then_closes() -> None:
     assert rec.closed == [None]
     names = [name for name, _ in plugin.calls]
     assert names == ["startup", "registered", "closed", "shutdown"]
+
+
+async def test_a_refused_local_connect_shows_the_tap_what_arrived_then_why() -> None:
+    """Nothing is relayed when the local service is down, but the tap still sees the request
+    that arrived for it, then ``closed`` with the reason; the stream is reset CONNECT_ERROR
+    (what the HTTP ingress answers with a 502)."""
+    observer = Observer()
+    dead = free_port()
+    request = b"POST /orders?x=1 HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\r\n{}"
+    async with (
+        Server(token="t", bind="127.0.0.1:0", tcp_bind="127.0.0.1:0") as server,
+        Client(
+            server_addr=str(server.control_address),
+            token="t",
+            tunnels=[Tunnel("down", Address("127.0.0.1", dead))],
+            stream_observers=[observer],
+            reconnect=False,
+        ),
+    ):
+        (session,) = server.sessions
+        stream = session.open_stream("down")
+        await stream.send(request)  # goes out with the OPEN, as the HTTP ingress sends a head
+        with anyio.fail_after(10):
+            with pytest.raises(StreamResetError) as reset:
+                await stream.receive()
+            await observer.recordings[0].done.wait()
+    assert reset.value.code == ErrorCode.CONNECT_ERROR
+    (rec,) = observer.recordings
+    assert rec.to_origin == request
+    assert rec.to_visitor == b""
+    assert rec.closed == [f"the local service at 127.0.0.1:{dead} refused the connection"]
 
 
 async def test_the_dashboard_steps_aside_without_asyncio(

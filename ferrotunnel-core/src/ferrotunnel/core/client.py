@@ -522,9 +522,7 @@ class Client:
             self._connecting.discard(task)
             if task.cancelled() or task.exception() is not None:
                 exc = None if task.cancelled() else task.exception()
-                _local_connect_failed(stream, addr, exc)
-                if tap is not None:
-                    tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
+                _local_connect_failed(stream, addr, exc, tap)
 
         task.add_done_callback(connected)
 
@@ -544,9 +542,7 @@ class Client:
                     tls_hostname=addr.host,
                 )
         except OSError as exc:
-            _local_connect_failed(stream, addr, exc)
-            if tap is not None:
-                tap.closed(f"cannot connect to {addr}: {_describe(exc)}")
+            _local_connect_failed(stream, addr, exc, tap)
             return
         await pump(stream, sock, tap)
 
@@ -585,9 +581,36 @@ class _Taps:
             tap.closed(error)
 
 
-def _local_connect_failed(stream: Stream, addr: Address, exc: BaseException | None) -> None:
-    log.warning("tunnel %r: cannot connect to %s: %s", stream.tunnel, addr, _describe(exc))
+def _local_connect_failed(
+    stream: Stream, addr: Address, exc: BaseException | None, tap: StreamTap | None
+) -> None:
+    """The local service could not be reached: reset the stream (the server's HTTP ingress
+    answers the visitor 502), then show the tap what had arrived for the service — the
+    visitor's request, so a dashboard lists it — and why it failed."""
+    why = _connect_failure(addr, exc)
+    log.warning("tunnel %r: %s", stream.tunnel, why)
+    arrived = stream.peek_buffered()
     stream.reset(ErrorCode.CONNECT_ERROR)
+    if tap is not None:
+        for chunk in arrived:
+            tap.to_origin(chunk)
+        tap.closed(why)
+
+
+def _connect_failure(addr: Address, exc: BaseException | None) -> str:
+    if _refused(exc):
+        return f"the local service at {addr} refused the connection"
+    return f"cannot connect to the local service at {addr}: {_describe(exc)}"
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """The connection was refused (by every address tried: anyio raises "All connection
+    attempts failed" from the error, or from a group of them)."""
+    if exc is None or isinstance(exc, ConnectionRefusedError):
+        return exc is not None
+    if isinstance(exc, BaseExceptionGroup):
+        return all(map(_refused, exc.exceptions))
+    return _refused(exc.__cause__)
 
 
 _CERTIFICATE_REFUSED = (

@@ -143,6 +143,11 @@ class Stream(ByteStream):
         """Received bytes waiting to be read (bounded by the window)."""
         return self._queued
 
+    def peek_buffered(self) -> tuple[bytes | memoryview, ...]:
+        """The received bytes waiting to be read, oldest first, left where they are (so a
+        relay that could not reach its local service can still show what arrived for it)."""
+        return tuple(self._queue or ())
+
     @property
     def reset_code(self) -> ErrorCode | int | None:
         """Why the stream was reset (by either side), or None."""

@@ -20,7 +20,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -29,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from ferrotunnel.core import GrantedTunnel, Server, Session
 from ferrotunnel.core.plugin import ExchangeRecord, RequestContext, TcpConnection
 
-from .api import error_response
+from .api import HostCheck, error_response
 from .export import VERSION
 
 __all__ = ["AdminState", "create_admin_app"]
@@ -184,7 +183,7 @@ def create_admin_app(state: AdminState, token: str, allowed_hosts: list[str]) ->
             Route("/api/v1/visitors", visitors),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)],
+        middleware=[Middleware(HostCheck, allowed_hosts=allowed_hosts)],
         exception_handlers={HTTPException: http_error},
     )
 

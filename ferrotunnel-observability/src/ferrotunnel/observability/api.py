@@ -31,9 +31,9 @@ from urllib.parse import quote
 import prometheus_client
 from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -44,6 +44,7 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferrotunnel.core import Tunnel
 
@@ -53,7 +54,7 @@ from .export import VERSION, to_curl, to_har, to_pytest
 from .replay import Edits, ReplayError, replay
 from .store import Store, sse_message, valid_status_filter
 
-__all__ = ["DashboardContext", "create_app"]
+__all__ = ["DashboardContext", "HostCheck", "create_app", "error_response"]
 
 STATIC = Path(__file__).parent / "static"
 #: the browser retries a dropped event stream after this many milliseconds
@@ -97,6 +98,32 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+#: a Host header: a name or IPv4 address, or an IPv6 one in brackets; then maybe a port
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[^\[\]:/@\s]+)(?::[0-9]{1,5})?")
+
+
+class HostCheck:
+    """Answers only requests whose ``Host`` names one of ``allowed_hosts`` (no DNS
+    rebinding: a page on another site that points its name at 127.0.0.1 gets nothing); others
+    get ``400 INVALID_HOST`` in the JSON error format. What Starlette's
+    ``TrustedHostMiddleware`` checks, minus its plain-text answer and ``www.`` redirect."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(host.lower() for host in allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            value = Headers(scope=scope).get("host", "").strip().lower()
+            found = _HOST.fullmatch(value)
+            if found is None or found[1] not in self.allowed:
+                names = ", ".join(sorted(self.allowed))
+                message = f"invalid Host header {value!r}: this server answers only to {names}"
+                await error_response(400, "INVALID_HOST", message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None) -> Starlette:
     """The ASGI app for one client's dashboard."""
 
@@ -117,7 +144,7 @@ def create_app(ctx: DashboardContext, *, allowed_hosts: list[str] | None = None)
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[Middleware(HostCheck, allowed_hosts=hosts)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.ctx = ctx

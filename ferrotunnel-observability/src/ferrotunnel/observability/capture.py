@@ -27,12 +27,13 @@ from typing import Any
 
 from ferrotunnel.core import Stream, TunnelKind
 from ferrotunnel.core.plugin import StreamTap
+from ferrotunnel.protocol import ErrorCode
 
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser, whole_request, whole_response
 from .store import Store
 
-__all__ = ["Backlog", "CaptureObserver", "ExchangeTap"]
+__all__ = ["Backlog", "CaptureObserver", "ExchangeTap", "ingress_answer"]
 
 log = logging.getLogger("ferrotunnel.observability.capture")
 
@@ -99,16 +100,20 @@ class ExchangeTap:
             self._responses = self._responses or self._parser(response=True)
             self._responses.go_opaque("capture error")
 
-    def closed(self, error: str | None) -> None:
+    def closed(self, error: str | None, ingress_status: int | None = None) -> None:
+        """The stream is over. ``ingress_status``: what the server's ingress answered the
+        visitor when the origin never answered the request waiting (see :func:`ingress_answer`)."""
         if self._closed:
             return
         self._closed = True
         if self._responses is not None:
             self._responses.feed_eof()
+        if self._sent and self._sent[0].response is None:
+            self._sent[0].ingress_status = ingress_status
         for exchange in self._sent:
             if not exchange.complete:
                 exchange.error = error or (
-                    "response cut short" if exchange.status is not None else "no response"
+                    "response cut short" if exchange.response is not None else "no response"
                 )
                 self._finish(exchange)
         self._sent.clear()
@@ -241,14 +246,30 @@ class Backlog:
             call(argument)
 
 
+def ingress_answer(stream: Stream) -> int | None:
+    """What the HTTP ingress answers a visitor whose request the origin left unanswered,
+    judging by how ``stream`` ended: the client reset it because the local service refused
+    the connection or broke it (CONNECT_ERROR), or ended it because the service closed its
+    connection (both FINs: the ingress never ends a stream first) — a 502; the ingress
+    gave up waiting (TIMEOUT) — a 504. None when the ingress ended it for another reason
+    (the visitor left: nobody got an answer)."""
+    code = stream.reset_code
+    if code == ErrorCode.CONNECT_ERROR or (code is None and stream.done):
+        return 502
+    if code == ErrorCode.TIMEOUT:
+        return 504
+    return None
+
+
 class _DeferredTap:
     """A tap whose calls wait in a :class:`Backlog` (see the module's docstring)."""
 
-    __slots__ = ("_backlog", "_tap")
+    __slots__ = ("_backlog", "_stream", "_tap")
 
-    def __init__(self, tap: ExchangeTap, backlog: Backlog) -> None:
+    def __init__(self, tap: ExchangeTap, backlog: Backlog, stream: Stream) -> None:
         self._tap = tap
         self._backlog = backlog
+        self._stream = stream
 
     def to_origin(self, data: bytes | memoryview) -> None:
         self._backlog.add(self._tap.to_origin, data)
@@ -257,7 +278,11 @@ class _DeferredTap:
         self._backlog.add(self._tap.to_visitor, data)
 
     def closed(self, error: str | None) -> None:
-        self._backlog.add(self._tap.closed, error)
+        self._backlog.add(self._closed, error)
+
+    def _closed(self, error: str | None) -> None:
+        # run after the loop iteration: by then the stream has ended however it was going to
+        self._tap.closed(error, ingress_answer(self._stream))
 
 
 class CaptureObserver:
@@ -283,4 +308,4 @@ class CaptureObserver:
             visitor=visitor,
             traceparent=frame.trace.get("traceparent"),
         )
-        return _DeferredTap(tap, self.backlog)
+        return _DeferredTap(tap, self.backlog, stream)

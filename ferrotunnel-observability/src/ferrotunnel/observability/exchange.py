@@ -8,6 +8,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from .http1 import Head
@@ -71,6 +72,9 @@ class Exchange:
     duration: float | None = None
     complete: bool = False
     error: str | None = None
+    #: what the server's ingress answered the visitor instead, when the origin never answered
+    #: (502: the local service refused the connection or closed it; 504: it took too long)
+    ingress_status: int | None = None
 
     @property
     def method(self) -> str:
@@ -90,11 +94,14 @@ class Exchange:
 
     @property
     def status(self) -> int | None:
-        return None if self.response is None else self.response.status
+        """The status the visitor got: the origin's, else the ingress's answer (if known)."""
+        return self.ingress_status if self.response is None else self.response.status
 
     @property
     def reason(self) -> str:
-        return "" if self.response is None else self.response.reason
+        if self.response is None:
+            return "" if self.ingress_status is None else _phrase(self.ingress_status)
+        return self.response.reason
 
     @property
     def request_headers(self) -> list[tuple[str, str]]:
@@ -173,6 +180,13 @@ class Exchange:
                 "duration_ms": None if self.duration is None else round(self.duration * 1000, 3),
             },
         }
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def trace_id_of(traceparent: str | None) -> str | None:

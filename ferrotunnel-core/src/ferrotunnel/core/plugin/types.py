@@ -266,10 +266,16 @@ class StreamTap(Protocol):
     after forwarding each (so a tap never delays the bytes): it must
     not keep references to them past the call (copy what it keeps), block, or raise. A stream
     served by a tunnel's in-process ``handler`` is not relayed: its tap only gets ``closed``.
+
+    When the local service cannot be reached (the connection is refused, say), nothing is
+    relayed: the tap is then shown what had arrived for the service by the time the connect
+    failed — ``to_origin`` with those bytes (usually the visitor's request) — and ``closed``
+    says why (``"the local service at 127.0.0.1:3000 refused the connection"``).
     """
 
     def to_origin(self, data: bytes | memoryview) -> None:
-        """Bytes from the visitor, just written to the local service."""
+        """Bytes from the visitor, just written to the local service (or, when it could not
+        be reached, that had arrived for it: ``closed`` with the reason follows)."""
 
     def to_visitor(self, data: bytes) -> None:
         """Bytes the local service sent, just handed to the tunnel."""

@@ -96,7 +96,7 @@ function renderRow(row) {
     el("td", {}, row.tunnel),
     el("td", { class: "method" }, row.method),
     el("td", { class: "path", title: row.target }, row.replay_of ? el("span", { class: "badge", title: `replay of #${row.replay_of}` }, "replay") : null, row.target),
-    el("td", { class: "status" }, row.state === "error" ? "error" : row.status ?? "…"),
+    el("td", { class: "status", title: row.error ?? "" }, row.state === "error" ? (row.status === null ? "error" : `${row.status} error`) : row.status ?? "…"),
     el("td", {}, row.duration_ms === null ? "" : `${row.duration_ms.toFixed(1)} ms`),
     el("td", {}, formatBytes(row.response_size)),
   );
@@ -200,7 +200,7 @@ function renderDetail(d, tab) {
     el(
       "p",
       { class: statusClass(d) },
-      el("strong", { id: "detail-status" }, d.state === "error" ? `error: ${d.error}` : d.status === null ? "pending" : `${d.status} ${d.reason}`),
+      el("strong", { id: "detail-status" }, d.state === "error" ? `${d.status === null ? "error" : `${d.status} ${d.reason}`}: ${d.error}` : d.status === null ? "pending" : `${d.status} ${d.reason}`),
       d.duration_ms !== null ? ` · ${d.duration_ms.toFixed(1)} ms` : "",
       d.timing.ttfb_ms !== null ? ` (first byte ${d.timing.ttfb_ms.toFixed(1)} ms)` : "",
     ),
