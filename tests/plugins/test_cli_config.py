@@ -607,8 +607,10 @@ tokens = [
     # another token: rejected, with a clear message, exit status 1
     stranger = launch(*client_tcp(server.control, "guess", echo.port, "--tunnel-id", "x"))
     assert stranger.wait_exit(10) == 1, stranger.describe()
-    error = stranger.stderr.strip().splitlines()[-1]
-    assert error == "ferrotunnel: error: server rejected the session: invalid token (auth_failed)"
+    # said once, as the exit message (not also as an ERROR log line before it)
+    assert one_error_line(stranger.stderr) == (
+        "ferrotunnel: error: server rejected the session: invalid token (auth_failed)"
+    )
     # a scoped token: inside its hosts served, outside refused
     web_args = [
         "client", "--server", server.control, "--token", "alice-secret", "--no-dashboard",
