@@ -563,6 +563,49 @@ def test_no_plugins_and_blocked_plugins() -> None:
     assert {name for name, row in rows.items() if row[2] == "blocked"} == {"auth", "headers"}
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        pytest.param(
+            ["--block-plugin", "rate_limit"],
+            {},
+            "--block-plugin 'rate_limit': no installed plugin has that name; "
+            "did you mean 'rate-limit'?",
+            id="flag-typo",
+        ),
+        pytest.param(
+            ["--block-plugin=nosuch"],
+            {},
+            "--block-plugin 'nosuch': no installed plugin has that name (installed: ",
+            id="flag-unknown",
+        ),
+        pytest.param(
+            [],
+            {"FERROTUNNEL_BLOCK_PLUGINS": "auth, ip_filtre"},
+            "FERROTUNNEL_BLOCK_PLUGINS 'ip_filtre': no installed plugin has that name; "
+            "did you mean 'ip-filter'?",
+            id="variable-typo",
+        ),
+    ],
+)
+def test_blocking_a_plugin_no_one_installed_is_an_error(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A typo in a block would silently block nothing: refused, naming the closest plugin."""
+    for command in (["plugins", "list"], ["server", "--token", "t", "--check"]):
+        result = run_cli([*args, *command], env=child_env(**env))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stdout == ""
+        error = one_error_line(result.stderr)
+        assert error.startswith(f"ferrotunnel: error: {message}"), error
+        assert ", ".join(INSTALLED) in error
+    # spaces around the variable's names are not part of them
+    spaced = run_cli(["plugins", "list"], env=child_env(FERROTUNNEL_BLOCK_PLUGINS=" auth , tls"))
+    assert spaced.returncode == 0, spaced.stderr
+    rows = plugin_rows(spaced.stdout)
+    assert {name for name, row in rows.items() if row[2] == "blocked"} == {"auth", "tls"}
+
+
 def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: Launch) -> None:
     args = ["server", "--token", "t", "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
     none = started_server(launch("--no-plugins", *args), tcp=False)
