@@ -616,7 +616,36 @@ def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: L
     config = write(tmp_path / "server.toml", '[server]\ntoken = "t"\n\n[rate_limit]\n')
     result = run_cli(["--block-plugin", "rate-limit", "server", "--config", str(config)])
     assert result.returncode == 2
-    assert f"{config}:4: unknown table [rate_limit]" in one_error_line(result.stderr)
+    error = one_error_line(result.stderr)
+    assert f"{config}:4: unknown table [rate_limit]" in error
+    assert error.endswith("; blocked plugins declare no tables (blocked: rate-limit)"), error
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["server", "--check", "--config"], ["client", "--config"]]
+)
+def test_without_plugins_an_unknown_table_says_plugins_are_off(
+    tmp_path: Path, command: list[str]
+) -> None:
+    config = write(
+        tmp_path / "settings.toml",
+        '[server]\ntoken = "t"\n\n[client]\nserver = "127.0.0.1:1"\n\n[access_log]\n',
+    )
+    result = run_cli(["--no-plugins", *command, str(config)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_error_line(result.stderr) == (
+        f"ferrotunnel: error: {config}:7: unknown table [access_log] (known: client, server); "
+        "plugins are off (--no-plugins), so their tables are unknown"
+    )
+    # with plugins, a typo'd table gets no such hint
+    typo = write(tmp_path / "typo.toml", "[acces_log]\n")
+    result = run_cli([*command, str(typo)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = one_error_line(result.stderr)
+    assert error.startswith(
+        f"ferrotunnel: error: {typo}:1: unknown table [acces_log]; did you mean 'access_log'?"
+    )
+    assert error.endswith(")"), error
 
 
 # ---------------------------------------------------------------------------- 6. [auth] tokens

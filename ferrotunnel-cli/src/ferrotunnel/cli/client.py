@@ -187,7 +187,8 @@ def client(
 ) -> None:
     """Connect to a server and expose a local service through it."""
     plugins: PluginHost = ctx.obj["plugins"]
-    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    hint: str = ctx.obj.get("table_hint", "")
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
     options = take_plugin_options(ctx, options, loaded)
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")

@@ -167,7 +167,7 @@ def config_check(ctx: click.Context, file: str) -> None:
     its [server] or [client] table, with the environment's FERROTUNNEL_* variables."""
     host: PluginHost = ctx.obj["plugins"]
     try:
-        loaded = load_settings(host, file)
+        loaded = load_settings(host, file, ctx.obj.get("table_hint", ""))
     except ConfigError as exc:
         fail(str(exc), status=2)
     root = ctx.find_root()

@@ -136,4 +136,14 @@ def main() -> None:
         fail(str(exc), status=2)
     if enabled:  # with --no-plugins nothing is loaded: no name to check against
         _check_blocked(host, blocked)
-    cli(prog_name="ferrotunnel", obj={"plugins": host})
+    cli(prog_name="ferrotunnel", obj={"plugins": host, "table_hint": _table_hint(host, enabled)})
+
+
+def _table_hint(host: PluginHost, enabled: bool) -> str:
+    """Why a configuration table may be unknown: its plugin was not loaded."""
+    if not enabled:
+        return "plugins are off (--no-plugins), so their tables are unknown"
+    blocked = [info.name for info in host.infos if info.status == "blocked"]
+    if blocked:
+        return f"blocked plugins declare no tables (blocked: {', '.join(blocked)})"
+    return ""

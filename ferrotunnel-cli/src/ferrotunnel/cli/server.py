@@ -215,7 +215,8 @@ def server(
 ) -> None:
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
     plugins: PluginHost = ctx.obj["plugins"]
-    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    hint: str = ctx.obj.get("table_hint", "")
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
     options = take_plugin_options(ctx, options, loaded)
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)

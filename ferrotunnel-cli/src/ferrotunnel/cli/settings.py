@@ -125,9 +125,11 @@ def kernel_schema() -> ConfigSchema:
     return schema
 
 
-def load_settings(plugins: PluginHost, path: str | None) -> Config:
-    """The validated configuration: kernel and plugin tables, from ``path`` or defaults."""
-    return load_toml(plugins.schema(kernel_schema()), path)
+def load_settings(plugins: PluginHost, path: str | None, table_hint: str = "") -> Config:
+    """The validated configuration: kernel and plugin tables, from ``path`` or defaults.
+
+    ``table_hint`` ends the error about an unknown table (plugins off or blocked)."""
+    return load_toml(plugins.schema(kernel_schema()), path, unknown_table_hint=table_hint)
 
 
 def merge(

@@ -87,8 +87,14 @@ class Config:
             self._values[name] = dataclasses.replace(self._values[name], **changes)  # type: ignore[type-var]
 
 
-def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
-    """Read and validate a TOML file (None: every table at its defaults)."""
+def load_toml(
+    schema: ConfigSchema, path: str | Path | None, *, unknown_table_hint: str = ""
+) -> Config:
+    """Read and validate a TOML file (None: every table at its defaults).
+
+    ``unknown_table_hint`` ends the error about a table no one declared (say, why plugins'
+    tables are missing: ``"plugins are off (--no-plugins), so their tables are unknown"``).
+    """
     import tomllib
 
     data: dict[str, object] = {}
@@ -103,7 +109,8 @@ def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
             raise ConfigError(f"{path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    return Config(schema, _convert_tables(schema, data, _Locator(source, text)), source, data)
+    values = _convert_tables(schema, data, _Locator(source, text), unknown_table_hint)
+    return Config(schema, values, source, data)
 
 
 def from_mapping(
@@ -142,7 +149,7 @@ def _closest(name: str, choices: list[str]) -> str:
 
 
 def _convert_tables(
-    schema: ConfigSchema, data: dict[str, object], locate: _Locator
+    schema: ConfigSchema, data: dict[str, object], locate: _Locator, hint: str = ""
 ) -> dict[str, object]:
     values: dict[str, object] = {}
     for name in data:
@@ -150,7 +157,7 @@ def _convert_tables(
             known = sorted(schema.tables)
             raise ConfigError(
                 f"{locate.where(name)}: unknown table [{name}]{_closest(name, known)} "
-                f"(known: {', '.join(known)})"
+                f"(known: {', '.join(known)})" + (f"; {hint}" if hint else "")
             )
     for name, spec in schema.tables.items():
         raw = data.get(name, {})
