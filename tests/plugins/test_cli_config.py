@@ -301,12 +301,13 @@ def test_config_check_names_the_file_line_and_fix(
         ),
         pytest.param(
             '[server]\ntoken = "x"\nbind = "nohost"\n',
-            "--bind 'nohost' must be HOST:PORT",
+            "{dir}/settings.toml:3: [server] bind 'nohost' must be HOST:PORT",
             id="server-bind-without-port",
         ),
         pytest.param(
             '[server]\ntoken = "x"\ntcp_port_range = "30000-20000"\n',
-            "--tcp-port-range '30000-20000': need 1 <= LOW <= HIGH <= 65535",
+            "{dir}/settings.toml:3: [server] tcp_port_range '30000-20000': "
+            "need 1 <= LOW <= HIGH <= 65535",
             id="reversed-port-range",
         ),
         pytest.param(
@@ -361,6 +362,59 @@ def test_check_flags_validate_and_exit_without_listening(tmp_path: Path) -> None
     assert (
         client.stdout == f"ferrotunnel client: settings ok (server {HOST}:{port}; tunnels: app)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "file", "flag", "variable", "value"),
+    [
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\nbind", "--bind",
+            "FERROTUNNEL_BIND", "nohost", id="server-bind",
+        ),
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\nhttp-bind", "--http-bind",
+            "FERROTUNNEL_HTTP_BIND", "host:http", id="server-http-bind-dashed",
+        ),
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\ntcp_port_range", "--tcp-port-range",
+            "FERROTUNNEL_TCP_PORT_RANGE", "20000", id="server-port-range",
+        ),
+        pytest.param(
+            ["client"], "[client]\ntoken = 't'\nserver", "--server", "FERROTUNNEL_SERVER", "nohost",
+            id="client-server",
+        ),
+        pytest.param(
+            ["client"], "[client]\nserver = '127.0.0.1:1'\nlocal_addr", "--local-addr",
+            "FERROTUNNEL_LOCAL_ADDR", "nohost", id="client-local-addr",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_named_where_it_came_from(
+    tmp_path: Path, command: list[str], file: str, flag: str, variable: str, value: str
+) -> None:
+    """The flag, the environment variable or the file's table, key and line: whichever
+    gave the value (the same precedence as the start: flag, variable, file)."""
+    table, extra, key = file.split("\n")
+    path = write(tmp_path / "settings.toml", f'{table}\n{extra}\n{key} = "{value}"\n')
+    ok = "127.0.0.1:0" if "range" not in key else "20000-20001"
+
+    def error(*args: str, **env: str) -> str:
+        result = run_cli([*command, *args, "--check"], env=child_env(**env))
+        assert result.returncode == 2, result.stdout + result.stderr
+        return one_error_line(result.stderr).removeprefix("ferrotunnel: error: ")
+
+    from_file = error("--config", str(path))
+    assert from_file.startswith(f"{path}:3: {table} {key} '{value}'"), from_file
+    checked = run_cli(["config", "check", str(path)])
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert one_error_line(checked.stderr) == f"ferrotunnel: error: {from_file}"
+    from_env = error("--config", str(path), **{variable: f"{value}x"})
+    assert from_env.startswith(f"{variable} '{value}x'"), from_env
+    from_flag = error("--config", str(path), flag, f"{value}y", **{variable: ok})
+    assert from_flag.startswith(f"{flag} '{value}y'"), from_flag
+    # the file's good value, a bad flag: the flag is named
+    good = write(tmp_path / "good.toml", f'{table}\n{extra}\n{key} = "{ok}"\n')
+    assert error("--config", str(good), flag, value).startswith(f"{flag} '{value}'")
 
 
 def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:

@@ -59,12 +59,22 @@ class Config:
         values: Mapping[str, object],
         source: str,
         raw: Mapping[str, object] | None = None,
+        text: str = "",
     ) -> None:
         self.schema = schema
         self.source = source
         self._values = dict(values)
         #: the tables as written in the file (to tell a key set there from a default)
         self.raw: Mapping[str, object] = raw or {}
+        self._locate = _Locator(source, text)
+
+    def where(self, table: str, key: str | None = None) -> str:
+        """``FILE:LINE`` of ``[table]`` (or of its ``key``), for messages; ``FILE`` alone
+        when the line is unknown."""
+        section = self.raw.get(table)
+        if key is not None and not (isinstance(section, dict) and key in section):
+            key = key.replace("_", "-")  # written with dashes
+        return self._locate.where(table, key)
 
     def given(self, table: str, key: str) -> bool:
         """Whether the file set ``key`` of ``[table]``."""
@@ -110,7 +120,7 @@ def load_toml(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     values = _convert_tables(schema, data, _Locator(source, text), unknown_table_hint)
-    return Config(schema, values, source, data)
+    return Config(schema, values, source, data, text)
 
 
 def from_mapping(
