@@ -192,24 +192,36 @@ def test_config_init_server_writes_a_fresh_token_each_time(tmp_path: Path) -> No
     assert all(len(token) >= 24 for token in tokens)
 
 
-def test_an_uncommented_plugin_table_of_the_starter_file_is_valid(tmp_path: Path) -> None:
-    """The commented plugin tables are real TOML once uncommented (multi-line arrays too)."""
-    path = tmp_path / "server.toml"
-    assert run_cli(["config", "init", "server", "--out", str(path)]).returncode == 0
-    lines = path.read_text().splitlines()
-    start = lines.index("# [access_log]")
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("# ") or line.endswith("= "):
-            if not line:
-                break
-            continue  # placeholders without a default (`# path = `) stay out
-        block.append(line[2:])
-    assert "tunnels = [" in block
-    edited = write(tmp_path / "edited.toml", "\n".join(lines[:start] + block) + "\n")
-    checked = run_cli(["config", "check", str(edited)])
+#: a commented-out setting of a starter file: a table header, ``key = value``, or a line of a
+#: value tomli_w wrote on several lines; help text (``# control plane: ...``) is none of these
+COMMENTED_SETTING = re.compile(r'^# (?=\[|[A-Za-z_"][\w."*-]*\s=(\s|$)|\s+\S|\])')
+PER_TUNNEL_TABLES = ["ip_filter", "headers", "basic_auth", "circuit_breaker", "rate_limit"]
+
+
+@pytest.mark.parametrize("kind", ["server", "client"])
+def test_every_commented_line_of_the_starter_file_is_valid_uncommented(
+    tmp_path: Path, kind: str
+) -> None:
+    """Uncomment everything, kernel keys without a default and plugin tables alike: the file
+    is valid TOML, and ``config check`` accepts it (given the files its examples name:
+    ``ferrotunnel cert init``'s certificates, an ``[auth] tokens_file``)."""
+    path = tmp_path / f"{kind}.toml"
+    assert run_cli(["config", "init", kind, "--out", str(path)]).returncode == 0
+    text = path.read_text()
+    lines = text.splitlines()
+    assert not [line for line in lines if re.search(r"=\s*$", line)], text  # no `# key = `
+    for table in PER_TUNNEL_TABLES:  # every per-tunnel table shows an example entry
+        assert f'# [{table}.tunnels."' in text, text
+    uncommented = [line[2:] if COMMENTED_SETTING.match(line) else line for line in lines]
+    assert len([1 for a, b in zip(lines, uncommented, strict=True) if a != b]) > 40
+    edited = write(tmp_path / "edited.toml", "\n".join(uncommented) + "\n")
+    assert run_cli(["cert", "init", "--out", str(tmp_path / "certs")]).returncode == 0
+    write(tmp_path / "tokens.txt", "bob:bob-secret\n").chmod(0o600)
+    checked = run_cli(["config", "check", str(edited)], cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr + edited.read_text()
-    assert "access_log" in checked.stdout
+    verdict = checked.stdout.splitlines()[-1]
+    for table in ["access_log", "auth", *PER_TUNNEL_TABLES, kind]:
+        assert table in verdict, verdict
 
 
 # ---------------------------------------------------------------------------- 2. config check

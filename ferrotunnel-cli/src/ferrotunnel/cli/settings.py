@@ -122,10 +122,38 @@ class ClientSettings:
     tunnels: list[TunnelSettings] = field(default_factory=list)
 
 
+#: what the starter files show, commented out, for keys without a default (the certificate
+#: paths are what ``ferrotunnel cert init`` writes; tls_ca needs tls_client_auth)
+SERVER_EXAMPLE: dict[str, object] = {
+    "tcp_bind": "0.0.0.0:7836",
+    "tcp_port_range": "20000-20100",
+    "domain": "tunnel.example.com",
+    "public_host": "tunnel.example.com",
+    "tls_cert": "certs/server.pem",
+    "tls_key": "certs/server-key.pem",
+    "tls_ca": "certs/ca.pem",
+    "tls_client_auth": True,
+    "https_bind": "0.0.0.0:8443",
+}
+CLIENT_EXAMPLE: dict[str, object] = {"server": "tunnel.example.com:7835", "token": "CHANGE-ME"}
+
+
 def kernel_schema() -> ConfigSchema:
     schema = ConfigSchema()
-    schema.add_table("server", ServerSettings, owner="ferrotunnel", help="ferrotunnel server")
-    schema.add_table("client", ClientSettings, owner="ferrotunnel", help="ferrotunnel client")
+    schema.add_table(
+        "server",
+        ServerSettings,
+        owner="ferrotunnel",
+        help="ferrotunnel server",
+        example=SERVER_EXAMPLE,
+    )
+    schema.add_table(
+        "client",
+        ClientSettings,
+        owner="ferrotunnel",
+        help="ferrotunnel client",
+        example=CLIENT_EXAMPLE,
+    )
     return schema
 
 

@@ -32,6 +32,8 @@ class TableSpec:
     settings: type
     owner: str
     help: str = ""
+    #: example values (as TOML data) that ``ferrotunnel config init`` shows, commented out
+    example: Mapping[str, object] | None = None
 
 
 class ConfigSchema:
@@ -40,14 +42,30 @@ class ConfigSchema:
     def __init__(self) -> None:
         self.tables: dict[str, TableSpec] = {}
 
-    def add_table(self, name: str, settings: type, *, owner: str, help: str = "") -> None:
-        """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``."""
+    def add_table(
+        self,
+        name: str,
+        settings: type,
+        *,
+        owner: str,
+        help: str = "",
+        example: Mapping[str, object] | None = None,
+    ) -> None:
+        """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``.
+
+        ``example`` gives values, as TOML data, that the starter file of ``ferrotunnel config
+        init`` shows commented out instead of a key's default: for keys without one (``None``),
+        empty tables of entries (``{"tunnels": {"*": {"allow": ["10.0.0.0/8"]}}}``), or a
+        setting another one needs. It must be valid: it is checked here.
+        """
         if not dataclasses.is_dataclass(settings):
             raise TypeError(f"settings of table [{name}] must be a dataclass")
         if name in self.tables:
             other = self.tables[name].owner
             raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
-        self.tables[name] = TableSpec(name, settings, owner, help)
+        if example is not None:  # refused now, not in a user's file
+            _to_dataclass(settings, dict(example), name, _Locator(f"example of [{name}]", ""), name)
+        self.tables[name] = TableSpec(name, settings, owner, help, example)
 
 
 class Config:
