@@ -183,7 +183,11 @@ class CliProcess:
 
 
 def run_cli(
-    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 15.0
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short ``ferrotunnel`` command to completion (stdin is not a terminal)."""
     return subprocess.run(
@@ -194,6 +198,7 @@ def run_cli(
         env=env if env is not None else child_env(),
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 

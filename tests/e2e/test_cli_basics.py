@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -80,16 +81,46 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], needle: str) -> Non
     assert result.stdout == ""
 
 
-def test_occupied_control_port_is_one_line_and_status_1() -> None:
+@pytest.mark.parametrize(
+    ("option", "listener"),
+    [
+        ("--bind", "control plane"),
+        ("--http-bind", "HTTP ingress"),
+        ("--tcp-bind", "TCP ingress"),
+        ("FERROTUNNEL_HTTP_BIND", "HTTP ingress"),
+        ("http_bind", "HTTP ingress"),
+    ],
+)
+def test_an_occupied_port_names_its_listener_in_one_line_and_status_1(
+    tmp_path: Path, option: str, listener: str
+) -> None:
+    args = {"--bind": f"{HOST}:0", "--http-bind": f"{HOST}:0"}
+    env = child_env()
     with socket.socket() as busy:
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli(["server", "--token", "t", "--bind", f"{HOST}:{port}"])
+        where = option
+        if option.startswith("--"):
+            args[option] = f"{HOST}:{port}"
+        elif option.startswith("FERROTUNNEL_"):
+            args.pop("--http-bind")
+            env[option] = f"{HOST}:{port}"
+        else:  # from the configuration file
+            args.pop("--http-bind")
+            config = tmp_path / "server.toml"
+            config.write_text(f'[server]\n{option} = "{HOST}:{port}"\n', encoding="utf-8")
+            args["--config"] = str(config)
+            where = f"{config}:2: [server] {option}"
+        argv = ["server", "--token", "t", *(x for pair in args.items() for x in pair)]
+        result = run_cli(argv, env=env)
     assert result.returncode == 1, f"status {result.returncode}\n{result.stderr}"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("ferrotunnel: error: cannot listen"), lines[0]
+    assert lines[0] == (
+        f"ferrotunnel: error: cannot listen on {HOST}:{port} for the {listener} ({where}): "
+        "Address already in use"
+    ), lines[0]
     assert "Traceback" not in result.stderr
 
 

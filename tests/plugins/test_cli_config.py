@@ -192,24 +192,36 @@ def test_config_init_server_writes_a_fresh_token_each_time(tmp_path: Path) -> No
     assert all(len(token) >= 24 for token in tokens)
 
 
-def test_an_uncommented_plugin_table_of_the_starter_file_is_valid(tmp_path: Path) -> None:
-    """The commented plugin tables are real TOML once uncommented (multi-line arrays too)."""
-    path = tmp_path / "server.toml"
-    assert run_cli(["config", "init", "server", "--out", str(path)]).returncode == 0
-    lines = path.read_text().splitlines()
-    start = lines.index("# [access_log]")
-    block = []
-    for line in lines[start:]:
-        if not line.startswith("# ") or line.endswith("= "):
-            if not line:
-                break
-            continue  # placeholders without a default (`# path = `) stay out
-        block.append(line[2:])
-    assert "tunnels = [" in block
-    edited = write(tmp_path / "edited.toml", "\n".join(lines[:start] + block) + "\n")
-    checked = run_cli(["config", "check", str(edited)])
+#: a commented-out setting of a starter file: a table header, ``key = value``, or a line of a
+#: value tomli_w wrote on several lines; help text (``# control plane: ...``) is none of these
+COMMENTED_SETTING = re.compile(r'^# (?=\[|[A-Za-z_"][\w."*-]*\s=(\s|$)|\s+\S|\])')
+PER_TUNNEL_TABLES = ["ip_filter", "headers", "basic_auth", "circuit_breaker", "rate_limit"]
+
+
+@pytest.mark.parametrize("kind", ["server", "client"])
+def test_every_commented_line_of_the_starter_file_is_valid_uncommented(
+    tmp_path: Path, kind: str
+) -> None:
+    """Uncomment everything, kernel keys without a default and plugin tables alike: the file
+    is valid TOML, and ``config check`` accepts it (given the files its examples name:
+    ``ferrotunnel cert init``'s certificates, an ``[auth] tokens_file``)."""
+    path = tmp_path / f"{kind}.toml"
+    assert run_cli(["config", "init", kind, "--out", str(path)]).returncode == 0
+    text = path.read_text()
+    lines = text.splitlines()
+    assert not [line for line in lines if re.search(r"=\s*$", line)], text  # no `# key = `
+    for table in PER_TUNNEL_TABLES:  # every per-tunnel table shows an example entry
+        assert f'# [{table}.tunnels."' in text, text
+    uncommented = [line[2:] if COMMENTED_SETTING.match(line) else line for line in lines]
+    assert len([1 for a, b in zip(lines, uncommented, strict=True) if a != b]) > 40
+    edited = write(tmp_path / "edited.toml", "\n".join(uncommented) + "\n")
+    assert run_cli(["cert", "init", "--out", str(tmp_path / "certs")]).returncode == 0
+    write(tmp_path / "tokens.txt", "bob:bob-secret\n").chmod(0o600)
+    checked = run_cli(["config", "check", str(edited)], cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr + edited.read_text()
-    assert "access_log" in checked.stdout
+    verdict = checked.stdout.splitlines()[-1]
+    for table in ["access_log", "auth", *PER_TUNNEL_TABLES, kind]:
+        assert table in verdict, verdict
 
 
 # ---------------------------------------------------------------------------- 2. config check
@@ -301,12 +313,13 @@ def test_config_check_names_the_file_line_and_fix(
         ),
         pytest.param(
             '[server]\ntoken = "x"\nbind = "nohost"\n',
-            "--bind 'nohost' must be HOST:PORT",
+            "{dir}/settings.toml:3: [server] bind 'nohost' must be HOST:PORT",
             id="server-bind-without-port",
         ),
         pytest.param(
             '[server]\ntoken = "x"\ntcp_port_range = "30000-20000"\n',
-            "--tcp-port-range '30000-20000': need 1 <= LOW <= HIGH <= 65535",
+            "{dir}/settings.toml:3: [server] tcp_port_range '30000-20000': "
+            "need 1 <= LOW <= HIGH <= 65535",
             id="reversed-port-range",
         ),
         pytest.param(
@@ -361,6 +374,59 @@ def test_check_flags_validate_and_exit_without_listening(tmp_path: Path) -> None
     assert (
         client.stdout == f"ferrotunnel client: settings ok (server {HOST}:{port}; tunnels: app)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "file", "flag", "variable", "value"),
+    [
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\nbind", "--bind",
+            "FERROTUNNEL_BIND", "nohost", id="server-bind",
+        ),
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\nhttp-bind", "--http-bind",
+            "FERROTUNNEL_HTTP_BIND", "host:http", id="server-http-bind-dashed",
+        ),
+        pytest.param(
+            ["server", "--token", "t"], "[server]\ntoken = 't'\ntcp_port_range", "--tcp-port-range",
+            "FERROTUNNEL_TCP_PORT_RANGE", "20000", id="server-port-range",
+        ),
+        pytest.param(
+            ["client"], "[client]\ntoken = 't'\nserver", "--server", "FERROTUNNEL_SERVER", "nohost",
+            id="client-server",
+        ),
+        pytest.param(
+            ["client"], "[client]\nserver = '127.0.0.1:1'\nlocal_addr", "--local-addr",
+            "FERROTUNNEL_LOCAL_ADDR", "nohost", id="client-local-addr",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_named_where_it_came_from(
+    tmp_path: Path, command: list[str], file: str, flag: str, variable: str, value: str
+) -> None:
+    """The flag, the environment variable or the file's table, key and line: whichever
+    gave the value (the same precedence as the start: flag, variable, file)."""
+    table, extra, key = file.split("\n")
+    path = write(tmp_path / "settings.toml", f'{table}\n{extra}\n{key} = "{value}"\n')
+    ok = "127.0.0.1:0" if "range" not in key else "20000-20001"
+
+    def error(*args: str, **env: str) -> str:
+        result = run_cli([*command, *args, "--check"], env=child_env(**env))
+        assert result.returncode == 2, result.stdout + result.stderr
+        return one_error_line(result.stderr).removeprefix("ferrotunnel: error: ")
+
+    from_file = error("--config", str(path))
+    assert from_file.startswith(f"{path}:3: {table} {key} '{value}'"), from_file
+    checked = run_cli(["config", "check", str(path)])
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    assert one_error_line(checked.stderr) == f"ferrotunnel: error: {from_file}"
+    from_env = error("--config", str(path), **{variable: f"{value}x"})
+    assert from_env.startswith(f"{variable} '{value}x'"), from_env
+    from_flag = error("--config", str(path), flag, f"{value}y", **{variable: ok})
+    assert from_flag.startswith(f"{flag} '{value}y'"), from_flag
+    # the file's good value, a bad flag: the flag is named
+    good = write(tmp_path / "good.toml", f'{table}\n{extra}\n{key} = "{ok}"\n')
+    assert error("--config", str(good), flag, value).startswith(f"{flag} '{value}'")
 
 
 def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:
@@ -563,6 +629,49 @@ def test_no_plugins_and_blocked_plugins() -> None:
     assert {name for name, row in rows.items() if row[2] == "blocked"} == {"auth", "headers"}
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        pytest.param(
+            ["--block-plugin", "rate_limit"],
+            {},
+            "--block-plugin 'rate_limit': no installed plugin has that name; "
+            "did you mean 'rate-limit'?",
+            id="flag-typo",
+        ),
+        pytest.param(
+            ["--block-plugin=nosuch"],
+            {},
+            "--block-plugin 'nosuch': no installed plugin has that name (installed: ",
+            id="flag-unknown",
+        ),
+        pytest.param(
+            [],
+            {"FERROTUNNEL_BLOCK_PLUGINS": "auth, ip_filtre"},
+            "FERROTUNNEL_BLOCK_PLUGINS 'ip_filtre': no installed plugin has that name; "
+            "did you mean 'ip-filter'?",
+            id="variable-typo",
+        ),
+    ],
+)
+def test_blocking_a_plugin_no_one_installed_is_an_error(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A typo in a block would silently block nothing: refused, naming the closest plugin."""
+    for command in (["plugins", "list"], ["server", "--token", "t", "--check"]):
+        result = run_cli([*args, *command], env=child_env(**env))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stdout == ""
+        error = one_error_line(result.stderr)
+        assert error.startswith(f"ferrotunnel: error: {message}"), error
+        assert ", ".join(INSTALLED) in error
+    # spaces around the variable's names are not part of them
+    spaced = run_cli(["plugins", "list"], env=child_env(FERROTUNNEL_BLOCK_PLUGINS=" auth , tls"))
+    assert spaced.returncode == 0, spaced.stderr
+    rows = plugin_rows(spaced.stdout)
+    assert {name for name, row in rows.items() if row[2] == "blocked"} == {"auth", "tls"}
+
+
 def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: Launch) -> None:
     args = ["server", "--token", "t", "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
     none = started_server(launch("--no-plugins", *args), tcp=False)
@@ -573,7 +682,36 @@ def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: L
     config = write(tmp_path / "server.toml", '[server]\ntoken = "t"\n\n[rate_limit]\n')
     result = run_cli(["--block-plugin", "rate-limit", "server", "--config", str(config)])
     assert result.returncode == 2
-    assert f"{config}:4: unknown table [rate_limit]" in one_error_line(result.stderr)
+    error = one_error_line(result.stderr)
+    assert f"{config}:4: unknown table [rate_limit]" in error
+    assert error.endswith("; blocked plugins declare no tables (blocked: rate-limit)"), error
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["server", "--check", "--config"], ["client", "--config"]]
+)
+def test_without_plugins_an_unknown_table_says_plugins_are_off(
+    tmp_path: Path, command: list[str]
+) -> None:
+    config = write(
+        tmp_path / "settings.toml",
+        '[server]\ntoken = "t"\n\n[client]\nserver = "127.0.0.1:1"\n\n[access_log]\n',
+    )
+    result = run_cli(["--no-plugins", *command, str(config)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert one_error_line(result.stderr) == (
+        f"ferrotunnel: error: {config}:7: unknown table [access_log] (known: client, server); "
+        "plugins are off (--no-plugins), so their tables are unknown"
+    )
+    # with plugins, a typo'd table gets no such hint
+    typo = write(tmp_path / "typo.toml", "[acces_log]\n")
+    result = run_cli([*command, str(typo)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = one_error_line(result.stderr)
+    assert error.startswith(
+        f"ferrotunnel: error: {typo}:1: unknown table [acces_log]; did you mean 'access_log'?"
+    )
+    assert error.endswith(")"), error
 
 
 # ---------------------------------------------------------------------------- 6. [auth] tokens
@@ -607,8 +745,10 @@ tokens = [
     # another token: rejected, with a clear message, exit status 1
     stranger = launch(*client_tcp(server.control, "guess", echo.port, "--tunnel-id", "x"))
     assert stranger.wait_exit(10) == 1, stranger.describe()
-    error = stranger.stderr.strip().splitlines()[-1]
-    assert error == "ferrotunnel: error: server rejected the session: invalid token (auth_failed)"
+    # said once, as the exit message (not also as an ERROR log line before it)
+    assert one_error_line(stranger.stderr) == (
+        "ferrotunnel: error: server rejected the session: invalid token (auth_failed)"
+    )
     # a scoped token: inside its hosts served, outside refused
     web_args = [
         "client", "--server", server.control, "--token", "alice-secret", "--no-dashboard",

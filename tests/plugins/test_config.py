@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from ferrotunnel.core.errors import ConfigError
-from ferrotunnel.core.plugin import load_toml
+from ferrotunnel.core.plugin import ConfigSchema, load_toml
 from ferrotunnel.plugins import (
     access_log,
     auth,
@@ -183,3 +184,27 @@ response_remove = ["Server"]
     assert config.table("circuit_breaker").tunnels["*"].open_seconds == 30.0
     assert config.table("access_log").active
     assert config.table("headers").tunnels["*"].response_remove == ("Server",)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    path: str | None = None
+    tunnels: dict[str, _Rule] = field(default_factory=dict)
+
+
+def test_a_table_example_is_checked_when_it_is_declared() -> None:
+    """``add_table(example=...)`` (what ``config init`` shows) is refused at once when it is
+    not a valid table, naming it: a plugin cannot ship a starter file that fails its check."""
+    Settings = _Settings
+    schema = ConfigSchema()
+    example = {"path": "x.log", "tunnels": {"*": {"allow": ["10.0.0.0/8"]}}}
+    schema.add_table("mine", Settings, owner="me", example=example)
+    assert schema.tables["mine"].example == example
+    with pytest.raises(ConfigError, match=r"example of \[other\].*unknown key 'alow'"):
+        schema.add_table("other", Settings, owner="me", example={"tunnels": {"*": {"alow": []}}})
+    assert "other" not in schema.tables

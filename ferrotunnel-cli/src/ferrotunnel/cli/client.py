@@ -28,6 +28,7 @@ from .settings import (
     TunnelSettings,
     load_settings,
     merge,
+    origin,
     take_plugin_options,
 )
 from .tunnels import TunnelOptions, parse_tunnel_spec
@@ -48,7 +49,9 @@ def _explicit(ctx: click.Context, param: str) -> bool:
 
 def _file_tunnel(entry: TunnelSettings) -> Tunnel:
     where = f"[[client.tunnels]] {entry.name!r}"
-    options = TunnelOptions(entry.host_header, entry.local_https, entry.local_ca)
+    options = TunnelOptions(
+        entry.host_header, entry.local_https, entry.local_ca, name=lambda key: f"{where} {key}"
+    )
     try:
         kind = TunnelKind(entry.protocol)
     except ValueError:
@@ -187,7 +190,8 @@ def client(
 ) -> None:
     """Connect to a server and expose a local service through it."""
     plugins: PluginHost = ctx.obj["plugins"]
-    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    hint: str = ctx.obj.get("table_hint", "")
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
     options = take_plugin_options(ctx, options, loaded)
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")
@@ -214,11 +218,17 @@ def client(
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False, prompt=not check_only)
 
+    def source(param: str, key: str | None = None) -> str:
+        """The flag, variable or file key the value of ``param`` came from."""
+        return origin(ctx, loaded, "client", param, key)
+
     def build() -> ClientConfig:
         if not merged["server_addr"]:
             raise ConfigError("missing --server (or server in the [client] table)")
-        server = Address.parse(merged["server_addr"], what="--server")
-        options = TunnelOptions(merged["host_header"], merged["local_https"], merged["local_ca"])
+        server = Address.parse(merged["server_addr"], what=source("server_addr", "server"))
+        options = TunnelOptions(
+            merged["host_header"], merged["local_https"], merged["local_ca"], name=source
+        )
         specs: tuple[str, ...] = merged["tunnel_specs"]
         single = [
             k for k in ("local_addr", "tunnel_id", "remote_port", "path") if _explicit(ctx, k)
@@ -231,7 +241,7 @@ def client(
         elif file_settings.tunnels and not single:
             tunnels = tuple(_file_tunnel(t) for t in file_settings.tunnels)
         else:
-            local = Address.parse(merged["local_addr"], what="--local-addr")
+            local = Address.parse(merged["local_addr"], what=source("local_addr"))
             kind = TunnelKind(merged["protocol"])
             name = merged["tunnel_id"] or f"{kind}-{local.port}"
             tunnels = (

@@ -1,10 +1,16 @@
-"""``ferrotunnel config init|check``: starter files and validation without starting."""
+"""``ferrotunnel config init|check``: starter files and validation without starting.
+
+Every commented-out line of a starter file is valid TOML once uncommented: a key without a
+default shows its table's declared example value (``add_table(..., example=...)``), and so do
+empty tables of per-tunnel entries (``# [ip_filter.tunnels."*"]``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +21,13 @@ from ferrotunnel.core import ConfigError
 from ferrotunnel.core.plugin import ConfigSchema, PluginHost
 
 from ._run import fail
-from .settings import ServerSettings, TunnelSettings, kernel_schema, load_settings
+from .settings import (
+    CLIENT_EXAMPLE,
+    ServerSettings,
+    TunnelSettings,
+    kernel_schema,
+    load_settings,
+)
 
 _SERVER_HELP = {
     "token": "token clients present (for several scoped tokens use the [auth] table)",
@@ -61,29 +73,64 @@ _CLIENT_HELP = {
 }
 
 
+def _toml(data: dict[str, Any], commented: bool) -> list[str]:
+    """``data`` as TOML lines (tomli_w writes arrays and sub-tables on several lines: every
+    one of them is commented out)."""
+    lines = [line for line in tomli_w.dumps(data).strip().splitlines() if line]
+    return [f"# {line}" for line in lines] if commented else lines
+
+
 def _value_lines(key: str, value: Any, help_text: str | None, commented: bool) -> list[str]:
     lines = [f"# {help_text}"] if help_text else []
-    if value is None:
-        lines.append(f"# {key} = ")
-        return lines
-    text = tomli_w.dumps({key: value}).strip()
-    # tomli_w writes a non-empty array on several lines: comment out every one of them
-    lines += [f"# {line}" for line in text.splitlines()] if commented else [text]
-    return lines
+    return lines + _toml({key: value}, commented)
 
 
-def _table(name: str, settings: Any, help_texts: dict[str, str], commented: bool) -> list[str]:
+def _is_tables(value: Any) -> bool:
+    """A table, or an array of tables: written as ``[TABLE.key]`` / ``[[TABLE.key]]``."""
+    if isinstance(value, list) and value:
+        return all(isinstance(v, dict) for v in value)
+    return isinstance(value, dict)
+
+
+def _plain(value: Any) -> Any:
+    """A default as TOML data: tuples as arrays, dataclasses as tables."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _table(
+    name: str,
+    settings: Any,
+    help_texts: dict[str, str],
+    commented: bool,
+    example: Mapping[str, object] | None = None,
+) -> list[str]:
+    """``[name]`` at its defaults, but a key ``example`` has shows that value, commented out
+    (for a key without a default, an empty table of entries, or a setting that needs another
+    one); a key with neither a default nor an example is left out."""
+    example = example or {}
     lines = [f"{'# ' if commented else ''}[{name}]"]
+    tables: list[str] = []
     for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+        value = _plain(getattr(settings, f.name))
+        shown_commented = commented
+        if f.name in example:
+            value, shown_commented = example[f.name], True
+        elif value is None or value == {}:
             continue
-        if isinstance(value, tuple):
-            value = list(value)
-        if isinstance(value, dict) and not value:
+        if _is_tables(value):
+            help_text = help_texts.get(f.name)
+            tables += ([f"# {help_text}"] if help_text else []) + _toml(
+                {name: {f.name: value}}, shown_commented
+            )
             continue
-        lines += _value_lines(f.name, value, help_texts.get(f.name), commented)
-    return [*lines, ""]
+        lines += _value_lines(f.name, value, help_texts.get(f.name), shown_commented)
+    return [*lines, *tables, ""]
 
 
 def _plugin_tables(schema: ConfigSchema) -> list[str]:
@@ -97,7 +144,7 @@ def _plugin_tables(schema: ConfigSchema) -> list[str]:
         except TypeError:
             lines += [f"# [{name}]  (see the plugin's documentation)", ""]
             continue
-        lines += _table(name, defaults, {}, commented=True)
+        lines += _table(name, defaults, {}, commented=True, example=spec.example)
     return lines
 
 
@@ -109,7 +156,8 @@ def starter(kind: str, schema: ConfigSchema) -> str:
             "",
         ]
         settings = dataclasses.replace(ServerSettings(), token=secrets.token_urlsafe(24))
-        lines += _table("server", settings, _SERVER_HELP, commented=False)
+        example = schema.tables["server"].example
+        lines += _table("server", settings, _SERVER_HELP, commented=False, example=example)
     else:
         lines = [
             "# ferrotunnel client configuration:  ferrotunnel client --config client.toml",
@@ -117,7 +165,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
             "",
             "[client]",
             *_value_lines("server", "tunnel.example.com:7835", _CLIENT_HELP["server"], False),
-            *_value_lines("token", None, _CLIENT_HELP["token"], True),
+            *_value_lines("token", CLIENT_EXAMPLE["token"], _CLIENT_HELP["token"], True),
             *_value_lines("reconnect", True, _CLIENT_HELP["reconnect"], False),
             *_value_lines("log_level", "info", _CLIENT_HELP["log_level"], False),
             "",
@@ -167,7 +215,7 @@ def config_check(ctx: click.Context, file: str) -> None:
     its [server] or [client] table, with the environment's FERROTUNNEL_* variables."""
     host: PluginHost = ctx.obj["plugins"]
     try:
-        loaded = load_settings(host, file)
+        loaded = load_settings(host, file, ctx.obj.get("table_hint", ""))
     except ConfigError as exc:
         fail(str(exc), status=2)
     root = ctx.find_root()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import sys
@@ -33,7 +34,8 @@ from .server import server
     "--block-plugin",
     multiple=True,
     metavar="NAME",
-    help="Do not load this plugin (repeatable; FERROTUNNEL_BLOCK_PLUGINS=a,b).",
+    help="Do not load this plugin (repeatable; FERROTUNNEL_BLOCK_PLUGINS=a,b); "
+    "a name no installed plugin has is an error.",
 )
 @click.option("--strict-plugins", is_flag=True, help="A plugin that fails to load is an error.")
 @click.pass_context
@@ -88,10 +90,14 @@ cli.add_command(demo)
 cli.add_command(config)
 
 
-def _plugin_switches(argv: list[str]) -> tuple[bool, list[str], bool]:
-    """The group's plugin options, read before click parses (plugins add commands)."""
+def _plugin_switches(argv: list[str]) -> tuple[bool, list[tuple[str, str]], bool]:
+    """The group's plugin options, read before click parses (plugins add commands).
+
+    Blocked names come with where they were given (``--block-plugin`` or the variable).
+    """
     enabled, strict = True, False
-    blocked = [b for b in os.environ.get("FERROTUNNEL_BLOCK_PLUGINS", "").split(",") if b]
+    variable = os.environ.get("FERROTUNNEL_BLOCK_PLUGINS", "")
+    blocked = [(b.strip(), "FERROTUNNEL_BLOCK_PLUGINS") for b in variable.split(",") if b.strip()]
     for i, arg in enumerate(argv):
         if arg in ("server", "client", "demo", "config", "plugins", "version"):
             break
@@ -100,17 +106,44 @@ def _plugin_switches(argv: list[str]) -> tuple[bool, list[str], bool]:
         elif arg == "--strict-plugins":
             strict = True
         elif arg == "--block-plugin" and i + 1 < len(argv):
-            blocked.append(argv[i + 1])
+            blocked.append((argv[i + 1], "--block-plugin"))
         elif arg.startswith("--block-plugin="):
-            blocked.append(arg.split("=", 1)[1])
+            blocked.append((arg.split("=", 1)[1], "--block-plugin"))
     return enabled, blocked, strict
+
+
+def _check_blocked(host: PluginHost, blocked: list[tuple[str, str]]) -> None:
+    """A blocked name no installed plugin has is an error: a typo would block nothing."""
+    installed = sorted({info.name for info in host.infos})
+    for name, source in blocked:
+        if name in installed:
+            continue
+        match = difflib.get_close_matches(name, installed, n=1)
+        hint = f"; did you mean {match[0]!r}?" if match else ""
+        fail(
+            f"{source} {name!r}: no installed plugin has that name{hint} "
+            f"(installed: {', '.join(installed) or 'none'})",
+            status=2,
+        )
 
 
 def main() -> None:
     enabled, blocked, strict = _plugin_switches(sys.argv[1:])
     try:
-        host = load_plugins(enabled=enabled, block=blocked, strict=strict)
+        host = load_plugins(enabled=enabled, block=[name for name, _ in blocked], strict=strict)
         host.register_commands(cli)
     except ConfigError as exc:
         fail(str(exc), status=2)
-    cli(prog_name="ferrotunnel", obj={"plugins": host})
+    if enabled:  # with --no-plugins nothing is loaded: no name to check against
+        _check_blocked(host, blocked)
+    cli(prog_name="ferrotunnel", obj={"plugins": host, "table_hint": _table_hint(host, enabled)})
+
+
+def _table_hint(host: PluginHost, enabled: bool) -> str:
+    """Why a configuration table may be unknown: its plugin was not loaded."""
+    if not enabled:
+        return "plugins are off (--no-plugins), so their tables are unknown"
+    blocked = [info.name for info in host.infos if info.status == "blocked"]
+    if blocked:
+        return f"blocked plugins declare no tables (blocked: {', '.join(blocked)})"
+    return ""

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from ferrotunnel.core import Address, ConfigError, Server, ServerConfig, SessionConfig
+from ferrotunnel.core import (
+    Address,
+    ConfigError,
+    ListenError,
+    Server,
+    ServerConfig,
+    SessionConfig,
+)
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
@@ -23,17 +30,25 @@ from ._run import (
     run,
     setup_logging,
 )
-from .settings import ServerSettings, load_settings, merge, take_plugin_options
+from .settings import ServerSettings, load_settings, merge, origin, take_plugin_options
+
+#: the option that sets each listener's address (as :class:`ListenError` names them)
+_LISTENER_OPTIONS = {
+    "control plane": "bind",
+    "HTTP ingress": "http_bind",
+    "HTTPS ingress": "https_bind",
+    "TCP ingress": "tcp_bind",
+}
 
 
-def _port_range(text: str | None) -> tuple[int, int] | None:
+def _port_range(text: str | None, what: str = "--tcp-port-range") -> tuple[int, int] | None:
     if not text:
         return None
     low, sep, high = text.partition("-")
     if not (sep and low.isdigit() and high.isdigit()):
-        raise ConfigError(f"--tcp-port-range {text!r} must look like 20000-20100")
+        raise ConfigError(f"{what} {text!r} must look like 20000-20100")
     if not 1 <= int(low) <= int(high) <= 65535:
-        raise ConfigError(f"--tcp-port-range {text!r}: need 1 <= LOW <= HIGH <= 65535")
+        raise ConfigError(f"{what} {text!r}: need 1 <= LOW <= HIGH <= 65535")
     return int(low), int(high)
 
 
@@ -215,7 +230,8 @@ def server(
 ) -> None:
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
     plugins: PluginHost = ctx.obj["plugins"]
-    loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
+    hint: str = ctx.obj.get("table_hint", "")
+    loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
     options = take_plugin_options(ctx, options, loaded)
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)
@@ -230,23 +246,29 @@ def server(
     )
     control_tls, https_tls = config_errors(lambda: _tls_contexts(plugins, settings))
 
+    def name(param: str) -> str:
+        """The flag, variable or file key the value of ``param`` came from."""
+        return origin(ctx, loaded, "server", param)
+
     def build_http() -> HttpIngressConfig:
         for cidr in settings.trust_proxy:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise ConfigError(f"--trust-proxy {cidr!r} is not an address or CIDR") from None
+                raise ConfigError(
+                    f"{name('trust_proxy')} {cidr!r} is not an address or CIDR"
+                ) from None
         health_path = settings.health_path
         if health_path and not health_path.startswith("/"):
-            raise ConfigError(f"--health-path {health_path!r} must start with /")
+            raise ConfigError(f"{name('health_path')} {health_path!r} must start with /")
         return HttpIngressConfig(
-            bind=Address.parse(settings.http_bind, what="--http-bind"),
+            bind=Address.parse(settings.http_bind, what=name("http_bind")),
             domain=settings.domain.strip(".").lower() if settings.domain else None,
             health_path=health_path or None,
             response_timeout=settings.response_timeout,
             trusted_proxies=tuple(settings.trust_proxy),
             max_head_size=settings.max_head_size,
-            https_bind=Address.parse(settings.https_bind, what="--https-bind")
+            https_bind=Address.parse(settings.https_bind, what=name("https_bind"))
             if settings.https_bind
             else None,
             https_context=https_tls,
@@ -255,11 +277,11 @@ def server(
     def build() -> ServerConfig:
         return ServerConfig(
             token=token,
-            bind=Address.parse(settings.bind, what="--bind"),
-            tcp_bind=Address.parse(settings.tcp_bind, what="--tcp-bind")
+            bind=Address.parse(settings.bind, what=name("bind")),
+            tcp_bind=Address.parse(settings.tcp_bind, what=name("tcp_bind"))
             if settings.tcp_bind
             else None,
-            tcp_port_range=_port_range(settings.tcp_port_range),
+            tcp_port_range=_port_range(settings.tcp_port_range, name("tcp_port_range")),
             public_host=settings.public_host,
             session=SessionConfig(
                 handshake_timeout=settings.handshake_timeout, max_streams=settings.max_streams
@@ -297,6 +319,10 @@ def server(
         )
         try:
             await tunnel_server.start()
+        except ListenError as exc:
+            param = _LISTENER_OPTIONS.get(exc.listener)
+            what = f"the {exc.listener}" + (f" ({name(param)})" if param else "")
+            fail(f"cannot listen on {exc.address} for {what}: {exc.strerror}", status=1)
         except OSError as exc:
             fail(f"cannot listen: {exc.strerror or exc}", status=1)
         try:

@@ -5,12 +5,15 @@ Precedence: a flag given on the command line, then its environment variable, the
 (in ``ferrotunnel_register_commands``): an option named ``TABLE__KEY`` sets ``KEY`` of the
 plugin's ``[TABLE]`` when given, with the same precedence. Every table of the file is
 validated (plugins declare theirs through ``ferrotunnel_add_config``), so a typo is an error
-naming the key, the file and line, and the closest valid key.
+naming the key, the file and line, and the closest valid key. A bad value is named where it
+came from (:func:`origin`): ``--bind 'x'``, ``FERROTUNNEL_BIND 'x'`` or
+``server.toml:3: [server] bind 'x'``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,7 @@ __all__ = [
     "TunnelSettings",
     "kernel_schema",
     "load_settings",
+    "origin",
     "take_plugin_options",
 ]
 
@@ -118,16 +122,46 @@ class ClientSettings:
     tunnels: list[TunnelSettings] = field(default_factory=list)
 
 
+#: what the starter files show, commented out, for keys without a default (the certificate
+#: paths are what ``ferrotunnel cert init`` writes; tls_ca needs tls_client_auth)
+SERVER_EXAMPLE: dict[str, object] = {
+    "tcp_bind": "0.0.0.0:7836",
+    "tcp_port_range": "20000-20100",
+    "domain": "tunnel.example.com",
+    "public_host": "tunnel.example.com",
+    "tls_cert": "certs/server.pem",
+    "tls_key": "certs/server-key.pem",
+    "tls_ca": "certs/ca.pem",
+    "tls_client_auth": True,
+    "https_bind": "0.0.0.0:8443",
+}
+CLIENT_EXAMPLE: dict[str, object] = {"server": "tunnel.example.com:7835", "token": "CHANGE-ME"}
+
+
 def kernel_schema() -> ConfigSchema:
     schema = ConfigSchema()
-    schema.add_table("server", ServerSettings, owner="ferrotunnel", help="ferrotunnel server")
-    schema.add_table("client", ClientSettings, owner="ferrotunnel", help="ferrotunnel client")
+    schema.add_table(
+        "server",
+        ServerSettings,
+        owner="ferrotunnel",
+        help="ferrotunnel server",
+        example=SERVER_EXAMPLE,
+    )
+    schema.add_table(
+        "client",
+        ClientSettings,
+        owner="ferrotunnel",
+        help="ferrotunnel client",
+        example=CLIENT_EXAMPLE,
+    )
     return schema
 
 
-def load_settings(plugins: PluginHost, path: str | None) -> Config:
-    """The validated configuration: kernel and plugin tables, from ``path`` or defaults."""
-    return load_toml(plugins.schema(kernel_schema()), path)
+def load_settings(plugins: PluginHost, path: str | None, table_hint: str = "") -> Config:
+    """The validated configuration: kernel and plugin tables, from ``path`` or defaults.
+
+    ``table_hint`` ends the error about an unknown table (plugins off or blocked)."""
+    return load_toml(plugins.schema(kernel_schema()), path, unknown_table_hint=table_hint)
 
 
 def merge(
@@ -151,6 +185,28 @@ def merge(
             value if explicit or not config.given(table, key) else getattr(file_values, key)
         )
     return merged
+
+
+def origin(
+    ctx: click.Context, config: Config, table: str, param: str, key: str | None = None
+) -> str:
+    """Where the value of option ``param`` came from, as an error about it names it: its flag
+    (given, or its default), its environment variable, or ``FILE:LINE: [table] key``."""
+    option = next((p for p in ctx.command.params if p.name == param), None)
+    source = ctx.get_parameter_source(param)
+    if option is not None and source is ParameterSource.ENVIRONMENT:
+        names = option.envvar if isinstance(option.envvar, (list, tuple)) else [option.envvar]
+        given = [n for n in names if n and n in os.environ]
+        if given:
+            return str(given[0])
+    key = key or param
+    if source is not ParameterSource.COMMANDLINE and config.given(table, key):
+        section = config.raw.get(table)
+        written = key if isinstance(section, dict) and key in section else key.replace("_", "-")
+        return f"{config.where(table, key)}: [{table}] {written}"
+    if option is not None and option.opts:
+        return max(option.opts, key=len)
+    return f"--{param.replace('_', '-')}"
 
 
 def take_plugin_options(

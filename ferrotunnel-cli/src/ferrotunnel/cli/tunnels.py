@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from collections.abc import Callable
 
 from ferrotunnel.core import Address, ConfigError, Tunnel, TunnelKind
 
@@ -14,19 +15,34 @@ _SPEC = re.compile(
 )
 
 
-class TunnelOptions:
-    """Settings shared by every HTTP tunnel of one client command."""
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
-    def __init__(self, host_header: str, local_https: bool, local_ca: str | None) -> None:
+
+class TunnelOptions:
+    """Settings shared by every HTTP tunnel of one client command.
+
+    ``name(key)`` says where a setting came from in error messages (default: its flag).
+    """
+
+    def __init__(
+        self,
+        host_header: str,
+        local_https: bool,
+        local_ca: str | None,
+        *,
+        name: Callable[[str], str] = _flag,
+    ) -> None:
         self.host_header = host_header
+        self.name = name
         self.local_tls: ssl.SSLContext | None = None
         if local_https:
             try:
                 self.local_tls = ssl.create_default_context(cafile=local_ca)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"--local-ca {local_ca}: {exc}") from None
+                raise ConfigError(f"{name('local_ca')} {local_ca}: {exc}") from None
         elif local_ca:
-            raise ConfigError("--local-ca needs --local-https")
+            raise ConfigError(f"{name('local_ca')} needs {name('local_https')}")
 
     def host_header_for(self, local: Address) -> str | None:
         if self.host_header == "preserve":
@@ -49,7 +65,7 @@ class TunnelOptions:
                 raise ConfigError(f"tunnel {name!r}: a path prefix needs an HTTP tunnel")
             return Tunnel(name, local, kind, remote_port)
         if remote_port is not None:
-            raise ConfigError(f"tunnel {name!r}: --remote-port is for TCP tunnels")
+            raise ConfigError(f"tunnel {name!r}: {self.name('remote_port')} is for TCP tunnels")
         prefix = path.strip("/") if path else ""  # as the server reads it: "api" is "/api"
         return Tunnel(
             name + (f"/{prefix}" if prefix else ""),  # unique per host and path prefix

@@ -287,20 +287,19 @@ class Client:
         while True:
             try:
                 session, welcome = await self._connect()
-            except TlsError as exc:
-                log.error("%s", exc)
+            # an error that ends the client is raised, not logged too: its caller reports it
+            # (the command line once, as its exit message)
+            except TlsError:
                 self.status = ClientStatus.CLOSED
                 raise
             except RejectedError as exc:
                 if exc.code.is_final or not self.config.reconnect:
-                    log.error("%s", exc)
                     self.status = ClientStatus.CLOSED
                     raise
                 error: BaseException = exc
             except (OSError, HandshakeError, ProtocolError, TimeoutError) as exc:
                 if not started and str(exc) == _CERTIFICATE_REFUSED:
                     # on the very first attempt this is a configuration error, not an outage
-                    log.error("%s", exc)
                     self.status = ClientStatus.CLOSED
                     raise TlsError(str(exc)) from exc
                 if not self.config.reconnect:

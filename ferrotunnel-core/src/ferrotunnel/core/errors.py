@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import anyio
 
 from ferrotunnel.protocol import ErrorCode, ProtocolError, RejectCode
@@ -10,6 +12,7 @@ __all__ = [
     "ConfigError",
     "FerroTunnelError",
     "HandshakeError",
+    "ListenError",
     "ProtocolError",
     "RejectedError",
     "SessionClosedError",
@@ -25,6 +28,23 @@ class FerroTunnelError(Exception):
 
 class ConfigError(FerroTunnelError, ValueError):
     """A setting is missing or invalid; the message names it."""
+
+
+class ListenError(FerroTunnelError, OSError):
+    """A listener could not bind its address (an OSError, with the original ``errno``).
+
+    ``listener`` names it as the server's start-up lines do: ``"control plane"``,
+    ``"TCP ingress"``, ``"HTTP ingress"``, ``"HTTPS ingress"``; ``address`` is what it tried.
+    """
+
+    def __init__(self, listener: str, address: str, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        super().__init__(error.errno, reason)
+        self.listener = listener
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"{self.listener}: cannot listen on {self.address}: {self.strerror}"
 
 
 class HandshakeError(FerroTunnelError):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from .errors import ConfigError
+from .errors import ConfigError, ListenError
 
-__all__ = ["Address", "Listener", "listen", "running_asyncio_loop"]
+__all__ = ["Address", "Listener", "listen", "listening_as", "running_asyncio_loop"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,18 @@ def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+@contextlib.contextmanager
+def listening_as(listener: str, address: Address) -> Iterator[None]:
+    """An OSError within (binding ``address``) becomes a :class:`ListenError` naming
+    ``listener`` (``"control plane"``, ``"HTTP ingress"``, ...)."""
+    try:
+        yield
+    except ListenError:
+        raise
+    except OSError as exc:
+        raise ListenError(listener, str(address), exc) from exc
 
 
 class Listener:

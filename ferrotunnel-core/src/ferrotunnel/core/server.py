@@ -46,7 +46,7 @@ from ferrotunnel.protocol import (
 from .errors import ConfigError, SessionClosedError, StreamLimitError
 from .ingress import Ingress
 from .links import ProtocolLink, StreamLink, TlsAcceptor
-from .net import Address, Listener, listen
+from .net import Address, Listener, listen, listening_as
 from .plugin.manager import PluginHost
 from .plugin.types import Authenticator, Identity, Peer, TcpConnection, TcpMiddleware
 from .relay import SpliceProtocol, pump
@@ -195,14 +195,16 @@ class Server:
         await tg.__aenter__()
         self._tg = tg
         try:
-            self._control = await listen(
-                self.config.bind,
-                tg,
-                protocol_factory=self._accept,
-                handler=self._handle_portable_connection,
-            )
+            with listening_as("control plane", self.config.bind):
+                self._control = await listen(
+                    self.config.bind,
+                    tg,
+                    protocol_factory=self._accept,
+                    handler=self._handle_portable_connection,
+                )
             if self.config.tcp_bind is not None:
-                self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
+                with listening_as("TCP ingress", self.config.tcp_bind):
+                    self._fixed_ingress = await self._open_ingress(self.config.tcp_bind, False)
             for ingress in self._ingresses.values():
                 await ingress.start(tg)
             if self.plugins is not None:

@@ -21,7 +21,7 @@ from ferrotunnel.core import (
     TunnelKind,
     TunnelRequest,
 )
-from ferrotunnel.core.net import running_asyncio_loop
+from ferrotunnel.core.net import listening_as, running_asyncio_loop
 from ferrotunnel.core.plugin import HttpMiddleware, Identity, PluginHost
 from ferrotunnel.protocol import RejectCode
 
@@ -106,16 +106,18 @@ class HttpIngress:
         if loop is None:
             raise ConfigError("the HTTP ingress needs the asyncio backend (or uvloop)")
         config = self.config
-        self.address = await self._listen(
-            loop, config.bind, lambda: IngressConnection(self, config.scheme)
-        )
-        if config.https_bind is not None:
-            self.https_address = await self._listen(
-                loop,
-                config.https_bind,
-                lambda: IngressConnection(self, b"https"),
-                config.https_context,
+        with listening_as("HTTP ingress", config.bind):
+            self.address = await self._listen(
+                loop, config.bind, lambda: IngressConnection(self, config.scheme)
             )
+        if config.https_bind is not None:
+            with listening_as("HTTPS ingress", config.https_bind):
+                self.https_address = await self._listen(
+                    loop,
+                    config.https_bind,
+                    lambda: IngressConnection(self, b"https"),
+                    config.https_context,
+                )
 
     async def _listen(
         self,

@@ -476,7 +476,17 @@ class TracingPlugin:
 
     @hookimpl
     def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
-        schema.add_table(TABLE, TracingSettings, owner=OWNER, help="OpenTelemetry traces")
+        schema.add_table(
+            TABLE,
+            TracingSettings,
+            owner=OWNER,
+            help="OpenTelemetry traces",
+            example={
+                "enabled": True,
+                "endpoint": "http://127.0.0.1:4318/v1/traces",
+                "service_name": "ferrotunnel",
+            },
+        )
 
     @hookimpl
     def ferrotunnel_configure(self, config: Config) -> None:

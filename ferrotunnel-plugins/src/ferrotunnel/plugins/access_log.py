@@ -248,7 +248,13 @@ def open_log(config: Config, path: str) -> IO[str]:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, AccessLogSettings, owner=OWNER, help="JSON access log")
+    schema.add_table(
+        TABLE,
+        AccessLogSettings,
+        owner=OWNER,
+        help="JSON access log",
+        example={"enabled": True, "path": "access.log"},
+    )
 
 
 @hookimpl

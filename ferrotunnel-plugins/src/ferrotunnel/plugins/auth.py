@@ -330,7 +330,16 @@ def load_credentials(config: Config) -> list[Credential]:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, AuthSettings, owner=OWNER, help="client tokens with scopes")
+    schema.add_table(
+        TABLE,
+        AuthSettings,
+        owner=OWNER,
+        help="client tokens with scopes",
+        example={
+            "tokens": [{"name": "alice", "token": "CHANGE-ME", "hosts": ["*.alice.example.com"]}],
+            "tokens_file": "tokens.txt",
+        },
+    )
 
 
 @hookimpl

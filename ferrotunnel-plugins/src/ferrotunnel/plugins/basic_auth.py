@@ -150,7 +150,13 @@ class BasicAuth:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, BasicAuthSettings, owner=OWNER, help="visitor basic auth")
+    schema.add_table(
+        TABLE,
+        BasicAuthSettings,
+        owner=OWNER,
+        help="visitor basic auth",
+        example={"tunnels": {"admin.example.com": {"users": ["alice:CHANGE-ME"]}}},
+    )
 
 
 @hookimpl

@@ -265,7 +265,13 @@ class CircuitBreaker:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, CircuitBreakerSettings, owner=OWNER, help="per-tunnel circuit breakers")
+    schema.add_table(
+        TABLE,
+        CircuitBreakerSettings,
+        owner=OWNER,
+        help="per-tunnel circuit breakers",
+        example={"tunnels": {"*": {"failure_threshold": 5, "open_seconds": 30.0}}},
+    )
 
 
 @hookimpl(trylast=True)

@@ -188,7 +188,20 @@ class ResponseHeaders:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, HeadersSettings, owner=OWNER, help="per-tunnel header edits")
+    schema.add_table(
+        TABLE,
+        HeadersSettings,
+        owner=OWNER,
+        help="per-tunnel header edits",
+        example={
+            "tunnels": {
+                "*": {
+                    "response_set": {"Strict-Transport-Security": "max-age=31536000"},
+                    "response_remove": ["Server", "X-Powered-By"],
+                }
+            }
+        },
+    )
 
 
 @hookimpl(trylast=True)

@@ -175,7 +175,13 @@ def _configured(config: Config) -> dict[str, IpFilterRule]:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, IpFilterSettings, owner=OWNER, help="visitor address rules")
+    schema.add_table(
+        TABLE,
+        IpFilterSettings,
+        owner=OWNER,
+        help="visitor address rules",
+        example={"tunnels": {"*": {"allow": ["10.0.0.0/8"], "deny": ["10.0.0.66"]}}},
+    )
 
 
 @hookimpl(tryfirst=True)

@@ -287,7 +287,17 @@ def _configured(settings: RateLimitSettings) -> bool:
 
 @hookimpl
 def ferrotunnel_add_config(schema: ConfigSchema) -> None:
-    schema.add_table(TABLE, RateLimitSettings, owner=OWNER, help="request rate limits")
+    schema.add_table(
+        TABLE,
+        RateLimitSettings,
+        owner=OWNER,
+        help="request rate limits",
+        example={
+            "per_ip": {"rate": 10.0, "burst": 20},
+            "per_tunnel": {"rate": 100.0},
+            "tunnels": {"api.example.com": {"per_ip": {"rate": 2.0}}},
+        },
+    )
 
 
 @hookimpl

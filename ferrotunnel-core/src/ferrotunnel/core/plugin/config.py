@@ -32,6 +32,8 @@ class TableSpec:
     settings: type
     owner: str
     help: str = ""
+    #: example values (as TOML data) that ``ferrotunnel config init`` shows, commented out
+    example: Mapping[str, object] | None = None
 
 
 class ConfigSchema:
@@ -40,14 +42,30 @@ class ConfigSchema:
     def __init__(self) -> None:
         self.tables: dict[str, TableSpec] = {}
 
-    def add_table(self, name: str, settings: type, *, owner: str, help: str = "") -> None:
-        """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``."""
+    def add_table(
+        self,
+        name: str,
+        settings: type,
+        *,
+        owner: str,
+        help: str = "",
+        example: Mapping[str, object] | None = None,
+    ) -> None:
+        """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``.
+
+        ``example`` gives values, as TOML data, that the starter file of ``ferrotunnel config
+        init`` shows commented out instead of a key's default: for keys without one (``None``),
+        empty tables of entries (``{"tunnels": {"*": {"allow": ["10.0.0.0/8"]}}}``), or a
+        setting another one needs. It must be valid: it is checked here.
+        """
         if not dataclasses.is_dataclass(settings):
             raise TypeError(f"settings of table [{name}] must be a dataclass")
         if name in self.tables:
             other = self.tables[name].owner
             raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
-        self.tables[name] = TableSpec(name, settings, owner, help)
+        if example is not None:  # refused now, not in a user's file
+            _to_dataclass(settings, dict(example), name, _Locator(f"example of [{name}]", ""), name)
+        self.tables[name] = TableSpec(name, settings, owner, help, example)
 
 
 class Config:
@@ -59,12 +77,22 @@ class Config:
         values: Mapping[str, object],
         source: str,
         raw: Mapping[str, object] | None = None,
+        text: str = "",
     ) -> None:
         self.schema = schema
         self.source = source
         self._values = dict(values)
         #: the tables as written in the file (to tell a key set there from a default)
         self.raw: Mapping[str, object] = raw or {}
+        self._locate = _Locator(source, text)
+
+    def where(self, table: str, key: str | None = None) -> str:
+        """``FILE:LINE`` of ``[table]`` (or of its ``key``), for messages; ``FILE`` alone
+        when the line is unknown."""
+        section = self.raw.get(table)
+        if key is not None and not (isinstance(section, dict) and key in section):
+            key = key.replace("_", "-")  # written with dashes
+        return self._locate.where(table, key)
 
     def given(self, table: str, key: str) -> bool:
         """Whether the file set ``key`` of ``[table]``."""
@@ -87,8 +115,14 @@ class Config:
             self._values[name] = dataclasses.replace(self._values[name], **changes)  # type: ignore[type-var]
 
 
-def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
-    """Read and validate a TOML file (None: every table at its defaults)."""
+def load_toml(
+    schema: ConfigSchema, path: str | Path | None, *, unknown_table_hint: str = ""
+) -> Config:
+    """Read and validate a TOML file (None: every table at its defaults).
+
+    ``unknown_table_hint`` ends the error about a table no one declared (say, why plugins'
+    tables are missing: ``"plugins are off (--no-plugins), so their tables are unknown"``).
+    """
     import tomllib
 
     data: dict[str, object] = {}
@@ -103,7 +137,8 @@ def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
             raise ConfigError(f"{path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    return Config(schema, _convert_tables(schema, data, _Locator(source, text)), source, data)
+    values = _convert_tables(schema, data, _Locator(source, text), unknown_table_hint)
+    return Config(schema, values, source, data, text)
 
 
 def from_mapping(
@@ -142,7 +177,7 @@ def _closest(name: str, choices: list[str]) -> str:
 
 
 def _convert_tables(
-    schema: ConfigSchema, data: dict[str, object], locate: _Locator
+    schema: ConfigSchema, data: dict[str, object], locate: _Locator, hint: str = ""
 ) -> dict[str, object]:
     values: dict[str, object] = {}
     for name in data:
@@ -150,7 +185,7 @@ def _convert_tables(
             known = sorted(schema.tables)
             raise ConfigError(
                 f"{locate.where(name)}: unknown table [{name}]{_closest(name, known)} "
-                f"(known: {', '.join(known)})"
+                f"(known: {', '.join(known)})" + (f"; {hint}" if hint else "")
             )
     for name, spec in schema.tables.items():
         raw = data.get(name, {})
