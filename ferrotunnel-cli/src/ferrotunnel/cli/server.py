@@ -216,7 +216,7 @@ def server(
     """Run a tunnel server: clients connect to --bind, visitors to the ingress ports."""
     plugins: PluginHost = ctx.obj["plugins"]
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file))
-    options = take_plugin_options(ctx, options, loaded)
+    options = config_errors(lambda: take_plugin_options(ctx, options, loaded))
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)
     config_errors(lambda: plugins.configure(loaded))

@@ -81,10 +81,35 @@ class Config:
                 return value
         raise KeyError(f"no table declared with {settings.__name__}")
 
-    def replace(self, name: str, **changes: object) -> None:
-        """Override keys of one table (command-line flags win over the file)."""
-        if changes:
-            self._values[name] = dataclasses.replace(self._values[name], **changes)  # type: ignore[type-var]
+    def replace(self, name: str, /, **changes: object) -> None:
+        """Override keys of one table (command-line flags win over the file).
+
+        The values are checked like the file's: an unknown table or key (a plugin's
+        ``TABLE__KEY`` option with a typo) or a wrong type (an ``int`` key set from an option
+        without ``type=int``) is a :class:`ConfigError`, not a traceback at start-up.
+        """
+        if not changes:
+            return
+        if name not in self._values:
+            known = sorted(self._values)
+            raise ConfigError(
+                f"cannot set {', '.join(changes)} of unknown table [{name}]"
+                f"{_closest(name, known)} (known: {', '.join(known)})"
+            )
+        current: Any = self._values[name]
+        fields = [f.name for f in dataclasses.fields(current) if f.init]
+        hints = typing.get_type_hints(type(current))
+        locate = _Locator("command line", "")
+        converted: dict[str, object] = {}
+        for key, value in changes.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"cannot set {key!r} of [{name}]: no such key{_closest(key, fields)}"
+                )
+            if isinstance(value, tuple):  # click's multiple=True; TOML gives lists
+                value = list(value)
+            converted[key] = _convert(value, hints[key], f"{name}.{key}", locate, name, key)
+        self._values[name] = dataclasses.replace(current, **converted)
 
 
 def load_toml(schema: ConfigSchema, path: str | Path | None) -> Config:
