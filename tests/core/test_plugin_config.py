@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +50,43 @@ def _schema() -> ConfigSchema:
     schema = ConfigSchema()
     schema.add_table("mine", MySettings, owner="tests")
     return schema
+
+
+@dataclass(frozen=True)
+class WithAPath:
+    greeting: str = "world"
+    log: Path = Path("access.log")
+
+
+def test_an_unsupported_field_type_is_refused_when_the_table_is_declared() -> None:
+    """Not later, as a traceback, when a user first sets that key in a file."""
+    schema = ConfigSchema()
+    with pytest.raises(TypeError, match=r"unsupported setting type .*Path.* for mine\.log"):
+        schema.add_table("mine", WithAPath, owner="tests")
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = 1.0
+
+
+@dataclass(frozen=True)
+class Everything:
+    text: str = ""
+    count: int = 0
+    ratio: float = 0.0
+    on: bool = False
+    maybe: int | None = None
+    items: list[str] = field(default_factory=list)
+    ranges: tuple[tuple[int, int], ...] = ()
+    extra: dict[str, int] = field(default_factory=dict)
+    inner: Inner = field(default_factory=Inner)
+    anything: Any = None
+
+
+def test_every_documented_field_type_is_accepted() -> None:
+    schema = ConfigSchema()
+    schema.add_table("everything", Everything, owner="tests")
+    config = from_mapping(schema, {"everything": {"ranges": [[1, 2]], "inner": {"rate": 2}}})
+    assert config.get(Everything).ranges == ((1, 2),)
+    assert config.get(Everything).inner == Inner(2.0)

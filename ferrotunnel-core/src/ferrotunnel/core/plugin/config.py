@@ -44,6 +44,7 @@ class ConfigSchema:
         """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``."""
         if not dataclasses.is_dataclass(settings):
             raise TypeError(f"settings of table [{name}] must be a dataclass")
+        _check_types(settings, name)  # the plugin's mistake, found before a user sets the key
         if name in self.tables:
             other = self.tables[name].owner
             raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
@@ -216,6 +217,36 @@ def _required(f: dataclasses.Field[Any]) -> bool:
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_types(settings: type, path: str) -> None:
+    """Refuse a field type :func:`_convert` cannot read from TOML (raises ``TypeError``)."""
+    for name, hint in typing.get_type_hints(settings).items():
+        if name in {f.name for f in dataclasses.fields(settings) if f.init}:
+            _check_type(hint, f"{path}.{name}")
+
+
+def _check_type(hint: Any, path: str) -> None:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is not type(None):
+                _check_type(option, path)
+    elif origin in (list, tuple) or hint in (list, tuple):
+        if args:
+            _check_type(args[0], f"{path}[]")
+    elif origin is dict or hint is dict:
+        if len(args) == 2:
+            _check_type(args[1], f"{path}.*")
+    elif dataclasses.is_dataclass(hint):
+        _check_types(hint, path)  # type: ignore[arg-type]
+    elif hint not in _TYPE_NAMES and hint is not Any:
+        raise TypeError(
+            f"unsupported setting type {hint!r} for {path}: use str, int, float, bool, "
+            "an optional, list[...], tuple[...], dict[str, ...] or a nested dataclass "
+            "(convert in __post_init__ for anything else)"
+        )
 
 
 def _convert(value: Any, hint: Any, path: str, locate: _Locator, table: str, key: str) -> Any:
