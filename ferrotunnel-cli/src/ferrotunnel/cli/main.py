@@ -110,7 +110,7 @@ def main() -> None:
     enabled, blocked, strict = _plugin_switches(sys.argv[1:])
     try:
         host = load_plugins(enabled=enabled, block=blocked, strict=strict)
-        host.register_commands(cli)
+        host.register_commands(cli, strict=strict)
     except ConfigError as exc:
         fail(str(exc), status=2)
     cli(prog_name="ferrotunnel", obj={"plugins": host})
