@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ferrotunnel.core import ConfigError
-from ferrotunnel.core.plugin import ConfigSchema, from_mapping
+from ferrotunnel.core.plugin import ConfigSchema, from_mapping, load_plugins, load_toml
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,17 @@ def test_every_documented_field_type_is_accepted() -> None:
     config = from_mapping(schema, {"everything": {"ranges": [[1, 2]], "inner": {"rate": 2}}})
     assert config.get(Everything).ranges == ((1, 2),)
     assert config.get(Everything).inner == Inner(2.0)
+
+
+def test_the_table_of_a_blocked_plugin_says_it_is_blocked(tmp_path: Path) -> None:
+    """Not just "unknown table [rate_limit]" with a list that lacks it."""
+    path = tmp_path / "server.toml"
+    path.write_text("[headers]\n\n[rate_limit]\nrate = 5.0\n")
+    host = load_plugins(block=["rate-limit"])
+    with pytest.raises(ConfigError) as caught:
+        load_toml(host.schema(), path)
+    assert str(caught.value) == (
+        f"{path}:3: unknown table [rate_limit]: plugin 'rate-limit' (ferrotunnel-plugins "
+        "0.1.0) is blocked (--block-plugin, FERROTUNNEL_BLOCK_PLUGINS), so its table is unknown "
+        "(comment it out, or load the plugin)"
+    )

@@ -39,6 +39,9 @@ class ConfigSchema:
 
     def __init__(self) -> None:
         self.tables: dict[str, TableSpec] = {}
+        #: plugins found but not loaded (blocked, failed...) -> why, so that the table of one
+        #: (named like it: ``access_log`` for ``access-log``) is not just "unknown"
+        self.absent: dict[str, str] = {}
 
     def add_table(self, name: str, settings: type, *, owner: str, help: str = "") -> None:
         """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``."""
@@ -174,6 +177,12 @@ def _convert_tables(
     for name in data:
         if name not in schema.tables:
             known = sorted(schema.tables)
+            absent = schema.absent.get(name.replace("_", "-")) or schema.absent.get(name)
+            if absent:
+                raise ConfigError(
+                    f"{locate.where(name)}: unknown table [{name}]: {absent}, so its table "
+                    "is unknown (comment it out, or load the plugin)"
+                )
             raise ConfigError(
                 f"{locate.where(name)}: unknown table [{name}]{_closest(name, known)} "
                 f"(known: {', '.join(known)})"

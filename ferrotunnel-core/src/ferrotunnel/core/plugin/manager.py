@@ -99,6 +99,13 @@ class PluginHost:
     def schema(self, base: ConfigSchema | None = None) -> ConfigSchema:
         """The configuration schema: ``base`` (the kernel's tables) plus every plugin's."""
         schema = base or ConfigSchema()
+        for info in self.infos:
+            if info.status != "enabled":
+                why = _NOT_LOADED.get(info.status, "was not loaded")
+                schema.absent.setdefault(
+                    info.name.replace("_", "-"),
+                    f"plugin {info.name!r} ({info.distribution} {info.version}) {why}",
+                )
         self.hook.ferrotunnel_add_config.call_historic(kwargs={"schema": schema})
         return schema
 
@@ -200,6 +207,12 @@ class PluginHost:
             getattr(self.hook, hook_name)(**kwargs)
         except Exception:
             log.exception("a plugin failed in %s", hook_name)
+
+
+_NOT_LOADED = {
+    "blocked": "is blocked (--block-plugin, FERROTUNNEL_BLOCK_PLUGINS)",
+    "failed": "failed to load",
+}
 
 
 def _flatten(results: list[Iterable[Any] | None]) -> list[Any]:
