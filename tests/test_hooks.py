@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 import ssl
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from ferrotunnel.core.plugin import (
     ConfigSchema,
     ExchangeRecord,
     Identity,
+    Peer,
     PluginHost,
     RequestContext,
     TcpConnection,
@@ -47,7 +49,7 @@ from ferrotunnel.core.plugin import (
 )
 from ferrotunnel.core.plugin.config import from_mapping
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
-from ferrotunnel.protocol import ALPN_PROTOCOL
+from ferrotunnel.protocol import ALPN_PROTOCOL, Hello
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(
@@ -318,3 +320,20 @@ def test_tcp_connection_record_is_what_tcp_middlewares_get() -> None:
         "203.0.113.9",
         5555,
     )
+
+
+def _example(hook: str) -> str:
+    """The code of a hookspec's docstring example."""
+    doc = inspect.getdoc(getattr(spec, hook)) or ""
+    return textwrap.dedent(doc.split("Example::", 1)[1])
+
+
+async def test_the_authenticators_example_runs() -> None:
+    """``peer`` is a :class:`Peer` (``peer.host``), not a tuple: the example must use it so."""
+    namespace: dict[str, Any] = {"Identity": Identity, "hookimpl": hookimpl}
+    exec(_example("ferrotunnel_authenticators"), namespace)
+    (authenticator,) = namespace["ferrotunnel_authenticators"](config=None)
+    hello = Hello(versions=(1,), client_id="c")
+    office = await authenticator.authenticate(hello, Peer("10.0.0.5", 40000))
+    assert office == Identity("office")
+    assert await authenticator.authenticate(hello, Peer("10.0.0.6", 40000)) is None

@@ -9,9 +9,17 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from ferrotunnel.core import Stream
-from ferrotunnel.core.plugin import TcpConnection, hookimpl
+from ferrotunnel.core import Address, Stream, TunnelKind
+from ferrotunnel.core.plugin import (
+    Config,
+    ConfigSchema,
+    HttpResponse,
+    RequestContext,
+    TcpConnection,
+    hookimpl,
+)
 from ferrotunnel.core.testing import plugin_host, running_tunnel
+from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
 
 @dataclass(frozen=True)
@@ -128,3 +136,56 @@ async def test_running_tunnel_gives_the_client_its_plugins_and_observers() -> No
     seen = observer.recorder
     assert (bytes(seen.to_origin), bytes(seen.to_visitor)) == (b"ping", b"ping")
     assert events.failures == [None]  # the client's successful handshake
+
+
+@dataclass(frozen=True)
+class HelloSettings:
+    header: str = "X-Hello"
+    greeting: str = "world"
+
+
+class Greeter:
+    def __init__(self, settings: HelloSettings) -> None:
+        self.settings = settings
+
+    def on_response(self, response: HttpResponse, ctx: RequestContext) -> None:
+        response.set_header(self.settings.header, self.settings.greeting)
+
+
+class HelloPlugin:
+    @hookimpl
+    def ferrotunnel_add_config(self, schema: ConfigSchema) -> None:
+        schema.add_table("hello", HelloSettings, owner="tests")
+
+    @hookimpl
+    def ferrotunnel_http_middlewares(self, config: Config) -> list[Greeter]:
+        return [Greeter(config.get(HelloSettings))]
+
+
+async def app(sock: SocketStream) -> None:  # a one-response HTTP origin
+    async with sock:
+        await sock.receive()
+        await sock.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the HTTP ingress runs on asyncio
+async def test_the_http_recipe_of_the_plugin_guide() -> None:
+    """docs/plugin-development.md, "Testing a plugin": an HTTP middleware through a tunnel."""
+    host = plugin_host(HelloPlugin(), config={"hello": {"greeting": "hi"}})
+    assert host.config is not None
+    ingress = HttpIngress(
+        HttpIngressConfig(bind=Address("127.0.0.1", 0)),
+        middlewares=host.http_middlewares(host.config),
+        plugins=host,
+    )
+    async with running_tunnel(
+        app, kind=TunnelKind.HTTP, name="app.localhost", ingresses=[ingress], plugins=host
+    ):
+        assert ingress.address is not None
+        async with await anyio.connect_tcp(ingress.address.host, ingress.address.port) as sock:
+            await sock.send(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            with anyio.fail_after(5):
+                head = await sock.receive()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"x-hello: hi\r\n" in head.lower()

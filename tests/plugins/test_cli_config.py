@@ -684,7 +684,9 @@ def test_server_without_plugins_and_with_a_blocked_one(tmp_path: Path, launch: L
     assert result.returncode == 2
     error = one_error_line(result.stderr)
     assert f"{config}:4: unknown table [rate_limit]" in error
-    assert error.endswith("; blocked plugins declare no tables (blocked: rate-limit)"), error
+    assert "plugin 'rate-limit' (ferrotunnel-plugins" in error, error
+    assert error.endswith("is blocked (--block-plugin, FERROTUNNEL_BLOCK_PLUGINS), so its table is "
+                          "unknown (comment it out, or load the plugin)"), error  # fmt: skip
 
 
 @pytest.mark.parametrize(

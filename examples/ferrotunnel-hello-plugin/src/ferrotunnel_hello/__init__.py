@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
-    HttpMiddleware,
     HttpResponse,
     RequestContext,
+    from_mapping,
     hookimpl,
 )
+
+if TYPE_CHECKING:
+    import click
 
 __version__ = "0.1.0"
 
@@ -42,13 +45,15 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
     schema.add_table("hello", HelloSettings, owner="ferrotunnel-hello", help="greeting header")
 
 
+# ``list[Greeter]``, not ``list[HttpMiddleware]``: that Protocol lists all three methods, and
+# Greeter has only the one it needs (every method of a middleware is optional).
 @hookimpl
-def ferrotunnel_http_middlewares(config: Config) -> list[HttpMiddleware]:
-    return [Greeter(config.table("hello"))]
+def ferrotunnel_http_middlewares(config: Config) -> list[Greeter]:
+    return [Greeter(config.get(HelloSettings))]
 
 
 @hookimpl
-def ferrotunnel_register_commands(cli: Any) -> None:
+def ferrotunnel_register_commands(cli: click.Group) -> None:
     import click  # only the CLI calls this hook, and it has click
 
     @cli.command()
@@ -57,15 +62,11 @@ def ferrotunnel_register_commands(cli: Any) -> None:
         """Print the header the hello plugin adds to responses."""
         import tomllib
 
-        from ferrotunnel.core.plugin.config import from_mapping
-
         data: dict[str, Any] = {}
         if config_file:
             with open(config_file, "rb") as f:
                 data = tomllib.load(f)
         schema = ConfigSchema()
         ferrotunnel_add_config(schema)
-        settings: HelloSettings = from_mapping(schema, {"hello": data.get("hello", {})}).table(
-            "hello"
-        )
+        settings = from_mapping(schema, {"hello": data.get("hello", {})}).get(HelloSettings)
         click.echo(f"{settings.header}: {settings.greeting}")

@@ -192,7 +192,7 @@ def client(
     plugins: PluginHost = ctx.obj["plugins"]
     hint: str = ctx.obj.get("table_hint", "")
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
-    options = take_plugin_options(ctx, options, loaded)
+    options = config_errors(lambda: take_plugin_options(ctx, options, loaded))
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")
     for flag in ("tls", "tls_skip_verify"):  # flags: a file's true counts unless given

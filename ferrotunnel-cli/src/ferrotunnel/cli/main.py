@@ -131,7 +131,7 @@ def main() -> None:
     enabled, blocked, strict = _plugin_switches(sys.argv[1:])
     try:
         host = load_plugins(enabled=enabled, block=[name for name, _ in blocked], strict=strict)
-        host.register_commands(cli)
+        host.register_commands(cli, strict=strict)
     except ConfigError as exc:
         fail(str(exc), status=2)
     if enabled:  # with --no-plugins nothing is loaded: no name to check against

@@ -232,7 +232,7 @@ def server(
     plugins: PluginHost = ctx.obj["plugins"]
     hint: str = ctx.obj.get("table_hint", "")
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
-    options = take_plugin_options(ctx, options, loaded)
+    options = config_errors(lambda: take_plugin_options(ctx, options, loaded))
     settings = ServerSettings(**merge(ctx, options, loaded, "server"))
     setup_logging(settings.log_level)
     config_errors(lambda: plugins.configure(loaded))

@@ -41,6 +41,9 @@ class ConfigSchema:
 
     def __init__(self) -> None:
         self.tables: dict[str, TableSpec] = {}
+        #: plugins found but not loaded (blocked, failed...) -> why, so that the table of one
+        #: (named like it: ``access_log`` for ``access-log``) is not just "unknown"
+        self.absent: dict[str, str] = {}
 
     def add_table(
         self,
@@ -60,6 +63,7 @@ class ConfigSchema:
         """
         if not dataclasses.is_dataclass(settings):
             raise TypeError(f"settings of table [{name}] must be a dataclass")
+        _check_types(settings, name)  # the plugin's mistake, found before a user sets the key
         if name in self.tables:
             other = self.tables[name].owner
             raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
@@ -109,10 +113,35 @@ class Config:
                 return value
         raise KeyError(f"no table declared with {settings.__name__}")
 
-    def replace(self, name: str, **changes: object) -> None:
-        """Override keys of one table (command-line flags win over the file)."""
-        if changes:
-            self._values[name] = dataclasses.replace(self._values[name], **changes)  # type: ignore[type-var]
+    def replace(self, name: str, /, **changes: object) -> None:
+        """Override keys of one table (command-line flags win over the file).
+
+        The values are checked like the file's: an unknown table or key (a plugin's
+        ``TABLE__KEY`` option with a typo) or a wrong type (an ``int`` key set from an option
+        without ``type=int``) is a :class:`ConfigError`, not a traceback at start-up.
+        """
+        if not changes:
+            return
+        if name not in self._values:
+            known = sorted(self._values)
+            raise ConfigError(
+                f"cannot set {', '.join(changes)} of unknown table [{name}]"
+                f"{_closest(name, known)} (known: {', '.join(known)})"
+            )
+        current: Any = self._values[name]
+        fields = [f.name for f in dataclasses.fields(current) if f.init]
+        hints = typing.get_type_hints(type(current))
+        locate = _Locator("command line", "")
+        converted: dict[str, object] = {}
+        for key, value in changes.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"cannot set {key!r} of [{name}]: no such key{_closest(key, fields)}"
+                )
+            if isinstance(value, tuple):  # click's multiple=True; TOML gives lists
+                value = list(value)
+            converted[key] = _convert(value, hints[key], f"{name}.{key}", locate, name, key)
+        self._values[name] = dataclasses.replace(current, **converted)
 
 
 def load_toml(
@@ -183,6 +212,12 @@ def _convert_tables(
     for name in data:
         if name not in schema.tables:
             known = sorted(schema.tables)
+            absent = schema.absent.get(name.replace("_", "-")) or schema.absent.get(name)
+            if absent:
+                raise ConfigError(
+                    f"{locate.where(name)}: unknown table [{name}]: {absent}, so its table "
+                    "is unknown (comment it out, or load the plugin)"
+                )
             raise ConfigError(
                 f"{locate.where(name)}: unknown table [{name}]{_closest(name, known)} "
                 f"(known: {', '.join(known)})" + (f"; {hint}" if hint else "")
@@ -226,6 +261,36 @@ def _required(f: dataclasses.Field[Any]) -> bool:
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _check_types(settings: type, path: str) -> None:
+    """Refuse a field type :func:`_convert` cannot read from TOML (raises ``TypeError``)."""
+    for name, hint in typing.get_type_hints(settings).items():
+        if name in {f.name for f in dataclasses.fields(settings) if f.init}:
+            _check_type(hint, f"{path}.{name}")
+
+
+def _check_type(hint: Any, path: str) -> None:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is not type(None):
+                _check_type(option, path)
+    elif origin in (list, tuple) or hint in (list, tuple):
+        if args:
+            _check_type(args[0], f"{path}[]")
+    elif origin is dict or hint is dict:
+        if len(args) == 2:
+            _check_type(args[1], f"{path}.*")
+    elif dataclasses.is_dataclass(hint):
+        _check_types(hint, path)  # type: ignore[arg-type]
+    elif hint not in _TYPE_NAMES and hint is not Any:
+        raise TypeError(
+            f"unsupported setting type {hint!r} for {path}: use str, int, float, bool, "
+            "an optional, list[...], tuple[...], dict[str, ...] or a nested dataclass "
+            "(convert in __post_init__ for anything else)"
+        )
 
 
 def _convert(value: Any, hint: Any, path: str, locate: _Locator, table: str, key: str) -> Any:

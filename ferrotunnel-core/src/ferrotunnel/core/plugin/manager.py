@@ -99,6 +99,13 @@ class PluginHost:
     def schema(self, base: ConfigSchema | None = None) -> ConfigSchema:
         """The configuration schema: ``base`` (the kernel's tables) plus every plugin's."""
         schema = base or ConfigSchema()
+        for info in self.infos:
+            if info.status != "enabled":
+                why = _NOT_LOADED.get(info.status, "was not loaded")
+                schema.absent.setdefault(
+                    info.name.replace("_", "-"),
+                    f"plugin {info.name!r} ({info.distribution} {info.version}) {why}",
+                )
         self.hook.ferrotunnel_add_config.call_historic(kwargs={"schema": schema})
         return schema
 
@@ -106,8 +113,28 @@ class PluginHost:
         self.config = config
         self.hook.ferrotunnel_configure.call_historic(kwargs={"config": config})
 
-    def register_commands(self, cli: Any) -> None:
-        self.hook.ferrotunnel_register_commands(cli=cli)
+    def register_commands(self, cli: Any, *, strict: bool = False) -> None:
+        """Let each plugin add its commands and options to ``cli``. A plugin that raises is
+        unregistered, shown as ``failed`` and logged (``strict``: a :class:`PluginError`),
+        like one that fails to import: every other command, ``plugins list`` included,
+        still runs."""
+        infos = {info.name: info for info in self.infos}
+        for impl in reversed(self.hook.ferrotunnel_register_commands.get_hookimpls()):
+            try:
+                impl.function(**({"cli": cli} if impl.argnames else {}))
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                info = infos.get(impl.plugin_name)
+                origin = ""
+                if info is not None:
+                    info.status, info.error, info.hooks = "failed", error, []
+                    if info.distribution != "(registered)":
+                        origin = f" from {info.distribution} {info.version}"
+                self.manager.unregister(name=impl.plugin_name)
+                _problem(
+                    strict,
+                    f"plugin {impl.plugin_name!r}{origin} failed to add its commands: {error}",
+                )
 
     def ssl_context(self, options: TlsOptions) -> ssl.SSLContext:
         """The SSL context a plugin builds for ``options``; a :class:`ConfigError` if none
@@ -180,6 +207,12 @@ class PluginHost:
             getattr(self.hook, hook_name)(**kwargs)
         except Exception:
             log.exception("a plugin failed in %s", hook_name)
+
+
+_NOT_LOADED = {
+    "blocked": "is blocked (--block-plugin, FERROTUNNEL_BLOCK_PLUGINS)",
+    "failed": "failed to load",
+}
 
 
 def _flatten(results: list[Iterable[Any] | None]) -> list[Any]:

@@ -119,7 +119,7 @@ def ferrotunnel_authenticators(config: Config) -> Iterable[Authenticator]:
 
         class AllowListed:
             async def authenticate(self, hello, peer):
-                return Identity("office") if peer and peer[0] == "10.0.0.5" else None
+                return Identity("office") if peer.host == "10.0.0.5" else None
 
         @hookimpl
         def ferrotunnel_authenticators(config):

@@ -231,6 +231,10 @@ class HttpMiddleware(Protocol):
     ``on_request`` returns None to continue or a :class:`Reply` to answer instead;
     it may edit the request's headers. ``on_response`` may edit the response's headers.
     ``on_complete`` learns how the exchange ended.
+
+    A Protocol cannot mark methods optional, so a class with only some of them does not
+    type-check as ``HttpMiddleware``: annotate your hook's return with your own class
+    (``-> list[Greeter]``).
     """
 
     def on_request(
