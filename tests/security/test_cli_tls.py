@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from ferrotunnel.plugins.certs import Issued, issue_certificate, new_ca
+from ferrotunnel.plugins.pki import Issued, issue_certificate, new_ca
 from ferrotunnel.protocol import ALPN_PROTOCOL
 from tests.e2e.helpers import (
     HOST,

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import struct
 
-import hpack
-
 from .h1 import HttpError, RequestHead, normalize_host
 
 __all__ = [
@@ -110,6 +108,10 @@ def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
 
 
 def _decode(block: bytes) -> list[tuple[bytes, bytes]]:
+    # hpack is imported on first use (here and in reply_frames): its Huffman table takes some
+    # 30 ms to import, which every ferrotunnel command would pay; only HTTP/2 needs it
+    import hpack
+
     try:
         return [(bytes(k), bytes(v)) for k, v in hpack.Decoder().decode(block, raw=True)]
     except Exception as exc:  # hpack raises a family of its own errors
@@ -147,6 +149,8 @@ def reply_frames(
     the client no other stream of the connection was processed."""
     fields = [(b":status", b"%d" % status)]
     fields += [(k.lower(), v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
+    import hpack
+
     block = hpack.Encoder().encode(fields)
     no_body = head_only or not body
     chunks = [block[i : i + _MAX_FRAME] for i in range(0, len(block), _MAX_FRAME)] or [b""]

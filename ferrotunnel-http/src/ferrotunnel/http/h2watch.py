@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 
 from .h1 import normalize_host
-from .hpack_reader import HeaderReader
 
 __all__ = ["H2Exchange", "H2Watch"]
 
@@ -99,6 +98,8 @@ class _Direction:
 
     def __init__(self, wanted: frozenset[bytes]) -> None:
         # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
+        from .hpack_reader import HeaderReader  # hpack's Huffman table: imported on first use
+
         self.decoder = HeaderReader(_INITIAL_TABLE)
         self.wanted = wanted  # the fields read out of its header blocks
         self.head = bytearray()  # a frame header still arriving

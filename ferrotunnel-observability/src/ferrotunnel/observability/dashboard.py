@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -37,12 +37,13 @@ from ferrotunnel.core import Client, ConfigError, GrantedTunnel, Server, Session
 from ferrotunnel.core.net import running_asyncio_loop
 from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, hookimpl
 
-from .admin import AdminState, SessionInfo, VisitorLog, create_admin_app
-from .api import DashboardContext, create_app
-from .capture import CaptureObserver
-from .embedded import EmbeddedServer
 from .metrics import MetricsPlugin
-from .store import Store, TunnelState
+
+# The web parts (starlette, uvicorn: ~0.1 s to import) are imported when a dashboard or an
+# admin view starts, not when the plugin is loaded: every ferrotunnel command loads it.
+if TYPE_CHECKING:
+    from .admin import AdminState
+    from .embedded import EmbeddedServer
 
 __all__ = ["Dashboard", "DashboardSettings"]
 
@@ -86,6 +87,10 @@ class _ClientDashboard:
     """One client's dashboard: its store and web server."""
 
     def __init__(self, client: Client, settings: DashboardSettings) -> None:
+        from .api import DashboardContext, create_app
+        from .embedded import EmbeddedServer
+        from .store import Store, TunnelState
+
         self.client = client
         self.store = Store(keep=settings.keep)
         self.ctx = DashboardContext(
@@ -105,6 +110,8 @@ class _ClientDashboard:
         return self.web.url
 
     async def start(self) -> None:
+        from .capture import CaptureObserver
+
         await self.web.start()
         self.client.observe(CaptureObserver(self.store, self.ctx.capture_limit))
         self.client.endpoints["dashboard"] = self.url
@@ -163,11 +170,19 @@ class Dashboard:
 
     @hookimpl
     def ferrotunnel_http_middlewares(self, config: Config) -> Iterable[object]:
-        return [VisitorLog(self._admin_states)] if self.settings.admin else []
+        return self._visitor_log()
 
     @hookimpl
     def ferrotunnel_tcp_middlewares(self, config: Config) -> Iterable[object]:
-        return [VisitorLog(self._admin_states)] if self.settings.admin else []
+        return self._visitor_log()
+
+    def _visitor_log(self) -> list[object]:
+        """The admin view's notes on visitors (HTTP and TCP), when it is on."""
+        if not self.settings.admin:
+            return []
+        from .admin import VisitorLog
+
+        return [VisitorLog(self._admin_states)]
 
     # ---- lifecycle
 
@@ -201,6 +216,9 @@ class Dashboard:
         if running_asyncio_loop() is None:
             log.warning("the admin view needs asyncio (uvicorn); not starting it")
             return
+        from .admin import AdminState, create_admin_app
+        from .embedded import EmbeddedServer
+
         state = AdminState(server)
         app = create_admin_app(state, token, _hosts(self.settings.bind))
         web = EmbeddedServer(app, self.settings.bind, self.settings.admin_port)
@@ -231,6 +249,8 @@ class Dashboard:
     def ferrotunnel_session_opened(self, session: Session, identity: Identity) -> None:
         for state in self._admin_states:
             if session in state.server.sessions:
+                from .admin import SessionInfo
+
                 state.sessions[session] = SessionInfo(session, identity.name)
 
     @hookimpl

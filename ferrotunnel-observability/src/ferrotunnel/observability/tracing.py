@@ -96,7 +96,6 @@ from ._context import (
     traceparent_of,
 )
 from ._options import add_options
-from ._otlp import SpanEncoder
 from ._otlp_http import OtlpHttpSender, OtlpHttpSettings, standard_exporter_reason
 from ._sampling import fast_sampler
 
@@ -177,6 +176,10 @@ class OtlpTracerProvider(TracerProvider):
         batch: BatchSettings | None = None,
         sampler: Sampler | None = None,
     ) -> None:
+        # here, not at the top: the OTLP protobuf modules take ~50 ms to import, which every
+        # ferrotunnel command would pay whether it traces or not
+        from ._otlp import SpanEncoder
+
         super().__init__(sampler=sampler, resource=resource)
         sender = OtlpHttpSender(http)
         self.encoder = SpanEncoder(resource, SCOPE)
