@@ -173,6 +173,12 @@ class H2Watch:
             if not head and size - pos >= 9:  # a whole frame header: the usual case
                 high, low, ftype, flags, stream = _FRAME.unpack_from(view, pos)
                 pos += 9
+                length = high << 8 | low
+                if ftype not in _READ and pos + length <= size:
+                    # and a payload that is only counted (DATA, WINDOW_UPDATE, PING), whole
+                    pos += length
+                    self._skipped(visitor, ftype, flags, stream & 0x7FFFFFFF, length)
+                    continue
             else:
                 n = min(9 - len(head), size - pos)
                 head += view[pos : pos + n]
@@ -184,6 +190,17 @@ class H2Watch:
             self._frame_start(side, visitor, ftype, flags, stream & 0x7FFFFFFF, high << 8 | low)
         done, self._done = self._done, []
         return done
+
+    def _skipped(self, visitor: bool, ftype: int, flags: int, stream: int, length: int) -> None:
+        """A frame whose payload the watch does not read went by, whole."""
+        exchange = self._streams.get(stream)
+        if exchange is not None:
+            if visitor:
+                exchange.bytes_in += 9 + length
+            else:
+                exchange.bytes_out += 9 + length
+            if ftype == _DATA and flags & _END_STREAM:
+                self._ended(stream, visitor)
 
     def _frame_start(
         self, side: _Direction, visitor: bool, ftype: int, flags: int, stream: int, length: int

@@ -22,6 +22,7 @@ from hpack.table import HeaderTable
 __all__ = ["HeaderReader", "HpackError"]
 
 _STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
+_STATIC_SIZE = len(_STATIC)
 _ENTRY_OVERHEAD = 32  # RFC 7541, section 4.1
 _INITIAL_SIZE = 4096  # a table's size until its encoder says otherwise (RFC 9113, 6.5.2)
 _MAX_INT = 1 << 32  # no valid integer in a block is larger
@@ -49,9 +50,13 @@ class HeaderReader:
         pos, end = 0, len(block)
         while pos < end:
             first = block[pos]
-            if first & 0x80:  # an indexed field
-                index, pos = _integer(block, pos, 7)
-                field = self._entry(index)
+            if first & 0x80:  # an indexed field: most of them, most often a one-byte one
+                index = first & 0x7F
+                if index < 0x7F:
+                    pos += 1
+                else:
+                    index, pos = _integer(block, pos, 7)
+                field = _STATIC[index - 1] if 0 < index <= _STATIC_SIZE else self._entry(index)
                 if field[0] in wanted:
                     found.append(field)
             elif first & 0x40:  # a literal that enters the table
