@@ -191,27 +191,26 @@ class H2Watch:
         done, self._done = self._done, []
         return done
 
-    def _skipped(self, visitor: bool, ftype: int, flags: int, stream: int, length: int) -> None:
-        """A frame whose payload the watch does not read went by, whole."""
+    def _count(self, visitor: bool, stream: int, length: int) -> H2Exchange | None:
+        """A frame of ``length`` payload bytes on ``stream``: its exchange's, if it has one."""
         exchange = self._streams.get(stream)
         if exchange is not None:
             if visitor:
                 exchange.bytes_in += 9 + length
             else:
                 exchange.bytes_out += 9 + length
-            if ftype == _DATA and flags & _END_STREAM:
-                self._ended(stream, visitor)
+        return exchange
+
+    def _skipped(self, visitor: bool, ftype: int, flags: int, stream: int, length: int) -> None:
+        """A frame whose payload the watch does not read went by, whole."""
+        if self._count(visitor, stream, length) and ftype == _DATA and flags & _END_STREAM:
+            self._ended(stream, visitor)
 
     def _frame_start(
         self, side: _Direction, visitor: bool, ftype: int, flags: int, stream: int, length: int
     ) -> None:
         side.frame = (ftype, flags, stream, length)
-        exchange = self._streams.get(stream)
-        if exchange is not None:
-            if visitor:
-                exchange.bytes_in += 9 + length
-            else:
-                exchange.bytes_out += 9 + length
+        self._count(visitor, stream, length)
         if ftype in _READ:
             if length > self._max_block:
                 self._fail(f"an HTTP/2 frame of {length} bytes is more than the watch reads")
