@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from ferrotunnel.core import TunnelKind
 from ferrotunnel.observability.capture import CaptureObserver, ExchangeTap, ingress_answer
 from ferrotunnel.observability.exchange import Body, render_body
+from ferrotunnel.observability.replay import Edits, ReplayError, build_request
 from ferrotunnel.observability.store import Store
 from ferrotunnel.protocol import ErrorCode
 
@@ -50,6 +51,31 @@ def test_two_exchanges_on_one_stream_with_a_trace_from_the_open_frame() -> None:
     assert second.duration is not None
     assert second.ttfb is not None
     assert second.duration >= second.ttfb
+
+
+def test_a_request_whose_body_never_ended_is_not_replayed_as_it_is() -> None:
+    """The stream ended inside the body (the local service refused, say, or the visitor went
+    away): what arrived is shown, marked incomplete, and replay asks for an edited body rather
+    than sending the part with a Content-Length that says it is whole."""
+    store = Store()
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(memoryview(b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\nabcd"))
+    tap.closed("the local service at 127.0.0.1:3000 refused the connection", 502)
+    [cut] = store.query()
+    assert cut.request_body.size == 4
+    assert cut.detail()["request"]["complete"] is False
+    with pytest.raises(ReplayError) as refused:
+        build_request(cut, Edits())
+    assert (refused.value.code, refused.value.status) == ("REQUEST_INCOMPLETE", 409)
+    wire = build_request(cut, Edits(body=b"edited"))[2]
+    assert wire.endswith(b"\r\n\r\nedited")
+    # a whole one is complete, also when its response never came
+    tap = ExchangeTap(store, "app", 1024)
+    tap.to_origin(memoryview(b"POST /up HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"))
+    tap.closed("no answer", 502)
+    whole = store.query()[0]
+    assert whole.request_complete
+    assert build_request(whole, Edits())[2].endswith(b"\r\n\r\nabcd")
 
 
 def test_a_stream_that_ends_early_marks_its_exchanges() -> None:

@@ -184,6 +184,8 @@ class ExchangeTap:
             exchange.request_body.add(chunk)
 
     def _request_end(self) -> None:
+        if self._request is not None:
+            self._request.request_complete = True
         self._request = None
 
     # ---- responses

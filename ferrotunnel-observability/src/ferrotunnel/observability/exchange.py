@@ -71,6 +71,8 @@ class Exchange:
     ttfb: float | None = None
     duration: float | None = None
     complete: bool = False
+    #: the request ended (head, and body to its framing's end) before the stream did
+    request_complete: bool = False
     error: str | None = None
     #: what the server's ingress answered the visitor instead, when the origin never answered
     #: (502: the local service refused the connection or closed it; 504: it took too long)
@@ -165,6 +167,7 @@ class Exchange:
             "visitor_port": self.visitor_port,
             "reason": self.reason,
             "request": {
+                "complete": self.request_complete,
                 "headers": [list(h) for h in self.request_headers],
                 "body": render_body(self.request_body, request_type, None),
             },

@@ -68,6 +68,13 @@ def build_request(original: Exchange, edits: Edits) -> tuple[str, str, bytes]:
     target = edits.target or original.target
     if edits.body is not None:
         body = edits.body
+    elif not original.request_complete:
+        raise ReplayError(
+            "REQUEST_INCOMPLETE",
+            f"the request's body stopped after {original.request_body.size} bytes (the "
+            "connection ended first); replay with an edited body",
+            409,
+        )
     elif original.request_body.truncated:
         raise ReplayError(
             "BODY_TRUNCATED",
