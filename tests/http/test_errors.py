@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -121,9 +122,25 @@ async def test_origin_down_is_a_502() -> None:
             async with httpx.AsyncClient(base_url=stack.url(), headers={"Host": APP}) as client:
                 page = await client.get("/", headers={"Accept": "text/html"})
     assert status_of(raw) == 502
-    assert b"refused" in raw
+    assert b"local service refused the connection, or reset it before answering" in raw
     assert page.status_code == 502
     assert page.headers["content-type"].startswith("text/html")
+
+
+async def test_an_origin_resetting_before_it_answers_is_a_502_that_says_so() -> None:
+    """The service accepted, read the request, then reset the connection: the client reports
+    it as it reports a refused connection, and the visitor's 502 does not claim a refusal."""
+
+    async def resets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closing with a zero linger: an RST, not a FIN
+
+    async with RawOrigin(resets) as origin, tunnel_stack([http_tunnel(APP, origin.port)]) as st:
+        raw = await raw_exchange(st.port, request_bytes("GET", "/", APP))
+    assert status_of(raw) == 502
+    assert b"refused the connection, or reset it before answering" in raw
 
 
 async def test_slow_origin_is_a_504() -> None:

@@ -811,7 +811,11 @@ class IngressConnection(asyncio.Protocol):
             self._response_complete()
             return
         if reset is not None and reset.reset_code == ErrorCode.CONNECT_ERROR:
-            self._origin_failed("the tunnel's local service refused the connection")
+            # the client says CONNECT_ERROR both when it cannot connect and when the service's
+            # connection breaks: the client's log and dashboard say which
+            self._origin_failed(
+                "the tunnel's local service refused the connection, or reset it before answering"
+            )
         else:
             self._origin_failed("the origin closed the connection without a complete response")
 
