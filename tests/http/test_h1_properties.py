@@ -46,7 +46,7 @@ from ferrotunnel.http.h1 import (
     parse_request_head,
     parse_response_head,
 )
-from ferrotunnel.http.h2c import PREFACE, SettingsAckFilter, first_authority
+from ferrotunnel.http.h2c import PREFACE, SettingsAckFilter, first_request
 
 from .harness import h2_frame as frame
 
@@ -520,7 +520,7 @@ def headers_frames(block: bytes, padded: bool, priority: bool, pieces: int) -> b
     st.integers(1, 4),
     st.booleans(),
 )
-def test_first_authority(
+def test_first_request_authority(
     authority: str, padded: bool, priority: bool, pieces: int, with_settings: bool
 ) -> None:
     block = hpack.Encoder().encode(
@@ -539,9 +539,11 @@ def test_first_authority(
         )
     data += headers_frames(block, padded, priority, pieces)
     expected = authority.lower().rsplit(":", 1)[0] if not authority.startswith("[") else "::1"
-    assert first_authority(data) == expected
+    found = first_request(data)
+    assert found is not None
+    assert found[1].host == expected
     for end in range(len(PREFACE), len(data) - 1, 7):  # not yet: more bytes needed
-        assert first_authority(data[:end]) is None
+        assert first_request(data[:end]) is None
 
 
 # ---------------------------------------------------------------------------- response edits

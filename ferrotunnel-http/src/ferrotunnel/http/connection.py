@@ -57,7 +57,6 @@ from .h2c import (
     EMPTY_SETTINGS,
     PREFACE,
     SettingsAckFilter,
-    first_authority,
     first_request,
     reply_frames,
 )
@@ -490,20 +489,19 @@ class IngressConnection(asyncio.Protocol):
             self.transport.write(EMPTY_SETTINGS)
             self._h2_filter = SettingsAckFilter()
         try:
-            authority = first_authority(buf)
+            found = first_request(buf)
         except HttpError as exc:
             log.info("HTTP/2 connection from %s refused: %s", self._visitor[0], exc)
             self._close()
             return
-        if authority is None:
+        if found is None:
             if len(buf) > self._config.max_head_size:
                 self._close()
             else:
                 self._await_head()
             return
-        found = first_request(buf)
-        assert found is not None  # its header block is complete: it has an authority
         stream_id, request = found
+        authority = request.host
         # routed as an HTTP/1.1 request is, by host and path: the first request's
         route = self._ingress.routes.lookup(authority, request.path)
         if route is None:

@@ -29,7 +29,6 @@ __all__ = [
     "EMPTY_SETTINGS",
     "PREFACE",
     "SettingsAckFilter",
-    "first_authority",
     "first_request",
     "reply_frames",
 ]
@@ -44,16 +43,10 @@ _ACK = 0x1
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-def first_authority(data: bytes | bytearray) -> str | None:
-    """The normalised ``:authority`` (or ``host``) of the first request in ``data`` (which
-    starts with the preface), or None while more bytes are needed."""
-    found = _first_header_block(data)
-    return None if found is None else _authority(_decode(found[1]))
-
-
 def first_request(data: bytes | bytearray) -> tuple[int, RequestHead] | None:
     """The stream id and head of the first request in ``data`` (which starts with the
-    preface) as middlewares see a request, or None while more bytes are needed."""
+    preface) as middlewares see a request — its ``host`` the normalised ``:authority`` (or
+    ``host`` field), which routes the connection — or None while more bytes are needed."""
     found = _first_header_block(data)
     if found is None:
         return None
