@@ -39,7 +39,6 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTINGS})
 _FRAME = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
 _HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
-_INITIAL_TABLE = 4096  # its initial value (RFC 9113, section 6.5.2)
 #: the fields read from each direction's header blocks (the others are only stepped over)
 _REQUEST_FIELDS = frozenset({b":method", b":path", b":authority", b"host"})
 _RESPONSE_FIELDS = frozenset({b":status", b"grpc-status"})
@@ -100,7 +99,7 @@ class _Direction:
         # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
         from .hpack_reader import HeaderReader  # hpack's Huffman table: imported on first use
 
-        self.decoder = HeaderReader(_INITIAL_TABLE)
+        self.decoder = HeaderReader()  # allowed: the initial 4096 bytes, until SETTINGS
         self.wanted = wanted  # the fields read out of its header blocks
         self.head = bytearray()  # a frame header still arriving
         self.frame = (0, 0, 0, 0)  # the current frame: type, flags, stream, length

@@ -37,7 +37,7 @@ class HeaderReader:
 
     __slots__ = ("_entries", "_max_size", "_size", "max_allowed_table_size")
 
-    def __init__(self, max_allowed_table_size: int = 4096) -> None:
+    def __init__(self, max_allowed_table_size: int = _INITIAL_SIZE) -> None:
         #: how large the peer may make its table (what the other peer's SETTINGS allow)
         self.max_allowed_table_size = max_allowed_table_size
         self._max_size = _INITIAL_SIZE  # the size the peer's encoder last chose
