@@ -8,6 +8,7 @@ visitor through a real server and client started from that environment.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -167,6 +168,39 @@ def test_the_plugin_header_reaches_a_visitor_through_a_tunnel(
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("HTTP/1.1 200")
     assert "X-Greeting: hi there" in result.stdout
+
+
+def _guide_tests() -> str:
+    """The test recipes of docs/plugin-development.md's "Testing a plugin", as one module."""
+    text = (ROOT / "docs" / "plugin-development.md").read_text()
+    section = text.split("## Testing a plugin", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    tests = [block for block in blocks if "def test_" in block]
+    assert len(tests) >= 2, "the guide's test recipes moved"
+    return "\n\n".join(tests)
+
+
+def test_the_guides_test_recipes_pass_against_the_installed_plugin(
+    plugin_env: Path, tmp_path: Path
+) -> None:
+    """What a plugin author copies from the guide runs as written, with only ferrotunnel,
+    their plugin, pytest and httpx installed; ``plugin_host`` names the plugin after its entry
+    point there too."""
+    uv = shutil.which("uv")
+    assert uv is not None  # plugin_env needed it
+    python = plugin_env / "bin" / "python"
+    _run(uv, "pip", "install", "--quiet", "--python", python, "pytest", "httpx")
+    test_file = tmp_path / "test_guide.py"
+    test_file.write_text(_guide_tests())
+    out = _run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, timeout=120)
+    assert re.search(r"\b2 passed\b", out), out
+    info = _run(
+        python,
+        "-c",
+        "import ferrotunnel_hello; from ferrotunnel.core.testing import plugin_host; "
+        "i = plugin_host(ferrotunnel_hello).infos[0]; print(i.name, i.distribution, i.version)",
+    )
+    assert info.split() == ["hello", "ferrotunnel-hello", "0.1.0"]
 
 
 def test_the_workspace_python_is_not_the_plugin_env(plugin_env: Path) -> None:

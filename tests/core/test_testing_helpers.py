@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from anyio.abc import SocketStream
 
-from ferrotunnel.core import Address, Stream, TunnelKind
+from ferrotunnel.core import Stream
 from ferrotunnel.core.plugin import (
     Config,
     ConfigSchema,
@@ -19,7 +20,7 @@ from ferrotunnel.core.plugin import (
     hookimpl,
 )
 from ferrotunnel.core.testing import plugin_host, running_tunnel
-from ferrotunnel.http import HttpIngress, HttpIngressConfig
+from ferrotunnel.http.testing import HttpOrigin, running_http_tunnel
 
 
 @dataclass(frozen=True)
@@ -162,30 +163,16 @@ class HelloPlugin:
         return [Greeter(config.get(HelloSettings))]
 
 
-async def app(sock: SocketStream) -> None:  # a one-response HTTP origin
-    async with sock:
-        await sock.receive()
-        await sock.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the HTTP ingress runs on asyncio
 async def test_the_http_recipe_of_the_plugin_guide() -> None:
     """docs/plugin-development.md, "Testing a plugin": an HTTP middleware through a tunnel."""
     host = plugin_host(HelloPlugin(), config={"hello": {"greeting": "hi"}})
-    assert host.config is not None
-    ingress = HttpIngress(
-        HttpIngressConfig(bind=Address("127.0.0.1", 0)),
-        middlewares=host.http_middlewares(host.config),
-        plugins=host,
-    )
-    async with running_tunnel(
-        app, kind=TunnelKind.HTTP, name="app.localhost", ingresses=[ingress], plugins=host
+    origin = HttpOrigin(body=b"ok")
+    async with (
+        running_http_tunnel(origin, plugins=host) as tunnel,
+        httpx.AsyncClient(base_url=tunnel.url, headers=tunnel.headers) as http,
     ):
-        assert ingress.address is not None
-        async with await anyio.connect_tcp(ingress.address.host, ingress.address.port) as sock:
-            await sock.send(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
-            with anyio.fail_after(5):
-                head = await sock.receive()
-    assert head.startswith(b"HTTP/1.1 200")
-    assert b"x-hello: hi\r\n" in head.lower()
+        response = await http.get("/")
+    assert response.headers["x-hello"] == "hi"
+    assert origin.requests[0].header("host") == "app.localhost"

@@ -34,8 +34,9 @@ from .plugin.config import from_mapping
 from .server import Server
 from .session import SessionConfig
 
-__all__ = ["RunningTunnel", "plugin_host", "running_tunnel"]
+__all__ = ["Origin", "RunningTunnel", "plugin_host", "running_tunnel"]
 
+#: serves one connection to the local service
 Origin = Callable[[SocketStream], Awaitable[None]]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import logging
 import ssl
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -77,15 +78,28 @@ class PluginHost:
     def with_plugins(
         cls, plugins: Iterable[object] = (), *, names: Sequence[str] = ()
     ) -> PluginHost:
-        """A host with exactly these plugin objects (for tests and library users)."""
+        """A host with exactly these plugin objects (for tests and library users).
+
+        A plugin some installed distribution declares as a ``ferrotunnel`` entry point gets
+        that entry point's name, distribution and version, as :func:`load_plugins` would give
+        it, so what a test sees (a record's ``replied_by``, a failure's label) is what a
+        server shows; ``names`` overrides the name.
+        """
         manager = _new_manager()
         infos = []
         for i, plugin in enumerate(plugins):
-            name = names[i] if i < len(names) else getattr(plugin, "__name__", repr(plugin))
+            ep = _entry_point_of(plugin)
+            if ep is not None:
+                name, dist = ep.name, ep.dist
+                info = PluginInfo(name, dist.name, dist.version, "enabled") if dist else None
+            else:
+                name, info = getattr(plugin, "__name__", repr(plugin)), None
+            if i < len(names):
+                name = names[i]
             manager.register(plugin, name=name)
-            infos.append(
-                PluginInfo(name, "(registered)", "", "enabled", _hooks_of(manager, plugin))
-            )
+            info = info or PluginInfo(name, "(registered)", "", "enabled")
+            info.name, info.hooks = name, _hooks_of(manager, plugin)
+            infos.append(info)
         return cls(manager, infos)
 
     def register(self, plugin: object, name: str | None = None) -> None:
@@ -223,6 +237,19 @@ def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(spec.PROJECT)
     manager.add_hookspecs(spec)
     return manager
+
+
+def _entry_point_of(plugin: object) -> metadata.EntryPoint | None:
+    """The ``ferrotunnel`` entry point that names ``plugin``, found without importing
+    anything: only modules already imported are looked into."""
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        module_name, _, attrs = ep.value.partition(":")
+        target: object = sys.modules.get(module_name.strip())
+        for attr in filter(None, attrs.strip().split(".")):
+            target = getattr(target, attr, None)
+        if target is plugin:
+            return ep
+    return None
 
 
 def _hooks_of(manager: pluggy.PluginManager, plugin: object) -> list[str]:
