@@ -46,6 +46,21 @@ def test_replace_with_a_wrong_type_names_the_expected_one() -> None:
         config.replace("mine", port="9000")
 
 
+def test_source_of_names_the_file_line_the_replacing_option_or_the_default(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "my.toml"
+    path.write_text('[mine]\ngreeting = "hi"\nport = 1\n')
+    config = load_toml(_schema(), path)
+    assert config.source_of("mine", "greeting", "--greeting") == f"{path}:2: [mine] greeting"
+    assert config.source_of("mine", "names", "--names") == "--names"  # a default
+    config.replace("mine", greeting="hello", port=2)
+    config.note_source("mine", "greeting", "MINE_GREETING")
+    assert config.source_of("mine", "greeting", "--greeting") == "MINE_GREETING"
+    # replaced by a library's call: not the file's line any more, so the caller's default
+    assert config.source_of("mine", "port", "--port") == "--port"
+
+
 def _schema() -> ConfigSchema:
     schema = ConfigSchema()
     schema.add_table("mine", MySettings, owner="tests")

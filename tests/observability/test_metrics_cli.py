@@ -152,3 +152,26 @@ def test_a_metrics_port_in_use_is_a_clean_error(launch: Launch, command: str) ->
         assert proc.wait_exit(15) == 2, proc.describe()
     assert f"--metrics-bind {HOST}:{port}: cannot listen" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("given", ["file", "variable"])
+def test_a_metrics_port_in_use_names_where_it_was_set(
+    launch: Launch, tmp_path: Path, given: str
+) -> None:
+    """Not ``--metrics-bind`` when the address came from ``[metrics] bind`` (or a variable)."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["server", "--token", TOKEN, "--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
+        config = tmp_path / "server.toml"
+        config.write_text(f'[metrics]\nenabled = true\nbind = "{HOST}:{port}"\n')
+        env = child_env()
+        if given == "variable":
+            config.write_text("[metrics]\nenabled = true\n")
+            env = child_env(FERROTUNNEL_METRICS_BIND=f"{HOST}:{port}")
+        proc = launch(*args, "--config", str(config), env=env)
+        assert proc.wait_exit(15) == 2, proc.describe()
+    where = f"{config}:3: [metrics] bind" if given == "file" else "FERROTUNNEL_METRICS_BIND"
+    assert f"ferrotunnel: error: {where} {HOST}:{port}: cannot listen" in proc.stderr
+    assert "Traceback" not in proc.stderr

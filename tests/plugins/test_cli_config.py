@@ -308,7 +308,7 @@ def test_config_check_names_the_file_line_and_fix(
         ),
         pytest.param(
             '[server]\ntoken = "x"\n\n[metrics]\nenabled = true\nbind = "127.0.0.1"\n',
-            "[metrics] bind '127.0.0.1' must be HOST:PORT",
+            "{dir}/settings.toml:6: [metrics] bind '127.0.0.1' must be HOST:PORT",
             id="metrics-bind-without-port",
         ),
         pytest.param(
@@ -323,6 +323,25 @@ def test_config_check_names_the_file_line_and_fix(
             id="reversed-port-range",
         ),
         pytest.param(
+            '[server]\ntoken = "x"\ntls_cert = "server.pem"\n',
+            "{dir}/settings.toml:3: [server] tls_cert needs [server] tls_key",
+            id="certificate-without-key",
+        ),
+        pytest.param(
+            '[server]\ntoken = "x"\nhttps_cert = ["a.pem", "b.pem"]\nhttps_key = ["a.key"]\n',
+            "2 certificates ({dir}/settings.toml:3: [server] https_cert) but 1 keys "
+            "({dir}/settings.toml:4: [server] https_key): give one key for each certificate, "
+            "in the same order",
+            id="https-keys-miscounted",
+        ),
+        pytest.param(
+            '[client]\nserver = "127.0.0.1:7835"\ntls_ca = "ca.pem"\ntls_skip_verify = true\n',
+            "{dir}/settings.toml:4: [client] tls_skip_verify and {dir}/settings.toml:3: "
+            "[client] tls_ca contradict each other: verify the server against that CA, "
+            "or not at all",
+            id="client-skip-verify-with-ca",
+        ),
+        pytest.param(
             '[server]\nbind = "127.0.0.1:0"\n',
             "missing token: pass --token or set FERROTUNNEL_TOKEN",
             id="server-without-any-credential",
@@ -335,7 +354,7 @@ def test_config_check_names_the_file_line_and_fix(
         ),
         pytest.param(
             '[client]\nserver = "127.0.0.1:7835"\n\n[dashboard]\nport = 70000\n',
-            "[dashboard] port 70000 is not a TCP port (0-65535)",
+            "{dir}/settings.toml:5: [dashboard] port 70000 is not a TCP port (0-65535)",
             id="dashboard-port",
         ),
         pytest.param(
@@ -366,6 +385,8 @@ def test_check_flags_validate_and_exit_without_listening(tmp_path: Path) -> None
     )
     with socket.create_server((HOST, port)):  # nothing listens there: the check did not bind
         pass
+    unpaired = run_cli(["server", "--token", "t", "--tls-cert", "server.pem", "--check"])
+    assert one_error_line(unpaired.stderr) == "ferrotunnel: error: --tls-cert needs --tls-key"
     bad = run_cli(["server", "--token", "t", "--bind", "nohost", "--check"])
     assert bad.returncode == 2
     assert one_error_line(bad.stderr) == "ferrotunnel: error: --bind 'nohost' must be HOST:PORT"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -28,6 +29,7 @@ from .settings import (
     TunnelSettings,
     load_settings,
     merge,
+    needs,
     origin,
     take_plugin_options,
 )
@@ -66,14 +68,22 @@ def _target(tunnel: Tunnel) -> str:
     return f"{'https' if tunnel.local_tls else 'http'}://{tunnel.local_addr}"
 
 
-def _tls_context(plugins: PluginHost, merged: dict[str, Any]) -> ssl.SSLContext | None:
+def _tls_context(
+    plugins: PluginHost, merged: dict[str, Any], name: Callable[[str], str]
+) -> ssl.SSLContext | None:
+    """The control connection's SSL context (None: no TLS); ``name(param)`` says where a
+    setting came from, for the errors."""
     keys = ("tls_ca", "tls_server_name", "tls_cert", "tls_key", "tls_skip_verify")
     if not merged["tls"] and not any(merged[k] for k in keys):
         return None
-    if (merged["tls_cert"] is None) != (merged["tls_key"] is None):
-        raise ConfigError("give --tls-cert and --tls-key together (mutual TLS)")
+    for given, missing in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if merged[given] is not None and merged[missing] is None:
+            raise ConfigError(needs(name, given, missing, table="client") + " (mutual TLS)")
     if merged["tls_skip_verify"] and merged["tls_ca"]:
-        raise ConfigError("--tls-skip-verify and --tls-ca contradict each other")
+        raise ConfigError(
+            f"{name('tls_skip_verify')} and {name('tls_ca')} contradict each other: "
+            "verify the server against that CA, or not at all"
+        )
     pairs = ((merged["tls_cert"], merged["tls_key"]),) if merged["tls_cert"] else ()
     return plugins.ssl_context(
         TlsOptions(
@@ -213,6 +223,8 @@ def client(
         if _explicit(ctx, "dashboard_port") or loaded.given("client", "dashboard_port"):
             changes["port"] = dashboard_port
         loaded.replace("dashboard", **changes)
+        if "port" in changes:
+            loaded.note_source("dashboard", "port", origin(ctx, loaded, "client", "dashboard_port"))
         no_dashboard = not loaded.table("dashboard").enabled
         dashboard_port = loaded.table("dashboard").port
     config_errors(lambda: plugins.configure(loaded))
@@ -255,7 +267,7 @@ def client(
             token=token,
             client_id=merged["client_id"] or stable_client_id(server, tunnels),
             reconnect=not merged["no_reconnect"],
-            ssl_context=_tls_context(plugins, merged),
+            ssl_context=_tls_context(plugins, merged, source),
             server_hostname=merged["tls_server_name"],
         )
 

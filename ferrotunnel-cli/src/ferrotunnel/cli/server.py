@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -30,7 +31,14 @@ from ._run import (
     run,
     setup_logging,
 )
-from .settings import ServerSettings, load_settings, merge, origin, take_plugin_options
+from .settings import (
+    ServerSettings,
+    load_settings,
+    merge,
+    needs,
+    origin,
+    take_plugin_options,
+)
 
 #: the option that sets each listener's address (as :class:`ListenError` names them)
 _LISTENER_OPTIONS = {
@@ -53,13 +61,18 @@ def _port_range(text: str | None, what: str = "--tcp-port-range") -> tuple[int, 
 
 
 def _tls_contexts(
-    plugins: PluginHost, settings: ServerSettings
+    plugins: PluginHost, settings: ServerSettings, name: Callable[[str], str]
 ) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
-    """The control plane's and the HTTPS ingress's SSL contexts, from the tls plugin."""
-    if (settings.tls_cert is None) != (settings.tls_key is None):
-        raise ConfigError("give --tls-cert and --tls-key together")
+    """The control plane's and the HTTPS ingress's SSL contexts, from the tls plugin.
+
+    ``name(param)`` says where a setting came from, for the errors (see ``origin``)."""
+    if settings.tls_cert is None and settings.tls_key is not None:
+        raise ConfigError(needs(name, "tls_key", "tls_cert", table="server"))
+    if settings.tls_cert is not None and settings.tls_key is None:
+        raise ConfigError(needs(name, "tls_cert", "tls_key", table="server"))
     if settings.tls_cert is None and (settings.tls_ca or settings.tls_client_auth):
-        raise ConfigError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key")
+        given = "tls_ca" if settings.tls_ca else "tls_client_auth"
+        raise ConfigError(needs(name, given, "tls_cert", "tls_key", table="server"))
     control = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         control = plugins.ssl_context(
@@ -71,17 +84,22 @@ def _tls_contexts(
             )
         )
     if len(settings.https_cert) != len(settings.https_key):
-        raise ConfigError("give one --https-key for each --https-cert")
+        raise ConfigError(
+            f"{len(settings.https_cert)} certificates ({name('https_cert')}) but "
+            f"{len(settings.https_key)} keys ({name('https_key')}): give one key for each "
+            "certificate, in the same order"
+        )
     pairs = tuple(zip(settings.https_cert, settings.https_key, strict=True))
     if not settings.https_bind:
         if pairs:
-            raise ConfigError("--https-cert needs --https-bind")
+            raise ConfigError(needs(name, "https_cert", "https_bind", table="server"))
         return control, None
     if not pairs and settings.tls_cert is not None and settings.tls_key is not None:
         pairs = ((settings.tls_cert, settings.tls_key),)
     if not pairs:
         raise ConfigError(
-            "--https-bind needs --https-cert and --https-key (or --tls-cert/--tls-key)"
+            needs(name, "https_bind", "https_cert", "https_key", table="server")
+            + " (or the control plane's tls_cert and tls_key)"
         )
     return control, plugins.ssl_context(TlsOptions(TlsPurpose.INGRESS, pairs))
 
@@ -244,11 +262,12 @@ def server(
         required=not authenticators and not settings.tls_client_auth,
         prompt=not check_only,
     )
-    control_tls, https_tls = config_errors(lambda: _tls_contexts(plugins, settings))
 
     def name(param: str) -> str:
         """The flag, variable or file key the value of ``param`` came from."""
         return origin(ctx, loaded, "server", param)
+
+    control_tls, https_tls = config_errors(lambda: _tls_contexts(plugins, settings, name))
 
     def build_http() -> HttpIngressConfig:
         for cidr in settings.trust_proxy:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "TunnelSettings",
     "kernel_schema",
     "load_settings",
+    "needs",
     "origin",
     "take_plugin_options",
 ]
@@ -209,6 +211,16 @@ def origin(
     return f"--{param.replace('_', '-')}"
 
 
+def needs(name: Callable[[str], str], given: str, *needed: str, table: str) -> str:
+    """``X needs Y``, for a setting that is only valid with others: ``X`` named by where it
+    came from (``name``: see :func:`origin`), the settings it needs in the same terms — a
+    file's key if it came from the file, else their flags."""
+    source = name(given)
+    from_file = ": [" in source  # FILE:LINE: [table] key
+    wanted = [f"[{table}] {param}" if from_file else name(param) for param in needed]
+    return f"{source} needs {' and '.join(wanted)}"
+
+
 def take_plugin_options(
     ctx: click.Context, options: dict[str, Any], config: Config
 ) -> dict[str, Any]:
@@ -223,6 +235,7 @@ def take_plugin_options(
         source = ctx.get_parameter_source(param)
         if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             config.replace(table, **{key: value})
+            config.note_source(table, key, origin(ctx, config, table, param, key))
     return kept
 
 

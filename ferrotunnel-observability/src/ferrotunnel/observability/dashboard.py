@@ -162,10 +162,12 @@ class Dashboard:
     def ferrotunnel_configure(self, config: Config) -> None:
         settings = config.table("dashboard")
         if isinstance(settings, DashboardSettings):
-            for key in ("port", "admin_port"):  # a bad one: a configuration error, not at bind
+            # a bad one: a configuration error, not at bind
+            for key, flag in (("port", "--dashboard-port"), ("admin_port", "")):
                 port = getattr(settings, key)
                 if not 0 <= port <= 65535:
-                    raise ConfigError(f"[dashboard] {key} {port} is not a TCP port (0-65535)")
+                    what = config.source_of("dashboard", key, flag or f"[dashboard] {key}")
+                    raise ConfigError(f"{what} {port} is not a TCP port (0-65535)")
             self.settings = settings
 
     @hookimpl

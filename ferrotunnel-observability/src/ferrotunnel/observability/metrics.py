@@ -339,6 +339,8 @@ class MetricsPlugin:
 
     def __init__(self) -> None:
         self.settings = MetricsSettings()
+        #: how errors name the bind address: its flag, variable or file line
+        self.bind_source = "--metrics-bind"
         self.server = ServerMetrics()
         self.client = ClientMetrics()
         self._client_registry: CollectorRegistry | None = None
@@ -360,7 +362,8 @@ class MetricsPlugin:
     def ferrotunnel_configure(self, config: Config) -> None:
         settings = config.table(TABLE)
         assert isinstance(settings, MetricsSettings)
-        Address.parse(settings.bind, what="[metrics] bind")  # a bad address: ConfigError now
+        self.bind_source = config.source_of(TABLE, "bind", "--metrics-bind")
+        Address.parse(settings.bind, what=self.bind_source)  # a bad address: ConfigError now
         self.settings = settings
 
     @hookimpl
@@ -441,7 +444,7 @@ class MetricsPlugin:
             self.endpoint = await serve_metrics(registry, Address.parse(bind))
         except OSError as exc:
             raise ConfigError(
-                f"--metrics-bind {bind}: cannot listen: {exc.strerror or exc}"
+                f"{self.bind_source} {bind}: cannot listen: {exc.strerror or exc}"
             ) from exc
         log.info("metrics at http://%s/metrics", self.endpoint.address)
 

@@ -89,6 +89,8 @@ class Config:
         #: the tables as written in the file (to tell a key set there from a default)
         self.raw: Mapping[str, object] = raw or {}
         self._locate = _Locator(source, text)
+        #: (table, key) -> the flag or variable that replaced the file's value ("": unknown)
+        self._replaced: dict[tuple[str, str], str] = {}
 
     def where(self, table: str, key: str | None = None) -> str:
         """``FILE:LINE`` of ``[table]`` (or of its ``key``), for messages; ``FILE`` alone
@@ -102,6 +104,19 @@ class Config:
         """Whether the file set ``key`` of ``[table]``."""
         section = self.raw.get(table)
         return isinstance(section, dict) and (key in section or key.replace("_", "-") in section)
+
+    def source_of(self, table: str, key: str, default: str) -> str:
+        """Where ``[table] key`` got its value, as an error about it should name it: the flag
+        or variable that replaced it (see :meth:`note_source`), ``FILE:LINE: [table] key``
+        from the file, else ``default`` (say, the option a user would give)."""
+        replaced = self._replaced.get((table, key))
+        if replaced is None and self.given(table, key):
+            return f"{self.where(table, key)}: [{table}] {key}"
+        return replaced or default
+
+    def note_source(self, table: str, key: str, source: str) -> None:
+        """Record which flag or variable set a key :meth:`replace` changed."""
+        self._replaced[(table, key)] = source
 
     def table(self, name: str) -> Any:
         return self._values[name]
@@ -142,6 +157,8 @@ class Config:
                 value = list(value)
             converted[key] = _convert(value, hints[key], f"{name}.{key}", locate, name, key)
         self._values[name] = dataclasses.replace(current, **converted)
+        for key in converted:
+            self._replaced.setdefault((name, key), "")
 
 
 def load_toml(
