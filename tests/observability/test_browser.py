@@ -18,6 +18,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,25 +120,18 @@ def test_no_dashboard_means_no_listener(launch: Launch, origin: int) -> None:
         socket.create_connection((HOST, port), timeout=2)
 
 
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="Debian's chromium and chromium-driver are not installed "
     "(apt-get install chromium chromium-driver)",
 )
-@pytest.mark.skipif(not CURL.exists(), reason="curl is not installed")
-@pytest.mark.timeout(90)
-def test_a_person_sees_requests_live_and_replays_one(
-    launch: Launch, origin: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+
+
+def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Headless Chromium under selenium, with a profile of its own."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    client, ingress = tunnel(launch, origin, "--dashboard-port", str(free_port()))
-    url = client.expect(DASHBOARD_RE)["url"]
 
     monkeypatch.setenv("SE_OFFLINE", "true")  # selenium must never fetch a driver or browser
     options = Options()
@@ -145,7 +139,22 @@ def test_a_person_sees_requests_live_and_replays_one(
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1366,800", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@needs_chromium
+@pytest.mark.skipif(not CURL.exists(), reason="curl is not installed")
+@pytest.mark.timeout(90)
+def test_a_person_sees_requests_live_and_replays_one(
+    launch: Launch, origin: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client, ingress = tunnel(launch, origin, "--dashboard-port", str(free_port()))
+    url = client.expect(DASHBOARD_RE)["url"]
+    driver = _chromium(tmp_path, monkeypatch)
     try:
         wait = WebDriverWait(driver, 15)
         driver.get(url)
@@ -192,3 +201,53 @@ def test_a_person_sees_requests_live_and_replays_one(
         assert "connected" in driver.find_element(*card).text
     finally:
         driver.quit()
+
+
+@needs_chromium
+@pytest.mark.timeout(90)
+def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
+    launch: Launch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc  # type: ignore[import-untyped]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ..http.test_grpc import SERVICE, _missing
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    handlers = {"Missing": grpc.unary_unary_rpc_method_handler(_missing)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port(f"{HOST}:0")
+    server.start()
+    client, ingress = tunnel(launch, port, "--dashboard-port", str(free_port()))
+    url = client.expect(DASHBOARD_RE)["url"]
+    driver = _chromium(tmp_path, monkeypatch)
+    try:
+        wait = WebDriverWait(driver, 15)
+        driver.get(url)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        options = [("grpc.default_authority", APP)]
+        with (
+            grpc.insecure_channel(f"{HOST}:{ingress}", options=options) as channel,
+            pytest.raises(grpc.RpcError),
+        ):
+            channel.unary_unary(f"/{SERVICE}/Missing")(b"widget-7", timeout=10)
+        path = f"/{SERVICE}/Missing"
+        row = (By.XPATH, f"//table[@id='requests']//tr[td[contains(., '{path}')]]")
+        wait.until(ec.text_to_be_present_in_element((By.XPATH, row[1] + "/td[5]"), "error"))
+        driver.find_element(*row).click()
+        detail = wait.until(ec.visibility_of_element_located((By.ID, "detail")))
+        wait.until(lambda d: "grpc-status 5" in detail.text)
+        assert "HTTP/2" in detail.text
+        driver.find_element(By.CSS_SELECTOR, "[data-tab='response']").click()
+        # a failure answered at once ("trailers-only"): its status is in the header fields
+        wait.until(lambda d: "grpc-message" in detail.text)
+        driver.find_element(By.ID, "replay").click()  # replayed over HTTP/2
+        replayed = (By.CSS_SELECTOR, "#requests tbody tr.replay")
+        wait.until(ec.text_to_be_present_in_element(replayed, path))
+    finally:
+        driver.quit()
+        server.stop(grace=None).wait(5)

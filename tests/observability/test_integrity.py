@@ -3,9 +3,12 @@ arrive intact, gRPC keeps its trailers, WebSockets keep working."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -126,8 +129,104 @@ async def test_grpc_trailers_survive_capture(grpc_dash: DashStack) -> None:
     assert isinstance(error, grpc.Call)
     assert error.code() is grpc.StatusCode.NOT_FOUND  # grpc-status, a trailer
     assert error.details() == "no record named 'widget-7'"  # grpc-message, a trailer
-    # HTTP/2 is passed through, not parsed: nothing half-understood is shown
-    assert (await grpc_dash.api.get("/api/v1/requests")).json()["requests"] == []
+    # and each call is listed, its frames followed without holding them up
+    with anyio.fail_after(10):
+        while True:
+            rows = (await grpc_dash.api.get("/api/v1/requests")).json()["requests"]
+            if len(rows) == 3 and all(row["state"] != "pending" for row in rows):
+                break
+            await anyio.sleep(0.05)
+    by_path = {row["path"]: row for row in rows}
+    assert set(by_path) == {f"/{SERVICE}/{name}" for name in ("Unary", "Stream", "Missing")}
+    assert {(row["method"], row["status"]) for row in rows} == {("POST", 200)}
+    missing = by_path[f"/{SERVICE}/Missing"]
+    assert missing["state"] == "error"
+    assert missing["error"] == "grpc-status 5: no record named 'widget-7'"
+    unary = await grpc_dash.api.get(f"/api/v1/requests/{by_path[f'/{SERVICE}/Unary']['id']}")
+    detail = unary.json()
+    assert detail["state"] == "complete"
+    assert detail["http_version"] == "HTTP/2"
+    assert ["host", authority] in detail["request"]["headers"]
+    assert ["content-type", "application/grpc"] in detail["request"]["headers"]
+    assert detail["request"]["complete"] is True
+    framed = base64.b64decode(detail["request"]["body"]["base64"])
+    assert framed == b"\0" + len(b"hello").to_bytes(4, "big") + b"hello"  # a gRPC message
+    answer = base64.b64decode(detail["response"]["body"]["base64"])
+    assert answer == b"\0" + len(b"echo:hello").to_bytes(4, "big") + b"echo:hello"
+    assert ["grpc-status", "0"] in detail["response"]["trailers"]
+    stream = await grpc_dash.api.get(f"/api/v1/requests/{by_path[f'/{SERVICE}/Stream']['id']}")
+    body = stream.json()["response"]["body"]
+    assert body["size"] == sum(5 + len(b"item %d" % i) for i in range(50))
+
+
+def _grpc_message(payload: bytes) -> bytes:
+    """One uncompressed gRPC message, as a call's DATA carries it."""
+    return b"\0" + len(payload).to_bytes(4, "big") + payload
+
+
+async def test_a_grpc_call_is_replayed_over_http2(grpc_dash: DashStack) -> None:
+    def call() -> object:
+        with grpc.insecure_channel(
+            f"{HOST}:{grpc_dash.public_port}", options=[("grpc.default_authority", APP)]
+        ) as ch:
+            return ch.unary_unary(f"/{SERVICE}/Unary")(b"hello", timeout=10)
+
+    with anyio.fail_after(30):
+        assert await anyio.to_thread.run_sync(call) == b"echo:hello"
+        (row,) = await grpc_dash.wait_for(1)
+    replay = grpc_dash.api.post
+    answer = await replay(f"/api/v1/requests/{row['id']}/replay", json={})
+    assert answer.status_code == 201, answer.text
+    replayed = answer.json()
+    assert (replayed["replay_of"], replayed["http_version"]) == (row["id"], "HTTP/2")
+    assert (replayed["status"], replayed["state"]) == (200, "complete")
+    assert base64.b64decode(replayed["response"]["body"]["base64"]) == _grpc_message(b"echo:hello")
+    assert ["grpc-status", "0"] in replayed["response"]["trailers"]
+    # an edited body larger than the origin's first flow-control window (65,535 bytes)
+    big = b"x" * 200_000
+    edits = {"body_base64": base64.b64encode(_grpc_message(big)).decode()}
+    answer = await replay(f"/api/v1/requests/{row['id']}/replay", json=edits)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()["response"]["body"]
+    assert body["size"] == len(_grpc_message(b"echo:" + big))
+    # a call the service fails is an answer, recorded as a failed call
+    missing = {"path": f"/{SERVICE}/Missing", "body_base64": base64.b64encode(
+        _grpc_message(b"gadget")).decode()}  # fmt: skip
+    answer = await replay(f"/api/v1/requests/{row['id']}/replay", json=missing)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["error"] == "grpc-status 5: no record named 'gadget'"
+
+
+async def test_a_grpc_calls_exports_run(grpc_dash: DashStack, tmp_path: Path) -> None:
+    """curl (``--http2-prior-knowledge``) and the pytest module (httpx over HTTP/2) send the
+    call again and get its answer; the HAR says HTTP/2."""
+
+    def call() -> object:
+        with grpc.insecure_channel(
+            f"{HOST}:{grpc_dash.public_port}", options=[("grpc.default_authority", APP)]
+        ) as ch:
+            return ch.unary_unary(f"/{SERVICE}/Unary")(b"again", timeout=10)
+
+    with anyio.fail_after(30):
+        await anyio.to_thread.run_sync(call)
+        (row,) = await grpc_dash.wait_for(1)
+    export = f"/api/v1/requests/{row['id']}/export?format="
+    command = (await grpc_dash.api.get(export + "curl")).text
+    assert "--http2-prior-knowledge" in command
+    assert "-H 'te: trailers'" in command
+    curl = await anyio.run_process(["bash", "-c", command], check=False)
+    assert curl.returncode == 0, curl.stderr.decode()
+    assert curl.stdout == _grpc_message(b"echo:again")
+    har = (await grpc_dash.api.get(export + "har")).json()["log"]["entries"][0]
+    assert har["request"]["httpVersion"] == har["response"]["httpVersion"] == "HTTP/2"
+    source = (await grpc_dash.api.get(export + "pytest")).text
+    path = tmp_path / "test_generated_grpc.py"
+    path.write_text(source)
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
+    result = await anyio.run_process(run, check=False, cwd=tmp_path)
+    assert result.returncode == 0, source + result.stdout.decode()
+    path.write_text(source.replace("echo:again", "echo:other"))  # it checks the answer
+    assert (await anyio.run_process(run, check=False, cwd=tmp_path)).returncode == 1
 
 
 async def _ws_echo(ws: ServerConnection) -> None:

@@ -6,8 +6,10 @@ The client's relay hands an :class:`ExchangeTap` every chunk it forwards (see
 (:func:`~.http1.whole_request`, :func:`~.http1.whole_response`). A direction's first chunk that
 is anything else gets it an :class:`~.http1.Http1Parser`, which follows that direction from
 then on. Heads are kept, bodies only up to ``limit`` bytes each, and the bytes themselves are
-never held or delayed: the relay has already got them. A tap that meets
-something it cannot follow (HTTP/2, a protocol switch) stops looking and lets bytes pass.
+never held or delayed: the relay has already got them. A stream that starts with the
+HTTP/2 preface (h2c, gRPC) is followed by an :class:`~.http2.H2Capture` instead. A tap that
+meets something it cannot follow (a protocol switch, garbage) stops looking and lets bytes
+pass.
 
 The dashboard's taps (:class:`CaptureObserver`) go one step further: the relay calls a tap
 right after forwarding a chunk, but the tunnel's writes of one event-loop iteration leave
@@ -31,6 +33,7 @@ from ferrotunnel.protocol import ErrorCode
 
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser, whole_request, whole_response
+from .http2 import PREFACE, H2Capture
 from .store import Store
 
 __all__ = ["Backlog", "CaptureObserver", "ExchangeTap", "ingress_answer"]
@@ -67,27 +70,55 @@ class ExchangeTap:
         self._requests: Http1Parser | None = None
         self._responses: Http1Parser | None = None
         self._closed = False
+        self._h2: H2Capture | None = None  # an HTTP/2 connection's capture
+        self._preface_left = 0  # bytes of the HTTP/2 preface still to come
 
     @property
     def idle(self) -> bool:
         """Every request seen has had its whole response."""
-        return not self._sent
+        return not self._sent if self._h2 is None else self._h2.idle
 
     # ---- StreamTap
 
     def to_origin(self, data: bytes | memoryview) -> None:
         try:
+            if self._h2 is not None:
+                if self._preface_left:
+                    skipped = min(self._preface_left, len(data))
+                    self._preface_left -= skipped
+                    data = memoryview(data)[skipped:]
+                self._h2.to_origin(data)
+                self.last = self._h2.last
+                return
             if self._requests is None:
+                if self.last is None and bytes(data[:14]) == PREFACE[:14]:
+                    self._h2 = H2Capture(
+                        self.store,
+                        self.tunnel,
+                        self.limit,
+                        visitor=self.visitor,
+                        traceparent=self.traceparent,
+                        replay_of=self.replay_of,
+                    )
+                    self._preface_left = len(PREFACE)
+                    self.to_origin(data)
+                    return
                 if self._whole_request(data):
                     return
                 self._requests = self._parser(response=False)
             self._requests.feed(data)
         except Exception:  # a tap must never break the relay
             log.exception("request capture failed; not capturing this stream further")
-            self._stop_requests("capture error")
+            if self._h2 is not None:
+                self._h2.stop("capture error")
+            else:
+                self._stop_requests("capture error")
 
     def to_visitor(self, data: bytes) -> None:
         try:
+            if self._h2 is not None:
+                self._h2.to_visitor(data)
+                return
             if self._responses is None:
                 if self._sent and self._whole_response(data):
                     return
@@ -97,6 +128,9 @@ class ExchangeTap:
             self._responses.feed(data)
         except Exception:
             log.exception("response capture failed; not capturing this stream further")
+            if self._h2 is not None:
+                self._h2.stop("capture error")
+                return
             self._responses = self._responses or self._parser(response=True)
             self._responses.go_opaque("capture error")
 
@@ -106,6 +140,9 @@ class ExchangeTap:
         if self._closed:
             return
         self._closed = True
+        if self._h2 is not None:
+            self._h2.closed(error)
+            return
         if self._responses is not None:
             self._responses.feed_eof()
         if self._sent and self._sent[0].response is None:

@@ -24,7 +24,15 @@ VERSION = "0.1.0"
 
 
 def _headers(exchange: Exchange) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in exchange.request_headers if k.lower() not in HOP_BY_HOP]
+    """The fields to send again: not the hop-by-hop ones, except HTTP/2's ``te: trailers``
+    (gRPC needs it)."""
+    http2 = exchange.http_version == "HTTP/2"
+    return [
+        (k, v)
+        for k, v in exchange.request_headers
+        if k.lower() not in HOP_BY_HOP
+        or (http2 and k.lower() == "te" and v.strip().lower() == "trailers")
+    ]
 
 
 def _raw(text: str) -> bytes:
@@ -56,7 +64,9 @@ def to_curl(exchange: Exchange, base_url: str, *, keep_host: bool = True) -> str
     url = base_url.rstrip("/").encode() + _raw(exchange.target)
     # -X HEAD would make curl wait for the body the answer's Content-Length announces
     method = ["-I"] if exchange.method == "HEAD" else ["-X", _sh(_raw(exchange.method))]
-    parts = ["curl", "-sS", *method, _sh(url)]
+    # an HTTP/2 exchange came over h2c: an h2c-only service (gRPC) would not answer HTTP/1.1
+    http2 = ["--http2-prior-knowledge"] if exchange.http_version == "HTTP/2" else []
+    parts = ["curl", "-sS", *http2, *method, _sh(url)]
     for name, value in _headers(exchange):
         if name.lower() == "host" and not keep_host:
             continue
@@ -185,23 +195,32 @@ def to_pytest(exchange: Exchange, base_url: str) -> str:
         "",
         "",
         f"def test_{name}() -> None:",
-        "    response = httpx.request(",
-        f"        {exchange.method!r},",
-        f"        BASE_URL + {exchange.target!r},",
-        "        headers=[",
+    ]
+    call, pad = "    response = httpx.request(", "    "
+    if exchange.http_version == "HTTP/2":  # as it came: prior knowledge, no TLS
+        lines += [
+            "    # HTTP/2 needs httpx's HTTP/2 support: pip install 'httpx[http2]'",
+            "    with httpx.Client(http1=False, http2=True) as client:",
+        ]
+        call, pad = "        response = client.request(", "        "
+    lines += [
+        call,
+        f"{pad}    {exchange.method!r},",
+        f"{pad}    BASE_URL + {exchange.target!r},",
+        f"{pad}    headers=[",
     ]
     # pairs, as a field may come more than once; bytes, as httpx sends a str value only if
     # it is ASCII
     lines += [
-        f"            ({k!r}, {_raw(v)!r}),"
+        f"{pad}        ({k!r}, {_raw(v)!r}),"
         for k, v in _headers(exchange)
         if k.lower() not in ("host", "accept-encoding")
     ]
-    lines.append("        ],")
+    lines.append(f"{pad}    ],")
     body = exchange.request_body
     if body.data and not body.truncated:
-        lines.append(f"        content={bytes(body.data)!r},")
-    lines += ["        timeout=30,", "    )"]
+        lines.append(f"{pad}    content={bytes(body.data)!r},")
+    lines += [f"{pad}    timeout=30,", f"{pad})"]
     if exchange.response is not None:  # not the ingress's 502 when the origin never answered
         lines.append(f"    assert response.status_code == {exchange.response.status}")
     answer = exchange.response_body

@@ -209,6 +209,7 @@ function renderDetail(d, tab) {
       { class: "facts" },
       el("dt", {}, "request"), el("dd", {}, `#${d.id}`, d.replay_of ? ` — replay of #${d.replay_of}` : ""),
       el("dt", {}, "tunnel"), el("dd", {}, d.tunnel),
+      el("dt", {}, "protocol"), el("dd", {}, d.http_version),
       el("dt", {}, "visitor"), el("dd", {}, d.visitor_ip ? `${d.visitor_ip}:${d.visitor_port}` : d.replay_of ? "dashboard replay" : "—"),
       el("dt", {}, "trace id"), el("dd", { class: "mono" }, d.trace_id || "—"),
       el("dt", {}, "started"), el("dd", {}, new Date(d.started * 1000).toLocaleString()),
@@ -233,7 +234,11 @@ function renderDetail(d, tab) {
   let content;
   if (tab === "response") {
     content = d.response
-      ? [section("Header fields", headersTable(d.response.headers)), section("Body", bodyView(d.response.body))]
+      ? [
+          section("Header fields", headersTable(d.response.headers)),
+          section("Body", bodyView(d.response.body)),
+          d.response.trailers ? section("Trailer fields", headersTable(d.response.trailers)) : null,
+        ]
       : [el("p", { class: "muted" }, d.error || "no response yet")];
   } else if (tab === "diff") {
     content = [diffView(d)];

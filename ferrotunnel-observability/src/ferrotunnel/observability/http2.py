@@ -1,0 +1,387 @@
+"""Capture of the exchanges of an HTTP/2 connection (h2c, gRPC) a client relays.
+
+Theory of operation
+-------------------
+A visitor speaking HTTP/2 with prior knowledge (gRPC clients do) sends the connection preface
+and then frames; the stream carries them to the local service byte for byte. The dashboard's
+tap hands an :class:`H2Capture` what passed each way, after it passed: nothing is held up or
+changed. Each direction has a :class:`_FrameReader` that cuts the bytes into frames. It
+keeps whole only header blocks (a HEADERS or PUSH_PROMISE frame and its CONTINUATIONs, at
+most ``max_block`` bytes) and RST_STREAM payloads; DATA goes by in slices, of which each
+stream's :class:`~.exchange.Body` keeps its first ``limit`` bytes; other frames are stepped
+over. Every header block is decoded, in order, by that direction's HPACK decoder (the
+``hpack`` library): each block may change the dynamic table the next ones refer to, so none
+may be skipped, pushed promises included.
+
+Each client-opened stream becomes an :class:`~.exchange.Exchange` when its request head
+comes: ``:method`` and ``:path`` make the request line, ``:authority`` its Host field, the
+other pseudo-fields are dropped, so the detail view, exports and search treat it like an
+HTTP/1.1 request of version ``HTTP/2``. The response's first final head (1xx are skipped)
+gives the status; a later header block is its trailers, where a gRPC status other than 0
+marks the call as failed, as the server's access log does. An exchange ends when its
+response does (END_STREAM), when either side resets the stream, or when the connection ends.
+
+What it cannot follow — a block that does not decode, one larger than ``max_block`` — stops
+the capture of this connection: its unfinished exchanges say so, later ones go unlisted.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from .exchange import NO_BODY, Body, Exchange
+from .http1 import Head
+from .store import Store
+
+__all__ = ["PREFACE", "H2Capture"]
+
+#: what an HTTP/2 connection with prior knowledge starts with
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+_FRAME_HEADER = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
+#: RFC 9113 error codes, for the error of a reset stream
+_CODES = (
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+)
+
+
+class _CannotFollow(Exception):
+    pass
+
+
+class _FrameReader:
+    """One direction's frames: whole header blocks, DATA in slices, RST_STREAM codes."""
+
+    def __init__(
+        self,
+        *,
+        on_block: Callable[[int, int, bytes], None],  # stream, HEADERS flags, header block
+        on_data: Callable[[int, memoryview], None],
+        on_end_stream: Callable[[int], None],
+        on_reset: Callable[[int, int], None],
+        max_block: int,
+    ) -> None:
+        self.on_block = on_block
+        self.on_data = on_data
+        self.on_end_stream = on_end_stream
+        self.on_reset = on_reset
+        self.max_block = max_block
+        self.head = bytearray()  # a frame header still arriving
+        self.type = self.flags = self.stream = 0
+        self.left = 0  # payload bytes of the current frame still to come
+        self.payload: bytearray | None = None  # kept whole (None: sliced or skipped)
+        self.data_left = 0  # of a DATA frame: its data, before any padding
+        self.pad_length_due = False  # a padded DATA frame's first byte is still to come
+        self.block = bytearray()  # a header block spanning CONTINUATION frames
+        self.block_stream = 0
+        self.block_flags = 0  # of the HEADERS frame that began it (0x100: a PUSH_PROMISE)
+
+    def feed(self, data: memoryview) -> None:
+        at, end = 0, len(data)
+        while at < end:
+            if not self.left:  # between frames: a frame header
+                take = min(9 - len(self.head), end - at)
+                self.head += data[at : at + take]
+                at += take
+                if len(self.head) == 9:
+                    self._begin()
+                continue
+            take = min(self.left, end - at)
+            chunk, at = data[at : at + take], at + take
+            self.left -= take
+            if self.payload is not None:
+                self.payload += chunk
+            elif self.type == _DATA:
+                self._data(chunk)
+            if not self.left:
+                self._end()
+
+    def _begin(self) -> None:
+        high, low, self.type, self.flags, stream = _FRAME_HEADER.unpack(self.head)
+        self.head.clear()
+        self.stream = stream & 0x7FFFFFFF
+        self.left = high << 8 | low
+        kept = (_HEADERS, _PUSH_PROMISE, _CONTINUATION, _RST_STREAM)
+        if self.type in kept:
+            if len(self.block) + self.left > self.max_block:
+                raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
+            self.payload = bytearray()
+        elif self.type == _DATA:
+            self.pad_length_due = bool(self.flags & _PADDED)
+            self.data_left = 0 if self.pad_length_due else self.left
+        if not self.left:
+            self._end()
+
+    def _data(self, chunk: memoryview) -> None:
+        if self.pad_length_due:
+            self.pad_length_due = False
+            self.data_left = self.left + len(chunk) - 1 - chunk[0]
+            chunk = chunk[1:]
+        if self.data_left > 0:
+            data = chunk[: self.data_left]
+            self.data_left -= len(data)
+            self.on_data(self.stream, data)
+
+    def _end(self) -> None:
+        payload, self.payload = self.payload, None
+        self.data_left = 0
+        kind, flags, stream = self.type, self.flags, self.stream
+        if kind == _DATA:
+            if flags & _END_STREAM:
+                self.on_end_stream(stream)
+        elif kind == _RST_STREAM:
+            if payload is not None and len(payload) == 4:
+                self.on_reset(stream, int.from_bytes(payload, "big"))
+        elif kind in (_HEADERS, _PUSH_PROMISE) and payload is not None:
+            self.block = bytearray(_fragment(kind, flags, payload))
+            self.block_stream = stream
+            self.block_flags = flags | (0x100 if kind == _PUSH_PROMISE else 0)
+            if flags & _END_HEADERS:
+                self._block_done()
+        elif kind == _CONTINUATION and payload is not None:
+            self.block += payload
+            if flags & _END_HEADERS:
+                self._block_done()
+
+    def _block_done(self) -> None:
+        block, self.block = bytes(self.block), bytearray()
+        self.on_block(self.block_stream, self.block_flags, block)
+
+
+def _fragment(kind: int, flags: int, payload: bytearray) -> memoryview:
+    """The header block fragment of a HEADERS or PUSH_PROMISE payload."""
+    view = memoryview(payload)
+    pad = 0
+    if flags & _PADDED:
+        if not view:
+            raise _CannotFollow("a padded frame without its pad length")
+        pad, view = view[0], view[1:]
+    skip = 5 if kind == _HEADERS and flags & _PRIORITY else 4 if kind == _PUSH_PROMISE else 0
+    if skip + pad > len(view):
+        raise _CannotFollow("more padding than payload")
+    return view[skip : len(view) - pad]
+
+
+class H2Capture:
+    """The exchanges of one HTTP/2 connection, recorded into a :class:`~.store.Store`.
+
+    ``to_origin`` gets the bytes after the 24-byte preface; ``to_visitor`` all the origin's.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        tunnel: str,
+        limit: int,
+        *,
+        visitor: tuple[str, int] | None = None,
+        traceparent: str | None = None,
+        replay_of: int | None = None,
+        max_block: int = 256 << 10,
+    ) -> None:
+        import hpack  # imported on the first HTTP/2 connection only
+
+        self.store = store
+        self.tunnel = tunnel
+        self.limit = limit
+        self.visitor = visitor
+        self.traceparent = traceparent
+        self.replay_of = replay_of
+        #: the latest exchange seen on this connection
+        self.last: Exchange | None = None
+        self._streams: dict[int, Exchange] = {}
+        #: why the capture stopped following the connection, once it has
+        self.failed: str | None = None
+        self._decoders = []  # for the visitor's header blocks, then the origin's
+        for _ in range(2):
+            decoder = hpack.Decoder(max_header_list_size=max_block)
+            decoder.max_allowed_table_size = 1 << 20  # an observer: whatever they agreed
+            self._decoders.append(decoder)
+        self._hpack_error: type[Exception] = hpack.HPACKError
+        self._requests = _FrameReader(
+            on_block=self._request_block,
+            on_data=self._request_data,
+            on_end_stream=self._request_end,
+            on_reset=self._reset,
+            max_block=max_block,
+        )
+        self._responses = _FrameReader(
+            on_block=self._response_block,
+            on_data=self._response_data,
+            on_end_stream=self._response_end,
+            on_reset=self._reset,
+            max_block=max_block,
+        )
+
+    @property
+    def idle(self) -> bool:
+        return not self._streams
+
+    def to_origin(self, data: bytes | memoryview) -> None:
+        self._feed(self._requests, data)
+
+    def to_visitor(self, data: bytes | memoryview) -> None:
+        self._feed(self._responses, data)
+
+    def closed(self, error: str | None) -> None:
+        for stream, exchange in list(self._streams.items()):
+            cut = "response cut short" if exchange.response is not None else "no response"
+            self._finish(stream, error or cut)
+
+    def _feed(self, reader: _FrameReader, data: bytes | memoryview) -> None:
+        if self.failed is not None:
+            return
+        try:
+            reader.feed(memoryview(data))
+        except _CannotFollow as exc:
+            self.stop(str(exc))
+        except self._hpack_error as exc:
+            self.stop(f"a header block did not decode ({type(exc).__name__})")
+
+    def stop(self, why: str) -> None:
+        """Follow this connection no further; its unfinished exchanges end with ``why``."""
+        if self.failed is None:
+            self.failed = why
+            self.closed(f"capture stopped: {why}")
+
+    def _decode(self, direction: int, block: bytes) -> list[tuple[str, str]]:
+        fields = self._decoders[direction].decode(block, raw=True)
+        return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in fields]
+
+    # ---- requests (the visitor's frames)
+
+    def _request_block(self, stream: int, flags: int, block: bytes) -> None:
+        fields = self._decode(0, block)
+        if flags & 0x100 or stream in self._streams or not stream % 2:
+            return  # request trailers, or nothing this capture lists: decoded for the table
+        pseudo, headers = _split(fields)
+        head = Head(
+            b"",
+            version="HTTP/2",
+            method=pseudo.get(":method", ""),
+            target=pseudo.get(":path", ""),
+            _headers=[("host", pseudo[":authority"]), *headers]
+            if ":authority" in pseudo
+            else headers,
+        )
+        exchange = self.last = Exchange(
+            self.tunnel, head, NO_BODY, self.visitor, self.traceparent, self.replay_of
+        )
+        self._streams[stream] = exchange
+        self.store.add(exchange)
+        if flags & _END_STREAM:
+            exchange.request_complete = True
+
+    def _request_data(self, stream: int, data: memoryview) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is not None:
+            if exchange.request_body is NO_BODY:
+                exchange.request_body = Body(self.limit)
+            exchange.request_body.add(data)
+
+    def _request_end(self, stream: int) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is not None:
+            exchange.request_complete = True
+
+    # ---- responses (the origin's frames)
+
+    def _response_block(self, stream: int, flags: int, block: bytes) -> None:
+        fields = self._decode(1, block)
+        exchange = self._streams.get(stream)
+        if exchange is None or flags & 0x100:
+            return  # a pushed promise, or a stream not listed: decoded for the table only
+        if exchange.response is None:
+            pseudo, headers = _split(fields)
+            status = _status(pseudo.get(":status", ""))
+            if 100 <= status < 200:
+                return  # informational: the final head is still to come
+            exchange.response = Head(
+                b"", version="HTTP/2", status=status, reason=_phrase(status), _headers=headers
+            )
+            exchange.response_body = Body(self.limit)
+            exchange.ttfb = time.monotonic() - exchange.started_mono
+            _grpc_outcome(exchange, headers)  # a gRPC "trailers-only" answer
+        else:
+            exchange.trailers = fields
+            _grpc_outcome(exchange, fields)
+        if flags & _END_STREAM:
+            self._response_end(stream)
+
+    def _response_data(self, stream: int, data: memoryview) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is not None and exchange.response_body is not None:
+            exchange.response_body.add(data)
+
+    def _response_end(self, stream: int) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is not None and exchange.response is not None:
+            exchange.complete = True
+            self._finish(stream, None)
+
+    def _reset(self, stream: int, code: int) -> None:
+        exchange = self._streams.get(stream)
+        if exchange is None:
+            return
+        name = _CODES[code] if code < len(_CODES) else f"error code {code:#x}"
+        self._finish(stream, exchange.error or f"stream reset ({name})")
+
+    def _finish(self, stream: int, error: str | None) -> None:
+        """The exchange on ``stream`` is over; ``error`` (if any) is why it failed (a gRPC
+        status found in its trailers stands unless the stream broke)."""
+        exchange = self._streams.pop(stream)
+        if error is not None:
+            exchange.error = error
+        exchange.duration = time.monotonic() - exchange.started_mono
+        self.store.update(exchange)
+
+
+def _split(fields: list[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The pseudo-fields (``:method``...) by name, and the regular fields in order."""
+    pseudo: dict[str, str] = {}
+    regular = []
+    for name, value in fields:
+        if name.startswith(":"):
+            pseudo.setdefault(name, value)
+        else:
+            regular.append((name, value))
+    return pseudo, regular
+
+
+def _status(text: str) -> int:
+    return int(text) if text.isdigit() and len(text) == 3 else 0
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _grpc_outcome(exchange: Exchange, fields: list[tuple[str, str]]) -> None:
+    """A gRPC status other than 0 (OK) marks the call as failed, with its message."""
+    values: dict[str, Any] = {k.lower(): v for k, v in fields}
+    status = values.get("grpc-status")
+    if status is not None and status.strip() != "0":
+        message = values.get("grpc-message")
+        exchange.error = f"grpc-status {status.strip()}" + (f": {message}" if message else "")

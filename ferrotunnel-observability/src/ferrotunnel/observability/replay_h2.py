@@ -1,0 +1,151 @@
+"""Replaying an HTTP/2 (h2c, gRPC) request: one stream on a connection of its own.
+
+The request goes out as an HTTP/2 client with prior knowledge would send it: the preface,
+SETTINGS (no server push, the largest receive window, so the answer never waits for us),
+HEADERS (``:authority`` from the captured Host field) and the body in DATA frames. The body
+is sent as the origin's flow-control windows allow (65,535 bytes until its SETTINGS and
+WINDOW_UPDATEs say more); its SETTINGS and PINGs are acknowledged. Everything sent and
+received is shown to the replay's :class:`~.capture.ExchangeTap`, which records it through
+its :class:`~.http2.H2Capture` like any other HTTP/2 exchange.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import anyio
+import anyio.abc
+
+from .capture import ExchangeTap
+from .exchange import Exchange
+from .http2 import PREFACE
+from .replay import HOP_BY_HOP, Edits, request_parts
+
+__all__ = ["build_h2_request", "exchange_h2"]
+
+_DATA, _HEADERS, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
+    0x0, 0x1, 0x4, 0x6, 0x7, 0x8, 0x9,
+)  # fmt: skip
+_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
+_ENABLE_PUSH, _INITIAL_WINDOW_SIZE = 0x2, 0x4
+_FRAME_HEADER = struct.Struct("!HBBBI")
+_MAX_WINDOW = (1 << 31) - 1
+_DEFAULT_WINDOW = 65_535
+_MAX_FRAME = 16_384  # every peer accepts frames this large
+_STREAM = 1
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
+    size = len(payload)
+    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
+
+
+def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[bytes, bytes]:
+    """(the connection's opening and the request's HEADERS, the body to send in DATA)."""
+    import hpack
+
+    method, target, headers, body = request_parts(original, edits)
+    fields = [(":method", method), (":scheme", scheme), (":path", target)]
+    authority = next((v for k, v in headers if k.lower() == "host"), None)
+    if authority:
+        fields.append((":authority", authority))
+    for name, value in headers:
+        key = name.lower()  # HTTP/2 field names are lower case
+        if key == "te":  # the one connection-specific field HTTP/2 allows, as "trailers"
+            if value.strip().lower() == "trailers":
+                fields.append((key, "trailers"))
+        elif key not in HOP_BY_HOP and key != "host":
+            fields.append((key, value))
+    block = hpack.Encoder().encode(fields)
+    settings = struct.pack("!HIHI", _ENABLE_PUSH, 0, _INITIAL_WINDOW_SIZE, _MAX_WINDOW)
+    opening = PREFACE + _frame(_SETTINGS, 0, 0, settings)
+    opening += _frame(_WINDOW_UPDATE, 0, 0, struct.pack("!I", _MAX_WINDOW - _DEFAULT_WINDOW))
+    pieces = [block[i : i + _MAX_FRAME] for i in range(0, len(block), _MAX_FRAME)] or [b""]
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        flags = (_END_HEADERS if last else 0) | (_END_STREAM if i == 0 and not body else 0)
+        opening += _frame(_HEADERS if i == 0 else _CONTINUATION, flags, _STREAM, piece)
+    return opening, body
+
+
+class _Sender:
+    """The request body, sent as the origin's windows open."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = memoryview(body)
+        self.sent = 0
+        self.connection_window = self.stream_window = _DEFAULT_WINDOW
+        self.initial_window = _DEFAULT_WINDOW
+
+    def frames(self) -> bytes:
+        """DATA frames for as much of the body as the windows allow now."""
+        out = bytearray()
+        while self.sent < len(self.body):
+            size = min(
+                _MAX_FRAME, self.connection_window, self.stream_window, len(self.body) - self.sent
+            )
+            if size <= 0:
+                break
+            chunk = self.body[self.sent : self.sent + size]
+            self.sent += size
+            self.connection_window -= size
+            self.stream_window -= size
+            out += _frame(_DATA, _END_STREAM if self.sent == len(self.body) else 0, _STREAM, chunk)
+        return bytes(out)
+
+    def control(self, kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+        """What to answer one of the origin's frames with (windows noted)."""
+        if kind == _SETTINGS and not flags & _ACK:
+            for at in range(0, len(payload) - len(payload) % 6, 6):
+                key, value = struct.unpack_from("!HI", payload, at)
+                if key == _INITIAL_WINDOW_SIZE:
+                    self.stream_window += value - self.initial_window
+                    self.initial_window = value
+            return _frame(_SETTINGS, _ACK, 0)
+        if kind == _PING and not flags & _ACK:
+            return _frame(_PING, _ACK, 0, payload)
+        if kind == _WINDOW_UPDATE and len(payload) == 4:
+            increment = struct.unpack("!I", payload)[0] & 0x7FFFFFFF
+            if stream == 0:
+                self.connection_window += increment
+            elif stream == _STREAM:
+                self.stream_window += increment
+        return b""
+
+
+async def exchange_h2(
+    sock: anyio.abc.ByteStream, tap: ExchangeTap, opening: bytes, body: bytes
+) -> str | None:
+    """Sends the request (``tap`` has seen ``opening`` already) and feeds the answer to
+    ``tap`` until the stream is over; returns why the connection broke, if it did."""
+    sender = _Sender(body)
+    data_frames = sender.frames()
+    tap.to_origin(data_frames)
+    buffer = bytearray()
+    try:
+        await sock.send(opening + data_frames)
+        while not tap.idle:
+            try:
+                data = await sock.receive()
+            except anyio.EndOfStream:
+                return None  # the tap's ``closed`` tells an unanswered request
+            tap.to_visitor(data)
+            buffer += data
+            answer = bytearray()
+            while len(buffer) >= 9:
+                high, low, kind, flags, stream = _FRAME_HEADER.unpack_from(buffer)
+                size = high << 8 | low
+                if len(buffer) < 9 + size:
+                    break
+                payload = bytes(buffer[9 : 9 + size])
+                del buffer[: 9 + size]
+                if kind == _GOAWAY and int.from_bytes(payload[:4], "big") < _STREAM:
+                    return "the origin closed the connection without taking the request (GOAWAY)"
+                answer += sender.control(kind, flags, stream & 0x7FFFFFFF, payload)
+            more = sender.frames()
+            tap.to_origin(more)
+            if answer or more:
+                await sock.send(bytes(answer) + more)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        return f"the connection broke: {exc.__cause__ or 'closed'}"
+    return None
