@@ -8,10 +8,13 @@ costs: a gRPC server (grpcio, a payload echo), ``ferrotunnel server`` with a con
 
 Configurations: ``off`` (no plugin table), ``ip-filter`` (an ``on_request`` middleware only:
 no records, no watch), ``circuit-breaker`` and ``access-log`` (records: the watch follows every
-frame). Rounds visit every configuration in turn (ABBA order), so the machine's drift cancels
-in each round's ratios; the summary gives medians.
+frame), and ``dashboard``: the client's dashboard capturing every call
+(``ferrotunnel.observability.http2``; measure it with ``--side client``). Rounds visit every
+configuration in turn (ABBA order), so the machine's drift cancels in each round's ratios;
+the summary gives medians.
 
     uv run python benchmarks/grpc_calls.py --rounds 4 --calls 3000
+    uv run python benchmarks/grpc_calls.py --side client --only off dashboard
 
 Every address is 127.0.0.1; every process is stopped; every wait is bounded.
 """
@@ -34,11 +37,16 @@ import grpc  # type: ignore[import-untyped]
 HOST = "127.0.0.1"
 FT = os.environ.get("FERROTUNNEL_BIN", str(Path(sys.executable).parent / "ferrotunnel"))
 
+#: name -> (the server's TOML, the client's dashboard flags)
 CONFIGS = {
-    "off": "",
-    "ip-filter": '[ip_filter.tunnels."*"]\nallow = ["127.0.0.0/8"]\n',
-    "circuit-breaker": '[circuit_breaker.tunnels."*"]\nfailure_threshold = 5\n',
-    "access-log": '[access_log]\npath = "{tmp}/access.jsonl"\n',
+    "off": ("", ["--no-dashboard"]),
+    "ip-filter": ('[ip_filter.tunnels."*"]\nallow = ["127.0.0.0/8"]\n', ["--no-dashboard"]),
+    "circuit-breaker": (
+        '[circuit_breaker.tunnels."*"]\nfailure_threshold = 5\n',
+        ["--no-dashboard"],
+    ),
+    "access-log": ('[access_log]\npath = "{tmp}/access.jsonl"\n', ["--no-dashboard"]),
+    "dashboard": ("", ["--dashboard-port", "0"]),
 }
 
 
@@ -66,15 +74,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(config: str, grpc_port: int, calls: int, size: int) -> tuple[float, float]:
-    """Calls per second, and the server's CPU µs per call, for one configuration."""
+def measure(
+    config: tuple[str, list[str]], grpc_port: int, calls: int, size: int, side: str
+) -> tuple[float, float]:
+    """Calls per second, and ``side``'s CPU µs per call, for one configuration."""
     tmp = tempfile.mkdtemp(prefix="ft-grpc-")
     path = Path(tmp, "server.toml")
-    path.write_text(config.replace("{tmp}", tmp))
+    server_toml, dashboard = config
+    path.write_text(server_toml.replace("{tmp}", tmp))
     control, public = free_port(), free_port()
     server_args = ["server", "--token", "t", "--bind", f"{HOST}:{control}", "--http-bind",
                    f"{HOST}:{public}", "--config", str(path)]  # fmt: skip
-    client_args = ["client", "--server", f"{HOST}:{control}", "--token", "t", "--no-dashboard",
+    client_args = ["client", "--server", f"{HOST}:{control}", "--token", "t", *dashboard,
                    "--local-addr", f"{HOST}:{grpc_port}", "--tunnel-id", "g.localhost"]  # fmt: skip
     server = subprocess.Popen(
         [FT, *server_args],
@@ -97,12 +108,13 @@ def measure(config: str, grpc_port: int, calls: int, size: int) -> tuple[float, 
             payload = b"x" * size
             for _ in range(200):  # warm-up: connection, tables, caches
                 call(payload, timeout=10)
-            cpu = cpu_seconds(server.pid)
+            measured = (server if side == "server" else client).pid
+            cpu = cpu_seconds(measured)
             started = time.perf_counter()
             for _ in range(calls):
                 call(payload, timeout=10)
             elapsed = time.perf_counter() - started
-            cpu = cpu_seconds(server.pid) - cpu
+            cpu = cpu_seconds(measured) - cpu
         return calls / elapsed, cpu / calls * 1e6
     finally:
         for process in (client, server):
@@ -120,7 +132,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--size", type=int, default=100, help="payload bytes each way")
+    parser.add_argument("--side", choices=("server", "client"), default="server")
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations")
     args = parser.parse_args()
+    names = args.only or list(CONFIGS)
+    if names[0] != "off":
+        names.insert(0, "off")
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers(
@@ -128,28 +145,27 @@ def main() -> None:
     )
     grpc_port = server.add_insecure_port(f"{HOST}:0")
     server.start()
-    rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    cpus: dict[str, list[float]] = {name: [] for name in CONFIGS}
-    ratios: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
     try:
-        names = list(CONFIGS)
         for round_number in range(args.rounds):
             order = names if round_number % 2 == 0 else names[::-1]
             this_round = {}
             for name in order:
-                rate, cpu = measure(CONFIGS[name], grpc_port, args.calls, args.size)
+                rate, cpu = measure(CONFIGS[name], grpc_port, args.calls, args.size, args.side)
                 this_round[name] = rate
                 rates[name].append(rate)
                 cpus[name].append(cpu)
                 print(f"round {round_number + 1}: {name}: {rate:,.0f} calls/s, "
-                      f"server {cpu:.0f} CPU-µs/call", flush=True)  # fmt: skip
+                      f"{args.side} {cpu:.0f} CPU-µs/call", flush=True)  # fmt: skip
             for name in names:
                 ratios[name].append(this_round[name] / this_round["off"] - 1)
     finally:
         server.stop(None)
     print(f"\ngRPC unary calls, one channel, one call at a time, {args.size}-byte payloads, "
           f"{args.calls} calls x {args.rounds} rounds (medians)\n")  # fmt: skip
-    print("| configuration | calls/s | vs off (per round) | server CPU µs / call |")
+    print(f"| configuration | calls/s | vs off (per round) | {args.side} CPU µs / call |")
     print("|---|---:|---:|---:|")
     for name in names:
         change = "" if name == "off" else f"{statistics.median(ratios[name]):+.1%}"

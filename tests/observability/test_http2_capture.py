@@ -122,7 +122,8 @@ def test_each_call_is_an_exchange_with_heads_bodies_and_trailers() -> None:
     assert (first.status, first.reason) == (200, "OK")  # the 100 is skipped
     assert first.response_body is not None
     assert bytes(first.response_body.data) == b"\0\0\0\0\x0aecho:hello"
-    assert first.trailers == [("grpc-status", "0")]
+    assert first.trailers is not None
+    assert first.trailers.headers == [("grpc-status", "0")]
     assert (first.state, first.error) == ("complete", None)
     assert (second.path, second.status, second.state) == ("/b", 200, "error")
     assert second.error == "grpc-status 14: down"  # a gRPC "trailers-only" failure

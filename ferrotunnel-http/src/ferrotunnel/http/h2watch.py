@@ -5,9 +5,9 @@ the ingress has no request heads to hand the middlewares' ``on_complete``, the a
 the metrics. When they want records, the ingress also shows an :class:`H2Watch` every chunk it
 passes, in each direction. The watch splits the chunks into frames — keeping only the frame
 header and the payloads it reads (header blocks, RST_STREAM), never copying DATA — and decodes
-every header block with one HPACK reader per direction (``hpack_reader.py``: the few fields
-wanted are decoded, the rest only stepped over): the dynamic tables are built from all blocks
-in order, so none may be skipped. Per stream it notes the request's method, path
+every header block with one HPACK reader per direction (``ferrotunnel.core.hpack_reader``:
+the few fields wanted are decoded, the rest only stepped over): the dynamic tables are built
+from all blocks in order, so none may be skipped. Per stream it notes the request's method, path
 and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
 trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
 
@@ -97,7 +97,8 @@ class _Direction:
 
     def __init__(self, wanted: frozenset[bytes]) -> None:
         # raised by the other peer's SETTINGS_HEADER_TABLE_SIZE: see H2Watch._settings
-        from .hpack_reader import HeaderReader  # hpack's Huffman table: imported on first use
+        # hpack's Huffman table: imported on first use
+        from ferrotunnel.core.hpack_reader import HeaderReader
 
         self.decoder = HeaderReader()  # allowed: the initial 4096 bytes, until SETTINGS
         self.wanted = wanted  # the fields read out of its header blocks

@@ -78,7 +78,7 @@ class Exchange:
     #: (502: the local service refused the connection or closed it; 504: it took too long)
     ingress_status: int | None = None
     #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
-    trailers: list[tuple[str, str]] | None = None
+    trailers: Head | None = None
 
     @property
     def method(self) -> str:
@@ -178,7 +178,9 @@ class Exchange:
             else {
                 "headers": [list(h) for h in self.response_headers],
                 "body": render_body(self.response_body, response_type, encoding),
-                "trailers": None if self.trailers is None else [list(h) for h in self.trailers],
+                "trailers": None
+                if self.trailers is None
+                else [list(h) for h in self.trailers.headers],
             },
             "timing": {
                 "started": self.started,

@@ -9,9 +9,9 @@ changed. Each direction has a :class:`_FrameReader` that cuts the bytes into fra
 keeps whole only header blocks (a HEADERS or PUSH_PROMISE frame and its CONTINUATIONs, at
 most ``max_block`` bytes) and RST_STREAM payloads; DATA goes by in slices, of which each
 stream's :class:`~.exchange.Body` keeps its first ``limit`` bytes; other frames are stepped
-over. Every header block is decoded, in order, by that direction's HPACK decoder (the
-``hpack`` library): each block may change the dynamic table the next ones refer to, so none
-may be skipped, pushed promises included.
+over. Every header block is decoded, in order, by that direction's HPACK reader
+(:mod:`ferrotunnel.core.hpack_reader`, every field): each block may change the dynamic table
+the next ones refer to, so none may be skipped, pushed promises included.
 
 Each client-opened stream becomes an :class:`~.exchange.Exchange` when its request head
 comes: ``:method`` and ``:path`` make the request line, ``:authority`` its Host field, the
@@ -30,8 +30,8 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head
@@ -98,38 +98,75 @@ class _FrameReader:
     def feed(self, data: memoryview) -> None:
         at, end = 0, len(data)
         while at < end:
-            if not self.left:  # between frames: a frame header
+            if self.left:  # the rest of a frame begun in an earlier chunk
+                take = min(self.left, end - at)
+                chunk, at = data[at : at + take], at + take
+                self.left -= take
+                if self.payload is not None:
+                    self.payload += chunk
+                elif self.type == _DATA:
+                    self._data(chunk)
+                if not self.left:
+                    self._partial_done()
+                continue
+            if self.head or end - at < 9:  # a frame header cut by the chunk's end
                 take = min(9 - len(self.head), end - at)
                 self.head += data[at : at + take]
                 at += take
-                if len(self.head) == 9:
-                    self._begin()
-                continue
-            take = min(self.left, end - at)
-            chunk, at = data[at : at + take], at + take
-            self.left -= take
-            if self.payload is not None:
-                self.payload += chunk
-            elif self.type == _DATA:
-                self._data(chunk)
-            if not self.left:
-                self._end()
+                if len(self.head) < 9:
+                    return
+                high, low, kind, flags, stream = _FRAME_HEADER.unpack(self.head)
+                self.head.clear()
+            else:
+                high, low, kind, flags, stream = _FRAME_HEADER.unpack_from(data, at)
+                at += 9
+            size = high << 8 | low
+            if end - at >= size:  # the whole frame is here: most are
+                self._frame(kind, flags, stream & 0x7FFFFFFF, data[at : at + size])
+                at += size
+            else:
+                self._partial(kind, flags, stream & 0x7FFFFFFF, size)
 
-    def _begin(self) -> None:
-        high, low, self.type, self.flags, stream = _FRAME_HEADER.unpack(self.head)
-        self.head.clear()
-        self.stream = stream & 0x7FFFFFFF
-        self.left = high << 8 | low
-        kept = (_HEADERS, _PUSH_PROMISE, _CONTINUATION, _RST_STREAM)
-        if self.type in kept:
-            if len(self.block) + self.left > self.max_block:
+    def _frame(self, kind: int, flags: int, stream: int, payload: memoryview) -> None:
+        """One whole frame."""
+        if kind == _DATA:
+            if flags & _PADDED and payload:
+                payload = payload[1 : max(1, len(payload) - payload[0])]
+            if payload:
+                self.on_data(stream, payload)
+            if flags & _END_STREAM:
+                self.on_end_stream(stream)
+        elif kind in (_HEADERS, _PUSH_PROMISE):
+            fragment = _fragment(kind, flags, payload)
+            if len(fragment) > self.max_block:
+                raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
+            self.block_stream = stream
+            self.block_flags = flags | (0x100 if kind == _PUSH_PROMISE else 0)
+            if flags & _END_HEADERS:
+                self.on_block(stream, self.block_flags, bytes(fragment))
+            else:
+                self.block = bytearray(fragment)
+        elif kind == _CONTINUATION:
+            if len(self.block) + len(payload) > self.max_block:
+                raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
+            self.block += payload
+            if flags & _END_HEADERS:
+                block, self.block = bytes(self.block), bytearray()
+                self.on_block(self.block_stream, self.block_flags, block)
+        elif kind == _RST_STREAM and len(payload) == 4:
+            self.on_reset(stream, int.from_bytes(payload, "big"))
+
+    def _partial(self, kind: int, flags: int, stream: int, size: int) -> None:
+        """A frame whose payload ends in a later chunk: DATA is passed on in slices, the
+        frames read whole are gathered (bounded), the others skipped."""
+        self.type, self.flags, self.stream, self.left = kind, flags, stream, size
+        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION, _RST_STREAM):
+            if len(self.block) + size > self.max_block:
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
             self.payload = bytearray()
-        elif self.type == _DATA:
-            self.pad_length_due = bool(self.flags & _PADDED)
-            self.data_left = 0 if self.pad_length_due else self.left
-        if not self.left:
-            self._end()
+        elif kind == _DATA:
+            self.pad_length_due = bool(flags & _PADDED)
+            self.data_left = 0 if self.pad_length_due else size
 
     def _data(self, chunk: memoryview) -> None:
         if self.pad_length_due:
@@ -141,35 +178,17 @@ class _FrameReader:
             self.data_left -= len(data)
             self.on_data(self.stream, data)
 
-    def _end(self) -> None:
+    def _partial_done(self) -> None:
         payload, self.payload = self.payload, None
         self.data_left = 0
-        kind, flags, stream = self.type, self.flags, self.stream
-        if kind == _DATA:
-            if flags & _END_STREAM:
-                self.on_end_stream(stream)
-        elif kind == _RST_STREAM:
-            if payload is not None and len(payload) == 4:
-                self.on_reset(stream, int.from_bytes(payload, "big"))
-        elif kind in (_HEADERS, _PUSH_PROMISE) and payload is not None:
-            self.block = bytearray(_fragment(kind, flags, payload))
-            self.block_stream = stream
-            self.block_flags = flags | (0x100 if kind == _PUSH_PROMISE else 0)
-            if flags & _END_HEADERS:
-                self._block_done()
-        elif kind == _CONTINUATION and payload is not None:
-            self.block += payload
-            if flags & _END_HEADERS:
-                self._block_done()
-
-    def _block_done(self) -> None:
-        block, self.block = bytes(self.block), bytearray()
-        self.on_block(self.block_stream, self.block_flags, block)
+        if payload is not None:
+            self._frame(self.type, self.flags, self.stream, memoryview(payload))
+        elif self.type == _DATA and self.flags & _END_STREAM:
+            self.on_end_stream(self.stream)
 
 
-def _fragment(kind: int, flags: int, payload: bytearray) -> memoryview:
+def _fragment(kind: int, flags: int, view: memoryview) -> memoryview:
     """The header block fragment of a HEADERS or PUSH_PROMISE payload."""
-    view = memoryview(payload)
     pad = 0
     if flags & _PADDED:
         if not view:
@@ -198,7 +217,8 @@ class H2Capture:
         replay_of: int | None = None,
         max_block: int = 256 << 10,
     ) -> None:
-        import hpack  # imported on the first HTTP/2 connection only
+        # hpack's Huffman code and static table: imported on the first HTTP/2 connection only
+        from ferrotunnel.core.hpack_reader import EVERY_FIELD, HeaderReader
 
         self.store = store
         self.tunnel = tunnel
@@ -211,12 +231,10 @@ class H2Capture:
         self._streams: dict[int, Exchange] = {}
         #: why the capture stopped following the connection, once it has
         self.failed: str | None = None
-        self._decoders = []  # for the visitor's header blocks, then the origin's
-        for _ in range(2):
-            decoder = hpack.Decoder(max_header_list_size=max_block)
-            decoder.max_allowed_table_size = 1 << 20  # an observer: whatever they agreed
-            self._decoders.append(decoder)
-        self._hpack_error: type[Exception] = hpack.HPACKError
+        # the visitor's header blocks, then the origin's; an observer accepts whatever table
+        # size the peers agreed on, up to a bound
+        self._readers = (HeaderReader(1 << 20), HeaderReader(1 << 20))
+        self._every_field = EVERY_FIELD
         self._requests = _FrameReader(
             on_block=self._request_block,
             on_data=self._request_data,
@@ -254,8 +272,8 @@ class H2Capture:
             reader.feed(memoryview(data))
         except _CannotFollow as exc:
             self.stop(str(exc))
-        except self._hpack_error as exc:
-            self.stop(f"a header block did not decode ({type(exc).__name__})")
+        except ValueError as exc:  # HpackError, a malformed block
+            self.stop(f"a header block did not decode: {exc}")
 
     def stop(self, why: str) -> None:
         """Follow this connection no further; its unfinished exchanges end with ``why``."""
@@ -263,25 +281,20 @@ class H2Capture:
             self.failed = why
             self.closed(f"capture stopped: {why}")
 
-    def _decode(self, direction: int, block: bytes) -> list[tuple[str, str]]:
-        fields = self._decoders[direction].decode(block, raw=True)
-        return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in fields]
-
     # ---- requests (the visitor's frames)
 
     def _request_block(self, stream: int, flags: int, block: bytes) -> None:
-        fields = self._decode(0, block)
+        fields = self._readers[0].read(block, self._every_field)
         if flags & 0x100 or stream in self._streams or not stream % 2:
             return  # request trailers, or nothing this capture lists: decoded for the table
-        pseudo, headers = _split(fields)
-        head = Head(
+        pseudo, regular = _split(fields)
+        authority = pseudo.get(b":authority")
+        head = H2Head(
             b"",
             version="HTTP/2",
-            method=pseudo.get(":method", ""),
-            target=pseudo.get(":path", ""),
-            _headers=[("host", pseudo[":authority"]), *headers]
-            if ":authority" in pseudo
-            else headers,
+            method=pseudo.get(b":method", b"").decode("latin-1"),
+            target=pseudo.get(b":path", b"").decode("latin-1"),
+            fields=regular if authority is None else [(b"host", authority), *regular],
         )
         exchange = self.last = Exchange(
             self.tunnel, head, NO_BODY, self.visitor, self.traceparent, self.replay_of
@@ -306,23 +319,23 @@ class H2Capture:
     # ---- responses (the origin's frames)
 
     def _response_block(self, stream: int, flags: int, block: bytes) -> None:
-        fields = self._decode(1, block)
+        fields = self._readers[1].read(block, self._every_field)
         exchange = self._streams.get(stream)
         if exchange is None or flags & 0x100:
             return  # a pushed promise, or a stream not listed: decoded for the table only
         if exchange.response is None:
-            pseudo, headers = _split(fields)
-            status = _status(pseudo.get(":status", ""))
+            pseudo, regular = _split(fields)
+            status = _status(pseudo.get(b":status", b""))
             if 100 <= status < 200:
                 return  # informational: the final head is still to come
-            exchange.response = Head(
-                b"", version="HTTP/2", status=status, reason=_phrase(status), _headers=headers
+            exchange.response = H2Head(
+                b"", version="HTTP/2", status=status, reason=_phrase(status), fields=regular
             )
             exchange.response_body = Body(self.limit)
             exchange.ttfb = time.monotonic() - exchange.started_mono
-            _grpc_outcome(exchange, headers)  # a gRPC "trailers-only" answer
+            _grpc_outcome(exchange, regular)  # a gRPC "trailers-only" answer
         else:
-            exchange.trailers = fields
+            exchange.trailers = H2Head(b"", version="HTTP/2", fields=fields)
             _grpc_outcome(exchange, fields)
         if flags & _END_STREAM:
             self._response_end(stream)
@@ -355,19 +368,35 @@ class H2Capture:
         self.store.update(exchange)
 
 
-def _split(fields: list[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+@dataclass(slots=True)
+class H2Head(Head):
+    """A head of HTTP/2 fields (pseudo-fields taken out), made text when first asked for:
+    most exchanges listed are never opened."""
+
+    fields: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._headers is None:
+            self._headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.fields]
+        return self._headers
+
+
+def _split(
+    fields: list[tuple[bytes, bytes]],
+) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
     """The pseudo-fields (``:method``...) by name, and the regular fields in order."""
-    pseudo: dict[str, str] = {}
+    pseudo: dict[bytes, bytes] = {}
     regular = []
     for name, value in fields:
-        if name.startswith(":"):
+        if name[:1] == b":":
             pseudo.setdefault(name, value)
         else:
             regular.append((name, value))
     return pseudo, regular
 
 
-def _status(text: str) -> int:
+def _status(text: bytes) -> int:
     return int(text) if text.isdigit() and len(text) == 3 else 0
 
 
@@ -378,10 +407,13 @@ def _phrase(status: int) -> str:
         return ""
 
 
-def _grpc_outcome(exchange: Exchange, fields: list[tuple[str, str]]) -> None:
+def _grpc_outcome(exchange: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
     """A gRPC status other than 0 (OK) marks the call as failed, with its message."""
-    values: dict[str, Any] = {k.lower(): v for k, v in fields}
-    status = values.get("grpc-status")
-    if status is not None and status.strip() != "0":
-        message = values.get("grpc-message")
-        exchange.error = f"grpc-status {status.strip()}" + (f": {message}" if message else "")
+    status = message = None
+    for name, value in fields:
+        if name == b"grpc-status":
+            status = value.strip().decode("latin-1")
+        elif name == b"grpc-message":
+            message = value.decode("latin-1")
+    if status is not None and status != "0":
+        exchange.error = f"grpc-status {status}" + (f": {message}" if message else "")
