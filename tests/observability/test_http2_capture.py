@@ -222,3 +222,13 @@ def test_a_replay_sends_its_body_as_the_origins_windows_open() -> None:
     assert sum(size for size, _ in rest) == 200_000 - 165_535
     assert [flags for _, flags in rest][-1] == END_STREAM
     assert sender.control(PING, 0, 0, b"12345678") == frame(PING, 0x1, 0, b"12345678")
+
+
+def test_no_more_calls_are_followed_at_once_than_the_list_keeps() -> None:
+    visitor = Peer()
+    store = Store(keep=3)
+    capture = H2Capture(store, "app", 1024)
+    for stream in range(1, 12, 2):  # six calls, none answered
+        capture.to_origin(visitor.headers(stream, REQUEST) + data(stream, b"x" * 100))
+    assert len(store) == 3
+    assert len(capture._streams) == 3  # the three others were decoded, not held

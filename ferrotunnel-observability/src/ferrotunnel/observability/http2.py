@@ -22,7 +22,10 @@ marks the call as failed, as the server's access log does. An exchange ends when
 response does (END_STREAM), when either side resets the stream, or when the connection ends.
 
 What it cannot follow — a block that does not decode, one larger than ``max_block`` — stops
-the capture of this connection: its unfinished exchanges say so, later ones go unlisted.
+the capture of this connection: its unfinished exchanges say so, later ones go unlisted. At
+most as many calls are followed at once as the store keeps (its ``keep``), so what the capture
+holds stays within the dashboard's bound (``keep`` × 2 bodies of ``limit`` bytes); a call
+opened beyond that is not listed.
 """
 
 from __future__ import annotations
@@ -287,6 +290,8 @@ class H2Capture:
         fields = self._readers[0].read(block, self._every_field)
         if flags & 0x100 or stream in self._streams or not stream % 2:
             return  # request trailers, or nothing this capture lists: decoded for the table
+        if len(self._streams) >= self.store.keep:
+            return  # more calls open at once than the list keeps: memory stays bounded
         pseudo, regular = _split(fields)
         authority = pseudo.get(b":authority")
         head = H2Head(
