@@ -9,7 +9,8 @@ every header block with one HPACK reader per direction (``ferrotunnel.core.hpack
 the few fields wanted are decoded, the rest only stepped over): the dynamic tables are built
 from all blocks in order, so none may be skipped. Per stream it notes the request's method, path
 and authority, the final ``:status``, the bytes each way, a non-zero ``grpc-status`` in the
-trailers, and its end: END_STREAM in both directions, a RST_STREAM, or the connection's end.
+trailers, and its end: the response's END_STREAM (the request need not have ended: a server
+may answer first), a RST_STREAM, or the connection's end.
 
 Each direction's decoder accepts the dynamic table sizes the other peer allowed in its
 SETTINGS (``SETTINGS_HEADER_TABLE_SIZE``: grpcio, the ``h2`` library and browsers may allow
@@ -345,7 +346,9 @@ class H2Watch:
             exchange.request_done = True
         else:
             exchange.response_done = True
-        if exchange.request_done and exchange.response_done:
+        # a whole response ends the exchange: a visitor that never ends its request (a
+        # server may answer before reading it all) must not hold the record back
+        if exchange.response_done:
             self._finish(exchange)
 
     def _finish(self, exchange: H2Exchange) -> None:
