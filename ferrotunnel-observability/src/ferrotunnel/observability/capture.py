@@ -71,7 +71,7 @@ class ExchangeTap:
         self._responses: Http1Parser | None = None
         self._closed = False
         self._h2: H2Capture | None = None  # an HTTP/2 connection's capture
-        self._preface_left = 0  # bytes of the HTTP/2 preface still to come
+        self._opening = b""  # the visitor's first bytes, while they may be the HTTP/2 preface
 
     @property
     def idle(self) -> bool:
@@ -83,26 +83,15 @@ class ExchangeTap:
     def to_origin(self, data: bytes | memoryview) -> None:
         try:
             if self._h2 is not None:
-                if self._preface_left:
-                    skipped = min(self._preface_left, len(data))
-                    self._preface_left -= skipped
-                    data = memoryview(data)[skipped:]
                 self._h2.to_origin(data)
                 self.last = self._h2.last
                 return
             if self._requests is None:
-                if self.last is None and bytes(data[:14]) == PREFACE[:14]:
-                    self._h2 = H2Capture(
-                        self.store,
-                        self.tunnel,
-                        self.limit,
-                        visitor=self.visitor,
-                        traceparent=self.traceparent,
-                        replay_of=self.replay_of,
-                    )
-                    self._preface_left = len(PREFACE)
-                    self.to_origin(data)
-                    return
+                if self.last is None:  # the stream's first bytes
+                    opening = self._http1_opening(data)
+                    if opening is None:
+                        return
+                    data = opening
                 if self._whole_request(data):
                     return
                 self._requests = self._parser(response=False)
@@ -155,6 +144,32 @@ class ExchangeTap:
                 self._finish(exchange)
         self._sent.clear()
         self._requests = self._responses = None  # they refer back to this tap
+
+    def _http1_opening(self, data: bytes | memoryview) -> bytes | memoryview | None:
+        """The visitor's first bytes, if the stream is HTTP/1; None while they may still be
+        the HTTP/2 preface (it may come in pieces: they are kept, 24 bytes at most), and once
+        they were (the stream is followed as HTTP/2 from then on). All 24 must match: an
+        HTTP/1 request may begin with ``PRI``."""
+        seen = self._opening
+        start = seen + bytes(data[: len(PREFACE) - len(seen)])
+        if not PREFACE.startswith(start):
+            self._opening = b""
+            return seen + bytes(data) if seen else data
+        if len(start) < len(PREFACE):
+            self._opening = start
+            return None
+        self._opening = b""
+        self._h2 = H2Capture(
+            self.store,
+            self.tunnel,
+            self.limit,
+            visitor=self.visitor,
+            traceparent=self.traceparent,
+            replay_of=self.replay_of,
+        )
+        self._h2.to_origin(memoryview(data)[len(PREFACE) - len(seen) :])
+        self.last = self._h2.last
+        return None
 
     def _parser(self, *, response: bool) -> Http1Parser:
         if response:

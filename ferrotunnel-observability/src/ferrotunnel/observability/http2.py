@@ -16,16 +16,18 @@ the next ones refer to, so none may be skipped, pushed promises included.
 Each client-opened stream becomes an :class:`~.exchange.Exchange` when its request head
 comes: ``:method`` and ``:path`` make the request line, ``:authority`` its Host field, the
 other pseudo-fields are dropped, so the detail view, exports and search treat it like an
-HTTP/1.1 request of version ``HTTP/2``. The response's first final head (1xx are skipped)
-gives the status; a later header block is its trailers, where a gRPC status other than 0
-marks the call as failed, as the server's access log does. An exchange ends when its
+HTTP/1.1 request of version ``HTTP/2``; a later block from the visitor on it is its trailers
+(a stream never opens twice, nor below one opened before). The response's first final head
+(1xx are skipped) gives the status; a later header block is its trailers, where a gRPC status
+other than 0 marks the call as failed, as the server's access log does. An exchange ends when its
 response does (END_STREAM), when either side resets the stream, or when the connection ends.
 
-What it cannot follow — a block that does not decode, one larger than ``max_block`` — stops
-the capture of this connection: its unfinished exchanges say so, later ones go unlisted. At
-most as many calls are followed at once as the store keeps (its ``keep``), so what the capture
-holds stays within the dashboard's bound (``keep`` × 2 bodies of ``limit`` bytes); a call
-opened beyond that is not listed.
+What it cannot follow — a block that does not decode, one larger than ``max_block``, or one
+whose fields are (as RFC 9113 counts a header list's size: a few bytes may name a large table
+entry again and again) — stops the capture of this connection: its unfinished exchanges say
+so, later ones go unlisted. At most as many calls are followed at once as the store keeps
+(its ``keep``), so what the capture holds stays within the dashboard's bound (``keep`` times 2
+bodies of ``limit`` bytes); a call opened beyond that is not listed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from itertools import chain
 
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head
@@ -48,6 +51,10 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _FRAME_HEADER = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
+#: the most a HEADERS frame's payload holds besides its fragment: pad length, priority, padding
+_FRAMING = 1 + 5 + 255
+#: what a field adds to a header list's size besides its name and value (RFC 9113, 6.5.2)
+_FIELD_OVERHEAD = 32
 #: RFC 9113 error codes, for the error of a reset stream
 _CODES = (
     "NO_ERROR",
@@ -163,9 +170,14 @@ class _FrameReader:
         """A frame whose payload ends in a later chunk: DATA is passed on in slices, the
         frames read whole are gathered (bounded), the others skipped."""
         self.type, self.flags, self.stream, self.left = kind, flags, stream, size
-        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION, _RST_STREAM):
-            if len(self.block) + size > self.max_block:
+        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
+            # a fragment is judged by ``_frame`` once whole: a cut frame must not be refused
+            # for padding the whole one would be allowed
+            room = self.max_block - len(self.block) if kind == _CONTINUATION else None
+            if size > (self.max_block + _FRAMING if room is None else room):
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
+            self.payload = bytearray()
+        elif kind == _RST_STREAM and size == 4:  # (any other size is not a reset)
             self.payload = bytearray()
         elif kind == _DATA:
             self.pad_length_due = bool(flags & _PADDED)
@@ -218,7 +230,7 @@ class H2Capture:
         visitor: tuple[str, int] | None = None,
         traceparent: str | None = None,
         replay_of: int | None = None,
-        max_block: int = 256 << 10,
+        max_block: int = 64 << 10,  # as an HTTP/1.1 head's limit
     ) -> None:
         # hpack's Huffman code and static table: imported on the first HTTP/2 connection only
         from ferrotunnel.core.hpack_reader import EVERY_FIELD, HeaderReader
@@ -232,6 +244,8 @@ class H2Capture:
         #: the latest exchange seen on this connection
         self.last: Exchange | None = None
         self._streams: dict[int, Exchange] = {}
+        self._opened = 0  # the highest stream the visitor opened: streams only go up
+        self.max_block = max_block
         #: why the capture stopped following the connection, once it has
         self.failed: str | None = None
         # the visitor's header blocks, then the origin's; an observer accepts whatever table
@@ -284,12 +298,26 @@ class H2Capture:
             self.failed = why
             self.closed(f"capture stopped: {why}")
 
+    def _read(self, side: int, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The fields of the visitor's (0) or the origin's (1) next block. Their size is
+        bounded too: a few bytes may name a large table entry, again and again."""
+        fields = self._readers[side].read(block, self._every_field)
+        size = len(fields) * _FIELD_OVERHEAD + sum(map(len, chain.from_iterable(fields)))
+        if size > self.max_block:
+            raise _CannotFollow(f"a header list larger than {self.max_block} bytes")
+        return fields
+
     # ---- requests (the visitor's frames)
 
     def _request_block(self, stream: int, flags: int, block: bytes) -> None:
-        fields = self._readers[0].read(block, self._every_field)
-        if flags & 0x100 or stream in self._streams or not stream % 2:
-            return  # request trailers, or nothing this capture lists: decoded for the table
+        fields = self._read(0, block)
+        if flags & 0x100 or not stream % 2:
+            return  # nothing this capture lists: decoded for the table
+        if stream <= self._opened:  # trailers, or a stream over already: not a new call
+            if flags & _END_STREAM:
+                self._request_end(stream)
+            return
+        self._opened = stream
         if len(self._streams) >= self.store.keep:
             return  # more calls open at once than the list keeps: memory stays bounded
         pseudo, regular = _split(fields)
@@ -324,7 +352,7 @@ class H2Capture:
     # ---- responses (the origin's frames)
 
     def _response_block(self, stream: int, flags: int, block: bytes) -> None:
-        fields = self._readers[1].read(block, self._every_field)
+        fields = self._read(1, block)
         exchange = self._streams.get(stream)
         if exchange is None or flags & 0x100:
             return  # a pushed promise, or a stream not listed: decoded for the table only

@@ -139,6 +139,8 @@ async def replay(
         request = build_request(original, edits)[2]
     tap = ExchangeTap(store, tunnel.name, limit, replay_of=original.id)
     tap.to_origin(request)  # recorded now, so a failed replay shows as a row too
+    if tap.last is None:  # a head larger than the capture follows (edited headers)
+        raise ReplayError("NOT_REPLAYABLE", "the request's head is too large to record", 422)
     addr = tunnel.local_addr
     error: str | None = "the replay was interrupted"  # unless it gets to an answer below
     try:

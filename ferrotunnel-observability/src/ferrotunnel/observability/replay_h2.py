@@ -46,17 +46,20 @@ def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[
 
     method, target, headers, body = request_parts(original, edits)
     fields = [(":method", method), (":scheme", scheme), (":path", target)]
-    authority = next((v for k, v in headers if k.lower() == "host"), None)
+    authority = next((_value(v) for k, v in headers if k.lower() == "host"), None)
     if authority:
         fields.append((":authority", authority))
     for name, value in headers:
         key = name.lower()  # HTTP/2 field names are lower case
         if key == "te":  # the one connection-specific field HTTP/2 allows, as "trailers"
-            if value.strip().lower() == "trailers":
+            if _value(value).lower() == "trailers":
                 fields.append((key, "trailers"))
         elif key not in HOP_BY_HOP and key != "host":
-            fields.append((key, value))
-    block = hpack.Encoder().encode(fields)
+            fields.append((key, _value(value)))
+    # as bytes: hpack would encode text as UTF-8, and heads are Latin-1 (see export._raw);
+    # without Huffman coding, whose encoder takes seconds for a value of a few hundred KB
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields]
+    block = hpack.Encoder().encode(raw, huffman=False)
     settings = struct.pack("!HIHI", _ENABLE_PUSH, 0, _INITIAL_WINDOW_SIZE, _MAX_WINDOW)
     opening = PREFACE + _frame(_SETTINGS, 0, 0, settings)
     opening += _frame(_WINDOW_UPDATE, 0, 0, struct.pack("!I", _MAX_WINDOW - _DEFAULT_WINDOW))
@@ -66,6 +69,12 @@ def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[
         flags = (_END_HEADERS if last else 0) | (_END_STREAM if i == 0 and not body else 0)
         opening += _frame(_HEADERS if i == 0 else _CONTINUATION, flags, _STREAM, piece)
     return opening, body
+
+
+def _value(text: str) -> str:
+    """A field value as HTTP/2 takes it: without surrounding spaces and tabs (RFC 9113,
+    8.2.1: an origin resets the stream of a request with one), as HTTP/1.1 reads it."""
+    return text.strip(" \t")
 
 
 class _Sender:
