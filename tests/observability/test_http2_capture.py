@@ -9,9 +9,10 @@ import hpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ferrotunnel.core.h2wire import PREFACE
 from ferrotunnel.observability.capture import ExchangeTap
 from ferrotunnel.observability.exchange import Exchange
-from ferrotunnel.observability.http2 import PREFACE, H2Capture
+from ferrotunnel.observability.http2 import H2Capture
 from ferrotunnel.observability.replay_h2 import _Sender
 from ferrotunnel.observability.store import Store
 

@@ -15,9 +15,10 @@ import hpack
 import pytest
 
 from ferrotunnel.core import Address
+from ferrotunnel.core.h2wire import PREFACE
 from ferrotunnel.observability.capture import ExchangeTap
 from ferrotunnel.observability.exchange import NO_BODY, Exchange
-from ferrotunnel.observability.http2 import PREFACE, H2Capture, H2Head
+from ferrotunnel.observability.http2 import H2Capture, H2Head
 from ferrotunnel.observability.replay import Edits, ReplayError, replay
 from ferrotunnel.observability.replay_h2 import build_h2_request
 from ferrotunnel.observability.store import Store

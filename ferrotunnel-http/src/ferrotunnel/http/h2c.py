@@ -23,6 +23,22 @@ from __future__ import annotations
 
 import struct
 
+from ferrotunnel.core.h2wire import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    INITIAL_MAX_FRAME_SIZE,
+    PADDED,
+    PREFACE,
+    PRIORITY_FLAG,
+    SETTINGS,
+)
+
 from .h1 import HttpError, RequestHead, normalize_host
 
 __all__ = [
@@ -33,12 +49,6 @@ __all__ = [
     "reply_frames",
 ]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME = struct.Struct("!HBBBI")  # length (u24 as u16+u8), type, flags, stream id
-_DATA, _HEADERS, _SETTINGS, _GOAWAY, _CONTINUATION = 0x0, 0x1, 0x4, 0x7, 0x9
-_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
-_MAX_FRAME = 16384  # the initial SETTINGS_MAX_FRAME_SIZE
-_ACK = 0x1
 #: a SETTINGS frame with no parameters, on stream 0
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
@@ -73,29 +83,29 @@ def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
     in_headers = False
     stream_id = 0
     while len(data) - pos >= 9:
-        high, low, ftype, flags, stream = _FRAME.unpack_from(data, pos)
+        high, low, ftype, flags, stream = FRAME_HEADER.unpack_from(data, pos)
         length = high << 8 | low
         start, end = pos + 9, pos + 9 + length
         if end > len(data):
             return None
         payload = bytes(data[start:end])
         pos = end
-        if ftype == _HEADERS:
-            if flags & _PADDED:
+        if ftype == HEADERS:
+            if flags & PADDED:
                 pad = payload[0]
                 payload = payload[1 : len(payload) - pad]
-            if flags & _PRIORITY:
+            if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             block, in_headers = payload, True
-        elif ftype == _CONTINUATION and in_headers:
+        elif ftype == CONTINUATION and in_headers:
             block += payload
         elif in_headers:
             raise HttpError(400, "HTTP/2 header block interrupted")
         else:
             continue  # SETTINGS, WINDOW_UPDATE, PRIORITY... before the first request
-        if ftype == _HEADERS:
+        if ftype == HEADERS:
             stream_id = stream & 0x7FFFFFFF
-        if flags & _END_HEADERS:
+        if flags & END_HEADERS:
             return stream_id, block
     return None
 
@@ -146,19 +156,23 @@ def reply_frames(
 
     block = hpack.Encoder().encode(fields)
     no_body = head_only or not body
-    chunks = [block[i : i + _MAX_FRAME] for i in range(0, len(block), _MAX_FRAME)] or [b""]
+    chunks = [
+        block[i : i + INITIAL_MAX_FRAME_SIZE] for i in range(0, len(block), INITIAL_MAX_FRAME_SIZE)
+    ] or [b""]
     out = bytearray()
     for i, chunk in enumerate(chunks):
-        flags = _END_HEADERS if i == len(chunks) - 1 else 0
+        flags = END_HEADERS if i == len(chunks) - 1 else 0
         if i == 0:
-            out += _frame(_HEADERS, flags | (_END_STREAM if no_body else 0), stream_id, chunk)
+            out += _frame(HEADERS, flags | (END_STREAM if no_body else 0), stream_id, chunk)
         else:
-            out += _frame(_CONTINUATION, flags, stream_id, chunk)
+            out += _frame(CONTINUATION, flags, stream_id, chunk)
     if not no_body:
-        for i in range(0, len(body), _MAX_FRAME):
-            last = i + _MAX_FRAME >= len(body)
-            out += _frame(_DATA, _END_STREAM if last else 0, stream_id, body[i : i + _MAX_FRAME])
-    out += _frame(_GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
+        for i in range(0, len(body), INITIAL_MAX_FRAME_SIZE):
+            last = i + INITIAL_MAX_FRAME_SIZE >= len(body)
+            out += _frame(
+                DATA, END_STREAM if last else 0, stream_id, body[i : i + INITIAL_MAX_FRAME_SIZE]
+            )
+    out += _frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
     return bytes(out)
 
 
@@ -195,8 +209,8 @@ class SettingsAckFilter:
                 break
             header = data[pos : pos + 9]
             pos += 9
-            high, low, ftype, flags, _stream = _FRAME.unpack(header)
-            if ftype == _SETTINGS and flags & _ACK:
+            high, low, ftype, flags, _stream = FRAME_HEADER.unpack(header)
+            if ftype == SETTINGS and flags & ACK:
                 self.done = True
                 out += data[pos:]
                 break

@@ -27,39 +27,34 @@ rest unrecorded.
 
 from __future__ import annotations
 
-import struct
 import time
 from dataclasses import dataclass
+
+from ferrotunnel.core.h2wire import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    HEADERS,
+    PADDED,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    SETTINGS_HEADER_TABLE_SIZE,
+    error_name,
+)
 
 from .h1 import normalize_host
 
 __all__ = ["H2Exchange", "H2Watch"]
 
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x4, 0x5, 0x9
-_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
-_READ = frozenset({_HEADERS, _CONTINUATION, _PUSH_PROMISE, _RST_STREAM, _SETTINGS})
-_FRAME = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
-_HEADER_TABLE_SIZE = 0x1  # the SETTINGS parameter
+_READ = frozenset({HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM, SETTINGS})
 #: the fields read from each direction's header blocks (the others are only stepped over)
 _REQUEST_FIELDS = frozenset({b":method", b":path", b":authority", b"host"})
 _RESPONSE_FIELDS = frozenset({b":status", b"grpc-status"})
-#: RFC 9113 error codes, for the error text of a reset stream
-_CODES = (
-    "NO_ERROR",
-    "PROTOCOL_ERROR",
-    "INTERNAL_ERROR",
-    "FLOW_CONTROL_ERROR",
-    "SETTINGS_TIMEOUT",
-    "STREAM_CLOSED",
-    "FRAME_SIZE_ERROR",
-    "REFUSED_STREAM",
-    "CANCEL",
-    "COMPRESSION_ERROR",
-    "CONNECT_ERROR",
-    "ENHANCE_YOUR_CALM",
-    "INADEQUATE_SECURITY",
-    "HTTP_1_1_REQUIRED",
-)
 
 
 @dataclass(slots=True)
@@ -172,7 +167,7 @@ class H2Watch:
                 continue
             head = side.head
             if not head and size - pos >= 9:  # a whole frame header: the usual case
-                high, low, ftype, flags, stream = _FRAME.unpack_from(view, pos)
+                high, low, ftype, flags, stream = FRAME_HEADER.unpack_from(view, pos)
                 pos += 9
                 length = high << 8 | low
                 if ftype not in _READ and pos + length <= size:
@@ -186,7 +181,7 @@ class H2Watch:
                 pos += n
                 if len(head) < 9:
                     break
-                high, low, ftype, flags, stream = _FRAME.unpack(head)
+                high, low, ftype, flags, stream = FRAME_HEADER.unpack(head)
                 head.clear()
             self._frame_start(side, visitor, ftype, flags, stream & 0x7FFFFFFF, high << 8 | low)
         done, self._done = self._done, []
@@ -204,7 +199,7 @@ class H2Watch:
 
     def _skipped(self, visitor: bool, ftype: int, flags: int, stream: int, length: int) -> None:
         """A frame whose payload the watch does not read went by, whole."""
-        if self._count(visitor, stream, length) and ftype == _DATA and flags & _END_STREAM:
+        if self._count(visitor, stream, length) and ftype == DATA and flags & END_STREAM:
             self._ended(stream, visitor)
 
     def _frame_start(
@@ -226,38 +221,38 @@ class H2Watch:
     def _frame_done(self, side: _Direction, visitor: bool) -> None:
         ftype, flags, stream, length = side.frame
         payload, side.payload = side.payload, None
-        if ftype == _DATA:
-            if flags & _END_STREAM:
+        if ftype == DATA:
+            if flags & END_STREAM:
                 self._ended(stream, visitor)
             return
-        if ftype == _RST_STREAM:
+        if ftype == RST_STREAM:
             exchange = self._streams.get(stream)
             if exchange is not None and payload is not None and len(payload) == 4:
                 code = int.from_bytes(payload, "big")
                 # NO_ERROR after a whole response: the server stops an upload it no longer
                 # needs (RFC 9113, section 8.1), the exchange succeeded
                 if code or not exchange.response_done:
-                    name = _CODES[code] if code < len(_CODES) else f"error {code}"
+                    name = error_name(code)
                     who = "visitor" if visitor else "origin"
                     exchange.error = exchange.error or f"stream reset by the {who} ({name})"
                 self._finish(exchange)
             return
         if payload is None:
             return
-        if ftype == _SETTINGS:
-            if not flags & _ACK:
+        if ftype == SETTINGS:
+            if not flags & ACK:
                 self._settings(payload, visitor)
             return
-        if ftype in (_HEADERS, _PUSH_PROMISE):
-            if flags & _PADDED and payload:
+        if ftype in (HEADERS, PUSH_PROMISE):
+            if flags & PADDED and payload:
                 payload = payload[1 : len(payload) - payload[0]]
-            if ftype == _PUSH_PROMISE:
+            if ftype == PUSH_PROMISE:
                 payload, stream = payload[4:], 0  # its block only feeds the decoder
-            elif flags & _PRIORITY:
+            elif flags & PRIORITY_FLAG:
                 payload = payload[5:]
             side.block, side.block_size = payload, 9 + length
-            side.block_stream, side.end_stream = stream, bool(flags & _END_STREAM)
-        elif ftype == _CONTINUATION and side.block_stream >= 0:
+            side.block_stream, side.end_stream = stream, bool(flags & END_STREAM)
+        elif ftype == CONTINUATION and side.block_stream >= 0:
             side.block += payload
             side.block_size += 9 + length
             if len(side.block) > self._max_block:
@@ -265,7 +260,7 @@ class H2Watch:
                 return
         else:
             return
-        if flags & _END_HEADERS:
+        if flags & END_HEADERS:
             block, block_stream = bytes(side.block), side.block_stream
             side.block, side.block_stream = bytearray(), -1
             try:
@@ -282,7 +277,7 @@ class H2Watch:
         (a lowered limit applies only once the encoder has seen it) up to ``max_table``."""
         decoder = (self._origin if visitor else self._visitor).decoder
         for i in range(0, len(payload) - 5, 6):
-            if int.from_bytes(payload[i : i + 2], "big") == _HEADER_TABLE_SIZE:
+            if int.from_bytes(payload[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
                 size = min(int.from_bytes(payload[i + 2 : i + 6], "big"), self._max_table)
                 decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
 

@@ -28,12 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ferrotunnel.core import Stream, TunnelKind
+from ferrotunnel.core.h2wire import PREFACE
 from ferrotunnel.core.plugin import StreamTap
 from ferrotunnel.protocol import ErrorCode
 
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head, Http1Parser, whole_request, whole_response
-from .http2 import PREFACE, H2Capture
+from .http2 import H2Capture
 from .store import Store
 
 __all__ = ["Backlog", "CaptureObserver", "ExchangeTap", "ingress_answer"]

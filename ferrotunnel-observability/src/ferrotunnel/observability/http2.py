@@ -32,46 +32,36 @@ bodies of ``limit`` bytes); a call opened beyond that is not listed.
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import chain
 
+from ferrotunnel.core.h2wire import (
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    HEADERS,
+    PADDED,
+    PRIORITY_FLAG,
+    PUSH_PROMISE,
+    RST_STREAM,
+    error_name,
+)
+
 from .exchange import NO_BODY, Body, Exchange
 from .http1 import Head
 from .store import Store
 
-__all__ = ["PREFACE", "H2Capture"]
+__all__ = ["H2Capture", "H2Head"]
 
-#: what an HTTP/2 connection with prior knowledge starts with
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
-_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
-_FRAME_HEADER = struct.Struct("!HBBBI")  # length (a u24 as u16 + u8), type, flags, stream id
 #: the most a HEADERS frame's payload holds besides its fragment: pad length, priority, padding
 _FRAMING = 1 + 5 + 255
 #: what a field adds to a header list's size besides its name and value (RFC 9113, 6.5.2)
 _FIELD_OVERHEAD = 32
-#: RFC 9113 error codes, for the error of a reset stream
-_CODES = (
-    "NO_ERROR",
-    "PROTOCOL_ERROR",
-    "INTERNAL_ERROR",
-    "FLOW_CONTROL_ERROR",
-    "SETTINGS_TIMEOUT",
-    "STREAM_CLOSED",
-    "FRAME_SIZE_ERROR",
-    "REFUSED_STREAM",
-    "CANCEL",
-    "COMPRESSION_ERROR",
-    "CONNECT_ERROR",
-    "ENHANCE_YOUR_CALM",
-    "INADEQUATE_SECURITY",
-    "HTTP_1_1_REQUIRED",
-)
 
 
 class _CannotFollow(Exception):
@@ -114,7 +104,7 @@ class _FrameReader:
                 self.left -= take
                 if self.payload is not None:
                     self.payload += chunk
-                elif self.type == _DATA:
+                elif self.type == DATA:
                     self._data(chunk)
                 if not self.left:
                     self._partial_done()
@@ -125,10 +115,10 @@ class _FrameReader:
                 at += take
                 if len(self.head) < 9:
                     return
-                high, low, kind, flags, stream = _FRAME_HEADER.unpack(self.head)
+                high, low, kind, flags, stream = FRAME_HEADER.unpack(self.head)
                 self.head.clear()
             else:
-                high, low, kind, flags, stream = _FRAME_HEADER.unpack_from(data, at)
+                high, low, kind, flags, stream = FRAME_HEADER.unpack_from(data, at)
                 at += 9
             size = high << 8 | low
             if end - at >= size:  # the whole frame is here: most are
@@ -139,48 +129,48 @@ class _FrameReader:
 
     def _frame(self, kind: int, flags: int, stream: int, payload: memoryview) -> None:
         """One whole frame."""
-        if kind == _DATA:
-            if flags & _PADDED and payload:
+        if kind == DATA:
+            if flags & PADDED and payload:
                 payload = payload[1 : max(1, len(payload) - payload[0])]
             if payload:
                 self.on_data(stream, payload)
-            if flags & _END_STREAM:
+            if flags & END_STREAM:
                 self.on_end_stream(stream)
-        elif kind in (_HEADERS, _PUSH_PROMISE):
+        elif kind in (HEADERS, PUSH_PROMISE):
             fragment = _fragment(kind, flags, payload)
             if len(fragment) > self.max_block:
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
             self.block_stream = stream
-            self.block_flags = flags | (0x100 if kind == _PUSH_PROMISE else 0)
-            if flags & _END_HEADERS:
+            self.block_flags = flags | (0x100 if kind == PUSH_PROMISE else 0)
+            if flags & END_HEADERS:
                 self.on_block(stream, self.block_flags, bytes(fragment))
             else:
                 self.block = bytearray(fragment)
-        elif kind == _CONTINUATION:
+        elif kind == CONTINUATION:
             if len(self.block) + len(payload) > self.max_block:
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
             self.block += payload
-            if flags & _END_HEADERS:
+            if flags & END_HEADERS:
                 block, self.block = bytes(self.block), bytearray()
                 self.on_block(self.block_stream, self.block_flags, block)
-        elif kind == _RST_STREAM and len(payload) == 4:
+        elif kind == RST_STREAM and len(payload) == 4:
             self.on_reset(stream, int.from_bytes(payload, "big"))
 
     def _partial(self, kind: int, flags: int, stream: int, size: int) -> None:
         """A frame whose payload ends in a later chunk: DATA is passed on in slices, the
         frames read whole are gathered (bounded), the others skipped."""
         self.type, self.flags, self.stream, self.left = kind, flags, stream, size
-        if kind in (_HEADERS, _PUSH_PROMISE, _CONTINUATION):
+        if kind in (HEADERS, PUSH_PROMISE, CONTINUATION):
             # a fragment is judged by ``_frame`` once whole: a cut frame must not be refused
             # for padding the whole one would be allowed
-            room = self.max_block - len(self.block) if kind == _CONTINUATION else None
+            room = self.max_block - len(self.block) if kind == CONTINUATION else None
             if size > (self.max_block + _FRAMING if room is None else room):
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
             self.payload = bytearray()
-        elif kind == _RST_STREAM and size == 4:  # (any other size is not a reset)
+        elif kind == RST_STREAM and size == 4:  # (any other size is not a reset)
             self.payload = bytearray()
-        elif kind == _DATA:
-            self.pad_length_due = bool(flags & _PADDED)
+        elif kind == DATA:
+            self.pad_length_due = bool(flags & PADDED)
             self.data_left = 0 if self.pad_length_due else size
 
     def _data(self, chunk: memoryview) -> None:
@@ -198,18 +188,18 @@ class _FrameReader:
         self.data_left = 0
         if payload is not None:
             self._frame(self.type, self.flags, self.stream, memoryview(payload))
-        elif self.type == _DATA and self.flags & _END_STREAM:
+        elif self.type == DATA and self.flags & END_STREAM:
             self.on_end_stream(self.stream)
 
 
 def _fragment(kind: int, flags: int, view: memoryview) -> memoryview:
     """The header block fragment of a HEADERS or PUSH_PROMISE payload."""
     pad = 0
-    if flags & _PADDED:
+    if flags & PADDED:
         if not view:
             raise _CannotFollow("a padded frame without its pad length")
         pad, view = view[0], view[1:]
-    skip = 5 if kind == _HEADERS and flags & _PRIORITY else 4 if kind == _PUSH_PROMISE else 0
+    skip = 5 if kind == HEADERS and flags & PRIORITY_FLAG else 4 if kind == PUSH_PROMISE else 0
     if skip + pad > len(view):
         raise _CannotFollow("more padding than payload")
     return view[skip : len(view) - pad]
@@ -314,7 +304,7 @@ class H2Capture:
         if flags & 0x100 or not stream % 2:
             return  # nothing this capture lists: decoded for the table
         if stream <= self._opened:  # trailers, or a stream over already: not a new call
-            if flags & _END_STREAM:
+            if flags & END_STREAM:
                 self._request_end(stream)
             return
         self._opened = stream
@@ -334,7 +324,7 @@ class H2Capture:
         )
         self._streams[stream] = exchange
         self.store.add(exchange)
-        if flags & _END_STREAM:
+        if flags & END_STREAM:
             exchange.request_complete = True
 
     def _request_data(self, stream: int, data: memoryview) -> None:
@@ -370,7 +360,7 @@ class H2Capture:
         else:
             exchange.trailers = H2Head(b"", version="HTTP/2", fields=fields)
             _grpc_outcome(exchange, fields)
-        if flags & _END_STREAM:
+        if flags & END_STREAM:
             self._response_end(stream)
 
     def _response_data(self, stream: int, data: memoryview) -> None:
@@ -388,7 +378,7 @@ class H2Capture:
         exchange = self._streams.get(stream)
         if exchange is None:
             return
-        name = _CODES[code] if code < len(_CODES) else f"error code {code:#x}"
+        name = error_name(code)
         self._finish(stream, exchange.error or f"stream reset ({name})")
 
     def _finish(self, stream: int, error: str | None) -> None:

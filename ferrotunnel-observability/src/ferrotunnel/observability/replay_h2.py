@@ -16,28 +16,38 @@ import struct
 import anyio
 import anyio.abc
 
+from ferrotunnel.core.h2wire import (
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FRAME_HEADER,
+    GOAWAY,
+    HEADERS,
+    INITIAL_MAX_FRAME_SIZE,
+    INITIAL_WINDOW,
+    MAX_WINDOW,
+    PING,
+    PREFACE,
+    SETTINGS,
+    SETTINGS_ENABLE_PUSH,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    WINDOW_UPDATE,
+)
+
 from .capture import ExchangeTap
 from .exchange import Exchange
-from .http2 import PREFACE
 from .replay import HOP_BY_HOP, Edits, request_parts
 
 __all__ = ["build_h2_request", "exchange_h2"]
 
-_DATA, _HEADERS, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
-    0x0, 0x1, 0x4, 0x6, 0x7, 0x8, 0x9,
-)  # fmt: skip
-_END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
-_ENABLE_PUSH, _INITIAL_WINDOW_SIZE = 0x2, 0x4
-_FRAME_HEADER = struct.Struct("!HBBBI")
-_MAX_WINDOW = (1 << 31) - 1
-_DEFAULT_WINDOW = 65_535
-_MAX_FRAME = 16_384  # every peer accepts frames this large
 _STREAM = 1
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
     size = len(payload)
-    return _FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
+    return FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
 
 
 def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[bytes, bytes]:
@@ -60,14 +70,18 @@ def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[
     # without Huffman coding, whose encoder takes seconds for a value of a few hundred KB
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields]
     block = hpack.Encoder().encode(raw, huffman=False)
-    settings = struct.pack("!HIHI", _ENABLE_PUSH, 0, _INITIAL_WINDOW_SIZE, _MAX_WINDOW)
-    opening = PREFACE + _frame(_SETTINGS, 0, 0, settings)
-    opening += _frame(_WINDOW_UPDATE, 0, 0, struct.pack("!I", _MAX_WINDOW - _DEFAULT_WINDOW))
-    pieces = [block[i : i + _MAX_FRAME] for i in range(0, len(block), _MAX_FRAME)] or [b""]
+    settings = struct.pack(
+        "!HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW
+    )
+    opening = PREFACE + _frame(SETTINGS, 0, 0, settings)
+    opening += _frame(WINDOW_UPDATE, 0, 0, struct.pack("!I", MAX_WINDOW - INITIAL_WINDOW))
+    pieces = [
+        block[i : i + INITIAL_MAX_FRAME_SIZE] for i in range(0, len(block), INITIAL_MAX_FRAME_SIZE)
+    ] or [b""]
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
-        flags = (_END_HEADERS if last else 0) | (_END_STREAM if i == 0 and not body else 0)
-        opening += _frame(_HEADERS if i == 0 else _CONTINUATION, flags, _STREAM, piece)
+        flags = (END_HEADERS if last else 0) | (END_STREAM if i == 0 and not body else 0)
+        opening += _frame(HEADERS if i == 0 else CONTINUATION, flags, _STREAM, piece)
     return opening, body
 
 
@@ -83,15 +97,18 @@ class _Sender:
     def __init__(self, body: bytes) -> None:
         self.body = memoryview(body)
         self.sent = 0
-        self.connection_window = self.stream_window = _DEFAULT_WINDOW
-        self.initial_window = _DEFAULT_WINDOW
+        self.connection_window = self.stream_window = INITIAL_WINDOW
+        self.initial_window = INITIAL_WINDOW
 
     def frames(self) -> bytes:
         """DATA frames for as much of the body as the windows allow now."""
         out = bytearray()
         while self.sent < len(self.body):
             size = min(
-                _MAX_FRAME, self.connection_window, self.stream_window, len(self.body) - self.sent
+                INITIAL_MAX_FRAME_SIZE,
+                self.connection_window,
+                self.stream_window,
+                len(self.body) - self.sent,
             )
             if size <= 0:
                 break
@@ -99,21 +116,21 @@ class _Sender:
             self.sent += size
             self.connection_window -= size
             self.stream_window -= size
-            out += _frame(_DATA, _END_STREAM if self.sent == len(self.body) else 0, _STREAM, chunk)
+            out += _frame(DATA, END_STREAM if self.sent == len(self.body) else 0, _STREAM, chunk)
         return bytes(out)
 
     def control(self, kind: int, flags: int, stream: int, payload: bytes) -> bytes:
         """What to answer one of the origin's frames with (windows noted)."""
-        if kind == _SETTINGS and not flags & _ACK:
+        if kind == SETTINGS and not flags & ACK:
             for at in range(0, len(payload) - len(payload) % 6, 6):
                 key, value = struct.unpack_from("!HI", payload, at)
-                if key == _INITIAL_WINDOW_SIZE:
+                if key == SETTINGS_INITIAL_WINDOW_SIZE:
                     self.stream_window += value - self.initial_window
                     self.initial_window = value
-            return _frame(_SETTINGS, _ACK, 0)
-        if kind == _PING and not flags & _ACK:
-            return _frame(_PING, _ACK, 0, payload)
-        if kind == _WINDOW_UPDATE and len(payload) == 4:
+            return _frame(SETTINGS, ACK, 0)
+        if kind == PING and not flags & ACK:
+            return _frame(PING, ACK, 0, payload)
+        if kind == WINDOW_UPDATE and len(payload) == 4:
             increment = struct.unpack("!I", payload)[0] & 0x7FFFFFFF
             if stream == 0:
                 self.connection_window += increment
@@ -142,13 +159,13 @@ async def exchange_h2(
             buffer += data
             answer = bytearray()
             while len(buffer) >= 9:
-                high, low, kind, flags, stream = _FRAME_HEADER.unpack_from(buffer)
+                high, low, kind, flags, stream = FRAME_HEADER.unpack_from(buffer)
                 size = high << 8 | low
                 if len(buffer) < 9 + size:
                     break
                 payload = bytes(buffer[9 : 9 + size])
                 del buffer[: 9 + size]
-                if kind == _GOAWAY and int.from_bytes(payload[:4], "big") < _STREAM:
+                if kind == GOAWAY and int.from_bytes(payload[:4], "big") < _STREAM:
                     return "the origin closed the connection without taking the request (GOAWAY)"
                 answer += sender.control(kind, flags, stream & 0x7FFFFFFF, payload)
             more = sender.frames()
