@@ -127,6 +127,18 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+def _open(driver: Any, url: str) -> Any:
+    """Opens the dashboard at ``url`` and waits for its live feed; a 15 s waiter."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 15)
+    driver.get(url)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+    return wait
+
+
 def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Headless Chromium under selenium, with a profile of its own."""
     from selenium import webdriver
@@ -150,15 +162,12 @@ def test_a_person_sees_requests_live_and_replays_one(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     client, ingress = tunnel(launch, origin, "--dashboard-port", str(free_port()))
     url = client.expect(DASHBOARD_RE)["url"]
     driver = _chromium(tmp_path, monkeypatch)
     try:
-        wait = WebDriverWait(driver, 15)
-        driver.get(url)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        wait = _open(driver, url)
         driver.execute_script("window.__sameDocument = 'yes'")
 
         # a request through the tunnel appears without a reload
@@ -213,7 +222,6 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
     import grpc  # type: ignore[import-untyped]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from ..http.test_grpc import SERVICE, _missing
 
@@ -226,9 +234,7 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
     url = client.expect(DASHBOARD_RE)["url"]
     driver = _chromium(tmp_path, monkeypatch)
     try:
-        wait = WebDriverWait(driver, 15)
-        driver.get(url)
-        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        wait = _open(driver, url)
         options = [("grpc.default_authority", APP)]
         with (
             grpc.insecure_channel(f"{HOST}:{ingress}", options=options) as channel,

@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -164,16 +165,23 @@ def _grpc_message(payload: bytes) -> bytes:
     return b"\0" + len(payload).to_bytes(4, "big") + payload
 
 
-async def test_a_grpc_call_is_replayed_over_http2(grpc_dash: DashStack) -> None:
+async def _unary_call(stack: DashStack, payload: bytes) -> dict[str, Any]:
+    """Makes one call to Unary through the tunnel; its row in the dashboard's list."""
+
     def call() -> object:
         with grpc.insecure_channel(
-            f"{HOST}:{grpc_dash.public_port}", options=[("grpc.default_authority", APP)]
+            f"{HOST}:{stack.public_port}", options=[("grpc.default_authority", APP)]
         ) as ch:
-            return ch.unary_unary(f"/{SERVICE}/Unary")(b"hello", timeout=10)
+            return ch.unary_unary(f"/{SERVICE}/Unary")(payload, timeout=10)
 
     with anyio.fail_after(30):
-        assert await anyio.to_thread.run_sync(call) == b"echo:hello"
-        (row,) = await grpc_dash.wait_for(1)
+        assert await anyio.to_thread.run_sync(call) == b"echo:" + payload
+        (row,) = await stack.wait_for(1)
+    return row
+
+
+async def test_a_grpc_call_is_replayed_over_http2(grpc_dash: DashStack) -> None:
+    row = await _unary_call(grpc_dash, b"hello")
     replay = grpc_dash.api.post
     answer = await replay(f"/api/v1/requests/{row['id']}/replay", json={})
     assert answer.status_code == 201, answer.text
@@ -200,16 +208,7 @@ async def test_a_grpc_call_is_replayed_over_http2(grpc_dash: DashStack) -> None:
 async def test_a_grpc_calls_exports_run(grpc_dash: DashStack, tmp_path: Path) -> None:
     """curl (``--http2-prior-knowledge``) and the pytest module (httpx over HTTP/2) send the
     call again and get its answer; the HAR says HTTP/2."""
-
-    def call() -> object:
-        with grpc.insecure_channel(
-            f"{HOST}:{grpc_dash.public_port}", options=[("grpc.default_authority", APP)]
-        ) as ch:
-            return ch.unary_unary(f"/{SERVICE}/Unary")(b"again", timeout=10)
-
-    with anyio.fail_after(30):
-        await anyio.to_thread.run_sync(call)
-        (row,) = await grpc_dash.wait_for(1)
+    row = await _unary_call(grpc_dash, b"again")
     export = f"/api/v1/requests/{row['id']}/export?format="
     command = (await grpc_dash.api.get(export + "curl")).text
     assert "--http2-prior-knowledge" in command
