@@ -158,16 +158,19 @@ async def exchange_h2(
             tap.to_visitor(data)
             buffer += data
             answer = bytearray()
-            while len(buffer) >= 9:
-                high, low, kind, flags, stream = FRAME_HEADER.unpack_from(buffer)
+            at = 0  # the frames read are dropped from the buffer once, after the loop
+            while len(buffer) - at >= 9:
+                high, low, kind, flags, stream = FRAME_HEADER.unpack_from(buffer, at)
                 size = high << 8 | low
-                if len(buffer) < 9 + size:
+                if len(buffer) - at < 9 + size:
                     break
-                payload = bytes(buffer[9 : 9 + size])
-                del buffer[: 9 + size]
-                if kind == GOAWAY and int.from_bytes(payload[:4], "big") < _STREAM:
+                payload = bytes(buffer[at + 9 : at + 9 + size])
+                at += 9 + size
+                # GOAWAY's last stream id (its reserved bit masked) below ours: not taken
+                if kind == GOAWAY and int.from_bytes(payload[:4], "big") & 0x7FFFFFFF < _STREAM:
                     return "the origin closed the connection without taking the request (GOAWAY)"
                 answer += sender.control(kind, flags, stream & 0x7FFFFFFF, payload)
+            del buffer[:at]
             more = sender.frames()
             tap.to_origin(more)
             if answer or more:
