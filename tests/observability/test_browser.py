@@ -226,7 +226,10 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
     from ..http.test_grpc import SERVICE, _missing
 
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    handlers = {"Missing": grpc.unary_unary_rpc_method_handler(_missing)}
+    handlers = {
+        "Missing": grpc.unary_unary_rpc_method_handler(_missing),
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, _: b"echo:" + request),
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(f"{HOST}:0")
     server.start()
@@ -254,6 +257,22 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
         driver.find_element(By.ID, "replay").click()  # replayed over HTTP/2
         replayed = (By.CSS_SELECTOR, "#requests tbody tr.replay")
         wait.until(ec.text_to_be_present_in_element(replayed, path))
+
+        # edited: the same binary message (kept as base64) to another method
+        rows = "//table[@id='requests']//tr"
+        original = f"{rows}[not(contains(@class, 'replay'))][td[contains(., '{path}')]]"
+        driver.find_element(By.XPATH, original).click()
+        wait.until(ec.element_to_be_clickable((By.ID, "edit-replay"))).click()
+        assert driver.find_element(By.ID, "edit-base64").is_selected()
+        edit_path = driver.find_element(By.ID, "edit-path")
+        edit_path.clear()
+        edit_path.send_keys(f"/{SERVICE}/Unary")
+        driver.find_element(By.ID, "edit-send").click()
+        unary = f"{rows}[contains(@class, 'replay')][td[contains(., '/{SERVICE}/Unary')]]"
+        wait.until(ec.text_to_be_present_in_element((By.XPATH, unary + "/td[5]"), "200"))
+        driver.find_element(By.XPATH, unary).click()
+        driver.find_element(By.CSS_SELECTOR, "[data-tab='response']").click()
+        wait.until(lambda d: "echo:widget" in detail.text)  # the hex dump's text column
     finally:
         driver.quit()
         server.stop(grace=None).wait(5)

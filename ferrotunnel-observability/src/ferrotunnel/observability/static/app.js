@@ -295,8 +295,11 @@ function editForm(d) {
   const fields = el("textarea", { id: "edit-headers", rows: 8 });
   fields.value = headers.map(([k, v]) => `${k}: ${v}`).join("\n");
   const text = el("textarea", { id: "edit-body", rows: 8 });
-  text.value = body.kind === "binary" ? "" : body.text;
-  const note = body.truncated || body.kind === "binary" ? el("p", { class: "muted" }, "The captured body is binary or partial: type a new one, or leave it empty.") : null;
+  // a binary body (a gRPC message, say) is edited as base64, so that it can be sent unchanged
+  const binary = body.kind === "binary" && !body.truncated;
+  const asBase64 = el("input", { id: "edit-base64", type: "checkbox", checked: binary });
+  text.value = binary ? body.base64 : body.truncated ? "" : body.text;
+  const note = body.truncated ? el("p", { class: "muted" }, "The captured body is partial: type a new one, or leave it empty.") : null;
   const send = () => {
     const pairs = fields.value
       .split("\n")
@@ -306,7 +309,10 @@ function editForm(d) {
         const at = line.indexOf(":");
         return [line.slice(0, at).trim(), line.slice(at + 1).trim()];
       });
-    doReplay(d.id, { method: method.value.trim(), path: path.value.trim(), headers: pairs, body: text.value });
+    const edits = { method: method.value.trim(), path: path.value.trim(), headers: pairs };
+    if (asBase64.checked) edits.body_base64 = text.value.replace(/\s+/g, "");
+    else edits.body = text.value;
+    doReplay(d.id, edits);
   };
   return el(
     "form",
@@ -315,6 +321,7 @@ function editForm(d) {
     el("label", {}, "Path", path),
     el("label", {}, "Header fields (one per line)", fields),
     el("label", {}, "Body", text),
+    el("label", { class: "inline" }, asBase64, " the body is base64 (binary)"),
     note,
     el("button", { class: "primary", id: "edit-send", type: "submit" }, "Send edited replay"),
   );
