@@ -139,6 +139,21 @@ def _open(driver: Any, url: str) -> Any:
     return wait
 
 
+def _click(wait: Any, locator: tuple[str, str]) -> None:
+    """Clicks what ``locator`` finds, again if the list re-rendered it meanwhile (rows are
+    redrawn as their exchanges progress)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked(driver: Any) -> bool:
+        try:
+            driver.find_element(*locator).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    wait.until(clicked)
+
+
 def _chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Headless Chromium under selenium, with a profile of its own."""
     from selenium import webdriver
@@ -247,22 +262,22 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
         path = f"/{SERVICE}/Missing"
         row = (By.XPATH, f"//table[@id='requests']//tr[td[contains(., '{path}')]]")
         wait.until(ec.text_to_be_present_in_element((By.XPATH, row[1] + "/td[5]"), "error"))
-        driver.find_element(*row).click()
+        _click(wait, row)
         detail = wait.until(ec.visibility_of_element_located((By.ID, "detail")))
         wait.until(lambda d: "grpc-status 5" in detail.text)
         assert "HTTP/2" in detail.text
-        driver.find_element(By.CSS_SELECTOR, "[data-tab='response']").click()
+        _click(wait, (By.CSS_SELECTOR, "[data-tab='response']"))
         # a failure answered at once ("trailers-only"): its status is in the header fields
         wait.until(lambda d: "grpc-message" in detail.text)
-        driver.find_element(By.ID, "replay").click()  # replayed over HTTP/2
+        _click(wait, (By.ID, "replay"))  # replayed over HTTP/2
         replayed = (By.CSS_SELECTOR, "#requests tbody tr.replay")
         wait.until(ec.text_to_be_present_in_element(replayed, path))
 
         # edited: the same binary message (kept as base64) to another method
         rows = "//table[@id='requests']//tr"
         original = f"{rows}[not(contains(@class, 'replay'))][td[contains(., '{path}')]]"
-        driver.find_element(By.XPATH, original).click()
-        wait.until(ec.element_to_be_clickable((By.ID, "edit-replay"))).click()
+        _click(wait, (By.XPATH, original))
+        _click(wait, (By.ID, "edit-replay"))
         assert driver.find_element(By.ID, "edit-base64").is_selected()
         edit_path = driver.find_element(By.ID, "edit-path")
         edit_path.clear()
@@ -270,8 +285,8 @@ def test_a_person_sees_a_failed_grpc_call_and_its_trailers(
         driver.find_element(By.ID, "edit-send").click()
         unary = f"{rows}[contains(@class, 'replay')][td[contains(., '/{SERVICE}/Unary')]]"
         wait.until(ec.text_to_be_present_in_element((By.XPATH, unary + "/td[5]"), "200"))
-        driver.find_element(By.XPATH, unary).click()
-        driver.find_element(By.CSS_SELECTOR, "[data-tab='response']").click()
+        _click(wait, (By.XPATH, unary))
+        _click(wait, (By.CSS_SELECTOR, "[data-tab='response']"))
         wait.until(lambda d: "echo:widget" in detail.text)  # the hex dump's text column
     finally:
         driver.quit()

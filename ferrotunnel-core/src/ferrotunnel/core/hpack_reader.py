@@ -48,7 +48,7 @@ EVERY_FIELD: Container[bytes] = _EveryField()
 class HeaderReader:
     """One peer's header blocks, read in the order it sent them."""
 
-    __slots__ = ("_entries", "_max_size", "_size", "max_allowed_table_size")
+    __slots__ = ("_entries", "_max_size", "_size", "changes", "max_allowed_table_size")
 
     def __init__(self, max_allowed_table_size: int = _INITIAL_SIZE) -> None:
         #: how large the peer may make its table (what the other peer's SETTINGS allow)
@@ -56,6 +56,9 @@ class HeaderReader:
         self._max_size = _INITIAL_SIZE  # the size the peer's encoder last chose
         self._size = 0
         self._entries: deque[tuple[bytes, bytes]] = deque()  # newest first
+        #: how many table changes (entries added, size updates) the blocks read have made:
+        #: a block that made none may be dropped without the peers' tables parting ways
+        self.changes = 0
 
     def read(self, block: bytes, wanted: Container[bytes]) -> list[tuple[bytes, bytes]]:
         """The fields of ``block`` whose names are in ``wanted``, in order."""
@@ -87,6 +90,7 @@ class HeaderReader:
                 if size > self.max_allowed_table_size:
                     raise HpackError(f"table size {size} above the {self.max_allowed_table_size}")
                 self._max_size = size
+                self.changes += 1
                 self._evict()
             else:  # a literal kept out of the table (never-indexed or not)
                 index, pos = _integer(block, pos, 4)
@@ -110,6 +114,7 @@ class HeaderReader:
         raise HpackError("a field index beyond the tables")
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
         size = len(name) + len(value) + _ENTRY_OVERHEAD
         if size > self._max_size:  # larger than the table: it empties it (section 4.4)
             self._entries.clear()

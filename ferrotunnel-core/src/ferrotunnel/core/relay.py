@@ -149,7 +149,11 @@ class SpliceProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self._closing:
             if transport.can_write_eof():
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the service reset the connection meanwhile (ENOTCONN):
+                    transport.abort()  # raising here would end the whole session
+                    return
             self.close_if_done()
 
     def pause_reading(self, reason: int) -> None:

@@ -57,9 +57,13 @@ from .h2c import (
     EMPTY_SETTINGS,
     PREFACE,
     SettingsAckFilter,
+    answer_frames,
     first_request,
+    is_grpc,
     reply_frames,
+    request_head,
 )
+from .h2gate import H2Gate
 from .h2watch import H2Exchange, H2Watch
 from .middleware import PLUGIN_FAILED, reply_bytes, reply_parts
 from .pages import error_response
@@ -130,6 +134,26 @@ _REQUEST_ID_PREFIX = os.urandom(3).hex()
 _request_counter = itertools.count(1)
 
 
+def _write_eof(transport: asyncio.Transport | None) -> bool:
+    """End our side of a visitor's connection; False if its socket is already gone.
+
+    ``write_eof`` shuts the socket down at once when nothing is buffered, which raises when
+    the visitor has just reset the connection (ENOTCONN). This runs while the session
+    delivers a stream's frames: an exception here would end the whole session, every
+    tunnel of the client with it."""
+    if transport is None or not transport.can_write_eof():
+        return transport is not None
+    try:
+        transport.write_eof()
+    except OSError:
+        return False
+    return True
+
+
+#: later requests of one HTTP/2 connection whose contexts wait for their records, at most
+_MAX_H2_CONTEXTS = 1024
+
+
 def _next_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_counter):010x}"
 
@@ -176,6 +200,9 @@ class IngressConnection(asyncio.Protocol):
         #: the stream, context and head of the request the middlewares saw, until recorded
         self._h2_first: tuple[int, RequestContext, RequestHead] | None = None
         self._h2_route: Route | None = None  # where the HTTP/2 connection goes
+        self._h2_gate: H2Gate | None = None  # its later requests put to the middlewares
+        #: the contexts the middlewares saw for the later requests, until recorded
+        self._h2_contexts: dict[int, RequestContext] = {}
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
         self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
@@ -206,6 +233,11 @@ class IngressConnection(asyncio.Protocol):
                 data = h2_filter.feed(data)
                 if h2_filter.done:
                     self._h2_filter = None
+            if self._h2_gate is not None:
+                data = self._h2_gate.from_visitor(data)
+                self._h2_answer()
+                if not data:
+                    return
             self._stream.feed(data)
             if self._h2_watch is not None:
                 self._h2_records(self._h2_watch.from_visitor(data))
@@ -552,10 +584,17 @@ class IngressConnection(asyncio.Protocol):
         if h2_filter.done:
             self._h2_filter = None
         buf.clear()
+        self._h2_route = route
+        if first_stream and self._chain.decides_inline:
+            self._h2_gate = H2Gate(
+                self._h2_decide, first_stream=first_stream, max_block=self._config.max_head_size
+            )
+            frames = self._h2_gate.from_visitor(frames)
         stream.feed(PREFACE + frames)
+        if self._h2_gate is not None:
+            self._h2_answer()
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
-            self._h2_route = route
             if first is not None and request is not None:
                 self._h2_first = (first_stream, first, request)
             self._h2_records(self._h2_watch.from_visitor(frames))
@@ -575,9 +614,12 @@ class IngressConnection(asyncio.Protocol):
         assert route is not None
         for exchange in exchanges:
             first = self._h2_first
+            seen = self._h2_contexts.pop(exchange.stream_id, None)
             if first is not None and first[0] == exchange.stream_id:
                 self._h2_first = None
                 ctx = first[1]
+            elif seen is not None:
+                ctx = seen
             else:
                 visitor_ip, visitor_port = self._visitor
                 ctx = RequestContext(
@@ -627,6 +669,57 @@ class IngressConnection(asyncio.Protocol):
             (self._wall, request.method, request.target, 0, 0, 0, time.monotonic(), error, None),
         )
 
+    def _h2_decide(
+        self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool
+    ) -> bytes | None:
+        """The middlewares' word on a later request of the HTTP/2 connection (see h2gate.py):
+        None to let it through, else the frames answering it."""
+        route = self._h2_route
+        assert route is not None
+        try:
+            request = request_head(fields)
+        except HttpError as exc:  # no authority: not a request anyone may pass unchecked
+            reply = Reply(exc.status, str(exc))
+            ctx = None
+        else:
+            visitor_ip, visitor_port = self._visitor
+            ctx = RequestContext(
+                route.label, request.host, visitor_ip, visitor_port, _next_request_id()
+            )
+            decision = self._chain.on_request(request, ctx)
+            if not isinstance(decision, Reply):  # None: every step is inline
+                if self._chain.wants_records and len(self._h2_contexts) < _MAX_H2_CONTEXTS:
+                    self._h2_contexts[stream_id] = ctx
+                return None
+            reply = decision
+        body, headers = reply_parts(reply)
+        frames = answer_frames(stream_id, reply.status, headers, body, is_grpc(fields))
+        if ctx is not None and self._chain.wants_records:
+            method = dict(fields).get(b":method", b"")
+            target = dict(fields).get(b":path", b"")
+            facts = (time.time(), method, target, reply.status, 0, len(frames))
+            self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
+        return frames
+
+    def _h2_answer(self) -> None:
+        """Write the gate's answers to the visitor (between two of the origin's frames), and
+        close once a refusal has made the connection unusable."""
+        gate = self._h2_gate
+        transport = self.transport
+        assert gate is not None
+        frames = gate.ready()
+        if frames and transport is not None:
+            transport.write(frames)
+            self._bytes_out += len(frames)
+        if gate.closing and not gate.waiting:
+            log.info(
+                "HTTP/2 connection from %s closed after a refused request that changed "
+                "its header table",
+                self._visitor[0],
+            )
+            self._h2_gate = None
+            self._linger_close()
+
     def _h2_refuse(self, reply: Reply, stream_id: int, request: RequestHead) -> None:
         """A middleware answered the first request of an HTTP/2 connection: send that answer
         as an HTTP/2 response and a GOAWAY, then close (after the client has had time to read
@@ -635,7 +728,12 @@ class IngressConnection(asyncio.Protocol):
         assert transport is not None
         body, headers = reply_parts(reply)  # checked by the chain
         data = reply_frames(
-            stream_id, reply.status, headers, body, head_only=request.method == b"HEAD"
+            stream_id,
+            reply.status,
+            headers,
+            body,
+            head_only=request.method == b"HEAD",
+            grpc=is_grpc(request.headers),
         )
         transport.write(data)
         self._bytes_out += len(data)
@@ -648,9 +746,12 @@ class IngressConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if self._phase is _Phase.TUNNEL:
-            transport.write(data)
+            gate = self._h2_gate
+            transport.write(data if gate is None else gate.from_origin(data))
             if self._h2_watch is not None:
                 self._h2_records(self._h2_watch.from_origin(data))
+            if gate is not None and gate.closing:
+                self._h2_answer()
             return
         if self._resp is _Response.IDLE:
             # bytes the origin sent with no request outstanding: it broke HTTP framing
@@ -790,8 +891,9 @@ class IngressConnection(asyncio.Protocol):
                 self._abort()
             else:
                 self._stream_eof = True
-                if self.transport is not None and self.transport.can_write_eof():
-                    self.transport.write_eof()
+                if not _write_eof(self.transport):  # the visitor's socket is gone already
+                    self._abort()
+                    return
                 self._close_tunnel_if_done()
             return
         if reset is None and stream is not None:
@@ -1005,7 +1107,9 @@ class IngressConnection(asyncio.Protocol):
             return
         self._phase = _Phase.CLOSED
         self._buf.clear()
-        transport.write_eof()
+        if not _write_eof(transport):
+            transport.abort()
+            return
         if self._paused:
             self._paused = 0
             transport.resume_reading()

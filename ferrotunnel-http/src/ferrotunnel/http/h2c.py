@@ -45,8 +45,11 @@ __all__ = [
     "EMPTY_SETTINGS",
     "PREFACE",
     "SettingsAckFilter",
+    "answer_frames",
     "first_request",
+    "is_grpc",
     "reply_frames",
+    "request_head",
 ]
 
 #: a SETTINGS frame with no parameters, on stream 0
@@ -61,19 +64,23 @@ def first_request(data: bytes | bytearray) -> tuple[int, RequestHead] | None:
     if found is None:
         return None
     stream_id, block = found
-    fields = _decode(block)
+    return stream_id, request_head(_decode(block))
+
+
+def request_head(fields: list[tuple[bytes, bytes]]) -> RequestHead:
+    """An HTTP/2 request's header fields as the head middlewares see: ``:method`` and
+    ``:path`` its request line, ``host`` the normalised ``:authority`` (or ``host`` field)."""
     pseudo = {name: value for name, value in fields if name.startswith(b":")}
     authority = _authority(fields)
     headers = [(b"host", authority.encode("latin-1"))]
     headers += [(name, value) for name, value in fields if not name.startswith(b":")]
-    head = RequestHead(
+    return RequestHead(
         method=pseudo.get(b":method", b"GET"),
         target=pseudo.get(b":path", b"/"),
         minor=1,
         headers=headers,
         host=authority,
     )
-    return stream_id, head
 
 
 def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
@@ -147,9 +154,17 @@ def reply_frames(
     body: bytes,
     *,
     head_only: bool = False,
+    grpc: bool = False,
 ) -> bytes:
     """A whole HTTP/2 response on ``stream_id`` (HEADERS, DATA), then a GOAWAY that tells
-    the client no other stream of the connection was processed."""
+    the client no other stream of the connection was processed. A gRPC call gets the answer
+    a gRPC client understands (see :func:`answer_frames`)."""
+    goaway = _frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
+    # no origin saw this connection: its SETTINGS are acknowledged here (a gRPC client may
+    # otherwise drop the answer when the connection closes)
+    settings_ack = _frame(SETTINGS, ACK, 0, b"")
+    if grpc:
+        return settings_ack + answer_frames(stream_id, status, headers, body, grpc=True) + goaway
     fields = [(b":status", b"%d" % status)]
     fields += [(k.lower(), v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
     import hpack
@@ -159,7 +174,7 @@ def reply_frames(
     chunks = [
         block[i : i + INITIAL_MAX_FRAME_SIZE] for i in range(0, len(block), INITIAL_MAX_FRAME_SIZE)
     ] or [b""]
-    out = bytearray()
+    out = bytearray(settings_ack)
     for i, chunk in enumerate(chunks):
         flags = END_HEADERS if i == len(chunks) - 1 else 0
         if i == 0:
@@ -172,8 +187,79 @@ def reply_frames(
             out += _frame(
                 DATA, END_STREAM if last else 0, stream_id, body[i : i + INITIAL_MAX_FRAME_SIZE]
             )
-    out += _frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
+    out += goaway
     return bytes(out)
+
+
+def is_grpc(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's fields say gRPC (``content-type: application/grpc...``)."""
+    return any(
+        name.lower() == b"content-type" and value.startswith(b"application/grpc")
+        for name, value in fields
+    )
+
+
+#: a refusal's HTTP status as a gRPC status (the reverse of gRPC's HTTP-to-status mapping)
+_GRPC_STATUS = {401: b"16", 403: b"7", 404: b"12", 429: b"8", 502: b"14", 503: b"14", 504: b"14"}
+
+
+def answer_frames(
+    stream_id: int,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    message: bytes,
+    grpc: bool,
+) -> bytes:
+    """A refusal on ``stream_id`` of a connection that goes on: HEADERS only, ending the
+    stream, every field a literal kept out of the table (the visitor's HPACK table is shared
+    with the origin's encoder and must not change). A gRPC call gets a "trailers-only" answer
+    (``grpc-status`` from the HTTP status: 429 is RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED...;
+    ``grpc-message`` the refusal's text), others the status and the reply's fields, without
+    the body: DATA would take flow-control credit the origin does not know was used."""
+    if grpc:
+        fields = [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", _GRPC_STATUS.get(status, b"2")),  # UNKNOWN
+            (b"grpc-message", _percent_encoded(message.strip())),
+        ]
+        fields += [(k.lower(), v) for k, v in headers if k.lower() == b"retry-after"]
+    else:
+        fields = [(b":status", b"%d" % status)]
+        fields += [
+            (k.lower(), v)
+            for k, v in headers
+            if k.lower() not in _CONNECTION_SPECIFIC and k.lower() != b"content-length"
+        ]
+        fields.append((b"content-length", b"0"))
+    block = b"".join(_literal(name, value) for name, value in fields)
+    return _frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
+
+
+def _literal(name: bytes, value: bytes) -> bytes:
+    """A literal field without indexing, its name a literal too, no Huffman coding."""
+    return b"\x00" + _hpack_string(name) + _hpack_string(value)
+
+
+def _hpack_string(data: bytes) -> bytes:
+    length, out = len(data), bytearray()
+    if length < 0x7F:
+        out.append(length)
+    else:
+        out.append(0x7F)
+        length -= 0x7F
+        while length >= 0x80:
+            out.append(length & 0x7F | 0x80)
+            length >>= 7
+        out.append(length)
+    return bytes(out) + data
+
+
+def _percent_encoded(message: bytes) -> bytes:
+    """gRPC's percent-encoding of ``grpc-message`` (all but printable ASCII and ``%``)."""
+    return b"".join(
+        bytes([b]) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in message[:512]
+    )
 
 
 class SettingsAckFilter:

@@ -66,6 +66,9 @@ class MiddlewareChain:
         self.request_steps: list[Step] = steps
         #: the plain steps before the first async one run inline; the rest in a task
         self._inline_steps, self._async_steps = steps[:first_async], steps[first_async:]
+        #: every ``on_request`` answers at once (an HTTP/2 connection's later requests can be
+        #: decided on as they pass: see h2gate.py)
+        self.decides_inline = not self._async_steps
         self.response_steps = [
             (label(m), m.on_response) for m in middlewares if hasattr(m, "on_response")
         ]
