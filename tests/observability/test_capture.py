@@ -209,6 +209,30 @@ def test_render_body_kinds() -> None:
     assert (cut["kind"], cut["text"], cut["truncated"]) == ("text", "h", True)
 
 
+def test_a_grpc_body_is_shown_message_by_message() -> None:
+    def message(payload: bytes, compressed: int = 0) -> bytes:
+        return bytes([compressed]) + len(payload).to_bytes(4, "big") + payload
+
+    data = message(b"first") + message(b"\x08\x96\x01") + message(b"zz", compressed=1)
+    shown = render_body(_body(data), "application/grpc+proto", None)
+    assert shown["kind"] == "grpc"
+    assert shown["messages"] == [
+        {"size": 5, "compressed": False},
+        {"size": 3, "compressed": False},
+        {"size": 2, "compressed": True},
+    ]
+    first, protobuf, packed = shown["text"].split("\n\n")
+    assert first == "message 1 · 5 bytes\nfirst"
+    assert protobuf.startswith("message 2 · 3 bytes\n00000000  08 96 01")
+    assert packed.startswith("message 3 · 2 bytes · compressed\n")
+    # the capture limit cuts a message: what was kept is shown, and said so
+    cut = render_body(_body(message(b"a" * 100), limit=20), "application/grpc", None)
+    assert cut["text"] == "message 1 · 100 bytes · first 15 captured\n" + "a" * 15
+    # not gRPC framing after all: a hex dump, as any binary body
+    odd = render_body(_body(b"\x07nonsense"), "application/grpc", None)
+    assert odd["kind"] == "binary"
+
+
 def test_the_store_forgets_the_oldest_and_lagging_subscribers() -> None:
     store = Store(keep=3, queue_size=2)
     with store.subscribe() as slow:

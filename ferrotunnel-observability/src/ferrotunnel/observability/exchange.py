@@ -222,6 +222,11 @@ def render_body(body: Body, content_type: str | None, encoding: str | None) -> d
             shown["decoded_from"] = encoding
     if not data:
         return {**shown, "kind": "empty", "text": ""}
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media.startswith("application/grpc"):
+        messages = _grpc_messages(data, body.truncated)
+        if messages is not None:
+            return {**shown, **messages}
     text = _as_text(data, body.truncated)
     if text is not None and not body.truncated and _looks_json(content_type, text):
         try:
@@ -233,6 +238,36 @@ def render_body(body: Body, content_type: str | None, encoding: str | None) -> d
     if text is not None:
         return {**shown, "kind": "text", "text": text}
     return {**shown, "kind": "binary", "text": hexdump(data[:HEX_LIMIT])}
+
+
+def _grpc_messages(data: bytes, truncated: bool) -> dict[str, Any] | None:
+    """A gRPC body as its messages (each a 5-byte prefix: compressed flag, length), each
+    shown as text or a hex dump; None if the bytes are not gRPC framing."""
+    messages: list[dict[str, Any]] = []
+    parts: list[str] = []
+    at = 0
+    while at < len(data):
+        if len(data) - at < 5:
+            if not truncated:
+                return None
+            break
+        compressed, size = data[at], int.from_bytes(data[at + 1 : at + 5], "big")
+        if compressed > 1:
+            return None
+        payload = data[at + 5 : at + 5 + size]
+        cut = len(payload) < size
+        if cut and not truncated:
+            return None
+        messages.append({"size": size, "compressed": bool(compressed)})
+        notes = [f"message {len(messages)}", f"{size} bytes"]
+        notes += ["compressed"] if compressed else []
+        notes += [f"first {len(payload)} captured"] if cut else []
+        text = None if compressed else _as_text(payload, cut)
+        parts.append(
+            " · ".join(notes) + "\n" + (text if text is not None else hexdump(payload[:HEX_LIMIT]))
+        )
+        at += 5 + size
+    return {"kind": "grpc", "text": "\n\n".join(parts), "messages": messages}
 
 
 def _looks_json(content_type: str | None, text: str) -> bool:

@@ -157,6 +157,7 @@ function bodyView(body) {
   if (body.content_type) facts.push(body.content_type);
   if (body.decoded_from) facts.push(`decoded from ${body.decoded_from}`);
   if (body.kind === "binary") facts.push("binary: hex dump");
+  if (body.kind === "grpc") facts.push(`${body.messages.length} gRPC message${body.messages.length === 1 ? "" : "s"}`);
   return el(
     "div",
     { class: "body" },
@@ -296,7 +297,7 @@ function editForm(d) {
   fields.value = headers.map(([k, v]) => `${k}: ${v}`).join("\n");
   const text = el("textarea", { id: "edit-body", rows: 8 });
   // a binary body (a gRPC message, say) is edited as base64, so that it can be sent unchanged
-  const binary = body.kind === "binary" && !body.truncated;
+  const binary = (body.kind === "binary" || body.kind === "grpc") && !body.truncated;
   const asBase64 = el("input", { id: "edit-base64", type: "checkbox", checked: binary });
   text.value = binary ? body.base64 : body.truncated ? "" : body.text;
   const note = body.truncated ? el("p", { class: "muted" }, "The captured body is partial: type a new one, or leave it empty.") : null;
