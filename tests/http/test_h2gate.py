@@ -271,15 +271,16 @@ def test_answers_wait_for_the_end_of_the_origins_frame() -> None:
 
 def test_a_block_split_across_continuations_is_held_whole_then_passed() -> None:
     encoder = hpack.Encoder()
-    block = encoder.encode([*REQUEST, ("x-long", "v" * 300)])
     h = gate(refuse=set())
     frames = h2_frame(HEADERS, END_HEADERS, 1, encoder.encode(REQUEST))
     assert h.from_visitor(frames) == frames
+    block = encoder.encode([*REQUEST, ("x-long", "v" * 300)])  # encoded in the order sent
     split = h2_frame(HEADERS, 0, 3, block[:100]) + h2_frame(
         CONTINUATION, END_HEADERS, 3, block[100:]
     )
     out = b"".join(h.from_visitor(split[i : i + 7]) for i in range(0, len(split), 7))
     assert out == split
+    assert not h.closing
 
 
 def conversation() -> bytes:
@@ -323,11 +324,15 @@ def test_how_the_visitors_bytes_are_cut_changes_nothing(sizes: list[int]) -> Non
     ]  # fmt: skip
 
 
-def test_a_block_it_cannot_read_lets_everything_pass_from_then_on() -> None:
+def test_a_block_it_cannot_read_closes_the_connection() -> None:
+    """It fails closed: nothing from the unreadable block on reaches the origin (a block the
+    origin reads and the gate does not would otherwise pass undecided)."""
     h = gate(refuse={3, 5})
     first = h2_frame(HEADERS, END_HEADERS, 1, hpack.Encoder().encode(REQUEST))
     garbage = h2_frame(HEADERS, END_HEADERS, 3, b"\xff\xff\xff\xff\xff")  # no such index
     later = h2_frame(HEADERS, END_HEADERS, 5, b"\x82")
-    assert h.from_visitor(first + garbage + later) == first + garbage + later
+    assert h.from_visitor(first + garbage + later) == first
     assert h.stopped is not None
-    assert h.ready() == b""
+    assert h.closing
+    [(kind, _, _, payload)] = frames_of(h.ready())
+    assert (kind, payload) == (GOAWAY, struct.pack("!II", 1, 9))  # COMPRESSION_ERROR

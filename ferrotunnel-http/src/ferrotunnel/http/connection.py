@@ -712,11 +712,8 @@ class IngressConnection(asyncio.Protocol):
             transport.write(frames)
             self._bytes_out += len(frames)
         if gate.closing and not gate.waiting:
-            log.info(
-                "HTTP/2 connection from %s closed after a refused request that changed "
-                "its header table",
-                self._visitor[0],
-            )
+            why = gate.stopped or "a refused request changed its header table"
+            log.info("HTTP/2 connection from %s closed: %s", self._visitor[0], why)
             self._h2_gate = None
             self._linger_close()
 

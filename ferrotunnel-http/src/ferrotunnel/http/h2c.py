@@ -99,8 +99,10 @@ def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
         pos = end
         if ftype == HEADERS:
             if flags & PADDED:
-                pad = payload[0]
-                payload = payload[1 : len(payload) - pad]
+                # the padding must leave room for the pad length itself (RFC 9113, 6.2)
+                if not payload or payload[0] >= len(payload):
+                    raise HttpError(400, "HTTP/2 HEADERS frame with impossible padding")
+                payload = payload[1 : len(payload) - payload[0]]
             if flags & PRIORITY_FLAG:
                 payload = payload[5:]
             block, in_headers = payload, True

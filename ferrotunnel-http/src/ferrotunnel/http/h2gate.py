@@ -25,7 +25,8 @@ A refused request must leave both peers' views of the connection intact:
   be passed on: :attr:`closing` asks the connection to close;
 * the answer (``decide`` builds it: a HEADERS frame of literals kept out of the visitor's
   table, which the origin's encoder shares — no DATA, whose bytes the origin's flow-control
-  count would not know of) goes to the visitor between two of the origin's frames;
+  count would not know of) goes to the visitor between two of the origin's frames, and not
+  inside a header block of the origin's (its HEADERS and CONTINUATIONs come together);
 * the stream's later frames are dropped, and the bytes of its DATA given back to the visitor
   with WINDOW_UPDATEs (the origin never saw them, so it will not). An upload
   still going is not reset: RFC 9113 (8.1) allows a RST_STREAM(NO_ERROR) after the answer,
@@ -36,8 +37,20 @@ A refused request must leave both peers' views of the connection intact:
   After ``_MAX_REFUSED`` of them, the connection drains as above (and, should the visitor
   go on opening streams, closes).
 
-What the gate cannot follow (a block that does not decode, one larger than ``max_block``)
-ends its work: from then on everything passes, undecided, as before this module existed.
+Which streams are new is the origin's view, not the gate's: a stream above the highest the
+origin was given (:attr:`_passed`) is a new request, even below a refused one (which the
+origin never saw), and is decided.
+
+What the gate cannot follow (a block that does not decode, one larger than ``max_block``, a
+header block interrupted by another frame, a CONTINUATION with no block) fails closed: a
+GOAWAY, and the connection closes (:attr:`closing`). Passing it on undecided would let a
+visitor around the middlewares with a block the origin reads and the gate does not (gRPC
+servers take header blocks of megabytes); where the origin could not read it either, it
+would have ended the connection itself.
+
+Credit for dropped DATA is summed until it can go out (one WINDOW_UPDATE per window, not
+per frame): a visitor sending tiny frames while the origin is inside a frame of its own
+would otherwise grow what waits for it without bound.
 """
 
 from __future__ import annotations
@@ -53,18 +66,28 @@ from ferrotunnel.core.h2wire import (
     FRAME_HEADER,
     GOAWAY,
     HEADERS,
+    MAX_WINDOW,
     PADDED,
     PRIORITY_FLAG,
+    PUSH_PROMISE,
     RST_STREAM,
     WINDOW_UPDATE,
 )
 
 __all__ = ["H2Gate"]
 
-_PASS, _HOLD, _DROP = 0, 1, 2
+#: a frame's fate: passed on, held until decided, dropped (a refused stream's), refused at
+#: once (a new stream while draining)
+_PASS, _HOLD, _DROP, _REFUSE = 0, 1, 2, 3
 #: refused streams whose frames are still dropped, at most (more: the connection drains)
 _MAX_REFUSED = 1024
-_REFUSED_STREAM = 0x7
+#: a header block's frames, at most: an encoder splits a block at the frame size (16 KiB at
+#: least); a flood of empty CONTINUATIONs, each held, goes beyond
+_MAX_BLOCK_FRAMES = 256
+#: the frames of a header block (none other may come between them)
+_BLOCK_KINDS = (HEADERS, PUSH_PROMISE, CONTINUATION)
+_PROTOCOL_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR = 0x1, 0x7, 0x9
+_ENHANCE_YOUR_CALM = 0xB
 
 #: decide(stream id, header fields) -> the frames answering a refused request, or None
 Decide = Callable[[int, list[tuple[bytes, bytes]], bool], bytes | None]
@@ -87,6 +110,8 @@ class H2Gate:
         self._every_field = EVERY_FIELD
         self._max_block = max_block
         self._opened = first_stream  # the highest stream opened so far (decided already)
+        #: the highest stream the origin was given: any above it is new to the origin
+        self._passed = first_stream
         self._refused: set[int] = set()
         # the visitor's frame being read
         self._head = bytearray()
@@ -98,29 +123,32 @@ class H2Gate:
         self._block_stream = 0
         self._block_mode: int | None = None  # the mode of the block being gathered
         self._block_ended = False  # its HEADERS frame ended the stream
+        self._block_bytes = self._block_frames = 0  # its frames' payloads so far, and frames
         # the origin's frames: where they end, so that answers go between two of them
         self._origin_head = bytearray()
         self._origin_left = 0
+        self._origin_in_block = False  # inside a header block of the origin's
         self._pending = bytearray()  # frames for the visitor, waiting for a boundary
+        self._credit = 0  # dropped DATA's bytes to give back on the connection
+        self._stream_credit: dict[int, int] = {}  # ... and on each refused stream
         #: a refusal changed the visitor's table: no new stream reaches the origin (see above)
         self.draining = False
-        #: a header block could not be passed on while draining: close once answers are out
+        #: the connection must close once the frames for the visitor are out (a header block
+        #: could not be passed on while draining, or the gate could not follow: ``stopped``)
         self.closing = False
-        #: why the gate stopped deciding (everything passes from then on)
+        #: why the gate could not go on deciding (it fails closed: see :attr:`closing`)
         self.stopped: str | None = None
 
     # ------------------------------------------------------------------ the visitor's bytes
 
     def from_visitor(self, data: bytes) -> bytes:
         """What of ``data`` goes on to the origin."""
-        if self.stopped is not None:
-            return data
         if self.closing:
             return b""
         out = bytearray()
         view = memoryview(data)
         at, end = 0, len(view)
-        while at < end and self.stopped is None and not self.closing:
+        while at < end and not self.closing:
             if self._left:
                 take = min(self._left, end - at)
                 chunk = view[at : at + take]
@@ -135,7 +163,7 @@ class H2Gate:
                 if not self._left:
                     self._frame_done(out)
                 continue
-            if not self._head and end - at >= 9:
+            if not self._head and end - at >= 9 and self._block_mode is None:
                 # most frames come whole and go on as they are: no copy of their own
                 high, low, kind, _, stream = FRAME_HEADER.unpack_from(view, at)
                 size = high << 8 | low
@@ -152,10 +180,6 @@ class H2Gate:
             at += take
             if len(self._head) == 9:
                 self._frame_begin(out)
-        if self.stopped is not None:  # everything not yet decided goes on, as it came
-            out += self._held
-            out += view[at:]
-            self._held.clear()
         return bytes(out)
 
     def _frame_begin(self, out: bytearray) -> None:
@@ -165,21 +189,21 @@ class H2Gate:
         stream &= 0x7FFFFFFF
         self._kind, self._flags, self._stream = kind, flags, stream
         self._size = self._left = high << 8 | low
-        if kind == CONTINUATION and self._block_mode is not None:
-            mode = self._block_mode
-        elif stream in self._refused:
-            mode = _DROP
-        elif kind == HEADERS and stream > self._opened and stream % 2:
-            mode = _DROP if self.draining else _HOLD  # a new request: held until decided
-        else:
-            mode = _PASS
+        mode = self._mode_of(kind, stream)
+        if mode is None:
+            return
         self._mode = mode
         if kind in (HEADERS, CONTINUATION):
-            if len(self._block) + self._size > self._max_block + 261:  # pad, priority
-                self._stop(f"a header block larger than {self._max_block} bytes")
-                out += self._held  # what was held goes first, as it came
-                self._held.clear()
-                out += header
+            if kind == HEADERS:
+                self._block_bytes = self._block_frames = 0
+            self._block_bytes += self._size
+            self._block_frames += 1
+            if (
+                self._block_bytes > self._max_block + 261  # pad length, padding, priority
+                or self._block_frames > _MAX_BLOCK_FRAMES
+            ):
+                why = f"a header block larger than {self._max_block} bytes"
+                self._fail(why, _ENHANCE_YOUR_CALM)
                 return
             self._payload = bytearray()
         if mode == _PASS:
@@ -189,20 +213,39 @@ class H2Gate:
         if not self._left:
             self._frame_done(out)
 
+    def _mode_of(self, kind: int, stream: int) -> int | None:
+        """What becomes of a frame (None: the connection fails, see :meth:`_fail`)."""
+        if self._block_mode is not None:  # a header block is one piece (RFC 9113, 4.3)
+            if kind != CONTINUATION or stream != self._block_stream:
+                self._fail("a frame inside a header block", _PROTOCOL_ERROR)
+                return None
+            return self._block_mode
+        if kind == CONTINUATION:
+            self._fail("a CONTINUATION with no header block", _PROTOCOL_ERROR)
+            return None
+        if stream in self._refused:
+            return _DROP
+        if kind == HEADERS and stream > self._passed:
+            # new to the origin (even below a refused stream, which it never saw)
+            return _REFUSE if self.draining else _HOLD
+        if kind == HEADERS and self.draining:
+            # the origin's table no longer matches the visitor's: no block may reach it
+            self.closing = True
+            return None
+        return _PASS
+
     def _frame_done(self, out: bytearray) -> None:
         kind, flags, stream = self._kind, self._flags, self._stream
         payload, self._payload = self._payload, None
         if self._mode == _DROP and kind == DATA and self._size:
             # the origin never sees these bytes, so it will not give them back: the
             # connection's window, and the stream's, for a client still sending its body
-            credit = struct.pack("!I", self._size)
-            self._send(
-                _frame(WINDOW_UPDATE, 0, 0, credit) + _frame(WINDOW_UPDATE, 0, stream, credit)
-            )
+            self._credit += self._size
+            self._stream_credit[stream] = self._stream_credit.get(stream, 0) + self._size
         if kind == HEADERS and payload is not None:
             fragment = _fragment(flags, payload)
             if fragment is None:
-                self._stop("a malformed HEADERS frame")
+                self._fail("a malformed HEADERS frame", _PROTOCOL_ERROR)
                 return
             self._block = bytearray(fragment)
             self._block_stream, self._block_mode = stream, self._mode
@@ -222,27 +265,27 @@ class H2Gate:
         try:
             fields = self._reader.read(block, self._every_field)
         except ValueError as exc:  # HpackError
-            self._stop(f"a header block that does not decode ({exc})")
+            self._fail(f"a header block that does not decode ({exc})", _COMPRESSION_ERROR)
             return
         changed = self._reader.changes != before
+        if mode == _REFUSE:  # opened while draining: to be retried elsewhere
+            self._opened = max(self._opened, stream)
+            self._refused.add(stream)
+            self._send(_frame(RST_STREAM, 0, stream, struct.pack("!I", _REFUSED_STREAM)))
+            if len(self._refused) > 2 * _MAX_REFUSED:
+                self.closing = True
+            return
         if mode == _DROP:
-            if stream > self._opened:  # opened while draining: to be retried elsewhere
-                self._opened = stream
-                self._refused.add(stream)
-                self._send(_frame(RST_STREAM, 0, stream, struct.pack("!I", _REFUSED_STREAM)))
-                if len(self._refused) > 2 * _MAX_REFUSED:
-                    self.closing = True
-            elif changed:  # the trailers of a refused request
+            if changed:  # the trailers of a refused request
                 self._drain()
             return
         if mode == _PASS:
-            if self.draining:  # the origin's table no longer matches the visitor's
-                self.closing = True
             return
-        self._opened = stream
+        self._opened = max(self._opened, stream)
         held, self._held = bytes(self._held), bytearray()
         answer = self._decide(stream, fields, ended)
         if answer is None:
+            self._passed = stream
             out += held
             return
         self._refused.add(stream)
@@ -260,53 +303,73 @@ class H2Gate:
             self._send(_frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, 0)))
             self.draining = True
 
-    def _stop(self, why: str) -> None:
+    def _fail(self, why: str, code: int) -> None:
+        """The gate cannot decide what follows: it fails closed (a GOAWAY saying why, unless
+        one went already, and the connection closes). Nothing held goes on."""
         self.stopped = why
+        if not self.draining:
+            self._send(_frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, code)))
+            self.draining = True
+        self.closing = True
         self._block_mode = None
         self._block = bytearray()
+        self._held.clear()
+        self._payload = None
 
     # ------------------------------------------------------------------ the origin's bytes
 
     def _send(self, frames: bytes) -> None:
         self._pending += frames
 
+    def _take(self) -> bytes:
+        """The frames waiting for the visitor, the credit owed it last."""
+        frames, self._pending = self._pending, bytearray()
+        if self._credit:
+            frames += _window_updates(0, self._credit)
+            for stream, credit in self._stream_credit.items():
+                frames += _window_updates(stream, credit)
+            self._credit = 0
+            self._stream_credit.clear()
+        return bytes(frames)
+
     @property
     def waiting(self) -> bool:
         """Frames for the visitor wait for the origin's current frame to end."""
-        return bool(self._pending)
+        return bool(self._pending or self._credit)
 
     def ready(self) -> bytes:
         """Frames for the visitor that may go now: the origin is between two frames."""
-        if not self._pending or self._origin_left or self._origin_head:
+        if not self.waiting or self._origin_left or self._origin_head or self._origin_in_block:
             return b""
-        frames = bytes(self._pending)
-        self._pending.clear()
-        return frames
+        return self._take()
 
     def from_origin(self, data: bytes | memoryview) -> bytes | memoryview:
         """``data``, with the frames waiting for the visitor put at its first frame
         boundary (its start, if the origin was between frames)."""
         boundary = self._follow_origin(data)
-        if not self._pending or boundary is None:
+        if not self.waiting or boundary is None:
             return data
-        frames = bytes(self._pending)
-        self._pending.clear()
-        return bytes(data[:boundary]) + frames + bytes(data[boundary:])
+        return bytes(data[:boundary]) + self._take() + bytes(data[boundary:])
 
     def _follow_origin(self, data: bytes | memoryview) -> int | None:
         """Follows the origin's frames through ``data``; returns the first offset where one
-        frame has ended and the next not begun (None if there is none)."""
+        frame has ended and the next not begun, outside a header block (None if there is
+        none): a header block's frames come one after another (RFC 9113, 6.10)."""
         first: int | None = None
         at, end = 0, len(data)
         while True:
             if not self._origin_left and not self._origin_head:
-                if first is None:
+                if first is None and not self._origin_in_block:
                     first = at
                 while end - at >= 9:  # whole frames: skipped by their length alone
                     size = int.from_bytes(data[at : at + 3], "big")
                     if end - at < 9 + size:
                         break
+                    if data[at + 3] in _BLOCK_KINDS:
+                        self._origin_in_block = not data[at + 4] & END_HEADERS
                     at += 9 + size
+                    if first is None and not self._origin_in_block:
+                        first = at
             if at >= end:
                 return first
             if self._origin_left:
@@ -318,8 +381,21 @@ class H2Gate:
             self._origin_head += data[at : at + take]
             at += take
             if len(self._origin_head) == 9:
-                self._origin_left = int.from_bytes(self._origin_head[:3], "big")
-                self._origin_head.clear()
+                head = self._origin_head
+                self._origin_left = int.from_bytes(head[:3], "big")
+                if head[3] in _BLOCK_KINDS:
+                    self._origin_in_block = not head[4] & END_HEADERS
+                head.clear()
+
+
+def _window_updates(stream: int, credit: int) -> bytes:
+    """WINDOW_UPDATEs giving ``credit`` back (an increment is at most 2^31 - 1)."""
+    out = bytearray()
+    while credit:
+        step = min(credit, MAX_WINDOW)
+        out += _frame(WINDOW_UPDATE, 0, stream, struct.pack("!I", step))
+        credit -= step
+    return bytes(out)
 
 
 def _fragment(flags: int, payload: bytearray) -> bytes | None:
