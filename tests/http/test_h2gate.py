@@ -336,3 +336,17 @@ def test_a_block_it_cannot_read_closes_the_connection() -> None:
     assert h.closing
     [(kind, _, _, payload)] = frames_of(h.ready())
     assert (kind, payload) == (GOAWAY, struct.pack("!II", 1, 9))  # COMPRESSION_ERROR
+
+
+def test_a_large_answer_is_split_at_the_frame_size_every_peer_accepts() -> None:
+    from ferrotunnel.http.h2c import answer_frames
+
+    headers = [(b"x-why", b"v" * 20_000), (b"x-more", b"w" * 20_000)]
+    frames = list(frames_of(answer_frames(7, 403, headers, b"no", grpc=False)))
+    assert [(kind, flags) for kind, flags, _, _ in frames] == [
+        (HEADERS, END_STREAM), (CONTINUATION, 0), (CONTINUATION, END_HEADERS),
+    ]  # fmt: skip
+    assert all(len(payload) <= 16_384 for *_, payload in frames)
+    fields = hpack.Decoder().decode(b"".join(payload for *_, payload in frames))
+    assert fields[0] == (":status", "403")
+    assert ("x-why", "v" * 20_000) in fields

@@ -173,16 +173,8 @@ def reply_frames(
 
     block = hpack.Encoder().encode(fields)
     no_body = head_only or not body
-    chunks = [
-        block[i : i + INITIAL_MAX_FRAME_SIZE] for i in range(0, len(block), INITIAL_MAX_FRAME_SIZE)
-    ] or [b""]
     out = bytearray(settings_ack)
-    for i, chunk in enumerate(chunks):
-        flags = END_HEADERS if i == len(chunks) - 1 else 0
-        if i == 0:
-            out += _frame(HEADERS, flags | (END_STREAM if no_body else 0), stream_id, chunk)
-        else:
-            out += _frame(CONTINUATION, flags, stream_id, chunk)
+    out += _header_frames(stream_id, block, END_STREAM if no_body else 0)
     if not no_body:
         for i in range(0, len(body), INITIAL_MAX_FRAME_SIZE):
             last = i + INITIAL_MAX_FRAME_SIZE >= len(body)
@@ -235,7 +227,22 @@ def answer_frames(
         ]
         fields.append((b"content-length", b"0"))
     block = b"".join(_literal(name, value) for name, value in fields)
-    return _frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block)
+    return _header_frames(stream_id, block, END_STREAM)
+
+
+def _header_frames(stream_id: int, block: bytes, flags: int) -> bytes:
+    """``block`` as a HEADERS frame and CONTINUATIONs of at most the frame size every peer
+    accepts (``flags``, END_STREAM say, go on the HEADERS frame)."""
+    size = INITIAL_MAX_FRAME_SIZE
+    pieces = [block[i : i + size] for i in range(0, len(block), size)] or [b""]
+    out = bytearray()
+    for i, piece in enumerate(pieces):
+        last = END_HEADERS if i == len(pieces) - 1 else 0
+        if i == 0:
+            out += _frame(HEADERS, flags | last, stream_id, piece)
+        else:
+            out += _frame(CONTINUATION, last, stream_id, piece)
+    return bytes(out)
 
 
 def _literal(name: bytes, value: bytes) -> bytes:
