@@ -351,3 +351,13 @@ def test_a_large_answer_is_split_at_the_frame_size_every_peer_accepts() -> None:
     fields = [(str(name), str(value)) for name, value in hpack.Decoder().decode(block)]
     assert fields[0] == (":status", "403")
     assert ("x-why", "v" * 20_000) in fields
+
+
+def test_a_request_with_a_repeated_pseudo_field_is_refused_not_judged_by_one_of_them() -> None:
+    from ferrotunnel.http.h1 import HttpError
+    from ferrotunnel.http.h2c import request_head
+
+    fields = [(b":method", b"GET"), (b":path", b"/public"), (b":authority", b"h")]
+    assert request_head(fields).path == "/public"
+    with pytest.raises(HttpError, match="repeated pseudo-header"):
+        request_head([*fields, (b":path", b"/admin")])

@@ -71,6 +71,10 @@ def request_head(fields: list[tuple[bytes, bytes]]) -> RequestHead:
     """An HTTP/2 request's header fields as the head middlewares see: ``:method`` and
     ``:path`` its request line, ``host`` the normalised ``:authority`` (or ``host`` field)."""
     pseudo = {name: value for name, value in fields if name.startswith(b":")}
+    if len(pseudo) != sum(name.startswith(b":") for name, _ in fields):
+        # malformed (RFC 9113, 8.3): the middlewares would judge one value, an origin that
+        # takes the other might serve another path
+        raise HttpError(400, "HTTP/2 request with a repeated pseudo-header field")
     authority = _authority(fields)
     headers = [(b"host", authority.encode("latin-1"))]
     headers += [(name, value) for name, value in fields if not name.startswith(b":")]
