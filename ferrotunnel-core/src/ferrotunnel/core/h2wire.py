@@ -36,6 +36,9 @@ __all__ = [
     "SETTINGS_INITIAL_WINDOW_SIZE",
     "WINDOW_UPDATE",
     "error_name",
+    "frame",
+    "header_fragment",
+    "header_frames",
 ]
 
 #: what a connection with prior knowledge (h2c) opens with
@@ -82,3 +85,42 @@ ERROR_CODES = (
 def error_name(code: int) -> str:
     """``CANCEL`` for 0x8; an unknown code by its number."""
     return ERROR_CODES[code] if 0 <= code < len(ERROR_CODES) else f"error code {code:#x}"
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
+    """One frame, as the peers write them."""
+    size = len(payload)
+    return FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
+
+
+def header_frames(stream: int, block: bytes, flags: int = 0) -> bytes:
+    """``block`` as a HEADERS frame and CONTINUATIONs of at most the frame size every peer
+    accepts (``flags``, END_STREAM say, go on the HEADERS frame)."""
+    size = INITIAL_MAX_FRAME_SIZE
+    pieces = [block[i : i + size] for i in range(0, len(block), size)] or [b""]
+    out = bytearray()
+    for i, piece in enumerate(pieces):
+        last = END_HEADERS if i == len(pieces) - 1 else 0
+        if i == 0:
+            out += frame(HEADERS, flags | last, stream, piece)
+        else:
+            out += frame(CONTINUATION, last, stream, piece)
+    return bytes(out)
+
+
+def header_fragment(
+    kind: int, flags: int, payload: bytes | bytearray | memoryview
+) -> memoryview | None:
+    """The header block fragment of a HEADERS or PUSH_PROMISE payload: without its pad
+    length, priority fields or promised stream id, and padding. None if the padding does
+    not fit (RFC 9113, 6.2: a PROTOCOL_ERROR)."""
+    view = memoryview(payload)
+    pad = 0
+    if flags & PADDED:
+        if not view:
+            return None
+        pad, view = view[0], view[1:]
+    skip = 5 if kind == HEADERS and flags & PRIORITY_FLAG else 4 if kind == PUSH_PROMISE else 0
+    if skip + pad > len(view):
+        return None
+    return view[skip : len(view) - pad]

@@ -33,10 +33,11 @@ from ferrotunnel.core.h2wire import (
     GOAWAY,
     HEADERS,
     INITIAL_MAX_FRAME_SIZE,
-    PADDED,
     PREFACE,
-    PRIORITY_FLAG,
     SETTINGS,
+    frame,
+    header_fragment,
+    header_frames,
 )
 
 from .h1 import HttpError, RequestHead, normalize_host
@@ -102,14 +103,10 @@ def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
         payload = bytes(data[start:end])
         pos = end
         if ftype == HEADERS:
-            if flags & PADDED:
-                # the padding must leave room for the pad length itself (RFC 9113, 6.2)
-                if not payload or payload[0] >= len(payload):
-                    raise HttpError(400, "HTTP/2 HEADERS frame with impossible padding")
-                payload = payload[1 : len(payload) - payload[0]]
-            if flags & PRIORITY_FLAG:
-                payload = payload[5:]
-            block, in_headers = payload, True
+            fragment = header_fragment(ftype, flags, payload)
+            if fragment is None:
+                raise HttpError(400, "HTTP/2 HEADERS frame with impossible padding")
+            block, in_headers = bytes(fragment), True
         elif ftype == CONTINUATION and in_headers:
             block += payload
         elif in_headers:
@@ -148,11 +145,6 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
-def _frame(ftype: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    header = struct.pack("!I", len(payload))[1:] + struct.pack("!BBI", ftype, flags, stream_id)
-    return header + payload
-
-
 def reply_frames(
     stream_id: int,
     status: int,
@@ -165,10 +157,10 @@ def reply_frames(
     """A whole HTTP/2 response on ``stream_id`` (HEADERS, DATA), then a GOAWAY that tells
     the client no other stream of the connection was processed. A gRPC call gets the answer
     a gRPC client understands (see :func:`answer_frames`)."""
-    goaway = _frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
+    goaway = frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
     # no origin saw this connection: its SETTINGS are acknowledged here (a gRPC client may
     # otherwise drop the answer when the connection closes)
-    settings_ack = _frame(SETTINGS, ACK, 0, b"")
+    settings_ack = frame(SETTINGS, ACK, 0, b"")
     if grpc:
         return settings_ack + answer_frames(stream_id, status, headers, body, grpc=True) + goaway
     fields = [(b":status", b"%d" % status)]
@@ -178,11 +170,11 @@ def reply_frames(
     block = hpack.Encoder().encode(fields)
     no_body = head_only or not body
     out = bytearray(settings_ack)
-    out += _header_frames(stream_id, block, END_STREAM if no_body else 0)
+    out += header_frames(stream_id, block, END_STREAM if no_body else 0)
     if not no_body:
         for i in range(0, len(body), INITIAL_MAX_FRAME_SIZE):
             last = i + INITIAL_MAX_FRAME_SIZE >= len(body)
-            out += _frame(
+            out += frame(
                 DATA, END_STREAM if last else 0, stream_id, body[i : i + INITIAL_MAX_FRAME_SIZE]
             )
     out += goaway
@@ -231,22 +223,7 @@ def answer_frames(
         ]
         fields.append((b"content-length", b"0"))
     block = b"".join(_literal(name, value) for name, value in fields)
-    return _header_frames(stream_id, block, END_STREAM)
-
-
-def _header_frames(stream_id: int, block: bytes, flags: int) -> bytes:
-    """``block`` as a HEADERS frame and CONTINUATIONs of at most the frame size every peer
-    accepts (``flags``, END_STREAM say, go on the HEADERS frame)."""
-    size = INITIAL_MAX_FRAME_SIZE
-    pieces = [block[i : i + size] for i in range(0, len(block), size)] or [b""]
-    out = bytearray()
-    for i, piece in enumerate(pieces):
-        last = END_HEADERS if i == len(pieces) - 1 else 0
-        if i == 0:
-            out += _frame(HEADERS, flags | last, stream_id, piece)
-        else:
-            out += _frame(CONTINUATION, last, stream_id, piece)
-    return bytes(out)
+    return header_frames(stream_id, block, END_STREAM)
 
 
 def _literal(name: bytes, value: bytes) -> bytes:

@@ -67,11 +67,11 @@ from ferrotunnel.core.h2wire import (
     GOAWAY,
     HEADERS,
     MAX_WINDOW,
-    PADDED,
-    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     WINDOW_UPDATE,
+    frame,
+    header_fragment,
 )
 
 __all__ = ["H2Gate"]
@@ -91,11 +91,6 @@ _ENHANCE_YOUR_CALM = 0xB
 
 #: decide(stream id, header fields) -> the frames answering a refused request, or None
 Decide = Callable[[int, list[tuple[bytes, bytes]], bool], bytes | None]
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    size = len(payload)
-    return FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
 
 
 class H2Gate:
@@ -243,7 +238,7 @@ class H2Gate:
             self._credit += self._size
             self._stream_credit[stream] = self._stream_credit.get(stream, 0) + self._size
         if kind == HEADERS and payload is not None:
-            fragment = _fragment(flags, payload)
+            fragment = header_fragment(kind, flags, payload)
             if fragment is None:
                 self._fail("a malformed HEADERS frame", _PROTOCOL_ERROR)
                 return
@@ -271,7 +266,7 @@ class H2Gate:
         if mode == _REFUSE:  # opened while draining: to be retried elsewhere
             self._opened = max(self._opened, stream)
             self._refused.add(stream)
-            self._send(_frame(RST_STREAM, 0, stream, struct.pack("!I", _REFUSED_STREAM)))
+            self._send(frame(RST_STREAM, 0, stream, struct.pack("!I", _REFUSED_STREAM)))
             if len(self._refused) > 2 * _MAX_REFUSED:
                 self.closing = True
             return
@@ -300,7 +295,7 @@ class H2Gate:
         """Take no further stream: a GOAWAY naming the last one processed (given to the
         origin, or answered here): the visitor opens later ones on another connection."""
         if not self.draining:
-            self._send(_frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, 0)))
+            self._send(frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, 0)))
             self.draining = True
 
     def _fail(self, why: str, code: int) -> None:
@@ -308,7 +303,7 @@ class H2Gate:
         one went already, and the connection closes). Nothing held goes on."""
         self.stopped = why
         if not self.draining:
-            self._send(_frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, code)))
+            self._send(frame(GOAWAY, 0, 0, struct.pack("!II", self._opened, code)))
             self.draining = True
         self.closing = True
         self._block_mode = None
@@ -393,21 +388,6 @@ def _window_updates(stream: int, credit: int) -> bytes:
     out = bytearray()
     while credit:
         step = min(credit, MAX_WINDOW)
-        out += _frame(WINDOW_UPDATE, 0, stream, struct.pack("!I", step))
+        out += frame(WINDOW_UPDATE, 0, stream, struct.pack("!I", step))
         credit -= step
     return bytes(out)
-
-
-def _fragment(flags: int, payload: bytearray) -> bytes | None:
-    """The header block fragment of a HEADERS payload (None if its padding is impossible)."""
-    view = memoryview(payload)
-    pad = 0
-    if flags & PADDED:
-        if not view:
-            return None
-        pad, view = view[0], view[1:]
-    if flags & PRIORITY_FLAG:
-        view = view[5:]
-    if pad > len(view):
-        return None
-    return bytes(view[: len(view) - pad])

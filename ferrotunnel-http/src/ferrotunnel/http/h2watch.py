@@ -38,13 +38,12 @@ from ferrotunnel.core.h2wire import (
     END_STREAM,
     FRAME_HEADER,
     HEADERS,
-    PADDED,
-    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
     SETTINGS_HEADER_TABLE_SIZE,
     error_name,
+    header_fragment,
 )
 
 from .h1 import normalize_host
@@ -244,13 +243,13 @@ class H2Watch:
                 self._settings(payload, visitor)
             return
         if ftype in (HEADERS, PUSH_PROMISE):
-            if flags & PADDED and payload:
-                payload = payload[1 : len(payload) - payload[0]]
+            fragment = header_fragment(ftype, flags, payload)
+            if fragment is None:
+                self._fail("an HTTP/2 header frame with more padding than payload")
+                return
             if ftype == PUSH_PROMISE:
-                payload, stream = payload[4:], 0  # its block only feeds the decoder
-            elif flags & PRIORITY_FLAG:
-                payload = payload[5:]
-            side.block, side.block_size = payload, 9 + length
+                stream = 0  # its block only feeds the decoder
+            side.block, side.block_size = bytearray(fragment), 9 + length
             side.block_stream, side.end_stream = stream, bool(flags & END_STREAM)
         elif ftype == CONTINUATION and side.block_stream >= 0:
             side.block += payload

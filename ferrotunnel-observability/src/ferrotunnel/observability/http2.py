@@ -46,10 +46,10 @@ from ferrotunnel.core.h2wire import (
     FRAME_HEADER,
     HEADERS,
     PADDED,
-    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     error_name,
+    header_fragment,
 )
 
 from .exchange import NO_BODY, Body, Exchange
@@ -137,7 +137,9 @@ class _FrameReader:
             if flags & END_STREAM:
                 self.on_end_stream(stream)
         elif kind in (HEADERS, PUSH_PROMISE):
-            fragment = _fragment(kind, flags, payload)
+            fragment = header_fragment(kind, flags, payload)
+            if fragment is None:
+                raise _CannotFollow("more padding than payload")
             if len(fragment) > self.max_block:
                 raise _CannotFollow(f"a header block larger than {self.max_block} bytes")
             self.block_stream = stream
@@ -190,19 +192,6 @@ class _FrameReader:
             self._frame(self.type, self.flags, self.stream, memoryview(payload))
         elif self.type == DATA and self.flags & END_STREAM:
             self.on_end_stream(self.stream)
-
-
-def _fragment(kind: int, flags: int, view: memoryview) -> memoryview:
-    """The header block fragment of a HEADERS or PUSH_PROMISE payload."""
-    pad = 0
-    if flags & PADDED:
-        if not view:
-            raise _CannotFollow("a padded frame without its pad length")
-        pad, view = view[0], view[1:]
-    skip = 5 if kind == HEADERS and flags & PRIORITY_FLAG else 4 if kind == PUSH_PROMISE else 0
-    if skip + pad > len(view):
-        raise _CannotFollow("more padding than payload")
-    return view[skip : len(view) - pad]
 
 
 class H2Capture:

@@ -18,13 +18,10 @@ import anyio.abc
 
 from ferrotunnel.core.h2wire import (
     ACK,
-    CONTINUATION,
     DATA,
-    END_HEADERS,
     END_STREAM,
     FRAME_HEADER,
     GOAWAY,
-    HEADERS,
     INITIAL_MAX_FRAME_SIZE,
     INITIAL_WINDOW,
     MAX_WINDOW,
@@ -34,6 +31,8 @@ from ferrotunnel.core.h2wire import (
     SETTINGS_ENABLE_PUSH,
     SETTINGS_INITIAL_WINDOW_SIZE,
     WINDOW_UPDATE,
+    frame,
+    header_frames,
 )
 
 from .capture import ExchangeTap
@@ -43,11 +42,6 @@ from .replay import HOP_BY_HOP, Edits, request_parts
 __all__ = ["build_h2_request", "exchange_h2"]
 
 _STREAM = 1
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes | memoryview = b"") -> bytes:
-    size = len(payload)
-    return FRAME_HEADER.pack(size >> 8, size & 0xFF, kind, flags, stream) + payload
 
 
 def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[bytes, bytes]:
@@ -73,15 +67,9 @@ def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[
     settings = struct.pack(
         "!HIHI", SETTINGS_ENABLE_PUSH, 0, SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW
     )
-    opening = PREFACE + _frame(SETTINGS, 0, 0, settings)
-    opening += _frame(WINDOW_UPDATE, 0, 0, struct.pack("!I", MAX_WINDOW - INITIAL_WINDOW))
-    pieces = [
-        block[i : i + INITIAL_MAX_FRAME_SIZE] for i in range(0, len(block), INITIAL_MAX_FRAME_SIZE)
-    ] or [b""]
-    for i, piece in enumerate(pieces):
-        last = i == len(pieces) - 1
-        flags = (END_HEADERS if last else 0) | (END_STREAM if i == 0 and not body else 0)
-        opening += _frame(HEADERS if i == 0 else CONTINUATION, flags, _STREAM, piece)
+    opening = PREFACE + frame(SETTINGS, 0, 0, settings)
+    opening += frame(WINDOW_UPDATE, 0, 0, struct.pack("!I", MAX_WINDOW - INITIAL_WINDOW))
+    opening += header_frames(_STREAM, block, 0 if body else END_STREAM)
     return opening, body
 
 
@@ -116,7 +104,7 @@ class _Sender:
             self.sent += size
             self.connection_window -= size
             self.stream_window -= size
-            out += _frame(DATA, END_STREAM if self.sent == len(self.body) else 0, _STREAM, chunk)
+            out += frame(DATA, END_STREAM if self.sent == len(self.body) else 0, _STREAM, chunk)
         return bytes(out)
 
     def control(self, kind: int, flags: int, stream: int, payload: bytes) -> bytes:
@@ -127,9 +115,9 @@ class _Sender:
                 if key == SETTINGS_INITIAL_WINDOW_SIZE:
                     self.stream_window += value - self.initial_window
                     self.initial_window = value
-            return _frame(SETTINGS, ACK, 0)
+            return frame(SETTINGS, ACK, 0)
         if kind == PING and not flags & ACK:
-            return _frame(PING, ACK, 0, payload)
+            return frame(PING, ACK, 0, payload)
         if kind == WINDOW_UPDATE and len(payload) == 4:
             increment = struct.unpack("!I", payload)[0] & 0x7FFFFFFF
             if stream == 0:
