@@ -104,7 +104,7 @@ class Exchange:
     @property
     def reason(self) -> str:
         if self.response is None:
-            return "" if self.ingress_status is None else _phrase(self.ingress_status)
+            return "" if self.ingress_status is None else reason_phrase(self.ingress_status)
         return self.response.reason
 
     @property
@@ -190,7 +190,8 @@ class Exchange:
         }
 
 
-def _phrase(status: int) -> str:
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` ("" for a code without one)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:

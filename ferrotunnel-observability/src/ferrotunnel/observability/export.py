@@ -16,7 +16,7 @@ import shlex
 from typing import Any
 
 from .exchange import Body, Exchange
-from .replay import HOP_BY_HOP
+from .replay import resent
 
 __all__ = ["to_curl", "to_har", "to_pytest"]
 
@@ -27,12 +27,7 @@ def _headers(exchange: Exchange) -> list[tuple[str, str]]:
     """The fields to send again: not the hop-by-hop ones, except HTTP/2's ``te: trailers``
     (gRPC needs it)."""
     http2 = exchange.http_version == "HTTP/2"
-    return [
-        (k, v)
-        for k, v in exchange.request_headers
-        if k.lower() not in HOP_BY_HOP
-        or (http2 and k.lower() == "te" and v.strip().lower() == "trailers")
-    ]
+    return [(k, v) for k, v in exchange.request_headers if resent(k, v, http2=http2)]
 
 
 def _raw(text: str) -> bytes:

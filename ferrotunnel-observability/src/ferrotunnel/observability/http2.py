@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from itertools import chain
 
 from ferrotunnel.core.h2wire import (
@@ -52,7 +51,7 @@ from ferrotunnel.core.h2wire import (
     header_fragment,
 )
 
-from .exchange import NO_BODY, Body, Exchange
+from .exchange import NO_BODY, Body, Exchange, reason_phrase
 from .http1 import Head
 from .store import Store
 
@@ -341,7 +340,7 @@ class H2Capture:
             if 100 <= status < 200:
                 return  # informational: the final head is still to come
             exchange.response = H2Head(
-                b"", version="HTTP/2", status=status, reason=_phrase(status), fields=regular
+                b"", version="HTTP/2", status=status, reason=reason_phrase(status), fields=regular
             )
             exchange.response_body = Body(self.limit)
             exchange.ttfb = time.monotonic() - exchange.started_mono
@@ -410,13 +409,6 @@ def _split(
 
 def _status(text: bytes) -> int:
     return int(text) if text.isdigit() and len(text) == 3 else 0
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _grpc_outcome(exchange: Exchange, fields: list[tuple[bytes, bytes]]) -> None:

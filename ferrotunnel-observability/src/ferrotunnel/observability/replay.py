@@ -23,7 +23,7 @@ from .capture import ExchangeTap
 from .exchange import Exchange
 from .store import Store
 
-__all__ = ["Edits", "ReplayError", "replay"]
+__all__ = ["Edits", "ReplayError", "replay", "resent"]
 
 #: not forwarded: they describe the original connection, not the request
 HOP_BY_HOP = frozenset(
@@ -38,6 +38,15 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+
+
+def resent(name: str, value: str, *, http2: bool) -> bool:
+    """Whether a captured field goes out again with a replay or an export: not the
+    hop-by-hop ones, except HTTP/2's ``te: trailers`` (gRPC needs it)."""
+    key = name.lower()
+    if key == "te" and http2:
+        return value.strip(" \t").lower() == "trailers"
+    return key not in HOP_BY_HOP
 
 
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})

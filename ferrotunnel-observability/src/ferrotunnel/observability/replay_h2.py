@@ -37,7 +37,7 @@ from ferrotunnel.core.h2wire import (
 
 from .capture import ExchangeTap
 from .exchange import Exchange
-from .replay import HOP_BY_HOP, Edits, request_parts
+from .replay import Edits, request_parts, resent
 
 __all__ = ["build_h2_request", "exchange_h2"]
 
@@ -55,11 +55,8 @@ def build_h2_request(original: Exchange, edits: Edits, *, scheme: str) -> tuple[
         fields.append((":authority", authority))
     for name, value in headers:
         key = name.lower()  # HTTP/2 field names are lower case
-        if key == "te":  # the one connection-specific field HTTP/2 allows, as "trailers"
-            if _value(value).lower() == "trailers":
-                fields.append((key, "trailers"))
-        elif key not in HOP_BY_HOP and key != "host":
-            fields.append((key, _value(value)))
+        if key != "host" and resent(name, value, http2=True):
+            fields.append((key, "trailers" if key == "te" else _value(value)))
     # as bytes: hpack would encode text as UTF-8, and heads are Latin-1 (see export._raw);
     # without Huffman coding, whose encoder takes seconds for a value of a few hundred KB
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields]
