@@ -203,9 +203,7 @@ def origin(
             return str(given[0])
     key = key or param
     if source is not ParameterSource.COMMANDLINE and config.given(table, key):
-        section = config.raw.get(table)
-        written = key if isinstance(section, dict) and key in section else key.replace("_", "-")
-        return f"{config.where(table, key)}: [{table}] {written}"
+        return config.file_source(table, key)
     if option is not None and option.opts:
         return max(option.opts, key=len)
     return f"--{param.replace('_', '-')}"

@@ -111,8 +111,14 @@ class Config:
         from the file, else ``default`` (say, the option a user would give)."""
         replaced = self._replaced.get((table, key))
         if replaced is None and self.given(table, key):
-            return f"{self.where(table, key)}: [{table}] {key}"
+            return self.file_source(table, key)
         return replaced or default
+
+    def file_source(self, table: str, key: str) -> str:
+        """``FILE:LINE: [table] key``, the key as the file writes it (``-`` or ``_``)."""
+        section = self.raw.get(table)
+        written = key if isinstance(section, dict) and key in section else key.replace("_", "-")
+        return f"{self.where(table, key)}: [{table}] {written}"
 
     def note_source(self, table: str, key: str, source: str) -> None:
         """Record which flag or variable set a key :meth:`replace` changed."""
