@@ -411,3 +411,39 @@ async def test_a_client_that_does_not_wait_for_settings() -> None:
             writer.write(settings_ack + settings_ack + ping)  # one ACK each
             await got_ping.wait()
     assert bytes(received) == PREFACE + client_settings + request + settings_ack + ping
+
+
+async def test_later_requests_the_watch_never_saw_end_are_still_recorded() -> None:
+    """The same for a later request the middlewares saw (the gate decided it) after the
+    watch stopped following: its ``ctx`` reaches ``on_complete`` too, not left behind."""
+    records: list[ExchangeRecord] = []
+    seen: list[str] = []
+
+    class Recorder:
+        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+            seen.append(request.path)
+
+        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+            records.append(record)
+
+    encoder = hpack.Encoder()
+
+    def get(stream: int, path: str) -> bytes:
+        fields = [(":method", "GET"), (":scheme", "http"), (":path", path)]
+        return h2_frame(0x1, 0x5, stream, encoder.encode([*fields, (":authority", AUTHORITY)]))
+
+    bogus = h2_frame(0x5, 0x4, 1, (2).to_bytes(4, "big") + b"\xff\xff\xff\xff")
+    async with (
+        RawOrigin(_silent_h2_origin) as origin,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Recorder()]) as stack,
+        visitor(stack.port) as (_reader, writer),
+    ):
+        writer.write(PREFACE + h2_frame(0x4, 0x0, 0, b"") + get(1, "/first"))
+        await wait_until(lambda: seen == ["/first"], what="the first request decided")
+        writer.write(bogus + get(3, "/second"))  # the watch stops; the gate goes on
+        await wait_until(lambda: len(records) == 2, what="both requests' records")
+    assert seen == ["/first", "/second"]
+    assert sorted((r.path, r.status) for r in records) == [("/first", 0), ("/second", 0)]
+    assert all(
+        r.error is not None and r.error.startswith("the ingress stopped following") for r in records
+    )

@@ -197,12 +197,11 @@ class IngressConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
-        #: the stream, context and head of the request the middlewares saw, until recorded
-        self._h2_first: tuple[int, RequestContext, RequestHead] | None = None
         self._h2_route: Route | None = None  # where the HTTP/2 connection goes
         self._h2_gate: H2Gate | None = None  # its later requests put to the middlewares
-        #: the contexts the middlewares saw for the later requests, until recorded
-        self._h2_contexts: dict[int, RequestContext] = {}
+        #: by stream: the context and head of each request the middlewares saw, and when it
+        #: came (wall clock), until its record is made
+        self._h2_seen: dict[int, tuple[RequestContext, RequestHead, float]] = {}
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
         self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
@@ -270,7 +269,7 @@ class IngressConnection(asyncio.Protocol):
         if self._h2_watch is not None:
             self._h2_records(self._h2_watch.close("the connection closed"))
             self._h2_watch = None
-            self._h2_first_unseen("the connection closed")
+            self._h2_unseen("the connection closed")
         self._stop_timer()
         self._ingress.connections.discard(self)
         stream = self._stream
@@ -596,7 +595,7 @@ class IngressConnection(asyncio.Protocol):
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
             if first is not None and request is not None:
-                self._h2_first = (first_stream, first, request)
+                self._h2_seen[first_stream] = (first, request, self._wall)
             self._h2_records(self._h2_watch.from_visitor(frames))
 
     def _h2_unavailable(self, route: Route, why: str) -> None:
@@ -607,19 +606,15 @@ class IngressConnection(asyncio.Protocol):
         self._close()
 
     def _h2_records(self, exchanges: list[H2Exchange]) -> None:
-        """Hand the middlewares the records of the HTTP/2 exchanges that ended. The first
-        one's context is the one its middlewares saw in ``on_request`` (a circuit breaker's
-        probe, say, learns its outcome); the others' contexts are new."""
+        """Hand the middlewares the records of the HTTP/2 exchanges that ended, each with the
+        context its middlewares saw in ``on_request`` (a circuit breaker's probe, say, learns
+        its outcome); a request no middleware saw gets a new one."""
         route = self._h2_route
         assert route is not None
         for exchange in exchanges:
-            first = self._h2_first
-            seen = self._h2_contexts.pop(exchange.stream_id, None)
-            if first is not None and first[0] == exchange.stream_id:
-                self._h2_first = None
-                ctx = first[1]
-            elif seen is not None:
-                ctx = seen
+            seen = self._h2_seen.pop(exchange.stream_id, None)
+            if seen is not None:
+                ctx = seen[0]
             else:
                 visitor_ip, visitor_port = self._visitor
                 ctx = RequestContext(
@@ -655,19 +650,15 @@ class IngressConnection(asyncio.Protocol):
             )
         watch = self._h2_watch
         if watch is not None and watch.failed is not None:
-            self._h2_first_unseen(f"the ingress stopped following the connection: {watch.failed}")
+            self._h2_unseen(f"the ingress stopped following the connection: {watch.failed}")
 
-    def _h2_first_unseen(self, error: str) -> None:
-        """The watch will not see the first request end (it stopped following before it knew
-        that stream, or the connection ended first): its record, at once, if still due."""
-        first, self._h2_first = self._h2_first, None
-        if first is None:
-            return
-        _, ctx, request = first
-        self._chain.complete_later(
-            ctx,
-            (self._wall, request.method, request.target, 0, 0, 0, time.monotonic(), error, None),
-        )
+    def _h2_unseen(self, error: str) -> None:
+        """The watch will not see these requests end (it stopped following before it knew
+        their streams, or the connection ended first): their records, at once."""
+        seen, self._h2_seen = self._h2_seen, {}
+        for ctx, request, wall in seen.values():
+            facts = (wall, request.method, request.target, 0, 0, 0, time.monotonic(), error)
+            self._chain.complete_later(ctx, (*facts, None))
 
     def _h2_decide(
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool
@@ -679,25 +670,22 @@ class IngressConnection(asyncio.Protocol):
         try:
             request = request_head(fields)
         except HttpError as exc:  # no authority: not a request anyone may pass unchecked
-            reply = Reply(exc.status, str(exc))
-            ctx = None
-        else:
-            visitor_ip, visitor_port = self._visitor
-            ctx = RequestContext(
-                route.label, request.host, visitor_ip, visitor_port, _next_request_id()
-            )
-            decision = self._chain.on_request(request, ctx)
-            if not isinstance(decision, Reply):  # None: every step is inline
-                if self._chain.wants_records and len(self._h2_contexts) < _MAX_H2_CONTEXTS:
-                    self._h2_contexts[stream_id] = ctx
-                return None
-            reply = decision
-        body, headers = reply_parts(reply)
-        frames = answer_frames(stream_id, reply.status, headers, body, is_grpc(fields))
-        if ctx is not None and self._chain.wants_records:
-            method = dict(fields).get(b":method", b"")
-            target = dict(fields).get(b":path", b"")
-            facts = (time.time(), method, target, reply.status, 0, len(frames))
+            body, headers = reply_parts(Reply(exc.status, str(exc)))
+            return answer_frames(stream_id, exc.status, headers, body, is_grpc(fields))
+        visitor_ip, visitor_port = self._visitor
+        ctx = RequestContext(
+            route.label, request.host, visitor_ip, visitor_port, _next_request_id()
+        )
+        wall = time.time()
+        decision = self._chain.on_request(request, ctx)
+        if not isinstance(decision, Reply):  # None: every step is inline
+            if self._chain.wants_records and len(self._h2_seen) < _MAX_H2_CONTEXTS:
+                self._h2_seen[stream_id] = (ctx, request, wall)
+            return None
+        body, headers = reply_parts(decision)
+        frames = answer_frames(stream_id, decision.status, headers, body, is_grpc(fields))
+        if self._chain.wants_records:
+            facts = (wall, request.method, request.target, decision.status, 0, len(frames))
             self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
         return frames
 
