@@ -205,7 +205,7 @@ REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/a"), (":authori
 def gate(refuse: set[int]) -> H2Gate:
     def decide(stream: int, fields: list[tuple[bytes, bytes]], ended: bool) -> bytes | None:
         if stream in refuse:
-            return h2_frame(HEADERS, END_HEADERS | END_STREAM, stream, b"\x88")  # :status 200
+            return b"\x88"  # :status 200
         return None
 
     return H2Gate(decide, first_stream=1)
@@ -339,16 +339,21 @@ def test_a_block_it_cannot_read_closes_the_connection() -> None:
 
 
 def test_a_large_answer_is_split_at_the_frame_size_every_peer_accepts() -> None:
-    from ferrotunnel.http.h2c import answer_frames
+    from ferrotunnel.http.h2c import answer_block
 
     headers = [(b"x-why", b"v" * 20_000), (b"x-more", b"w" * 20_000)]
-    frames = list(frames_of(answer_frames(7, 403, headers, b"no", grpc=False)))
-    assert [(kind, flags) for kind, flags, _, _ in frames] == [
-        (HEADERS, END_STREAM), (CONTINUATION, 0), (CONTINUATION, END_HEADERS),
+    block = answer_block(403, headers, b"no", grpc=False)
+    h = H2Gate(lambda stream, fields, ended: block, first_stream=1)
+    encoder = hpack.Encoder()
+    h.from_visitor(h2_frame(HEADERS, END_HEADERS, 1, encoder.encode(REQUEST)))
+    h.from_visitor(h2_frame(HEADERS, END_HEADERS | END_STREAM, 3, encoder.encode(REQUEST)))
+    frames = list(frames_of(h.ready()))
+    assert [(kind, flags, stream) for kind, flags, stream, _ in frames] == [
+        (HEADERS, END_STREAM, 3), (CONTINUATION, 0, 3), (CONTINUATION, END_HEADERS, 3),
     ]  # fmt: skip
     assert all(len(payload) <= 16_384 for *_, payload in frames)
-    block = b"".join(payload for *_, payload in frames)
-    fields = [(str(name), str(value)) for name, value in hpack.Decoder().decode(block)]
+    sent = b"".join(payload for *_, payload in frames)
+    fields = [(str(name), str(value)) for name, value in hpack.Decoder().decode(sent)]
     assert fields[0] == (":status", "403")
     assert ("x-why", "v" * 20_000) in fields
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,6 +74,12 @@ def test_the_rate_limit_counts_calls_not_connections(
     outcomes = calls(ingress, [[]] * 5)
     exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
     assert outcomes == [b"echo:0", b"echo:1", b"echo:2", exhausted, exhausted]
+    # a line is written once its call has ended, which the client may learn first
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        not log.exists() or len(log.read_text().splitlines()) < 5
+    ):
+        time.sleep(0.02)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(line["status"] for line in lines) == [200, 200, 200, 429, 429]
 

@@ -21,6 +21,7 @@ __all__ = [
     "GOAWAY",
     "HEADERS",
     "INITIAL_MAX_FRAME_SIZE",
+    "INITIAL_TABLE_SIZE",
     "INITIAL_WINDOW",
     "MAX_WINDOW",
     "PADDED",
@@ -39,6 +40,8 @@ __all__ = [
     "frame",
     "header_fragment",
     "header_frames",
+    "setting",
+    "table_size_update",
 ]
 
 #: what a connection with prior knowledge (h2c) opens with
@@ -58,6 +61,8 @@ SETTINGS_HEADER_TABLE_SIZE, SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE =
 
 #: the frame size every peer accepts until its SETTINGS say more
 INITIAL_MAX_FRAME_SIZE = 16_384
+#: an HPACK dynamic table's size until SETTINGS_HEADER_TABLE_SIZE and its encoder change it
+INITIAL_TABLE_SIZE = 4096
 #: each flow-control window's size until SETTINGS and WINDOW_UPDATEs change it
 INITIAL_WINDOW = 65_535
 #: the largest a window may be
@@ -124,3 +129,26 @@ def header_fragment(
     if skip + pad > len(view):
         return None
     return view[skip : len(view) - pad]
+
+
+def setting(payload: bytes | bytearray | memoryview, parameter: int) -> int | None:
+    """The value a SETTINGS payload gives ``parameter`` (the last, if several: they apply in
+    order), or None if it does not name it."""
+    value = None
+    for at in range(0, len(payload) - 5, 6):
+        if int.from_bytes(payload[at : at + 2], "big") == parameter:
+            value = int.from_bytes(payload[at + 2 : at + 6], "big")
+    return value
+
+
+def table_size_update(size: int) -> bytes:
+    """An HPACK dynamic table size update to ``size`` (RFC 7541, 6.3): what must open the
+    first header block a peer decodes after lowering its SETTINGS_HEADER_TABLE_SIZE."""
+    if size < 0x1F:
+        return bytes([0x20 | size])
+    out, size = bytearray([0x3F]), size - 0x1F
+    while size >= 0x80:
+        out.append(size & 0x7F | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)

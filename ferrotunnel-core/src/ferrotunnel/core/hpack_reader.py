@@ -23,12 +23,13 @@ from collections.abc import Container
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
+from .h2wire import INITIAL_TABLE_SIZE
+
 __all__ = ["EVERY_FIELD", "HeaderReader", "HpackError"]
 
 _STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 _STATIC_SIZE = len(_STATIC)
 _ENTRY_OVERHEAD = 32  # RFC 7541, section 4.1
-_INITIAL_SIZE = 4096  # a table's size until its encoder says otherwise (RFC 9113, 6.5.2)
 _MAX_INT = 1 << 32  # no valid integer in a block is larger
 
 
@@ -50,10 +51,10 @@ class HeaderReader:
 
     __slots__ = ("_entries", "_max_size", "_size", "changes", "max_allowed_table_size")
 
-    def __init__(self, max_allowed_table_size: int = _INITIAL_SIZE) -> None:
+    def __init__(self, max_allowed_table_size: int = INITIAL_TABLE_SIZE) -> None:
         #: how large the peer may make its table (what the other peer's SETTINGS allow)
         self.max_allowed_table_size = max_allowed_table_size
-        self._max_size = _INITIAL_SIZE  # the size the peer's encoder last chose
+        self._max_size = INITIAL_TABLE_SIZE  # the size the peer's encoder last chose
         self._size = 0
         self._entries: deque[tuple[bytes, bytes]] = deque()  # newest first
         #: how many table changes (entries added, size updates) the blocks read have made:

@@ -57,7 +57,8 @@ from .h2c import (
     EMPTY_SETTINGS,
     PREFACE,
     SettingsAckFilter,
-    answer_frames,
+    answer_block,
+    decoder_table_size,
     first_request,
     is_grpc,
     reply_frames,
@@ -664,14 +665,14 @@ class IngressConnection(asyncio.Protocol):
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool
     ) -> bytes | None:
         """The middlewares' word on a later request of the HTTP/2 connection (see h2gate.py):
-        None to let it through, else the frames answering it."""
+        None to let it through, else the header block answering it."""
         route = self._h2_route
         assert route is not None
         try:
             request = request_head(fields)
         except HttpError as exc:  # no authority: not a request anyone may pass unchecked
             body, headers = reply_parts(Reply(exc.status, str(exc)))
-            return answer_frames(stream_id, exc.status, headers, body, is_grpc(fields))
+            return answer_block(exc.status, headers, body, is_grpc(fields))
         visitor_ip, visitor_port = self._visitor
         ctx = RequestContext(
             route.label, request.host, visitor_ip, visitor_port, _next_request_id()
@@ -683,11 +684,11 @@ class IngressConnection(asyncio.Protocol):
                 self._h2_seen[stream_id] = (ctx, request, wall)
             return None
         body, headers = reply_parts(decision)
-        frames = answer_frames(stream_id, decision.status, headers, body, is_grpc(fields))
-        if self._chain.wants_records:
-            facts = (wall, request.method, request.target, decision.status, 0, len(frames))
+        block = answer_block(decision.status, headers, body, is_grpc(fields))
+        if self._chain.wants_records:  # out: the block, in its HEADERS frame
+            facts = (wall, request.method, request.target, decision.status, 0, 9 + len(block))
             self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
-        return frames
+        return block
 
     def _h2_answer(self) -> None:
         """Write the gate's answers to the visitor (between two of the origin's frames), and
@@ -719,6 +720,7 @@ class IngressConnection(asyncio.Protocol):
             body,
             head_only=request.method == b"HEAD",
             grpc=is_grpc(request.headers),
+            table_size=decoder_table_size(self._buf),
         )
         transport.write(data)
         self._bytes_out += len(data)

@@ -33,11 +33,15 @@ from ferrotunnel.core.h2wire import (
     GOAWAY,
     HEADERS,
     INITIAL_MAX_FRAME_SIZE,
+    INITIAL_TABLE_SIZE,
     PREFACE,
     SETTINGS,
+    SETTINGS_HEADER_TABLE_SIZE,
     frame,
     header_fragment,
     header_frames,
+    setting,
+    table_size_update,
 )
 
 from .h1 import HttpError, RequestHead, normalize_host
@@ -46,7 +50,8 @@ __all__ = [
     "EMPTY_SETTINGS",
     "PREFACE",
     "SettingsAckFilter",
-    "answer_frames",
+    "answer_block",
+    "decoder_table_size",
     "first_request",
     "is_grpc",
     "reply_frames",
@@ -121,7 +126,7 @@ def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
 
 
 def _decode(block: bytes) -> list[tuple[bytes, bytes]]:
-    # hpack is imported on first use (here and in reply_frames): its Huffman table takes some
+    # hpack is imported on first use: its Huffman table takes some
     # 30 ms to import, which every ferrotunnel command would pay; only HTTP/2 needs it
     import hpack
 
@@ -153,23 +158,28 @@ def reply_frames(
     *,
     head_only: bool = False,
     grpc: bool = False,
+    table_size: int | None = None,
 ) -> bytes:
     """A whole HTTP/2 response on ``stream_id`` (HEADERS, DATA), then a GOAWAY that tells
     the client no other stream of the connection was processed. A gRPC call gets the answer
-    a gRPC client understands (see :func:`answer_frames`)."""
+    a gRPC client understands (see :func:`answer_block`). ``table_size``: the client's
+    SETTINGS_HEADER_TABLE_SIZE (:func:`decoder_table_size`)."""
     goaway = frame(GOAWAY, 0, 0, struct.pack("!II", stream_id, 0))  # NO_ERROR
     # no origin saw this connection: its SETTINGS are acknowledged here (a gRPC client may
-    # otherwise drop the answer when the connection closes)
-    settings_ack = frame(SETTINGS, ACK, 0, b"")
+    # otherwise drop the answer when the connection closes). Once it has the ACK, a client
+    # that lowered its table size expects the next header block to say it was (RFC 7541,
+    # 4.2: nghttp2 fails the connection otherwise)
+    out = bytearray(frame(SETTINGS, ACK, 0, b""))
+    block = b""
+    if table_size is not None and table_size < INITIAL_TABLE_SIZE:
+        block = table_size_update(table_size)
     if grpc:
-        return settings_ack + answer_frames(stream_id, status, headers, body, grpc=True) + goaway
+        block += answer_block(status, headers, body, grpc=True)
+        return bytes(out + header_frames(stream_id, block, END_STREAM) + goaway)
     fields = [(b":status", b"%d" % status)]
     fields += [(k.lower(), v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
-    import hpack
-
-    block = hpack.Encoder().encode(fields)
+    block += b"".join(_literal(name, value) for name, value in fields)
     no_body = head_only or not body
-    out = bytearray(settings_ack)
     out += header_frames(stream_id, block, END_STREAM if no_body else 0)
     if not no_body:
         for i in range(0, len(body), INITIAL_MAX_FRAME_SIZE):
@@ -179,6 +189,21 @@ def reply_frames(
             )
     out += goaway
     return bytes(out)
+
+
+def decoder_table_size(data: bytes | bytearray) -> int | None:
+    """The SETTINGS_HEADER_TABLE_SIZE of the client's first SETTINGS frame in ``data`` (which
+    starts with the preface), if it names one before the first request."""
+    pos = len(PREFACE)
+    while len(data) - pos >= 9:
+        high, low, ftype, flags, _stream = FRAME_HEADER.unpack_from(data, pos)
+        end = pos + 9 + (high << 8 | low)
+        if ftype == HEADERS or end > len(data):
+            return None
+        if ftype == SETTINGS and not flags & ACK:
+            return setting(memoryview(data)[pos + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
+        pos = end
+    return None
 
 
 def is_grpc(fields: list[tuple[bytes, bytes]]) -> bool:
@@ -193,19 +218,19 @@ def is_grpc(fields: list[tuple[bytes, bytes]]) -> bool:
 _GRPC_STATUS = {401: b"16", 403: b"7", 404: b"12", 429: b"8", 502: b"14", 503: b"14", 504: b"14"}
 
 
-def answer_frames(
-    stream_id: int,
+def answer_block(
     status: int,
     headers: list[tuple[bytes, bytes]],
     message: bytes,
     grpc: bool,
 ) -> bytes:
-    """A refusal on ``stream_id`` of a connection that goes on: HEADERS only, ending the
-    stream, every field a literal kept out of the table (the visitor's HPACK table is shared
-    with the origin's encoder and must not change). A gRPC call gets a "trailers-only" answer
-    (``grpc-status`` from the HTTP status: 429 is RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED...;
-    ``grpc-message`` the refusal's text), others the status and the reply's fields, without
-    the body: DATA would take flow-control credit the origin does not know was used."""
+    """The header block of a refusal on a connection that goes on, to be sent alone, ending
+    its stream: every field a literal kept out of the table (the visitor's HPACK table is
+    shared with the origin's encoder and must not change). A gRPC call gets a
+    "trailers-only" answer (``grpc-status`` from the HTTP status: 429 is
+    RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED...; ``grpc-message`` the refusal's text), others
+    the status and the reply's fields, without the body: DATA would take flow-control credit
+    the origin does not know was used."""
     if grpc:
         fields = [
             (b":status", b"200"),
@@ -222,8 +247,7 @@ def answer_frames(
             if k.lower() not in _CONNECTION_SPECIFIC and k.lower() != b"content-length"
         ]
         fields.append((b"content-length", b"0"))
-    block = b"".join(_literal(name, value) for name, value in fields)
-    return header_frames(stream_id, block, END_STREAM)
+    return b"".join(_literal(name, value) for name, value in fields)
 
 
 def _literal(name: bytes, value: bytes) -> bytes:

@@ -23,10 +23,15 @@ A refused request must leave both peers' views of the connection intact:
   all is refused with RST_STREAM(REFUSED_STREAM), which a client may retry elsewhere. A
   header block for the origin after that (request trailers: gRPC clients send none) cannot
   be passed on: :attr:`closing` asks the connection to close;
-* the answer (``decide`` builds it: a HEADERS frame of literals kept out of the visitor's
+* the answer (``decide`` builds its header block: literals kept out of the visitor's
   table, which the origin's encoder shares — no DATA, whose bytes the origin's flow-control
   count would not know of) goes to the visitor between two of the origin's frames, and not
-  inside a header block of the origin's (its HEADERS and CONTINUATIONs come together);
+  inside a header block of the origin's (its HEADERS and CONTINUATIONs come together). One
+  thing in the visitor's table it must change: a visitor that lowered its
+  SETTINGS_HEADER_TABLE_SIZE expects the first header block after the origin's ACK to open
+  with a table size update (RFC 7541, 4.2), and an answer coming before the origin's own
+  next block carries it (to the size the SETTINGS allow: the origin's update, at most that,
+  follows; evicting down to one and then the other leaves what the origin's evicting does);
 * the stream's later frames are dropped, and the bytes of its DATA given back to the visitor
   with WINDOW_UPDATEs (the origin never saw them, so it will not). An upload
   still going is not reset: RFC 9113 (8.1) allows a RST_STREAM(NO_ERROR) after the answer,
@@ -56,9 +61,12 @@ would otherwise grow what waits for it without bound.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ferrotunnel.core.h2wire import (
+    ACK,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -66,12 +74,19 @@ from ferrotunnel.core.h2wire import (
     FRAME_HEADER,
     GOAWAY,
     HEADERS,
+    INITIAL_MAX_FRAME_SIZE,
+    INITIAL_TABLE_SIZE,
     MAX_WINDOW,
     PUSH_PROMISE,
     RST_STREAM,
+    SETTINGS,
+    SETTINGS_HEADER_TABLE_SIZE,
     WINDOW_UPDATE,
     frame,
     header_fragment,
+    header_frames,
+    setting,
+    table_size_update,
 )
 
 __all__ = ["H2Gate"]
@@ -84,13 +99,23 @@ _MAX_REFUSED = 1024
 #: a header block's frames, at most: an encoder splits a block at the frame size (16 KiB at
 #: least); a flood of empty CONTINUATIONs, each held, goes beyond
 _MAX_BLOCK_FRAMES = 256
+#: the visitor's SETTINGS frames the origin has not acknowledged yet, at most
+_MAX_UNACKED = 64
 #: the frames of a header block (none other may come between them)
 _BLOCK_KINDS = (HEADERS, PUSH_PROMISE, CONTINUATION)
 _PROTOCOL_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR = 0x1, 0x7, 0x9
-_ENHANCE_YOUR_CALM = 0xB
+_FRAME_SIZE_ERROR, _ENHANCE_YOUR_CALM = 0x6, 0xB
 
-#: decide(stream id, header fields) -> the frames answering a refused request, or None
+#: decide(stream id, header fields, ended) -> the header block answering a refused request
+#: (sent alone, ending its stream), or None
 Decide = Callable[[int, list[tuple[bytes, bytes]], bool], bytes | None]
+
+
+class _Answer(NamedTuple):
+    """A refusal's header block, framed when it goes out (it may need a size update)."""
+
+    stream: int
+    block: bytes
 
 
 class H2Gate:
@@ -123,9 +148,14 @@ class H2Gate:
         self._origin_head = bytearray()
         self._origin_left = 0
         self._origin_in_block = False  # inside a header block of the origin's
-        self._pending = bytearray()  # frames for the visitor, waiting for a boundary
+        self._pending: list[bytes | _Answer] = []  # for the visitor, waiting for a boundary
         self._credit = 0  # dropped DATA's bytes to give back on the connection
         self._stream_credit: dict[int, int] = {}  # ... and on each refused stream
+        # the visitor's decoder: SETTINGS_HEADER_TABLE_SIZE of each SETTINGS frame not yet
+        # acknowledged (None: not named), the one in force, and the size update it awaits
+        self._unacked: deque[int | None] = deque()
+        self._table_limit = INITIAL_TABLE_SIZE
+        self._size_update: int | None = None
         #: a refusal changed the visitor's table: no new stream reaches the origin (see above)
         self.draining = False
         #: the connection must close once the frames for the visitor are out (a header block
@@ -167,6 +197,8 @@ class H2Gate:
                     and kind not in (HEADERS, CONTINUATION)
                     and stream & 0x7FFFFFFF not in self._refused
                 ):
+                    if kind == SETTINGS and not view[at + 4] & ACK:
+                        self._visitor_settings(view[at + 9 : at + 9 + size])
                     out += view[at : at + 9 + size]
                     at += 9 + size
                     continue
@@ -199,6 +231,11 @@ class H2Gate:
             ):
                 why = f"a header block larger than {self._max_block} bytes"
                 self._fail(why, _ENHANCE_YOUR_CALM)
+                return
+            self._payload = bytearray()
+        elif kind == SETTINGS and not flags & ACK:
+            if self._size > INITIAL_MAX_FRAME_SIZE:  # 2,730 parameters: no client's
+                self._fail("a SETTINGS frame larger than 16 KiB", _FRAME_SIZE_ERROR)
                 return
             self._payload = bytearray()
         if mode == _PASS:
@@ -237,6 +274,9 @@ class H2Gate:
             # connection's window, and the stream's, for a client still sending its body
             self._credit += self._size
             self._stream_credit[stream] = self._stream_credit.get(stream, 0) + self._size
+        if kind == SETTINGS and payload is not None:
+            self._visitor_settings(payload)
+            return
         if kind == HEADERS and payload is not None:
             fragment = header_fragment(kind, flags, payload)
             if fragment is None:
@@ -289,7 +329,15 @@ class H2Gate:
         # already to start it on another connection
         if changed or len(self._refused) > _MAX_REFUSED:
             self._drain()
-        self._send(answer)
+        self._pending.append(_Answer(stream, answer))
+
+    def _visitor_settings(self, payload: bytes | bytearray | memoryview) -> None:
+        """Remember what a SETTINGS frame does to the visitor's decoder, for when the origin
+        acknowledges it (:meth:`_origin_frame`)."""
+        if len(self._unacked) >= _MAX_UNACKED:
+            self._fail("SETTINGS frames the origin does not acknowledge", _ENHANCE_YOUR_CALM)
+            return
+        self._unacked.append(setting(payload, SETTINGS_HEADER_TABLE_SIZE))
 
     def _drain(self) -> None:
         """Take no further stream: a GOAWAY naming the last one processed (given to the
@@ -314,11 +362,21 @@ class H2Gate:
     # ------------------------------------------------------------------ the origin's bytes
 
     def _send(self, frames: bytes) -> None:
-        self._pending += frames
+        self._pending.append(frames)
 
     def _take(self) -> bytes:
         """The frames waiting for the visitor, the credit owed it last."""
-        frames, self._pending = self._pending, bytearray()
+        frames = bytearray()
+        for item in self._pending:
+            if isinstance(item, _Answer):
+                block = item.block
+                if self._size_update is not None:  # see the theory of operation
+                    block = table_size_update(self._size_update) + block
+                    self._size_update = None
+                frames += header_frames(item.stream, block, END_STREAM)
+            else:
+                frames += item
+        self._pending.clear()
         if self._credit:
             frames += _window_updates(0, self._credit)
             for stream, credit in self._stream_credit.items():
@@ -341,32 +399,38 @@ class H2Gate:
     def from_origin(self, data: bytes | memoryview) -> bytes | memoryview:
         """``data``, with the frames waiting for the visitor put at its first frame
         boundary (its start, if the origin was between frames)."""
-        boundary = self._follow_origin(data)
-        if not self.waiting or boundary is None:
+        if not self.waiting:
+            self._follow_origin(data, 0)
             return data
-        return bytes(data[:boundary]) + self._take() + bytes(data[boundary:])
+        boundary = self._follow_origin(data, 0, stop=True)
+        if boundary < 0:
+            return data
+        frames = self._take()  # as the visitor's decoder will be there
+        self._follow_origin(data, boundary)
+        return bytes(data[:boundary]) + frames + bytes(data[boundary:])
 
-    def _follow_origin(self, data: bytes | memoryview) -> int | None:
-        """Follows the origin's frames through ``data``; returns the first offset where one
-        frame has ended and the next not begun, outside a header block (None if there is
-        none): a header block's frames come one after another (RFC 9113, 6.10)."""
-        first: int | None = None
-        at, end = 0, len(data)
+    def _follow_origin(self, data: bytes | memoryview, at: int, *, stop: bool = False) -> int:
+        """Follows the origin's frames through ``data`` from ``at``; with ``stop``, only up
+        to the first offset where one frame has ended and the next not begun, outside a
+        header block (a header block's frames come one after another: RFC 9113, 6.10), and
+        returns it. -1 when it went to the end."""
+        end = len(data)
         while True:
             if not self._origin_left and not self._origin_head:
-                if first is None and not self._origin_in_block:
-                    first = at
+                if stop and not self._origin_in_block:
+                    return at
                 while end - at >= 9:  # whole frames: skipped by their length alone
                     size = int.from_bytes(data[at : at + 3], "big")
                     if end - at < 9 + size:
                         break
-                    if data[at + 3] in _BLOCK_KINDS:
-                        self._origin_in_block = not data[at + 4] & END_HEADERS
+                    kind = data[at + 3]
+                    if kind in _BLOCK_KINDS or kind == SETTINGS:
+                        self._origin_frame(kind, data[at + 4])
                     at += 9 + size
-                    if first is None and not self._origin_in_block:
-                        first = at
+                    if stop and not self._origin_in_block:
+                        return at
             if at >= end:
-                return first
+                return -1
             if self._origin_left:
                 take = min(self._origin_left, end - at)
                 self._origin_left -= take
@@ -378,9 +442,26 @@ class H2Gate:
             if len(self._origin_head) == 9:
                 head = self._origin_head
                 self._origin_left = int.from_bytes(head[:3], "big")
-                if head[3] in _BLOCK_KINDS:
-                    self._origin_in_block = not head[4] & END_HEADERS
+                self._origin_frame(head[3], head[4])
                 head.clear()
+
+    def _origin_frame(self, kind: int, flags: int) -> None:
+        """What an origin's frame tells: whether a header block is open, and what the
+        visitor's decoder expects (the origin acknowledging a lowered table size; the
+        origin's own header block, which opens with the update)."""
+        if kind in _BLOCK_KINDS:
+            self._origin_in_block = not flags & END_HEADERS
+            if kind != CONTINUATION:
+                self._size_update = None
+        elif kind == SETTINGS and flags & ACK and self._unacked:
+            size = self._unacked.popleft()
+            if size is None:
+                return
+            if size < self._table_limit or self._size_update is not None:
+                # the smallest since the last block first (RFC 7541, 4.2)
+                due = self._size_update
+                self._size_update = size if due is None else min(due, size)
+            self._table_limit = size
 
 
 def _window_updates(stream: int, credit: int) -> bytes:

@@ -44,6 +44,7 @@ from ferrotunnel.core.h2wire import (
     SETTINGS_HEADER_TABLE_SIZE,
     error_name,
     header_fragment,
+    setting,
 )
 
 from .h1 import normalize_host
@@ -275,10 +276,10 @@ class H2Watch:
         its table. The watch sees it before that encoder can act on it; it keeps the largest
         (a lowered limit applies only once the encoder has seen it) up to ``max_table``."""
         decoder = (self._origin if visitor else self._visitor).decoder
-        for i in range(0, len(payload) - 5, 6):
-            if int.from_bytes(payload[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
-                size = min(int.from_bytes(payload[i + 2 : i + 6], "big"), self._max_table)
-                decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
+        size = setting(payload, SETTINGS_HEADER_TABLE_SIZE)
+        if size is not None:
+            size = min(size, self._max_table)
+            decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
 
     # ------------------------------------------------------------------ exchanges
 
