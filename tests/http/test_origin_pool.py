@@ -94,3 +94,81 @@ async def test_an_origin_that_closes_idle_connections_is_not_reused() -> None:
         pool = stack.clients[0].origin_pool
         await wait_until(lambda: len(pool) == 0, within=2, what="the pool to drop it")
         assert app.connections == 3
+
+
+class BothOrigin(CountingOrigin):
+    """HTTP/1.1 on kept-alive connections, and HTTP/2 with prior knowledge on a connection
+    that opens with the preface (RFC 9113, 3.3): a preface later on one that served HTTP/1.1
+    is a request line no HTTP/1.1 server takes (answered 505 here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.http2 = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from ferrotunnel.core.h2wire import PREFACE
+
+        self.connections += 1
+        try:
+            first = True
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if head.startswith(PREFACE[:18]):
+                    if not first:
+                        writer.write(b"HTTP/1.1 505 HTTP Version Not Supported\r\n\r\n")
+                        return
+                    self.http2 += 1
+                    await serve_h2(reader, writer, PREFACE[18:])
+                    return
+                first = False
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rest: bytes) -> None:
+    """Answers each request of an HTTP/2 connection ``200 h2`` (``rest``: the preface's
+    tail, still to be read)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    await reader.readexactly(len(rest))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    conn.initiate_connection()
+    conn.receive_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    writer.write(conn.data_to_send())
+    while data := await reader.read(65536):
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.StreamEnded):
+                conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "2")])
+                conn.send_data(event.stream_id, b"h2", end_stream=True)
+        writer.write(conn.data_to_send())
+        await writer.drain()
+
+
+async def test_an_http2_connection_never_takes_a_pooled_http1_connection() -> None:
+    """An h2c visitor's bytes open an HTTP/2 connection: on a pooled origin connection that
+    served HTTP/1.1 they would be a request line, not a preface."""
+    app = BothOrigin()
+    server = await asyncio.start_server(app.serve, HOST, 0)
+    app.port = server.sockets[0].getsockname()[1]
+    try:
+        async with tunnel_stack([http_tunnel(APP, app.port)]) as stack:
+            assert (await get(stack.port)).text == "ok"
+            pool = stack.clients[0].origin_pool
+            await wait_until(lambda: len(pool) == 1, within=2, what="a pooled connection")
+            async with httpx.AsyncClient(
+                base_url=f"http://{HOST}:{stack.port}", http1=False, http2=True, timeout=10
+            ) as h2_client:
+                response = await h2_client.get("/", headers={"Host": APP})
+            assert (response.http_version, response.text) == ("HTTP/2", "h2")
+            assert app.http2 == 1
+            assert (await get(stack.port)).text == "ok"  # the pooled one, still there
+            assert app.connections == 2
+    finally:
+        server.close()

@@ -236,6 +236,7 @@ OPEN_FULL = Open(
     visitor_host="203.0.113.9",
     visitor_port=54321,
     trace={"traceparent": "00-4bf92f3577b34da6-00f067aa0ba902b7-01", "x-request-id": "r1"},
+    own_connection=True,
 )
 
 ROUND_TRIP_EVENTS: list[Event] = [
@@ -450,6 +451,7 @@ events: st.SearchStrategy[Event] = st.one_of(
         visitor_host=st.none() | texts,
         visitor_port=ports,
         trace=text_maps,
+        own_connection=st.booleans(),
     ),
     st.builds(Data, stream_id=stream_ids, data=st.binary(max_size=300)),
     st.builds(Fin, stream_id=stream_ids),
@@ -527,7 +529,7 @@ MESSAGE_KEYS: dict[FrameType, tuple[str, ...]] = {
     FrameType.HELLO: ("versions", "client_id", "tunnels", "token", "window", "max_frame", "agent"),
     FrameType.WELCOME: ("version", "session_id", "tunnels", "window", "max_frame", "ping_interval"),
     FrameType.REJECT: ("code", "message"),
-    FrameType.OPEN: ("kind", "tunnel", "visitor_host", "visitor_port", "trace"),
+    FrameType.OPEN: ("kind", "tunnel", "visitor_host", "visitor_port", "trace", "own_connection"),
 }
 TUNNEL_KEYS = ("name", "kind", "remote_port", "hostnames", "path", "options", "public_url")
 VALID_TUNNEL = {"name": "t", "kind": "http", "public_url": "https://t.example"}
@@ -809,6 +811,8 @@ BAD_FIELDS: list[tuple[FrameType, dict[str, Any]]] = [
     (FrameType.OPEN, {"visitor_port": "80"}),
     (FrameType.OPEN, {"trace": {"traceparent": 1}}),
     (FrameType.OPEN, {"trace": {"a": None}}),
+    (FrameType.OPEN, {"own_connection": 1}),
+    (FrameType.OPEN, {"own_connection": "true"}),
     (FrameType.OPEN, {"trace": {"a": ["b"]}}),
     (FrameType.OPEN, {"trace": ["a"]}),
     (FrameType.OPEN, {"trace": "a=b"}),

@@ -500,7 +500,9 @@ class Client:
         from then on bytes move in callbacks."""
         addr = tunnel.local_addr
         assert addr is not None
-        pool = self.origin_pool if tunnel.kind is TunnelKind.HTTP else None
+        pool: OriginPool | None = self.origin_pool
+        if tunnel.kind is not TunnelKind.HTTP or stream.open_frame.own_connection:
+            pool = None  # an HTTP/2 connection's preface must open the origin connection
         if pool is not None:
             idle = pool.take(tunnel.name)
             if idle is not None:

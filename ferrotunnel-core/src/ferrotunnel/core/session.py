@@ -234,8 +234,10 @@ class Session:
         *,
         visitor: tuple[str, int] | None = None,
         trace: dict[str, str] | None = None,
+        own_connection: bool = False,
     ) -> Stream:
-        """Open a stream to the peer. Data may be sent at once, within the window."""
+        """Open a stream to the peer. Data may be sent at once, within the window.
+        ``own_connection``: its bytes open a connection (see :class:`Open`)."""
         if self._state is not _State.OPEN:
             raise SessionClosedError("the session is not open")
         if self.going_away:
@@ -256,6 +258,7 @@ class Session:
             visitor[0] if visitor else None,
             visitor[1] if visitor else None,
             trace or {},
+            own_connection,
         )
         stream = Stream(self, frame, self._peer_window, self.config.window)
         self._streams[stream_id] = stream

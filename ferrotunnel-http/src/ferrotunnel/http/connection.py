@@ -474,7 +474,7 @@ class IngressConnection(asyncio.Protocol):
             if n < len(data):
                 self._buf[:0] = data[n:]
 
-    def _stream_for(self, route: Route) -> Stream | None:
+    def _stream_for(self, route: Route, *, own_connection: bool = False) -> Stream | None:
         current = self._stream
         if current is not None:
             same = self._route is not None and (self._route.session, self._route.tunnel) == (
@@ -492,7 +492,11 @@ class IngressConnection(asyncio.Protocol):
         trace = ctx.trace if ctx is not None else None  # a tracing plugin's context
         try:
             stream = session.open_stream(
-                route.tunnel, TunnelKind.HTTP, visitor=self._visitor, trace=trace
+                route.tunnel,
+                TunnelKind.HTTP,
+                visitor=self._visitor,
+                trace=trace,
+                own_connection=own_connection,
             )
         except SessionClosedError:
             return None
@@ -563,7 +567,8 @@ class IngressConnection(asyncio.Protocol):
         """Pass the HTTP/2 connection through to ``route``'s tunnel (``first_stream``: the
         stream of the request the middlewares saw, 0 if none did)."""
         try:
-            stream = self._stream_for(route)  # with the first request's trace, if any
+            # with the first request's trace, if any; the preface opens an origin connection
+            stream = self._stream_for(route, own_connection=True)
         except StreamLimitError:
             if self._ctx is not None:  # the origin never saw it: not its outcome to count
                 self._ctx.state.setdefault(REPLIED_BY, "ingress")

@@ -140,6 +140,8 @@ def encode(event: Event, limits: Limits = DEFAULT_LIMITS) -> bytes:
                 obj["visitor_port"] = event.visitor_port
             if event.trace:
                 obj["trace"] = event.trace
+            if event.own_connection:
+                obj["own_connection"] = True
             return _frame(FrameType.OPEN, _check_stream(event.stream_id), _json(obj, limits))
         case Hello():
             obj = {
@@ -463,6 +465,12 @@ class _Obj:
     def opt_integer(self, key: str, lo: int = 0, hi: int = MAX_WINDOW) -> int | None:
         return None if self._get(key, None) is None else self.integer(key, lo=lo, hi=hi)
 
+    def flag(self, key: str) -> bool:
+        value = self._get(key, False)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false")
+        return value
+
     def number(self, key: str, default: float) -> float:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
@@ -523,6 +531,7 @@ def _parse_open(stream_id: int, payload: memoryview) -> Event:
         visitor_host=obj.opt_text("visitor_host"),
         visitor_port=obj.opt_integer("visitor_port", hi=65535),
         trace=obj.text_map("trace"),
+        own_connection=obj.flag("own_connection"),
     )
 
 

@@ -141,6 +141,9 @@ class Open:
     visitor_host: str | None = None
     visitor_port: int | None = None
     trace: dict[str, str] = field(default_factory=dict)
+    #: the stream's bytes open a connection of their own (HTTP/2 with prior knowledge): the
+    #: client serves it on a new origin connection, never on an idle one left by another
+    own_connection: bool = False
 
 
 @dataclass(frozen=True, slots=True)
