@@ -223,3 +223,37 @@ def test_local_https_with_a_private_ca(
     assert line["local"] == f"https://{HOST}:{origin.port}"
     code, echo = answer(curl(f"http://{HOST}:{port}/tls", "-H", "Host: secure.localhost"))
     assert (code, echo["origin"], echo["path"]) == (200, "secure", "/tls")
+
+
+def test_grpc_to_an_https_origin(launch: Launch, tmp_path: Path) -> None:
+    """``--local-https`` serves gRPC too: the client offers ALPN ``h2`` on an h2c visitor's
+    origin connection (grpc-core refuses TLS without it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc  # type: ignore[import-untyped]
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert = ca.issue_cert(HOST)
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    unary = grpc.unary_unary_rpc_method_handler(lambda request, _: b"tls:" + request)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.E", {"U": unary}),))
+    key_and_chain = (cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())
+    grpc_port = server.add_secure_port(f"{HOST}:0", grpc.ssl_server_credentials([key_and_chain]))
+    server.start()
+    try:
+        _, control, port = start_server(launch)
+        client = launch(
+            *client_args(
+                control,
+                *("--local-addr", f"{HOST}:{grpc_port}", "--tunnel-id", "rpc.localhost"),
+                *("--local-https", "--local-ca", str(ca_file)),
+            )
+        )
+        client.expect(r"^ferrotunnel client connected$")
+        options = [("grpc.default_authority", "rpc.localhost")]
+        with grpc.insecure_channel(f"{HOST}:{port}", options=options) as channel:
+            assert channel.unary_unary("/t.E/U")(b"hi", timeout=10) == b"tls:hi"
+    finally:
+        server.stop(grace=None).wait(5)

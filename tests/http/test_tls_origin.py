@@ -4,7 +4,11 @@ and a verification failure is the visitor's 502, not a hang."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio
+import anyio.to_thread
 import httpx
 import pytest
 import trustme
@@ -97,3 +101,60 @@ async def test_origin_connections_are_pooled_across_visitors(ca: trustme.CA, tls
             )
             assert origin.connections == 1
         await wait_until(lambda: not origin._tasks, within=1, what="the origin connection to end")
+
+
+@asynccontextmanager
+async def grpc_tls_origin(ca: trustme.CA) -> AsyncIterator[int]:
+    """A gRPC server over TLS (grpc-core: it refuses a TLS client that offers no ALPN
+    ``h2``) answering ``tls:`` and the request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc  # type: ignore[import-untyped]
+
+    from .test_grpc import SERVICE
+
+    cert = ca.issue_cert(HOST)
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    unary = grpc.unary_unary_rpc_method_handler(lambda request, _: b"tls:" + request)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Unary": unary}),)
+    )
+    key_and_chain = (cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())
+    port = server.add_secure_port(f"{HOST}:0", grpc.ssl_server_credentials([key_and_chain]))
+    server.start()
+    try:
+        yield port
+    finally:
+        await anyio.to_thread.run_sync(lambda: server.stop(grace=None).wait(5))
+
+
+def h2_trusting(ca: trustme.CA) -> ssl.SSLContext:
+    context = trusting(ca)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+async def test_grpc_to_an_https_origin_offers_alpn_h2(ca: trustme.CA) -> None:
+    """An h2c visitor's connection goes to the origin over TLS with ALPN ``h2``
+    (``local_tls_http2``); HTTP/1.1 visitors of the same tunnel keep ``local_tls``."""
+    from .test_grpc import AUTHORITY, SERVICE, channel
+
+    async with grpc_tls_origin(ca) as port:
+        tunnel = http_tunnel(
+            AUTHORITY, port, local_tls=trusting(ca), local_tls_http2=h2_trusting(ca)
+        )
+        async with tunnel_stack([tunnel]) as stack:
+
+            def call() -> bytes:
+                with channel(stack) as ch:
+                    return ch.unary_unary(f"/{SERVICE}/Unary")(b"hi", timeout=10)  # type: ignore[no-any-return]
+
+            with anyio.fail_after(20):
+                assert await anyio.to_thread.run_sync(call) == b"tls:hi"
+    async with (
+        Origin(name="tls", ssl_context=server_context(ca, HOST)) as origin,
+        tunnel_stack(
+            [http_tunnel(APP, origin.port, local_tls=trusting(ca), local_tls_http2=h2_trusting(ca))]
+        ) as stack,
+    ):
+        assert (await fetch(stack.port)).json()["origin"] == "tls"

@@ -72,9 +72,11 @@ async def dash_stack(
     *,
     origin: Origin | RawOrigin | None = None,
     reconnect: bool = False,
+    tunnel: dict[str, Any] | None = None,
     **settings: Any,
 ) -> AsyncIterator[DashStack]:
-    """``settings`` are :class:`DashboardSettings` fields (port 0 unless given)."""
+    """``settings`` are :class:`DashboardSettings` fields (port 0 unless given); ``tunnel``
+    more :class:`Tunnel` fields."""
     settings.setdefault("port", 0)
     plugin = Dashboard(**settings)
     host = PluginHost.with_plugins([plugin], names=["dashboard"])
@@ -85,7 +87,7 @@ async def dash_stack(
         Client(
             server_addr=str(server.control_address),
             token=TOKEN,
-            tunnels=[http_tunnel(APP, origin.port)],
+            tunnels=[http_tunnel(APP, origin.port, **(tunnel or {}))],
             drain_timeout=0.25,
             reconnect=reconnect,
             plugins=host,

@@ -225,7 +225,8 @@ async def _replay_to(answer: bytes, original: Exchange, edits: Edits) -> Exchang
     then reads until the connection closes."""
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    tunnel = SimpleNamespace(name="app", local_addr=Address("127.0.0.1", port), local_tls=None)
+    address = Address("127.0.0.1", port)
+    tunnel = SimpleNamespace(name="app", local_addr=address, local_tls=None, local_tls_http2=None)
 
     async def serve(sock: anyio.abc.SocketStream) -> None:
         async with sock:

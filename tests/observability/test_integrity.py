@@ -276,3 +276,31 @@ async def test_requests_after_a_declined_upgrade_are_listed() -> None:
                 writer.write(request_bytes("GET", f"/after/{i}", APP))
         rows = await stack.wait_for(4)
         assert [r["path"] for r in rows] == ["/after/2", "/after/1", "/after/0", "/first"]
+
+
+async def test_a_grpc_call_to_an_https_origin_is_replayed_with_alpn_h2() -> None:
+    import trustme
+
+    from ..http.test_tls_origin import grpc_tls_origin, h2_trusting, trusting
+
+    ca = trustme.CA()
+    contexts = {"local_tls": trusting(ca), "local_tls_http2": h2_trusting(ca)}
+    async with (
+        grpc_tls_origin(ca) as port,
+        dash_stack(origin=_FixedPort(port), tunnel=contexts) as stack,
+    ):
+
+        def call() -> object:
+            with grpc.insecure_channel(
+                f"{HOST}:{stack.public_port}", options=[("grpc.default_authority", APP)]
+            ) as ch:
+                return ch.unary_unary(f"/{SERVICE}/Unary")(b"again", timeout=10)
+
+        with anyio.fail_after(30):
+            assert await anyio.to_thread.run_sync(call) == b"tls:again"
+            (row,) = await stack.wait_for(1)
+        answer = await stack.api.post(f"/api/v1/requests/{row['id']}/replay", json={})
+    assert answer.status_code == 201, answer.text
+    replayed = answer.json()
+    assert (replayed["status"], replayed["state"]) == (200, "complete")
+    assert base64.b64decode(replayed["response"]["body"]["base64"]) == _grpc_message(b"tls:again")

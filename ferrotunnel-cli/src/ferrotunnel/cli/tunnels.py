@@ -36,11 +36,14 @@ class TunnelOptions:
         self.host_header = host_header
         self.name = name
         self.local_tls: ssl.SSLContext | None = None
+        self.local_tls_http2: ssl.SSLContext | None = None  # gRPC servers want ALPN h2
         if local_https:
             try:
                 self.local_tls = ssl.create_default_context(cafile=local_ca)
+                self.local_tls_http2 = ssl.create_default_context(cafile=local_ca)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"{name('local_ca')} {local_ca}: {exc}") from None
+            self.local_tls_http2.set_alpn_protocols(["h2"])
         elif local_ca:
             raise ConfigError(f"{name('local_ca')} needs {name('local_https')}")
 
@@ -75,6 +78,7 @@ class TunnelOptions:
             path=path,
             host_header=self.host_header_for(local),
             local_tls=self.local_tls,
+            local_tls_http2=self.local_tls_http2,
         )
 
 

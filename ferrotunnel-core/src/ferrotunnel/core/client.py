@@ -66,7 +66,10 @@ class Tunnel:
     ``remote_port`` asks the server for a specific public TCP port; without it the server
     chooses. HTTP tunnels are routed by ``hostnames`` (default: ``name``) and ``path`` prefix;
     ``host_header`` is the Host the origin sees (None: the visitor's). ``local_tls`` connects to
-    an HTTPS origin. ``handler`` serves streams in-process instead of a local address.
+    an HTTPS origin, and ``local_tls_http2`` (a context like it, with
+    ``set_alpn_protocols(["h2"])``) to the same origin for a visitor's HTTP/2 connection:
+    gRPC servers refuse TLS without ALPN ``h2`` (None: ``local_tls``, no ALPN). ``handler``
+    serves streams in-process instead of a local address.
     """
 
     name: str
@@ -78,6 +81,13 @@ class Tunnel:
     path: str | None = None
     host_header: str | None = None
     local_tls: ssl.SSLContext | None = None
+    local_tls_http2: ssl.SSLContext | None = None
+
+    def origin_tls(self, stream: Stream) -> ssl.SSLContext | None:
+        """The TLS context for ``stream``'s origin connection (None: cleartext)."""
+        if stream.open_frame.own_connection and self.local_tls_http2 is not None:
+            return self.local_tls_http2
+        return self.local_tls
 
     def __post_init__(self) -> None:
         if (self.local_addr is None) == (self.handler is None):
@@ -503,6 +513,7 @@ class Client:
         pool: OriginPool | None = self.origin_pool
         if tunnel.kind is not TunnelKind.HTTP or stream.open_frame.own_connection:
             pool = None  # an HTTP/2 connection's preface must open the origin connection
+        tls = tunnel.origin_tls(stream)
         if pool is not None:
             idle = pool.take(tunnel.name)
             if idle is not None:
@@ -513,8 +524,8 @@ class Client:
                 lambda: SpliceProtocol(lambda _: stream, pool, tunnel.name, tap),
                 addr.host,
                 addr.port,
-                ssl=tunnel.local_tls,
-                server_hostname=addr.host if tunnel.local_tls is not None else None,
+                ssl=tls,
+                server_hostname=addr.host if tls is not None else None,
             )
         )
         self._connecting.add(task)
@@ -532,15 +543,18 @@ class Client:
         assert addr is not None
         try:
             sock: anyio.abc.ByteStream
-            if tunnel.local_tls is None:
+            tls = tunnel.origin_tls(stream)
+            if tls is None:
                 sock = await anyio.connect_tcp(addr.host, addr.port)
             else:
+                # closing must not wait for a close_notify the origin may never send
                 sock = await anyio.connect_tcp(
                     addr.host,
                     addr.port,
                     tls=True,
-                    ssl_context=tunnel.local_tls,
+                    ssl_context=tls,
                     tls_hostname=addr.host,
+                    tls_standard_compatible=False,
                 )
         except OSError as exc:
             _local_connect_failed(stream, addr, exc, tap)

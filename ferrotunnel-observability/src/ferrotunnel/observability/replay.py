@@ -154,7 +154,8 @@ async def replay(
     error: str | None = "the replay was interrupted"  # unless it gets to an answer below
     try:
         with anyio.fail_after(within):
-            sock = await _connect(addr.host, addr.port, tunnel.local_tls)
+            tls = (http2 and tunnel.local_tls_http2) or tunnel.local_tls  # ALPN h2 for gRPC
+            sock = await _connect(addr.host, addr.port, tls)
             if http2:
                 async with sock:
                     error = await exchange_h2(sock, tap, request, body)
@@ -201,4 +202,8 @@ async def _receive(sock: anyio.abc.ByteStream, tap: ExchangeTap) -> str | None:
 async def _connect(host: str, port: int, tls: ssl.SSLContext | None) -> anyio.abc.ByteStream:
     if tls is None:
         return await anyio.connect_tcp(host, port)
-    return await anyio.connect_tcp(host, port, tls=True, ssl_context=tls, tls_hostname=host)
+    # not "standard compatible": closing would wait for the origin's close_notify, which
+    # some never send (grpc-core's server: each replay took its 30 s deadline to close)
+    return await anyio.connect_tcp(
+        host, port, tls=True, ssl_context=tls, tls_hostname=host, tls_standard_compatible=False
+    )
