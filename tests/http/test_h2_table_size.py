@@ -257,3 +257,40 @@ async def run_nghttp(
         return subprocess.run([*command, *extra, *urls], capture_output=True, text=True, timeout=20)
 
     return await anyio.to_thread.run_sync(run)
+
+
+# ---------------------------------------------------------------------------- the visitor's encoder
+
+
+def passing_gate() -> H2Gate:
+    return H2Gate(lambda stream, fields, ended: None, first_stream=1)
+
+
+def grown_to(size: int) -> bytes:
+    """A new request whose block makes the visitor's table ``size`` bytes large."""
+    return h2_frame(HEADERS, END_HEADERS | END_STREAM, 3, table_size_update(size) + b"\x82")
+
+
+def test_the_visitors_table_may_grow_only_as_far_as_the_origin_allows() -> None:
+    """The gate keeps a copy of the table the origin decodes with: no larger than the
+    origin's SETTINGS allow (4096 bytes until they say more), nor than 1 MiB."""
+    gate = passing_gate()
+    assert gate.from_visitor(grown_to(8192)) == b""
+    assert "8192" in (gate.stopped or "")  # the origin would have failed it too
+
+    gate = passing_gate()
+    gate.from_origin(lowered(65536))  # the origin's SETTINGS: the same frame both ways
+    assert gate.from_visitor(grown_to(65536)) == grown_to(65536)
+
+    gate = passing_gate()
+    gate.from_origin(lowered(1 << 30))
+    assert gate.from_visitor(grown_to(1 << 30)) == b""
+    assert gate.stopped is not None
+
+
+def test_origin_settings_in_pieces_allow_the_most_the_gate_keeps() -> None:
+    gate = passing_gate()
+    settings = lowered(65536)
+    gate.from_origin(settings[:5])
+    gate.from_origin(settings[5:])
+    assert gate.from_visitor(grown_to(1 << 20)) == grown_to(1 << 20)

@@ -46,6 +46,10 @@ Which streams are new is the origin's view, not the gate's: a stream above the h
 origin was given (:attr:`_passed`) is a new request, even below a refused one (which the
 origin never saw), and is decided.
 
+Its copy of the origin's HPACK table may grow as far as the origin's SETTINGS allow the
+visitor (4096 bytes until they say more; never beyond ``_MAX_TABLE``): a size update beyond is
+a block that does not decode, for the origin too.
+
 What the gate cannot follow (a block that does not decode, one larger than ``max_block``, a
 header block interrupted by another frame, a CONTINUATION with no block) fails closed: a
 GOAWAY, and the connection closes (:attr:`closing`). Passing it on undecided would let a
@@ -101,6 +105,8 @@ _MAX_REFUSED = 1024
 _MAX_BLOCK_FRAMES = 256
 #: the visitor's SETTINGS frames the origin has not acknowledged yet, at most
 _MAX_UNACKED = 64
+#: the largest HPACK table the gate keeps for the visitor's encoder, whatever the origin allows
+_MAX_TABLE = 1 << 20
 #: the frames of a header block (none other may come between them)
 _BLOCK_KINDS = (HEADERS, PUSH_PROMISE, CONTINUATION)
 _PROTOCOL_ERROR, _REFUSED_STREAM, _COMPRESSION_ERROR = 0x1, 0x7, 0x9
@@ -126,7 +132,9 @@ class H2Gate:
         from ferrotunnel.core.hpack_reader import EVERY_FIELD, HeaderReader
 
         self._decide = decide
-        self._reader = HeaderReader(1 << 20)
+        # the origin's decoder, as the gate follows it: 4096 bytes until the origin's SETTINGS
+        # allow the visitor more (:meth:`_origin_frame`)
+        self._reader = HeaderReader()
         self._every_field = EVERY_FIELD
         self._max_block = max_block
         self._opened = first_stream  # the highest stream opened so far (decided already)
@@ -424,8 +432,10 @@ class H2Gate:
                     if end - at < 9 + size:
                         break
                     kind = data[at + 3]
-                    if kind in _BLOCK_KINDS or kind == SETTINGS:
+                    if kind in _BLOCK_KINDS:
                         self._origin_frame(kind, data[at + 4])
+                    elif kind == SETTINGS:
+                        self._origin_frame(kind, data[at + 4], data[at + 9 : at + 9 + size])
                     at += 9 + size
                     if stop and not self._origin_in_block:
                         return at
@@ -445,15 +455,27 @@ class H2Gate:
                 self._origin_frame(head[3], head[4])
                 head.clear()
 
-    def _origin_frame(self, kind: int, flags: int) -> None:
-        """What an origin's frame tells: whether a header block is open, and what the
-        visitor's decoder expects (the origin acknowledging a lowered table size; the
-        origin's own header block, which opens with the update)."""
+    def _origin_frame(
+        self, kind: int, flags: int, payload: bytes | memoryview | None = None
+    ) -> None:
+        """What an origin's frame tells: whether a header block is open; how large a table
+        the visitor's encoder may keep (its SETTINGS, ``payload`` unless they came in
+        pieces); what the visitor's decoder expects (the origin acknowledging a lowered
+        table size; the origin's own header block, which opens with the update)."""
         if kind in _BLOCK_KINDS:
             self._origin_in_block = not flags & END_HEADERS
             if kind != CONTINUATION:
                 self._size_update = None
-        elif kind == SETTINGS and flags & ACK and self._unacked:
+        elif kind == SETTINGS and not flags & ACK:
+            # the largest it allowed (a lowered limit applies once the visitor has seen it)
+            allowed = (
+                _MAX_TABLE if payload is None else setting(payload, SETTINGS_HEADER_TABLE_SIZE)
+            )
+            if allowed is not None:
+                reader = self._reader
+                allowed = min(allowed, _MAX_TABLE)
+                reader.max_allowed_table_size = max(reader.max_allowed_table_size, allowed)
+        elif kind == SETTINGS and self._unacked:
             size = self._unacked.popleft()
             if size is None:
                 return
