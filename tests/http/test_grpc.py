@@ -185,13 +185,14 @@ async def test_each_call_is_an_exchange_record() -> None:
 async def test_a_connection_is_routed_by_its_first_requests_path_too() -> None:
     """Path-prefix routes hold for HTTP/2 as for HTTP/1.1: the connection goes to the tunnel
     its first request's host *and path* choose. A later call on the connection that another
-    tunnel should serve still goes there (the connection is not decoded), and its record says
-    so."""
-    records: list[ExchangeRecord] = []
+    tunnel should serve cannot go there (the connection is not decoded): it is answered
+    421 Misdirected Request, UNAVAILABLE to gRPC, and never reaches the first tunnel's
+    origin, which would not know it."""
+    records: list[tuple[ExchangeRecord, str]] = []
 
     class Recorder:
         def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-            records.append(record)
+            records.append((record, record.replied_by))
 
     def run(stack: Stack) -> list[object]:
         with channel(stack) as ch:
@@ -199,7 +200,8 @@ async def test_a_connection_is_routed_by_its_first_requests_path_too() -> None:
             try:
                 ch.unary_unary("/other.Service/Unary")(b"y", timeout=10)
             except grpc.RpcError as error:
-                answers.append(error.code())
+                answers.append((error.code(), error.details()))
+            answers.append(ch.unary_unary(f"/{SERVICE}/Unary")(b"z", timeout=10))
             return answers
 
     async with (
@@ -215,17 +217,17 @@ async def test_a_connection_is_routed_by_its_first_requests_path_too() -> None:
     ):
         with anyio.fail_after(20):
             answers = await anyio.to_thread.run_sync(run, stack)
-        # the echo service's origin got both: the second call is unknown to it
-        assert answers == [b"echo-service:x", grpc.StatusCode.UNIMPLEMENTED]
-        await wait_until(lambda: len(records) == 2, what="a record per call")
-    assert [(r.tunnel, r.path, r.error) for r in records] == [
-        ("echo", f"/{SERVICE}/Unary", None),
-        (
-            "echo",
-            "/other.Service/Unary",
-            "sent to tunnel 'echo' with the first request of its HTTP/2 connection; "
-            "its own host and path route to tunnel 'rest'; grpc-status 12",
-        ),
+        await wait_until(lambda: len(records) == 3, what="a record per call")
+    misdirected = (
+        grpc.StatusCode.UNAVAILABLE,
+        f"{AUTHORITY}/other.Service/Unary is not served by this HTTP/2 connection's tunnel "
+        "(echo): send it on a new connection",
+    )
+    assert answers == [b"echo-service:x", misdirected, b"echo-service:z"]
+    assert sorted((r.path, r.status, by) for r, by in records) == [
+        ("/other.Service/Unary", 421, "ingress"),
+        (f"/{SERVICE}/Unary", 200, "origin"),
+        (f"/{SERVICE}/Unary", 200, "origin"),
     ]
 
 

@@ -33,7 +33,7 @@ from ferrotunnel.core.h2wire import (
 from ferrotunnel.core.plugin import ExchangeRecord, HttpRequest, Reply, RequestContext
 from ferrotunnel.http.h2gate import H2Gate
 
-from .harness import Stack, h2_frame, http_tunnel, tunnel_stack, wait_until
+from .harness import HOST, Stack, h2_frame, http_tunnel, tunnel_stack, wait_until
 from .test_grpc import AUTHORITY, SERVICE, channel, grpc_origin
 
 pytestmark = pytest.mark.anyio
@@ -366,3 +366,51 @@ def test_a_request_with_a_repeated_pseudo_field_is_refused_not_judged_by_one_of_
     assert request_head(fields).path == "/public"
     with pytest.raises(HttpError, match="repeated pseudo-header"):
         request_head([*fields, (b":path", b"/admin")])
+
+
+async def test_another_host_on_the_connection_is_misdirected_without_any_plugin() -> None:
+    """No middleware at all: the ingress still reads each call's host (a proxy in front may
+    send several hosts' requests on one connection), and one for another tunnel's host gets
+    421 Misdirected Request, never reaching this connection's origin. Its fields are sent
+    never-indexed (the block leaves the tables alone), so the connection goes on."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    from hpack import HeaderTuple, NeverIndexedHeaderTuple
+
+    def request(authority: str, path: str, indexed: bool = True) -> list[HeaderTuple]:
+        field = HeaderTuple if indexed else NeverIndexedHeaderTuple
+        pairs = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+        ]
+        return [field(name, value) for name, value in pairs]
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    statuses: dict[int, bytes] = {}
+    async with (
+        h2_origin() as port,
+        h2_origin() as other_port,
+        tunnel_stack(
+            [http_tunnel(AUTHORITY, port, name="a"), http_tunnel("b.localhost", other_port)]
+        ) as stack,
+    ):
+        sock = await anyio.connect_tcp(HOST, stack.port)
+        async with sock:
+            for stream, (authority, path, indexed) in zip(
+                (1, 3, 5),
+                [(AUTHORITY, "/x", True), ("b.localhost", "/y", False), (AUTHORITY, "/z", True)],
+                strict=True,
+            ):
+                conn.send_headers(stream, request(authority, path, indexed), end_stream=True)
+                await sock.send(conn.data_to_send())
+                with anyio.fail_after(10):
+                    while stream not in statuses:
+                        for event in conn.receive_data(await sock.receive()):
+                            if isinstance(event, h2.events.ResponseReceived):
+                                statuses[event.stream_id] = dict(event.headers)[b":status"]
+                        await sock.send(conn.data_to_send())
+    assert statuses == {1: b"200", 3: b"421", 5: b"200"}

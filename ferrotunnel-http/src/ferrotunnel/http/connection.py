@@ -561,11 +561,11 @@ class IngressConnection(asyncio.Protocol):
             else:
                 self._h2_open(route, stream_id)
             return
-        self._h2_open(route)
+        self._h2_open(route, stream_id)
 
-    def _h2_open(self, route: Route, first_stream: int = 0) -> None:
+    def _h2_open(self, route: Route, first_stream: int) -> None:
         """Pass the HTTP/2 connection through to ``route``'s tunnel (``first_stream``: the
-        stream of the request the middlewares saw, 0 if none did)."""
+        stream of its first request, which routed it)."""
         try:
             # with the first request's trace, if any; the preface opens an origin connection
             stream = self._stream_for(route, own_connection=True)
@@ -590,14 +590,13 @@ class IngressConnection(asyncio.Protocol):
             self._h2_filter = None
         buf.clear()
         self._h2_route = route
-        if first_stream and self._chain.decides_inline:
-            self._h2_gate = H2Gate(
-                self._h2_decide, first_stream=first_stream, max_block=self._config.max_head_size
-            )
-            frames = self._h2_gate.from_visitor(frames)
+        # every later request is routed (and put to the middlewares) before the origin sees it
+        self._h2_gate = H2Gate(
+            self._h2_decide, first_stream=first_stream, max_block=self._config.max_head_size
+        )
+        frames = self._h2_gate.from_visitor(frames)
         stream.feed(PREFACE + frames)
-        if self._h2_gate is not None:
-            self._h2_answer()
+        self._h2_answer()
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
             if first is not None and request is not None:
@@ -631,15 +630,6 @@ class IngressConnection(asyncio.Protocol):
                     _next_request_id(),
                     started=exchange.started,
                 )
-            path = exchange.target.decode("latin-1").partition("?")[0]
-            own = self._ingress.routes.lookup(exchange.authority, path)
-            if own is None or (own.session, own.tunnel) != (route.session, route.tunnel):
-                # the origin may well have answered it, but the log should say where it went
-                elsewhere = "no tunnel" if own is None else f"tunnel {own.label!r}"
-                exchange.error = (
-                    f"sent to tunnel {route.label!r} with the first request of its HTTP/2 "
-                    f"connection; its own host and path route to {elsewhere}"
-                ) + ("" if exchange.error is None else f"; {exchange.error}")
             self._chain.complete_later(
                 ctx,
                 (
@@ -669,8 +659,10 @@ class IngressConnection(asyncio.Protocol):
     def _h2_decide(
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool
     ) -> bytes | None:
-        """The middlewares' word on a later request of the HTTP/2 connection (see h2gate.py):
-        None to let it through, else the header block answering it."""
+        """The word on a later request of the HTTP/2 connection (see h2gate.py): None to let
+        it through, else the header block answering it. A request whose host and path route
+        elsewhere than the connection's tunnel is misdirected (RFC 9110, 15.5.20: the client
+        may retry it on a new connection); the others are put to the middlewares."""
         route = self._h2_route
         assert route is not None
         try:
@@ -678,12 +670,25 @@ class IngressConnection(asyncio.Protocol):
         except HttpError as exc:  # no authority: not a request anyone may pass unchecked
             body, headers = reply_parts(Reply(exc.status, str(exc)))
             return answer_block(exc.status, headers, body, is_grpc(fields))
+        own = self._ingress.routes.lookup(request.host, request.path)
+        misdirected = own is None or (own.session, own.tunnel) != (route.session, route.tunnel)
+        chain = self._chain
+        if not misdirected and not (chain.request_steps and chain.decides_inline):
+            return None  # (an async middleware decides the first request only)
         visitor_ip, visitor_port = self._visitor
         ctx = RequestContext(
             route.label, request.host, visitor_ip, visitor_port, _next_request_id()
         )
         wall = time.time()
-        decision = self._chain.on_request(request, ctx)
+        if misdirected:
+            ctx.state[REPLIED_BY] = "ingress"
+            decision: Reply | Awaitable[Reply | None] | None = Reply(
+                421,
+                f"{request.host}{request.path} is not served by this HTTP/2 connection's "
+                f"tunnel ({route.label}): send it on a new connection",
+            )
+        else:
+            decision = chain.on_request(request, ctx)
         if not isinstance(decision, Reply):  # None: every step is inline
             if self._chain.wants_records and len(self._h2_seen) < _MAX_H2_CONTEXTS:
                 self._h2_seen[stream_id] = (ctx, request, wall)

@@ -215,7 +215,16 @@ def is_grpc(fields: list[tuple[bytes, bytes]]) -> bool:
 
 
 #: a refusal's HTTP status as a gRPC status (the reverse of gRPC's HTTP-to-status mapping)
-_GRPC_STATUS = {401: b"16", 403: b"7", 404: b"12", 429: b"8", 502: b"14", 503: b"14", 504: b"14"}
+_GRPC_STATUS = {
+    401: b"16",  # UNAUTHENTICATED
+    403: b"7",  # PERMISSION_DENIED
+    404: b"12",  # UNIMPLEMENTED
+    421: b"14",  # UNAVAILABLE: misdirected, worth a retry on another connection
+    429: b"8",  # RESOURCE_EXHAUSTED
+    502: b"14",
+    503: b"14",
+    504: b"14",
+}
 
 
 def answer_block(
