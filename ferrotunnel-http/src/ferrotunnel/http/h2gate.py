@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 An h2c connection (gRPC) goes to its origin byte for byte: the ingress does not terminate
-HTTP/2. Its first request is decided on before the connection is opened (``connection.py``);
-the :class:`H2Gate` puts every later one to the same middlewares, so that a rate limit or
-basic auth applies per call, not per connection.
+HTTP/2. Its first request routes it and is decided on before the connection is opened
+(``connection.py``); the :class:`H2Gate` puts every later one to ``decide`` — which answers
+one that routes to another tunnel 421 and puts the others to the same middlewares, so that
+a rate limit or basic auth applies per call, not per connection.
 
 It reads the visitor's frames before they are forwarded. A HEADERS frame that opens a stream
 is held, with its CONTINUATIONs, until the header block is whole; the block is decoded (an
