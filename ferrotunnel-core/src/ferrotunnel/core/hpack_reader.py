@@ -64,6 +64,8 @@ class HeaderReader:
     def read(self, block: bytes, wanted: Container[bytes]) -> list[tuple[bytes, bytes]]:
         """The fields of ``block`` whose names are in ``wanted``, in order."""
         found: list[tuple[bytes, bytes]] = []
+        entries = self._entries
+        every = wanted is EVERY_FIELD  # (its membership test is a Python call: skipped)
         pos, end = 0, len(block)
         while pos < end:
             first = block[pos]
@@ -73,8 +75,13 @@ class HeaderReader:
                     pos += 1
                 else:
                     index, pos = _integer(block, pos, 7)
-                field = _STATIC[index - 1] if 0 < index <= _STATIC_SIZE else self._entry(index)
-                if field[0] in wanted:
+                if 0 < index <= _STATIC_SIZE:
+                    field = _STATIC[index - 1]
+                elif _STATIC_SIZE < index <= _STATIC_SIZE + len(entries):  # (no call: hot)
+                    field = entries[index - _STATIC_SIZE - 1]
+                else:
+                    raise HpackError("a field index beyond the tables")
+                if every or field[0] in wanted:
                     found.append(field)
             elif first & 0x40:  # a literal that enters the table
                 index, pos = _integer(block, pos, 6)
@@ -84,7 +91,7 @@ class HeaderReader:
                     name, pos = _string(block, pos)
                 value, pos = _string(block, pos)
                 self._add(name, value)
-                if name in wanted:
+                if every or name in wanted:
                     found.append((name, value))
             elif first & 0x20:  # a table size update
                 size, pos = _integer(block, pos, 5)
@@ -99,7 +106,7 @@ class HeaderReader:
                     name = self._entry(index)[0]
                 else:
                     name, pos = _string(block, pos)
-                if name in wanted:
+                if every or name in wanted:
                     value, pos = _string(block, pos)
                     found.append((name, value))
                 else:

@@ -153,6 +153,9 @@ def _write_eof(transport: asyncio.Transport | None) -> bool:
 
 #: later requests of one HTTP/2 connection whose contexts wait for their records, at most
 _MAX_H2_CONTEXTS = 1024
+#: what the gate decodes when only routing matters: a request's route, and what its record
+#: and a refusal need (content-type: gRPC is answered in gRPC's terms)
+_ROUTING_FIELDS = frozenset([b":authority", b"host", b":path", b":method", b"content-type"])
 
 
 def _next_request_id() -> str:
@@ -199,6 +202,9 @@ class IngressConnection(asyncio.Protocol):
         self._h2_filter: SettingsAckFilter | None = None  # HTTP/2: see h2c.py
         self._h2_watch: H2Watch | None = None  # HTTP/2's exchanges, for records: h2watch.py
         self._h2_route: Route | None = None  # where the HTTP/2 connection goes
+        self._h2_judged = False  # its later requests are put to the middlewares (else routed)
+        self._h2_authority = b""  # an :authority seen to route there (with _h2_host)
+        self._h2_host = ""
         self._h2_gate: H2Gate | None = None  # its later requests put to the middlewares
         #: by stream: the context and head of each request the middlewares saw, and when it
         #: came (wall clock), until its record is made
@@ -591,8 +597,13 @@ class IngressConnection(asyncio.Protocol):
         buf.clear()
         self._h2_route = route
         # every later request is routed (and put to the middlewares) before the origin sees it
+        chain = self._chain
+        self._h2_judged = bool(chain.request_steps and chain.decides_inline)
         self._h2_gate = H2Gate(
-            self._h2_decide, first_stream=first_stream, max_block=self._config.max_head_size
+            self._h2_decide,
+            first_stream=first_stream,
+            max_block=self._config.max_head_size,
+            wanted=None if self._h2_judged else _ROUTING_FIELDS,
         )
         frames = self._h2_gate.from_visitor(frames)
         stream.feed(PREFACE + frames)
@@ -665,6 +676,8 @@ class IngressConnection(asyncio.Protocol):
         may retry it on a new connection); the others are put to the middlewares."""
         route = self._h2_route
         assert route is not None
+        if not self._h2_judged and self._h2_routed_here(fields):
+            return None  # the usual request, without making its head
         try:
             request = request_head(fields)
         except HttpError as exc:  # no authority: not a request anyone may pass unchecked
@@ -672,9 +685,12 @@ class IngressConnection(asyncio.Protocol):
             return answer_block(exc.status, headers, body, is_grpc(fields))
         own = self._ingress.routes.lookup(request.host, request.path)
         misdirected = own is None or (own.session, own.tunnel) != (route.session, route.tunnel)
+        if not misdirected:
+            self._h2_authority = next((v for k, v in fields if k == b":authority"), b"")
+            self._h2_host = request.host
+            if not self._h2_judged:
+                return None  # (an async middleware decides the first request only)
         chain = self._chain
-        if not misdirected and not (chain.request_steps and chain.decides_inline):
-            return None  # (an async middleware decides the first request only)
         visitor_ip, visitor_port = self._visitor
         ctx = RequestContext(
             route.label, request.host, visitor_ip, visitor_port, _next_request_id()
@@ -699,6 +715,24 @@ class IngressConnection(asyncio.Protocol):
             facts = (wall, request.method, request.target, decision.status, 0, 9 + len(block))
             self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
         return block
+
+    def _h2_routed_here(self, fields: list[tuple[bytes, bytes]]) -> bool:
+        """Whether a request routes to the connection's tunnel, told quickly for the usual
+        one: its ``:authority`` as one seen before (False: not known so)."""
+        authority = target = None
+        for name, value in fields:
+            if name == b":authority":
+                authority = value
+            elif name == b":path":
+                target = value
+        if authority != self._h2_authority or target is None or not authority:
+            return False
+        own = self._ingress.routes.lookup(
+            self._h2_host, target.partition(b"?")[0].decode("latin-1")
+        )
+        route = self._h2_route
+        assert route is not None
+        return own is not None and own.session is route.session and own.tunnel == route.tunnel
 
     def _h2_answer(self) -> None:
         """Write the gate's answers to the visitor (between two of the origin's frames), and

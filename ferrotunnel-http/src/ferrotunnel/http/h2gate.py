@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import NamedTuple
 
 from ferrotunnel.core.h2wire import (
@@ -127,16 +127,24 @@ class _Answer(NamedTuple):
 
 class H2Gate:
     """Feed it the visitor's bytes (after the preface) and the origin's; forward what it
-    returns. ``decide(stream, fields, ended)`` gets each new request's header fields."""
+    returns. ``decide(stream, fields, ended)`` gets each new request's header fields: those
+    named in ``wanted`` (every field unless given)."""
 
-    def __init__(self, decide: Decide, *, first_stream: int, max_block: int = 64 << 10) -> None:
+    def __init__(
+        self,
+        decide: Decide,
+        *,
+        first_stream: int,
+        max_block: int = 64 << 10,
+        wanted: Container[bytes] | None = None,
+    ) -> None:
         from ferrotunnel.core.hpack_reader import EVERY_FIELD, HeaderReader
 
         self._decide = decide
         # the origin's decoder, as the gate follows it: 4096 bytes until the origin's SETTINGS
         # allow the visitor more (:meth:`_origin_frame`)
         self._reader = HeaderReader()
-        self._every_field = EVERY_FIELD
+        self._wanted = EVERY_FIELD if wanted is None else wanted
         self._max_block = max_block
         self._opened = first_stream  # the highest stream opened so far (decided already)
         #: the highest stream the origin was given: any above it is new to the origin
@@ -307,7 +315,7 @@ class H2Gate:
         stream, ended = self._block_stream, self._block_ended
         before = self._reader.changes
         try:
-            fields = self._reader.read(block, self._every_field)
+            fields = self._reader.read(block, self._wanted)
         except ValueError as exc:  # HpackError
             self._fail(f"a header block that does not decode ({exc})", _COMPRESSION_ERROR)
             return
