@@ -457,6 +457,22 @@ def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:
     assert f"{path}:3: unknown key 'htt_bind'" in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["server", "--check", "--config"], ["client", "--config"]]
+)
+def test_a_file_that_is_not_utf8_is_a_one_line_error(tmp_path: Path, command: list[str]) -> None:
+    """A file saved in Latin-1 (or a binary one) names the file and line, with no traceback."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\ntoken = "x"\n# caf\xe9\n')
+    result = run_cli([*command, str(path)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    error = one_error_line(result.stderr)
+    assert error == (
+        f"ferrotunnel: error: {path}:3: not UTF-8 text (byte 0xe9); a TOML file must be UTF-8"
+    )
+
+
 # ---------------------------------------------------------------------------- 3. server --config
 
 

@@ -187,6 +187,12 @@ def load_toml(
             data = tomllib.loads(text)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                "a TOML file must be UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     values = _convert_tables(schema, data, _Locator(source, text), unknown_table_hint)
