@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,27 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], needle: str) -> Non
     assert lines[0].startswith("ferrotunnel: error: "), lines[0]
     assert needle in lines[0], lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("loop", ["trio", "uvloop"])
+def test_a_loop_that_is_not_installed_is_one_line_and_status_2(loop: str) -> None:
+    """``--loop trio`` (or uvloop) where the package is missing: how to install it, no
+    traceback. The command runs in a real process whose imports of that package fail."""
+    code = (
+        f"import sys; sys.modules[{loop!r}] = None; "
+        "from ferrotunnel.cli.main import main; sys.exit(main())"
+    )
+    argv = [sys.executable, "-c", code, "--loop", loop, "server", "--token", "t"]
+    argv += ["--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
+    result = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env(),
+        timeout=15, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, f"status {result.returncode}\n{result.stderr}"
+    assert result.stderr.strip().splitlines() == [
+        f"ferrotunnel: error: --loop {loop}: {loop} is not installed (pip install {loop})"
+    ], result.stderr
+    assert "ferrotunnel server ready" not in result.stdout
 
 
 @pytest.mark.parametrize(

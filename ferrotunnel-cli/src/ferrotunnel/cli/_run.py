@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import os
 import signal
@@ -93,12 +93,24 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
 
 
 def _backend(loop: str) -> tuple[str, dict[str, Any]]:
+    # a chosen loop that is missing is a usage error saying how to install it, not a traceback
     if loop == "trio":
+        if not _importable("trio"):
+            fail("--loop trio: trio is not installed (pip install trio)", status=2)
         return "trio", {}
-    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    has_uvloop = _importable("uvloop")
     if loop == "uvloop" and not has_uvloop:
         fail("--loop uvloop: uvloop is not installed (pip install uvloop)", status=2)
     return "asyncio", {"use_uvloop": loop == "uvloop" or (loop == "auto" and has_uvloop)}
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports (the loop runs on it next, so importing it costs nothing)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:
