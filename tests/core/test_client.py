@@ -162,6 +162,28 @@ async def test_async_with_forms_and_tunnel_objects() -> None:
                 assert await roundtrip(handled.tunnels[0].remote_port or 0, b"h") == b"h"
 
 
+@pytest.mark.anyio
+async def test_serve_forever_under_a_deadline_leaves_the_shutdown_to_its_owner() -> None:
+    """``async with Client(...)``/``Server(...)``, then ``serve_forever()`` inside
+    ``move_on_after``: the deadline ends only ``serve_forever`` (it raised "Attempted to exit a
+    cancel scope that isn't the current task's current cancel scope"); the tunnel still works
+    until the ``async with`` shuts it down."""
+    async with echo_server() as echo_port, make_server() as server:
+        ingress = server.tcp_address
+        assert ingress is not None
+        async with make_client(server, echo_port) as client:
+            with anyio.move_on_after(0.2) as scope:
+                await client.serve_forever()
+            assert scope.cancelled_caught
+            assert status(client) is ClientStatus.CONNECTED
+            assert await roundtrip(ingress.port, b"still here") == b"still here"
+            with anyio.move_on_after(0.2) as scope:
+                await server.serve_forever()
+            assert scope.cancelled_caught
+            assert await roundtrip(ingress.port, b"and here") == b"and here"
+        assert status(client) is ClientStatus.CLOSED
+
+
 def test_config_errors() -> None:
     """Bad or missing settings raise ConfigError naming the problem, at construction."""
     with pytest.raises(ConfigError, match="server_addr"):

@@ -259,9 +259,16 @@ class Client:
 
     async def serve_forever(self) -> None:
         """Start (if needed) and run until cancelled, rejected for good, or — with
-        ``reconnect=False`` — disconnected."""
-        if self._tg is None:
-            await self.start()
+        ``reconnect=False`` — disconnected.
+
+        A client it started is shut down when it returns; one already started (``async
+        with``, ``start()``) is left to its owner, so a deadline around this call
+        (``move_on_after``) ends only the wait.
+        """
+        if self._tg is not None:
+            await self._finished.wait()
+            return
+        await self.start()
         try:
             await self._finished.wait()
         finally:
