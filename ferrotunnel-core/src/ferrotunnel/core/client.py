@@ -234,9 +234,13 @@ class Client:
             if self.session is not None and not self.session.closed:
                 await self.session.drain(self.config.drain_timeout)
         self.origin_pool.close()
-        await self._close_task_group()
-        self.status = ClientStatus.CLOSED
-        await self._shutdown_plugins()
+        try:
+            # under a cancellation (Ctrl-C, a cancelled task group) closing the task group
+            # raises it: the client is closed and its plugins are told all the same
+            await self._close_task_group()
+        finally:
+            self.status = ClientStatus.CLOSED
+            await self._shutdown_plugins()
 
     async def _shutdown_plugins(self) -> None:
         if self.plugins is not None:
