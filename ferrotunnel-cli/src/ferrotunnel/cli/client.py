@@ -11,8 +11,17 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    ClientConfig,
+    ConfigError,
+    RejectedError,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
+from ferrotunnel.protocol import RejectCode
 
 from ._run import (
     check_option,
@@ -285,7 +294,18 @@ def client(
         tls = " over TLS" if config.ssl_context is not None else ""
         click.echo(f"connecting to {config.server_addr}{tls} ...")
         try:
-            await tunnel_client.start()
+            try:
+                await tunnel_client.start()
+            except RejectedError as exc:
+                if token is None and exc.code is RejectCode.AUTH_FAILED:
+                    # the likely cause: no --token, FERROTUNNEL_TOKEN or [client] token, and
+                    # no terminal to prompt on (a service, a script)
+                    fail(
+                        f"{exc}: this client sent no token (pass --token, set "
+                        "FERROTUNNEL_TOKEN or give token in the [client] table)",
+                        status=1,
+                    )
+                raise
             click.echo("ferrotunnel client connected")
             by_name = {t.name: t for t in config.tunnels}
             for granted in tunnel_client.tunnels:
