@@ -11,6 +11,7 @@ request as it passes.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import secrets
 import time
 
@@ -83,6 +84,15 @@ async def fetch(address: Address, host: str) -> bytes:
     return reply
 
 
+def _no_dashboard(endpoint: str) -> str:
+    """Why the demo has no dashboard to show (the README promises one)."""
+    if endpoint:  # the plugin's own word: "unavailable: cannot listen on ..."
+        return endpoint
+    if importlib.util.find_spec("ferrotunnel.observability") is None:
+        return "not installed (it comes with ferrotunnel-observability)"
+    return "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
+
+
 @click.command()
 @log_level_option(default="warning")
 @click.pass_context
@@ -132,6 +142,8 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 dashboard = client.endpoints.get("dashboard", "")
                 if dashboard.startswith("http"):
                     click.echo(f"  dashboard (inspect, replay)    {dashboard}")
+                else:
+                    click.echo(f"  dashboard                      {_no_dashboard(dashboard)}")
                 click.echo(
                     f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
                 )
