@@ -32,6 +32,7 @@ from tests.e2e.helpers import (
     HOST,
     CliProcess,
     EchoServer,
+    child_env,
     ferrotunnel_exe,
     free_port,
     run_cli,
@@ -604,6 +605,42 @@ def test_server_tls_toml_errors(certs: CertDir, tmp_path: Path) -> None:
         commands.append(server_args(None, "--config", str(config)))
     for (_, names), result in zip(cases, _run_all(commands), strict=True):
         assert_config_error(result, *names, secrets=(other.server_key,))
+
+
+def test_a_missing_tls_file_is_named_where_it_came_from(certs: CertDir, tmp_path: Path) -> None:
+    """A certificate path from the file is named by its table, key and line (not by a flag the
+    user never typed), from the environment by its variable; a relative one says which
+    directory it was looked for in: the working directory, not the configuration file's."""
+    key = json.dumps(str(certs.server_key))
+    configs = {
+        "server": f'[server]\ntoken = "t"\ntls_cert = "certs/server.pem"\ntls_key = {key}\n',
+        "https": f'[server]\ntoken = "t"\nhttps_bind = "{HOST}:0"\n'
+        f'https_cert = ["certs/site.pem"]\nhttps_key = [{key}]\n',
+        "client": f'[client]\nserver = "{HOST}:9"\ntoken = "t"\ntls_ca = "certs/ca.pem"\n',
+    }  # fmt: skip
+    expected = {
+        "server": "3: [server] tls_cert 'certs/server.pem'",
+        "https": "4: [server] https_cert 'certs/site.pem'",
+        "client": "4: [client] tls_ca 'certs/ca.pem'",
+    }
+    for kind, text in configs.items():
+        path = tmp_path / f"{kind}.toml"
+        path.write_text(text, encoding="utf-8")
+        command = "client" if kind == "client" else "server"
+        for args in (["config", "check", str(path)], [command, "--check", "--config", str(path)]):
+            result = run_cli(args, cwd=tmp_path)
+            line = assert_config_error(result, expected[kind], secrets=(certs.server_key,))
+            assert line == (
+                f"ferrotunnel: error: {path}:{expected[kind]}: no such file "
+                f"(relative to the working directory {tmp_path})"
+            ), line
+    # from the environment: its variable; an absolute path needs no directory
+    env = child_env(FERROTUNNEL_TLS_CA=str(tmp_path / "nowhere.pem"))
+    args = ["client", "--check", "--server", f"{HOST}:9", "--token", "t", "--tls"]
+    line = assert_config_error(run_cli(args, env=env), "FERROTUNNEL_TLS_CA")
+    assert line == (
+        f"ferrotunnel: error: FERROTUNNEL_TLS_CA '{tmp_path / 'nowhere.pem'}': no such file"
+    ), line
 
 
 def test_client_tls_flag_errors(certs: CertDir, tmp_path: Path) -> None:

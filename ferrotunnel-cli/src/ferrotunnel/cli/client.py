@@ -36,6 +36,7 @@ from ._run import (
 from .settings import (
     ClientSettings,
     TunnelSettings,
+    existing_files,
     load_settings,
     merge,
     needs,
@@ -93,6 +94,7 @@ def _tls_context(
             f"{name('tls_skip_verify')} and {name('tls_ca')} contradict each other: "
             "verify the server against that CA, or not at all"
         )
+    existing_files(name, **{k: merged[k] for k in ("tls_ca", "tls_cert", "tls_key")})
     pairs = ((merged["tls_cert"], merged["tls_key"]),) if merged["tls_cert"] else ()
     return plugins.ssl_context(
         TlsOptions(

@@ -33,6 +33,7 @@ from ._run import (
 )
 from .settings import (
     ServerSettings,
+    existing_files,
     load_settings,
     merge,
     needs,
@@ -75,6 +76,9 @@ def _tls_contexts(
         raise ConfigError(needs(name, given, "tls_cert", "tls_key", table="server"))
     control = None
     if settings.tls_cert is not None and settings.tls_key is not None:
+        existing_files(
+            name, tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca
+        )
         control = plugins.ssl_context(
             TlsOptions(
                 TlsPurpose.SERVER,
@@ -101,6 +105,8 @@ def _tls_contexts(
             needs(name, "https_bind", "https_cert", "https_key", table="server")
             + " (or the control plane's tls_cert and tls_key)"
         )
+    if settings.https_cert:
+        existing_files(name, https_cert=settings.https_cert, https_key=settings.https_key)
     return control, plugins.ssl_context(TlsOptions(TlsPurpose.INGRESS, pairs))
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from ferrotunnel.core import ConfigError
 from ferrotunnel.core.plugin import Config, ConfigSchema, PluginHost, load_toml
 
 __all__ = [
@@ -217,6 +219,24 @@ def needs(name: Callable[[str], str], given: str, *needed: str, table: str) -> s
     from_file = ": [" in source  # FILE:LINE: [table] key
     wanted = [f"[{table}] {param}" if from_file else name(param) for param in needed]
     return f"{source} needs {' and '.join(wanted)}"
+
+
+def existing_files(name: Callable[[str], str], **paths: str | Sequence[str] | None) -> None:
+    """Each of ``paths`` (a setting's value: a path, a list of them, or None) must be a file.
+
+    One that is not is named where it came from (``name``: the flag, the variable, or the
+    file's table, key and line) — not by the flag a user may never have typed — and a relative
+    path says the directory it was looked up in: the working directory, not the file's.
+    """
+    for param, value in paths.items():
+        for path in [value] if isinstance(value, str) else value or ():
+            if not Path(path).is_file():
+                where = (
+                    ""
+                    if Path(path).is_absolute()
+                    else f" (relative to the working directory {Path.cwd()})"
+                )
+                raise ConfigError(f"{name(param)} {path!r}: no such file{where}")
 
 
 def take_plugin_options(
