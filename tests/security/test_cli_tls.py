@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -607,40 +608,53 @@ def test_server_tls_toml_errors(certs: CertDir, tmp_path: Path) -> None:
         assert_config_error(result, *names, secrets=(other.server_key,))
 
 
-def test_a_missing_tls_file_is_named_where_it_came_from(certs: CertDir, tmp_path: Path) -> None:
-    """A certificate path from the file is named by its table, key and line (not by a flag the
-    user never typed), from the environment by its variable; a relative one says which
-    directory it was looked for in: the working directory, not the configuration file's."""
-    key = json.dumps(str(certs.server_key))
+def test_tls_paths_in_a_file_are_relative_to_it_and_named_where_they_came_from(
+    certs: CertDir, tmp_path: Path
+) -> None:
+    """A relative certificate path in the configuration file is taken from the file's folder
+    (as ``[auth] tokens_file`` is), whatever the working directory (a service's is often /);
+    a missing one is named by the file's table, key and line (not by a flag the user never
+    typed); from the environment by its variable, a relative one with the directory it was
+    looked for in."""
+    folder, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(certs.path, folder / "certs")
     configs = {
-        "server": f'[server]\ntoken = "t"\ntls_cert = "certs/server.pem"\ntls_key = {key}\n',
+        "server": '[server]\ntoken = "t"\ntls_cert = "certs/server.pem"\n'
+        'tls_key = "certs/server-key.pem"\n',
         "https": f'[server]\ntoken = "t"\nhttps_bind = "{HOST}:0"\n'
-        f'https_cert = ["certs/site.pem"]\nhttps_key = [{key}]\n',
-        "client": f'[client]\nserver = "{HOST}:9"\ntoken = "t"\ntls_ca = "certs/ca.pem"\n',
+        'https_cert = ["certs/server.pem"]\nhttps_key = ["certs/server-key.pem"]\n',
+        "client": f'[client]\nserver = "{HOST}:9"\ntoken = "t"\ntls_ca = "certs/ca.pem"\n'
+        'tls_cert = "certs/client.pem"\ntls_key = "certs/client-key.pem"\n',
     }  # fmt: skip
-    expected = {
-        "server": "3: [server] tls_cert 'certs/server.pem'",
-        "https": "4: [server] https_cert 'certs/site.pem'",
-        "client": "4: [client] tls_ca 'certs/ca.pem'",
+    missing = {
+        "server": ("certs/server.pem", "certs/gone.pem", "3: [server] tls_cert"),
+        "https": ('["certs/server.pem"]', '["certs/gone.pem"]', "4: [server] https_cert"),
+        "client": ("certs/ca.pem", "certs/gone.pem", "4: [client] tls_ca"),
     }
     for kind, text in configs.items():
-        path = tmp_path / f"{kind}.toml"
-        path.write_text(text, encoding="utf-8")
         command = "client" if kind == "client" else "server"
+        path = folder / f"{kind}.toml"
+        path.write_text(text, encoding="utf-8")
         for args in (["config", "check", str(path)], [command, "--check", "--config", str(path)]):
-            result = run_cli(args, cwd=tmp_path)
-            line = assert_config_error(result, expected[kind], secrets=(certs.server_key,))
+            result = run_cli(args, cwd=elsewhere)
+            assert result.returncode == 0, (kind, result.stdout, result.stderr)
+        good, bad, where = missing[kind]
+        path.write_text(text.replace(good, bad), encoding="utf-8")
+        for args in (["config", "check", str(path)], [command, "--check", "--config", str(path)]):
+            line = assert_config_error(run_cli(args, cwd=elsewhere), where)
             assert line == (
-                f"ferrotunnel: error: {path}:{expected[kind]}: no such file "
-                f"(relative to the working directory {tmp_path})"
+                f"ferrotunnel: error: {path}:{where} '{folder / 'certs/gone.pem'}': no such file"
             ), line
-    # from the environment: its variable; an absolute path needs no directory
-    env = child_env(FERROTUNNEL_TLS_CA=str(tmp_path / "nowhere.pem"))
+    # from the environment: its variable, and a relative path says where it was looked for
+    env = child_env(FERROTUNNEL_TLS_CA="certs/ca.pem")
     args = ["client", "--check", "--server", f"{HOST}:9", "--token", "t", "--tls"]
-    line = assert_config_error(run_cli(args, env=env), "FERROTUNNEL_TLS_CA")
+    line = assert_config_error(run_cli(args, env=env, cwd=elsewhere), "FERROTUNNEL_TLS_CA")
     assert line == (
-        f"ferrotunnel: error: FERROTUNNEL_TLS_CA '{tmp_path / 'nowhere.pem'}': no such file"
+        "ferrotunnel: error: FERROTUNNEL_TLS_CA 'certs/ca.pem': no such file "
+        f"(relative to the working directory {elsewhere})"
     ), line
+    assert run_cli(args, env=env, cwd=folder).returncode == 0
 
 
 def test_client_tls_flag_errors(certs: CertDir, tmp_path: Path) -> None:

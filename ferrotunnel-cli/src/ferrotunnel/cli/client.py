@@ -37,6 +37,7 @@ from .settings import (
     ClientSettings,
     TunnelSettings,
     existing_files,
+    file_path,
     load_settings,
     merge,
     needs,
@@ -59,10 +60,11 @@ def _explicit(ctx: click.Context, param: str) -> bool:
     return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
-def _file_tunnel(entry: TunnelSettings) -> Tunnel:
+def _file_tunnel(entry: TunnelSettings, config: Config) -> Tunnel:
     where = f"[[client.tunnels]] {entry.name!r}"
+    local_ca = file_path(config, entry.local_ca) if entry.local_ca else None
     options = TunnelOptions(
-        entry.host_header, entry.local_https, entry.local_ca, name=lambda key: f"{where} {key}"
+        entry.host_header, entry.local_https, local_ca, name=lambda key: f"{where} {key}"
     )
     try:
         kind = TunnelKind(entry.protocol)
@@ -262,7 +264,7 @@ def client(
                 raise ConfigError("--tunnel replaces --tunnel-id/--remote-port/--path")
             tunnels = tuple(parse_tunnel_spec(spec, options) for spec in specs)
         elif file_settings.tunnels and not single:
-            tunnels = tuple(_file_tunnel(t) for t in file_settings.tunnels)
+            tunnels = tuple(_file_tunnel(t, loaded) for t in file_settings.tunnels)
         else:
             local = Address.parse(merged["local_addr"], what=source("local_addr"))
             kind = TunnelKind(merged["protocol"])

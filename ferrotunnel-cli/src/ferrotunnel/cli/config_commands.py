@@ -153,6 +153,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         lines = [
             "# ferrotunnel server configuration:  ferrotunnel server --config server.toml",
             "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "# Relative paths (certificates, files) are relative to this file's folder.",
             "",
         ]
         settings = dataclasses.replace(ServerSettings(), token=secrets.token_urlsafe(24))
@@ -162,6 +163,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         lines = [
             "# ferrotunnel client configuration:  ferrotunnel client --config client.toml",
             "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "# Relative paths (certificates, files) are relative to this file's folder.",
             "",
             "[client]",
             *_value_lines("server", "tunnel.example.com:7835", _CLIENT_HELP["server"], False),
