@@ -69,6 +69,19 @@ def test_command_help_lists_its_flags(command: str, flags: list[str]) -> None:
             "--local-addr",
         ),
         (["server"], "missing token"),
+        (
+            [
+                "client",
+                "--server",
+                "127.0.0.1:1",
+                "--token",
+                "t",
+                "--local-https",
+                "--local-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "--local-ca '/nonexistent/ca.pem': No such file or directory",
+        ),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
