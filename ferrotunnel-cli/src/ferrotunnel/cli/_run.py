@@ -89,7 +89,7 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
     except* ConfigError as group:
         fail(str(group.exceptions[0]), status=2)
     except* (FerroTunnelError, OSError) as group:
-        fail(_describe(group.exceptions[0]), status=1)
+        fail(describe(group.exceptions[0]), status=1)
 
 
 def _backend(loop: str) -> tuple[str, dict[str, Any]]:
@@ -113,7 +113,7 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         target = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{target}"

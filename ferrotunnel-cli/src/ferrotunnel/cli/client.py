@@ -27,6 +27,7 @@ from ._run import (
     check_option,
     config_errors,
     config_option,
+    describe,
     fail,
     log_level_option,
     read_token,
@@ -325,7 +326,10 @@ def client(
             click.echo("Press Ctrl-C to stop.")
             await tunnel_client.serve_forever()
             # it returns (rather than being cancelled) only when the session ended for good
-            fail(f"lost the connection to {config.server_addr}", status=1)
+            session = tunnel_client.session
+            reason = session.close_reason if session is not None else None
+            why = describe(reason) if reason is not None else "closed"
+            fail(f"lost the connection to {config.server_addr} ({why})", status=1)
         finally:
             await tunnel_client.shutdown()
 

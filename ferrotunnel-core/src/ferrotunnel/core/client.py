@@ -340,7 +340,10 @@ class Client:
                     else:
                         self.status = ClientStatus.RECONNECTING
                     self._notify("ferrotunnel_tunnel_closed", session)
-                if self._stopping:
+                if self._stopping or not self.config.reconnect:
+                    # without reconnects the client ends here: its caller reports it (the
+                    # command line once, with session.close_reason), rather than a log line
+                    # saying "reconnecting"
                     return
                 self.reconnects += 1
                 log.warning(
@@ -348,8 +351,6 @@ class Client:
                     self.config.server_addr,
                     _describe(session.close_reason),
                 )
-                if not self.config.reconnect:
-                    return
                 continue
             delay = self.config.backoff.delay(attempt)
             attempt += 1
