@@ -13,7 +13,7 @@ import time
 import pytest
 
 from .conftest import Launch
-from .helpers import CliProcess
+from .helpers import CliProcess, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,3 +77,13 @@ def test_demo_without_the_dashboard_says_why(installed: bool) -> None:
         assert demo.wait_exit(timeout=5.0) == 0, demo.describe()
     finally:
         demo.close()
+
+
+def test_demo_on_trio_says_what_it_needs() -> None:
+    """``--loop trio demo``: the demo's HTTP ingress runs on asyncio; the error says so, in
+    one line (it said "Exceptions from Trio nursery (1 sub-exception)")."""
+    result = run_cli(["--loop", "trio", "demo"], timeout=20)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "ferrotunnel: error: the HTTP ingress needs the asyncio backend (or uvloop)"
+    ], result.stderr

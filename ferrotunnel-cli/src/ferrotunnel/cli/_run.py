@@ -83,13 +83,22 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
         anyio.run(guarded, backend=backend, backend_options=options)
     except* SystemExit as group:
         # fail() called inside the event loop: the task group wrapped its SystemExit
-        raise group.exceptions[0] from None
+        raise _first(group) from None
     except* RejectedError as group:
-        fail(str(group.exceptions[0]), status=1)
+        fail(str(_first(group)), status=1)
     except* ConfigError as group:
-        fail(str(group.exceptions[0]), status=2)
+        fail(str(_first(group)), status=2)
     except* (FerroTunnelError, OSError) as group:
-        fail(describe(group.exceptions[0]), status=1)
+        fail(describe(_first(group)), status=1)
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error itself, however deep in nested task groups (trio's nurseries nest
+    one group per level): its message, not "Exceptions from Trio nursery (1 sub-exception)"."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _backend(loop: str) -> tuple[str, dict[str, Any]]:
