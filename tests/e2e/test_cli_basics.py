@@ -13,7 +13,7 @@ import pytest
 from ferrotunnel.cli.tunnels import TunnelOptions
 from ferrotunnel.core import Address, TunnelKind
 
-from .conftest import Launch, client_args
+from .conftest import Launch, client_args, server_args
 from .helpers import HOST, TunnelClient, TunnelServer, child_env, run_cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,6 +115,25 @@ def test_a_loop_that_is_not_installed_is_one_line_and_status_2(loop: str) -> Non
         f"ferrotunnel: error: --loop {loop}: {loop} is not installed (pip install {loop})"
     ], result.stderr
     assert "ferrotunnel server ready" not in result.stdout
+
+
+def test_a_client_without_its_dashboard_says_why(launch: Launch) -> None:
+    """The dashboard runs on asyncio: on ``--loop trio`` the client says so where the URL
+    would be (it said "not available: install ferrotunnel-observability", installed or not)."""
+    server = TunnelServer(launch(*server_args("t")))
+    client = launch(
+        "--loop", "trio", "client", "--server", server.control, "--token", "t",
+        "--protocol", "tcp", "--local-addr", f"{HOST}:9", "--dashboard-port", "0",
+    )  # fmt: skip
+    line = client.expect(r"^\s+dashboard: (?P<why>.+)$").group("why")
+    assert line == "unavailable: it needs --loop asyncio or uvloop", client.describe()
+    # blocked: installed, but not loaded
+    blocked = launch(
+        "--block-plugin", "dashboard", "client", "--server", server.control, "--token", "t",
+        "--tunnel-id", "blocked", "--local-addr", f"{HOST}:9",
+    )  # fmt: skip
+    line = blocked.expect(r"^\s+dashboard: (?P<why>.+)$").group("why")
+    assert line == "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -90,6 +91,16 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
         fail(str(_first(group)), status=2)
     except* (FerroTunnelError, OSError) as group:
         fail(describe(_first(group)), status=1)
+
+
+def dashboard_absence(endpoint: str | None) -> str:
+    """Why a client has no dashboard URL to print: the plugin's own word when it gave one
+    ("unavailable: cannot listen on ..."), else whether it is installed at all."""
+    if endpoint:
+        return endpoint
+    if importlib.util.find_spec("ferrotunnel.observability") is None:
+        return "not installed (it comes with ferrotunnel-observability)"
+    return "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
 
 
 def _first(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -27,6 +27,7 @@ from ._run import (
     check_option,
     config_errors,
     config_option,
+    dashboard_absence,
     describe,
     fail,
     log_level_option,
@@ -240,7 +241,6 @@ def client(
         if "port" in changes:
             loaded.note_source("dashboard", "port", origin(ctx, loaded, "client", "dashboard_port"))
         no_dashboard = not loaded.table("dashboard").enabled
-        dashboard_port = loaded.table("dashboard").port
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False, prompt=not check_only)
 
@@ -319,10 +319,7 @@ def client(
             if dashboard is not None:
                 click.echo(f"  dashboard: {dashboard}")
             elif not no_dashboard:
-                click.echo(
-                    f"  dashboard: not available: install ferrotunnel-observability "
-                    f"to serve 127.0.0.1:{dashboard_port}"
-                )
+                click.echo(f"  dashboard: {dashboard_absence(None)}")
             click.echo("Press Ctrl-C to stop.")
             await tunnel_client.serve_forever()
             # it returns (rather than being cancelled) only when the session ended for good

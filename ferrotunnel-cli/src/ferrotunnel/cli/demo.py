@@ -11,7 +11,6 @@ request as it passes.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import secrets
 import time
 
@@ -23,7 +22,7 @@ from ferrotunnel.core import Address, Client, Server, Tunnel, TunnelKind
 from ferrotunnel.core.plugin import PluginHost
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
-from ._run import config_errors, log_level_option, run, setup_logging
+from ._run import config_errors, dashboard_absence, log_level_option, run, setup_logging
 from .settings import load_settings
 
 DEMO_HOST = "demo.localhost"
@@ -84,15 +83,6 @@ async def fetch(address: Address, host: str) -> bytes:
     return reply
 
 
-def _no_dashboard(endpoint: str) -> str:
-    """Why the demo has no dashboard to show (the README promises one)."""
-    if endpoint:  # the plugin's own word: "unavailable: cannot listen on ..."
-        return endpoint
-    if importlib.util.find_spec("ferrotunnel.observability") is None:
-        return "not installed (it comes with ferrotunnel-observability)"
-    return "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
-
-
 @click.command()
 @log_level_option(default="warning")
 @click.pass_context
@@ -143,7 +133,7 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 if dashboard.startswith("http"):
                     click.echo(f"  dashboard (inspect, replay)    {dashboard}")
                 else:
-                    click.echo(f"  dashboard                      {_no_dashboard(dashboard)}")
+                    click.echo(f"  dashboard                      {dashboard_absence(dashboard)}")
                 click.echo(
                     f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
                 )
