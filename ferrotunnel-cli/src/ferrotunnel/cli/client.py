@@ -76,6 +76,21 @@ def _file_tunnel(entry: TunnelSettings, config: Config) -> Tunnel:
     return options.make(kind, entry.name, local, path=entry.path, remote_port=entry.remote_port)
 
 
+def _refuse_server_tables(config: Config) -> None:
+    """A table only a server reads ([basic_auth], [rate_limit]...) in a client's file would be
+    ignored — a tunnel the user meant to protect would not be — so it is an error. A file that
+    has a [server] table too is shared by both: each side reads its own."""
+    if "server" in config.raw:
+        return
+    for name in config.raw:
+        spec = config.schema.tables.get(name)
+        if spec is not None and "client" not in spec.sides:
+            raise ConfigError(
+                f"{config.where(name)}: [{name}] is read by the server only ({spec.owner}): "
+                "a client ignores it; put it in the server's configuration"
+            )
+
+
 def _target(tunnel: Tunnel) -> str:
     if tunnel.kind is TunnelKind.TCP:
         return str(tunnel.local_addr)
@@ -217,6 +232,7 @@ def client(
     plugins: PluginHost = ctx.obj["plugins"]
     hint: str = ctx.obj.get("table_hint", "")
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
+    config_errors(lambda: _refuse_server_tables(loaded))
     options = config_errors(lambda: take_plugin_options(ctx, options, loaded))
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")

@@ -133,10 +133,10 @@ def _table(
     return [*lines, *tables, ""]
 
 
-def _plugin_tables(schema: ConfigSchema) -> list[str]:
+def _plugin_tables(schema: ConfigSchema, kind: str) -> list[str]:
     lines = []
     for name, spec in schema.tables.items():
-        if name in ("server", "client"):
+        if name in ("server", "client") or kind not in spec.sides:
             continue
         lines.append(f"# ---- [{name}] from {spec.owner}" + (f": {spec.help}" if spec.help else ""))
         try:
@@ -180,7 +180,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         for tunnel in examples:
             values = {k: v for k, v in dataclasses.asdict(tunnel).items() if v is not None}
             lines += ["[[client.tunnels]]", tomli_w.dumps(values).strip(), ""]
-    return "\n".join(lines + _plugin_tables(schema)).rstrip() + "\n"
+    return "\n".join(lines + _plugin_tables(schema, kind)).rstrip() + "\n"
 
 
 @click.group()
