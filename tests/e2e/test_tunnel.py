@@ -102,6 +102,25 @@ def test_a_client_without_a_token_says_it_sent_none(tunnel: Tunnel, launch: Laun
     assert "sent no token" not in wrong.stderr, wrong.describe()
 
 
+def test_a_server_with_a_domain_names_it_in_tcp_urls(launch: Launch, echo: EchoServer) -> None:
+    """``--domain tunnel.example.com --tcp-bind ...``: a TCP tunnel's public URL is
+    ``tcp://tunnel.example.com:PORT``, as the README shows (it was the bind address, or this
+    machine's host name for 0.0.0.0); ``--public-host`` still wins."""
+    for extra, host in (
+        (["--domain", "Tunnel.Example.com."], "tunnel.example.com"),
+        (["--domain", "tunnel.example.com", "--public-host", "edge.example.net"],
+         "edge.example.net"),
+    ):  # fmt: skip
+        server = TunnelServer(launch(*server_args(TOKEN, *extra)))
+        client = TunnelClient(launch(*client_args(server.control, TOKEN, echo.port)))
+        url = client.proc.expect_stderr(r"tunnel '\S+' is public at (?P<url>\S+)$", timeout=5)
+        assert url.group("url") == f"tcp://{host}:{server.tcp_port}", client.proc.describe()
+        assert echo_roundtrip(client.public_port, b"by name") == b"by name"
+        for proc in (client.proc, server.proc):
+            proc.signal(signal.SIGTERM)
+            assert proc.wait_exit(timeout=5) == 0, proc.describe()
+
+
 def test_the_token_is_never_logged(launch: Launch, echo: EchoServer) -> None:
     token = "s3cr3t-Tok3n-9f8e7d6c5b4a"
     wrong = "wr0ng-Tok3n-0a1b2c3d4e5f"

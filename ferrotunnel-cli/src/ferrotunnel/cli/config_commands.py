@@ -39,7 +39,7 @@ _SERVER_HELP = {
     "trust_proxy": "CIDRs whose X-Forwarded-* headers are kept",
     "response_timeout": "seconds an origin has to start answering (then 504)",
     "health_path": "answered by the server itself on the HTTP ingress",
-    "public_host": "host name shown in public TCP URLs",
+    "public_host": "host name shown in public TCP URLs (default: domain, else the bind address)",
     "handshake_timeout": "seconds a new connection has to finish its TLS and HELLO handshake",
     "max_sessions": "most client sessions at once",
     "max_unauthenticated": "most connections still in their handshake (more are closed)",

@@ -164,7 +164,9 @@ def _tls_contexts(
     help="Ports clients may ask for with --remote-port (or be given).",
 )
 @click.option(
-    "--public-host", envvar="FERROTUNNEL_PUBLIC_HOST", help="Host name shown in public URLs."
+    "--public-host",
+    envvar="FERROTUNNEL_PUBLIC_HOST",
+    help="Host name shown in public TCP URLs [default: --domain, else the bind address].",
 )
 @click.option(
     "--handshake-timeout",
@@ -307,7 +309,10 @@ def server(
             if settings.tcp_bind
             else None,
             tcp_port_range=_port_range(settings.tcp_port_range, name("tcp_port_range")),
-            public_host=settings.public_host,
+            # a server with a --domain is reached by that name: its TCP URLs say so too
+            # (else the bind address, or this host's name for 0.0.0.0)
+            public_host=settings.public_host
+            or (settings.domain.strip(".").lower() if settings.domain else None),
             session=SessionConfig(
                 handshake_timeout=settings.handshake_timeout, max_streams=settings.max_streams
             ),
