@@ -22,6 +22,7 @@ from ferrotunnel.core import (
     Stream,
     Tunnel,
 )
+from ferrotunnel.core.plugin import PluginHost, hookimpl
 from ferrotunnel.protocol import (
     GrantedTunnel,
     Hello,
@@ -160,6 +161,55 @@ async def test_async_with_forms_and_tunnel_objects() -> None:
                 session=FAST,
             ) as handled:
                 assert await roundtrip(handled.tunnels[0].remote_port or 0, b"h") == b"h"
+
+
+@pytest.mark.anyio
+async def test_serve_forever_under_a_deadline_leaves_the_shutdown_to_its_owner() -> None:
+    """``async with Client(...)``/``Server(...)``, then ``serve_forever()`` inside
+    ``move_on_after``: the deadline ends only ``serve_forever`` (it raised "Attempted to exit a
+    cancel scope that isn't the current task's current cancel scope"); the tunnel still works
+    until the ``async with`` shuts it down."""
+    async with echo_server() as echo_port, make_server() as server:
+        ingress = server.tcp_address
+        assert ingress is not None
+        async with make_client(server, echo_port) as client:
+            with anyio.move_on_after(0.2) as scope:
+                await client.serve_forever()
+            assert scope.cancelled_caught
+            assert status(client) is ClientStatus.CONNECTED
+            assert await roundtrip(ingress.port, b"still here") == b"still here"
+            with anyio.move_on_after(0.2) as scope:
+                await server.serve_forever()
+            assert scope.cancelled_caught
+            assert await roundtrip(ingress.port, b"and here") == b"and here"
+        assert status(client) is ClientStatus.CLOSED
+
+
+class _SeesShutdown:
+    def __init__(self) -> None:
+        self.shut_down: list[object] = []
+
+    @hookimpl
+    async def ferrotunnel_shutdown(self, app: object) -> None:
+        self.shut_down.append(app)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_serve_forever_closes_the_client_it_started() -> None:
+    """``serve_forever()`` on a client not started yet, then cancelled (Ctrl-C, a task group
+    cancelled): the client ends ``closed`` and its plugins' shutdown hook runs. (The
+    cancellation could end ``shutdown()`` while it closed its task group: the status stayed
+    ``reconnecting`` and the plugins were never told.)"""
+    async with echo_server() as echo_port, make_server() as server:
+        for _ in range(3):  # the task group's closing raised the cancellation only at times
+            plugin = _SeesShutdown()
+            client = make_client(server, echo_port, plugins=PluginHost.with_plugins([plugin]))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.serve_forever)
+                await wait_for(lambda: status(client) is ClientStatus.CONNECTED)  # noqa: B023
+                tg.cancel_scope.cancel()
+            assert status(client) is ClientStatus.CLOSED
+            assert plugin.shut_down == [client]
 
 
 def test_config_errors() -> None:

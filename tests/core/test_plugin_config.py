@@ -119,3 +119,14 @@ def test_the_table_of_a_blocked_plugin_says_it_is_blocked(tmp_path: Path) -> Non
         "0.1.0) is blocked (--block-plugin, FERROTUNNEL_BLOCK_PLUGINS), so its table is unknown "
         "(comment it out, or load the plugin)"
     )
+
+
+def test_a_tables_sides_are_server_and_or_client() -> None:
+    schema = ConfigSchema()
+    schema.add_table("mine", MySettings, owner="me", sides=("server",))
+    assert schema.tables["mine"].sides == frozenset({"server"})
+    schema.add_table("both", MySettings, owner="me")
+    assert schema.tables["both"].sides == frozenset({"server", "client"})
+    for bad in ((), ("visitor",)):
+        with pytest.raises(TypeError, match=r"sides of table \[bad\]"):
+            schema.add_table("bad", MySettings, owner="me", sides=bad)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from ferrotunnel.cli.tunnels import TunnelOptions
 from ferrotunnel.core import Address, TunnelKind
 
-from .conftest import Launch, client_args
+from .conftest import Launch, client_args, server_args
 from .helpers import HOST, TunnelClient, TunnelServer, child_env, run_cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,6 +69,19 @@ def test_command_help_lists_its_flags(command: str, flags: list[str]) -> None:
             "--local-addr",
         ),
         (["server"], "missing token"),
+        (
+            [
+                "client",
+                "--server",
+                "127.0.0.1:1",
+                "--token",
+                "t",
+                "--local-https",
+                "--local-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "--local-ca '/nonexistent/ca.pem': No such file or directory",
+        ),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
@@ -79,6 +94,46 @@ def test_bad_input_is_one_line_and_status_2(args: list[str], needle: str) -> Non
     assert lines[0].startswith("ferrotunnel: error: "), lines[0]
     assert needle in lines[0], lines[0]
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("loop", ["trio", "uvloop"])
+def test_a_loop_that_is_not_installed_is_one_line_and_status_2(loop: str) -> None:
+    """``--loop trio`` (or uvloop) where the package is missing: how to install it, no
+    traceback. The command runs in a real process whose imports of that package fail."""
+    code = (
+        f"import sys; sys.modules[{loop!r}] = None; "
+        "from ferrotunnel.cli.main import main; sys.exit(main())"
+    )
+    argv = [sys.executable, "-c", code, "--loop", loop, "server", "--token", "t"]
+    argv += ["--bind", f"{HOST}:0", "--http-bind", f"{HOST}:0"]
+    result = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env(),
+        timeout=15, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, f"status {result.returncode}\n{result.stderr}"
+    assert result.stderr.strip().splitlines() == [
+        f"ferrotunnel: error: --loop {loop}: {loop} is not installed (pip install {loop})"
+    ], result.stderr
+    assert "ferrotunnel server ready" not in result.stdout
+
+
+def test_a_client_without_its_dashboard_says_why(launch: Launch) -> None:
+    """The dashboard runs on asyncio: on ``--loop trio`` the client says so where the URL
+    would be (it said "not available: install ferrotunnel-observability", installed or not)."""
+    server = TunnelServer(launch(*server_args("t")))
+    client = launch(
+        "--loop", "trio", "client", "--server", server.control, "--token", "t",
+        "--protocol", "tcp", "--local-addr", f"{HOST}:9", "--dashboard-port", "0",
+    )  # fmt: skip
+    line = client.expect(r"^\s+dashboard: (?P<why>.+)$").group("why")
+    assert line == "unavailable: it needs --loop asyncio or uvloop", client.describe()
+    # blocked: installed, but not loaded
+    blocked = launch(
+        "--block-plugin", "dashboard", "client", "--server", server.control, "--token", "t",
+        "--tunnel-id", "blocked", "--local-addr", f"{HOST}:9",
+    )  # fmt: skip
+    line = blocked.expect(r"^\s+dashboard: (?P<why>.+)$").group("why")
+    assert line == "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
 
 
 @pytest.mark.parametrize(

@@ -152,3 +152,25 @@ def test_no_reconnect_client_fails_when_the_server_dies(launch: Launch, echo: Ec
     assert status == 1, client.proc.describe()
     assert "lost the connection" in client.proc.stderr.splitlines()[-1], client.proc.describe()
     assert "Traceback" not in client.proc.stderr
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "kill"])
+def test_no_reconnect_client_says_why_once_and_never_reconnecting(
+    launch: Launch, echo: EchoServer, stop: str
+) -> None:
+    """With ``--no-reconnect`` the lost connection is reported once, as the exit message with
+    its reason; no log line says "reconnecting" (it logged one, then exited)."""
+    server = TunnelServer(launch(*server_args(TOKEN)))
+    client = TunnelClient(launch(*client_args(server.control, TOKEN, echo.port, "--no-reconnect")))
+    assert echo_roundtrip(client.public_port, b"up") == b"up"
+    if stop == "kill":
+        server.proc.kill()
+    else:
+        server.proc.signal(signal.SIGTERM)
+    assert client.proc.wait_exit(timeout=10) == 1, client.proc.describe()
+    lines = client.proc.stderr.strip().splitlines()
+    assert not [line for line in lines if "reconnecting" in line], client.proc.describe()
+    assert re.fullmatch(
+        rf"ferrotunnel: error: lost the connection to {re.escape(server.control)} \(.+\)",
+        lines[-1],
+    ), client.proc.describe()

@@ -83,6 +83,44 @@ def test_wrong_token_ends_the_client_quickly(tunnel: Tunnel, launch: Launch) -> 
     assert echo_roundtrip(tunnel.public_port, b"still here") == b"still here"
 
 
+def test_a_client_without_a_token_says_it_sent_none(tunnel: Tunnel, launch: Launch) -> None:
+    """No --token, no FERROTUNNEL_TOKEN, no terminal to prompt on (a service, a script): the
+    refusal says the client sent no token and how to give one, in one line, status 1."""
+    args = client_args(tunnel.server.control, "x", tunnel.echo.port)
+    args[args.index("--token") : args.index("--token") + 2] = []
+    bad = launch(*args)
+    assert bad.wait_exit(timeout=5) == 1, bad.describe()
+    lines = bad.stderr.strip().splitlines()
+    assert lines == [
+        "ferrotunnel: error: server rejected the session: invalid token (auth_failed): this "
+        "client sent no token (pass --token, set FERROTUNNEL_TOKEN or give token in the "
+        "[client] table)"
+    ], bad.describe()
+    # a wrong token is just refused: no hint about a missing one
+    wrong = launch(*client_args(tunnel.server.control, "not-the-token", tunnel.echo.port))
+    assert wrong.wait_exit(timeout=5) == 1, wrong.describe()
+    assert "sent no token" not in wrong.stderr, wrong.describe()
+
+
+def test_a_server_with_a_domain_names_it_in_tcp_urls(launch: Launch, echo: EchoServer) -> None:
+    """``--domain tunnel.example.com --tcp-bind ...``: a TCP tunnel's public URL is
+    ``tcp://tunnel.example.com:PORT``, as the README shows (it was the bind address, or this
+    machine's host name for 0.0.0.0); ``--public-host`` still wins."""
+    for extra, host in (
+        (["--domain", "Tunnel.Example.com."], "tunnel.example.com"),
+        (["--domain", "tunnel.example.com", "--public-host", "edge.example.net"],
+         "edge.example.net"),
+    ):  # fmt: skip
+        server = TunnelServer(launch(*server_args(TOKEN, *extra)))
+        client = TunnelClient(launch(*client_args(server.control, TOKEN, echo.port)))
+        url = client.proc.expect_stderr(r"tunnel '\S+' is public at (?P<url>\S+)$", timeout=5)
+        assert url.group("url") == f"tcp://{host}:{server.tcp_port}", client.proc.describe()
+        assert echo_roundtrip(client.public_port, b"by name") == b"by name"
+        for proc in (client.proc, server.proc):
+            proc.signal(signal.SIGTERM)
+            assert proc.wait_exit(timeout=5) == 0, proc.describe()
+
+
 def test_the_token_is_never_logged(launch: Launch, echo: EchoServer) -> None:
     token = "s3cr3t-Tok3n-9f8e7d6c5b4a"
     wrong = "wr0ng-Tok3n-0a1b2c3d4e5f"

@@ -150,6 +150,28 @@ async def test_pytest_export_sends_repeated_and_non_ascii_fields() -> None:
     assert fields in got, (source, got)
 
 
+@pytest.mark.parametrize("keep_host", [True, False])
+async def test_pytest_export_sends_the_host_the_origin_saw(keep_host: bool) -> None:
+    """To the origin (the default target) the request goes with the Host it had, as the curl
+    export and the replay send it: an origin serving several names answers the same. To the
+    public URL, the URL's host stands."""
+    received: list[bytes] = []
+    async with recording_origin(received) as origin:
+        source = to_pytest(
+            captured(b"GET /x HTTP/1.1\r\nHost: app.example.com\r\nX-A: 1\r\n\r\n"),
+            f"http://{HOST}:{origin.port}",
+            keep_host=keep_host,
+        )
+        namespace: dict[str, object] = {}
+        exec(compile(source, "test_generated.py", "exec"), namespace)
+        with anyio.fail_after(10):
+            await anyio.to_thread.run_sync(namespace["test_get__x"])  # type: ignore[arg-type]
+    (got,) = received
+    hosts = [line for line in got.split(b"\r\n") if line.lower().startswith(b"host:")]
+    expected = b"app.example.com" if keep_host else f"{HOST}:{origin.port}".encode()
+    assert [line.split(b":", 1)[1].strip() for line in hosts] == [expected], (source, got)
+
+
 # ---------------------------------------------------------------------------- HAR
 
 

@@ -192,7 +192,9 @@ async def test_the_dashboard_steps_aside_without_asyncio(
             server_addr=str(server.control_address), token="t", tunnels=[tunnel], plugins=host
         ) as client:
             if anyio_backend == "trio":
-                assert "dashboard" not in client.endpoints
+                assert client.endpoints["dashboard"] == (
+                    "unavailable: it needs --loop asyncio or uvloop"
+                )
                 assert any("needs asyncio" in r.getMessage() for r in caplog.records)
             else:
                 assert client.endpoints["dashboard"].startswith("http://127.0.0.1:")

@@ -162,8 +162,10 @@ def test_config_init_writes_a_private_file_that_config_check_accepts(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
     assert f"[{kind}]" in text
-    for table in ["rate_limit", "ip_filter", "basic_auth", "auth", "access_log", "headers"]:
-        assert f"# [{table}]" in text  # every plugin table, commented out
+    for table in SERVER_ONLY_TABLES:  # every plugin table its side reads, commented out
+        assert (f"# [{table}]" in text) is (kind == "server"), text
+    for table in ["metrics", "tracing", "dashboard"]:
+        assert f"# [{table}]" in text
     checked = run_cli(["config", "check", str(path)])
     assert checked.returncode == 0, checked.stderr
     *checks, verdict = checked.stdout.splitlines()
@@ -196,6 +198,8 @@ def test_config_init_server_writes_a_fresh_token_each_time(tmp_path: Path) -> No
 #: value tomli_w wrote on several lines; help text (``# control plane: ...``) is none of these
 COMMENTED_SETTING = re.compile(r'^# (?=\[|[A-Za-z_"][\w."*-]*\s=(\s|$)|\s+\S|\])')
 PER_TUNNEL_TABLES = ["ip_filter", "headers", "basic_auth", "circuit_breaker", "rate_limit"]
+#: the tables only a server reads (HTTP middlewares, authenticators)
+SERVER_ONLY_TABLES = ["access_log", "auth", *PER_TUNNEL_TABLES]
 
 
 @pytest.mark.parametrize("kind", ["server", "client"])
@@ -210,17 +214,18 @@ def test_every_commented_line_of_the_starter_file_is_valid_uncommented(
     text = path.read_text()
     lines = text.splitlines()
     assert not [line for line in lines if re.search(r"=\s*$", line)], text  # no `# key = `
-    for table in PER_TUNNEL_TABLES:  # every per-tunnel table shows an example entry
-        assert f'# [{table}.tunnels."' in text, text
+    if kind == "server":
+        for table in PER_TUNNEL_TABLES:  # every per-tunnel table shows an example entry
+            assert f'# [{table}.tunnels."' in text, text
     uncommented = [line[2:] if COMMENTED_SETTING.match(line) else line for line in lines]
-    assert len([1 for a, b in zip(lines, uncommented, strict=True) if a != b]) > 40
+    assert len([1 for a, b in zip(lines, uncommented, strict=True) if a != b]) > 10
     edited = write(tmp_path / "edited.toml", "\n".join(uncommented) + "\n")
     assert run_cli(["cert", "init", "--out", str(tmp_path / "certs")]).returncode == 0
     write(tmp_path / "tokens.txt", "bob:bob-secret\n").chmod(0o600)
     checked = run_cli(["config", "check", str(edited)], cwd=tmp_path)
     assert checked.returncode == 0, checked.stderr + edited.read_text()
     verdict = checked.stdout.splitlines()[-1]
-    for table in ["access_log", "auth", *PER_TUNNEL_TABLES, kind]:
+    for table in [*(SERVER_ONLY_TABLES if kind == "server" else []), "dashboard", kind]:
         assert table in verdict, verdict
 
 
@@ -358,7 +363,7 @@ def test_config_check_names_the_file_line_and_fix(
             id="dashboard-port",
         ),
         pytest.param(
-            '[client]\nserver = "127.0.0.1:7835"\n\n[access_log]\npath = "no-such-dir/a.log"\n',
+            '[server]\ntoken = "x"\n\n[access_log]\npath = "no-such-dir/a.log"\n',
             "[access_log] path '{dir}/no-such-dir/a.log': No such file or directory",
             id="access-log-directory",
         ),
@@ -450,11 +455,47 @@ def test_a_bad_value_is_named_where_it_came_from(
     assert error("--config", str(good), flag, value).startswith(f"{flag} '{value}'")
 
 
+@pytest.mark.parametrize("table", SERVER_ONLY_TABLES)
+def test_a_client_file_refuses_a_table_only_the_server_reads(tmp_path: Path, table: str) -> None:
+    """``[basic_auth]`` (or any table only a server reads) in a client's file would be
+    ignored, the tunnel left unprotected: an error naming the file and line. A file with a
+    [server] table as well is shared by both sides, and accepted."""
+    text = f'[client]\nserver = "{HOST}:9"\ntoken = "t"\n\n[{table}]\n'
+    path = write(tmp_path / "client.toml", text)
+    expected = (
+        f"ferrotunnel: error: {path}:5: [{table}] is read by the server only "
+        "(ferrotunnel-plugins): a client ignores it; put it in the server's configuration"
+    )
+    for args in (["config", "check", str(path)], ["client", "--check", "--config", str(path)]):
+        result = run_cli(args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert one_error_line(result.stderr) == expected
+    shared = write(tmp_path / "both.toml", f'[server]\ntoken = "t"\n\n{text}')
+    checked = run_cli(["config", "check", str(shared)], cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_server_refuses_a_bad_config_file_the_same_way(tmp_path: Path) -> None:
     path = write(tmp_path / "server.toml", '[server]\ntoken = "x"\nhtt_bind = "127.0.0.1:0"\n')
     result = run_cli(["server", "--config", str(path)], timeout=15)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{path}:3: unknown key 'htt_bind'" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["server", "--check", "--config"], ["client", "--config"]]
+)
+def test_a_file_that_is_not_utf8_is_a_one_line_error(tmp_path: Path, command: list[str]) -> None:
+    """A file saved in Latin-1 (or a binary one) names the file and line, with no traceback."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\ntoken = "x"\n# caf\xe9\n')
+    result = run_cli([*command, str(path)])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    error = one_error_line(result.stderr)
+    assert error == (
+        f"ferrotunnel: error: {path}:3: not UTF-8 text (byte 0xe9); a TOML file must be UTF-8"
+    )
 
 
 # ---------------------------------------------------------------------------- 3. server --config

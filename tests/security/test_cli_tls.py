@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -32,6 +33,7 @@ from tests.e2e.helpers import (
     HOST,
     CliProcess,
     EchoServer,
+    child_env,
     ferrotunnel_exe,
     free_port,
     run_cli,
@@ -604,6 +606,55 @@ def test_server_tls_toml_errors(certs: CertDir, tmp_path: Path) -> None:
         commands.append(server_args(None, "--config", str(config)))
     for (_, names), result in zip(cases, _run_all(commands), strict=True):
         assert_config_error(result, *names, secrets=(other.server_key,))
+
+
+def test_tls_paths_in_a_file_are_relative_to_it_and_named_where_they_came_from(
+    certs: CertDir, tmp_path: Path
+) -> None:
+    """A relative certificate path in the configuration file is taken from the file's folder
+    (as ``[auth] tokens_file`` is), whatever the working directory (a service's is often /);
+    a missing one is named by the file's table, key and line (not by a flag the user never
+    typed); from the environment by its variable, a relative one with the directory it was
+    looked for in."""
+    folder, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(certs.path, folder / "certs")
+    configs = {
+        "server": '[server]\ntoken = "t"\ntls_cert = "certs/server.pem"\n'
+        'tls_key = "certs/server-key.pem"\n',
+        "https": f'[server]\ntoken = "t"\nhttps_bind = "{HOST}:0"\n'
+        'https_cert = ["certs/server.pem"]\nhttps_key = ["certs/server-key.pem"]\n',
+        "client": f'[client]\nserver = "{HOST}:9"\ntoken = "t"\ntls_ca = "certs/ca.pem"\n'
+        'tls_cert = "certs/client.pem"\ntls_key = "certs/client-key.pem"\n',
+    }  # fmt: skip
+    missing = {
+        "server": ("certs/server.pem", "certs/gone.pem", "3: [server] tls_cert"),
+        "https": ('["certs/server.pem"]', '["certs/gone.pem"]', "4: [server] https_cert"),
+        "client": ("certs/ca.pem", "certs/gone.pem", "4: [client] tls_ca"),
+    }
+    for kind, text in configs.items():
+        command = "client" if kind == "client" else "server"
+        path = folder / f"{kind}.toml"
+        path.write_text(text, encoding="utf-8")
+        for args in (["config", "check", str(path)], [command, "--check", "--config", str(path)]):
+            result = run_cli(args, cwd=elsewhere)
+            assert result.returncode == 0, (kind, result.stdout, result.stderr)
+        good, bad, where = missing[kind]
+        path.write_text(text.replace(good, bad), encoding="utf-8")
+        for args in (["config", "check", str(path)], [command, "--check", "--config", str(path)]):
+            line = assert_config_error(run_cli(args, cwd=elsewhere), where)
+            assert line == (
+                f"ferrotunnel: error: {path}:{where} '{folder / 'certs/gone.pem'}': no such file"
+            ), line
+    # from the environment: its variable, and a relative path says where it was looked for
+    env = child_env(FERROTUNNEL_TLS_CA="certs/ca.pem")
+    args = ["client", "--check", "--server", f"{HOST}:9", "--token", "t", "--tls"]
+    line = assert_config_error(run_cli(args, env=env, cwd=elsewhere), "FERROTUNNEL_TLS_CA")
+    assert line == (
+        "ferrotunnel: error: FERROTUNNEL_TLS_CA 'certs/ca.pem': no such file "
+        f"(relative to the working directory {elsewhere})"
+    ), line
+    assert run_cli(args, env=env, cwd=folder).returncode == 0
 
 
 def test_client_tls_flag_errors(certs: CertDir, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -83,25 +84,56 @@ def run(main: Callable[[], Awaitable[None]], loop: str) -> None:
         anyio.run(guarded, backend=backend, backend_options=options)
     except* SystemExit as group:
         # fail() called inside the event loop: the task group wrapped its SystemExit
-        raise group.exceptions[0] from None
+        raise _first(group) from None
     except* RejectedError as group:
-        fail(str(group.exceptions[0]), status=1)
+        fail(str(_first(group)), status=1)
     except* ConfigError as group:
-        fail(str(group.exceptions[0]), status=2)
+        fail(str(_first(group)), status=2)
     except* (FerroTunnelError, OSError) as group:
-        fail(_describe(group.exceptions[0]), status=1)
+        fail(describe(_first(group)), status=1)
+
+
+def dashboard_absence(endpoint: str | None) -> str:
+    """Why a client has no dashboard URL to print: the plugin's own word when it gave one
+    ("unavailable: cannot listen on ..."), else whether it is installed at all."""
+    if endpoint:
+        return endpoint
+    if importlib.util.find_spec("ferrotunnel.observability") is None:
+        return "not installed (it comes with ferrotunnel-observability)"
+    return "off (the dashboard plugin is not loaded: --no-plugins or --block-plugin)"
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first error itself, however deep in nested task groups (trio's nurseries nest
+    one group per level): its message, not "Exceptions from Trio nursery (1 sub-exception)"."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _backend(loop: str) -> tuple[str, dict[str, Any]]:
+    # a chosen loop that is missing is a usage error saying how to install it, not a traceback
     if loop == "trio":
+        if not _importable("trio"):
+            fail("--loop trio: trio is not installed (pip install trio)", status=2)
         return "trio", {}
-    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    has_uvloop = _importable("uvloop")
     if loop == "uvloop" and not has_uvloop:
         fail("--loop uvloop: uvloop is not installed (pip install uvloop)", status=2)
     return "asyncio", {"use_uvloop": loop == "uvloop" or (loop == "auto" and has_uvloop)}
 
 
-def _describe(exc: BaseException) -> str:
+def _importable(module: str) -> bool:
+    """Whether ``module`` imports (the loop runs on it next, so importing it costs nothing)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         target = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{target}"

@@ -11,13 +11,24 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from ferrotunnel.core import Address, Client, ClientConfig, ConfigError, Tunnel, TunnelKind
+from ferrotunnel.core import (
+    Address,
+    Client,
+    ClientConfig,
+    ConfigError,
+    RejectedError,
+    Tunnel,
+    TunnelKind,
+)
 from ferrotunnel.core.plugin import Config, PluginHost, TlsOptions, TlsPurpose
+from ferrotunnel.protocol import RejectCode
 
 from ._run import (
     check_option,
     config_errors,
     config_option,
+    dashboard_absence,
+    describe,
     fail,
     log_level_option,
     read_token,
@@ -27,6 +38,8 @@ from ._run import (
 from .settings import (
     ClientSettings,
     TunnelSettings,
+    existing_files,
+    file_path,
     load_settings,
     merge,
     needs,
@@ -49,10 +62,11 @@ def _explicit(ctx: click.Context, param: str) -> bool:
     return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
-def _file_tunnel(entry: TunnelSettings) -> Tunnel:
+def _file_tunnel(entry: TunnelSettings, config: Config) -> Tunnel:
     where = f"[[client.tunnels]] {entry.name!r}"
+    local_ca = file_path(config, entry.local_ca) if entry.local_ca else None
     options = TunnelOptions(
-        entry.host_header, entry.local_https, entry.local_ca, name=lambda key: f"{where} {key}"
+        entry.host_header, entry.local_https, local_ca, name=lambda key: f"{where} {key}"
     )
     try:
         kind = TunnelKind(entry.protocol)
@@ -60,6 +74,21 @@ def _file_tunnel(entry: TunnelSettings) -> Tunnel:
         raise ConfigError(f"{where}: protocol must be http or tcp") from None
     local = Address.parse(entry.local_addr, what=f"{where} local_addr")
     return options.make(kind, entry.name, local, path=entry.path, remote_port=entry.remote_port)
+
+
+def _refuse_server_tables(config: Config) -> None:
+    """A table only a server reads ([basic_auth], [rate_limit]...) in a client's file would be
+    ignored — a tunnel the user meant to protect would not be — so it is an error. A file that
+    has a [server] table too is shared by both: each side reads its own."""
+    if "server" in config.raw:
+        return
+    for name in config.raw:
+        spec = config.schema.tables.get(name)
+        if spec is not None and "client" not in spec.sides:
+            raise ConfigError(
+                f"{config.where(name)}: [{name}] is read by the server only ({spec.owner}): "
+                "a client ignores it; put it in the server's configuration"
+            )
 
 
 def _target(tunnel: Tunnel) -> str:
@@ -84,6 +113,7 @@ def _tls_context(
             f"{name('tls_skip_verify')} and {name('tls_ca')} contradict each other: "
             "verify the server against that CA, or not at all"
         )
+    existing_files(name, **{k: merged[k] for k in ("tls_ca", "tls_cert", "tls_key")})
     pairs = ((merged["tls_cert"], merged["tls_key"]),) if merged["tls_cert"] else ()
     return plugins.ssl_context(
         TlsOptions(
@@ -202,6 +232,7 @@ def client(
     plugins: PluginHost = ctx.obj["plugins"]
     hint: str = ctx.obj.get("table_hint", "")
     loaded: Config = config_errors(lambda: load_settings(plugins, config_file, hint))
+    config_errors(lambda: _refuse_server_tables(loaded))
     options = config_errors(lambda: take_plugin_options(ctx, options, loaded))
     merged = merge(ctx, options, loaded, "client", rename={"server_addr": "server"})
     file_settings: ClientSettings = loaded.table("client")
@@ -226,7 +257,6 @@ def client(
         if "port" in changes:
             loaded.note_source("dashboard", "port", origin(ctx, loaded, "client", "dashboard_port"))
         no_dashboard = not loaded.table("dashboard").enabled
-        dashboard_port = loaded.table("dashboard").port
     config_errors(lambda: plugins.configure(loaded))
     token = read_token(merged["token"], required=False, prompt=not check_only)
 
@@ -251,7 +281,7 @@ def client(
                 raise ConfigError("--tunnel replaces --tunnel-id/--remote-port/--path")
             tunnels = tuple(parse_tunnel_spec(spec, options) for spec in specs)
         elif file_settings.tunnels and not single:
-            tunnels = tuple(_file_tunnel(t) for t in file_settings.tunnels)
+            tunnels = tuple(_file_tunnel(t, loaded) for t in file_settings.tunnels)
         else:
             local = Address.parse(merged["local_addr"], what=source("local_addr"))
             kind = TunnelKind(merged["protocol"])
@@ -285,7 +315,18 @@ def client(
         tls = " over TLS" if config.ssl_context is not None else ""
         click.echo(f"connecting to {config.server_addr}{tls} ...")
         try:
-            await tunnel_client.start()
+            try:
+                await tunnel_client.start()
+            except RejectedError as exc:
+                if token is None and exc.code is RejectCode.AUTH_FAILED:
+                    # the likely cause: no --token, FERROTUNNEL_TOKEN or [client] token, and
+                    # no terminal to prompt on (a service, a script)
+                    fail(
+                        f"{exc}: this client sent no token (pass --token, set "
+                        "FERROTUNNEL_TOKEN or give token in the [client] table)",
+                        status=1,
+                    )
+                raise
             click.echo("ferrotunnel client connected")
             by_name = {t.name: t for t in config.tunnels}
             for granted in tunnel_client.tunnels:
@@ -294,14 +335,14 @@ def client(
             if dashboard is not None:
                 click.echo(f"  dashboard: {dashboard}")
             elif not no_dashboard:
-                click.echo(
-                    f"  dashboard: not available: install ferrotunnel-observability "
-                    f"to serve 127.0.0.1:{dashboard_port}"
-                )
+                click.echo(f"  dashboard: {dashboard_absence(None)}")
             click.echo("Press Ctrl-C to stop.")
             await tunnel_client.serve_forever()
             # it returns (rather than being cancelled) only when the session ended for good
-            fail(f"lost the connection to {config.server_addr}", status=1)
+            session = tunnel_client.session
+            reason = session.close_reason if session is not None else None
+            why = describe(reason) if reason is not None else "closed"
+            fail(f"lost the connection to {config.server_addr} ({why})", status=1)
         finally:
             await tunnel_client.shutdown()
 

@@ -39,7 +39,7 @@ _SERVER_HELP = {
     "trust_proxy": "CIDRs whose X-Forwarded-* headers are kept",
     "response_timeout": "seconds an origin has to start answering (then 504)",
     "health_path": "answered by the server itself on the HTTP ingress",
-    "public_host": "host name shown in public TCP URLs",
+    "public_host": "host name shown in public TCP URLs (default: domain, else the bind address)",
     "handshake_timeout": "seconds a new connection has to finish its TLS and HELLO handshake",
     "max_sessions": "most client sessions at once",
     "max_unauthenticated": "most connections still in their handshake (more are closed)",
@@ -133,10 +133,10 @@ def _table(
     return [*lines, *tables, ""]
 
 
-def _plugin_tables(schema: ConfigSchema) -> list[str]:
+def _plugin_tables(schema: ConfigSchema, kind: str) -> list[str]:
     lines = []
     for name, spec in schema.tables.items():
-        if name in ("server", "client"):
+        if name in ("server", "client") or kind not in spec.sides:
             continue
         lines.append(f"# ---- [{name}] from {spec.owner}" + (f": {spec.help}" if spec.help else ""))
         try:
@@ -153,6 +153,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         lines = [
             "# ferrotunnel server configuration:  ferrotunnel server --config server.toml",
             "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "# Relative paths (certificates, files) are relative to this file's folder.",
             "",
         ]
         settings = dataclasses.replace(ServerSettings(), token=secrets.token_urlsafe(24))
@@ -162,6 +163,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         lines = [
             "# ferrotunnel client configuration:  ferrotunnel client --config client.toml",
             "# Command-line flags and FERROTUNNEL_* variables override what is set here.",
+            "# Relative paths (certificates, files) are relative to this file's folder.",
             "",
             "[client]",
             *_value_lines("server", "tunnel.example.com:7835", _CLIENT_HELP["server"], False),
@@ -178,7 +180,7 @@ def starter(kind: str, schema: ConfigSchema) -> str:
         for tunnel in examples:
             values = {k: v for k, v in dataclasses.asdict(tunnel).items() if v is not None}
             lines += ["[[client.tunnels]]", tomli_w.dumps(values).strip(), ""]
-    return "\n".join(lines + _plugin_tables(schema)).rstrip() + "\n"
+    return "\n".join(lines + _plugin_tables(schema, kind)).rstrip() + "\n"
 
 
 @click.group()

@@ -22,7 +22,7 @@ from ferrotunnel.core import Address, Client, Server, Tunnel, TunnelKind
 from ferrotunnel.core.plugin import PluginHost
 from ferrotunnel.http import HttpIngress, HttpIngressConfig
 
-from ._run import config_errors, log_level_option, run, setup_logging
+from ._run import config_errors, dashboard_absence, log_level_option, run, setup_logging
 from .settings import load_settings
 
 DEMO_HOST = "demo.localhost"
@@ -132,6 +132,8 @@ def demo(ctx: click.Context, log_level: str) -> None:
                 dashboard = client.endpoints.get("dashboard", "")
                 if dashboard.startswith("http"):
                     click.echo(f"  dashboard (inspect, replay)    {dashboard}")
+                else:
+                    click.echo(f"  dashboard                      {dashboard_absence(dashboard)}")
                 click.echo(
                     f"  self-check through the tunnel  {'OK' if ok else 'FAILED'} ({took:.1f} ms)"
                 )

@@ -33,6 +33,7 @@ from ._run import (
 )
 from .settings import (
     ServerSettings,
+    existing_files,
     load_settings,
     merge,
     needs,
@@ -75,6 +76,9 @@ def _tls_contexts(
         raise ConfigError(needs(name, given, "tls_cert", "tls_key", table="server"))
     control = None
     if settings.tls_cert is not None and settings.tls_key is not None:
+        existing_files(
+            name, tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca
+        )
         control = plugins.ssl_context(
             TlsOptions(
                 TlsPurpose.SERVER,
@@ -101,6 +105,8 @@ def _tls_contexts(
             needs(name, "https_bind", "https_cert", "https_key", table="server")
             + " (or the control plane's tls_cert and tls_key)"
         )
+    if settings.https_cert:
+        existing_files(name, https_cert=settings.https_cert, https_key=settings.https_key)
     return control, plugins.ssl_context(TlsOptions(TlsPurpose.INGRESS, pairs))
 
 
@@ -158,7 +164,9 @@ def _tls_contexts(
     help="Ports clients may ask for with --remote-port (or be given).",
 )
 @click.option(
-    "--public-host", envvar="FERROTUNNEL_PUBLIC_HOST", help="Host name shown in public URLs."
+    "--public-host",
+    envvar="FERROTUNNEL_PUBLIC_HOST",
+    help="Host name shown in public TCP URLs [default: --domain, else the bind address].",
 )
 @click.option(
     "--handshake-timeout",
@@ -301,7 +309,10 @@ def server(
             if settings.tcp_bind
             else None,
             tcp_port_range=_port_range(settings.tcp_port_range, name("tcp_port_range")),
-            public_host=settings.public_host,
+            # a server with a --domain is reached by that name: its TCP URLs say so too
+            # (else the bind address, or this host's name for 0.0.0.0)
+            public_host=settings.public_host
+            or (settings.domain.strip(".").lower() if settings.domain else None),
             session=SessionConfig(
                 handshake_timeout=settings.handshake_timeout, max_streams=settings.max_streams
             ),

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from ferrotunnel.core import ConfigError
 from ferrotunnel.core.plugin import Config, ConfigSchema, PluginHost, load_toml
 
 __all__ = [
@@ -166,6 +168,30 @@ def load_settings(plugins: PluginHost, path: str | None, table_hint: str = "") -
     return load_toml(plugins.schema(kernel_schema()), path, unknown_table_hint=table_hint)
 
 
+#: settings that name files: a relative path in the configuration file is relative to the
+#: file's folder (as the plugins' ``tokens_file`` and ``access_log.path`` are), so that a start
+#: from another working directory (a service's) finds the same files
+PATH_KEYS = frozenset({"tls_cert", "tls_key", "tls_ca", "https_cert", "https_key", "local_ca"})
+
+
+def file_path(config: Config, path: str) -> str:
+    """``path`` as the configuration file means it: ``~`` expanded, a relative one taken from
+    the file's folder (unchanged when the configuration did not come from a file)."""
+    resolved = Path(path).expanduser()
+    source = Path(config.source)
+    if not resolved.is_absolute() and source.is_file():
+        resolved = source.parent / resolved
+    return str(resolved)
+
+
+def _file_value(config: Config, key: str, value: Any) -> Any:
+    if key not in PATH_KEYS or not value:
+        return value
+    if isinstance(value, str):
+        return file_path(config, value)
+    return tuple(file_path(config, item) for item in value)
+
+
 def merge(
     ctx: click.Context,
     options: dict[str, Any],
@@ -177,15 +203,14 @@ def merge(
     rename = rename or {}
     file_values = config.table(table)
     merged = dict(options)
-    for param, value in options.items():
+    for param in options:
         key = rename.get(param, param)
         if not hasattr(file_values, key):
             continue
         source = ctx.get_parameter_source(param)
         explicit = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        merged[param] = (
-            value if explicit or not config.given(table, key) else getattr(file_values, key)
-        )
+        if not explicit and config.given(table, key):
+            merged[param] = _file_value(config, key, getattr(file_values, key))
     return merged
 
 
@@ -217,6 +242,25 @@ def needs(name: Callable[[str], str], given: str, *needed: str, table: str) -> s
     from_file = ": [" in source  # FILE:LINE: [table] key
     wanted = [f"[{table}] {param}" if from_file else name(param) for param in needed]
     return f"{source} needs {' and '.join(wanted)}"
+
+
+def existing_files(name: Callable[[str], str], **paths: str | Sequence[str] | None) -> None:
+    """Each of ``paths`` (a setting's value: a path, a list of them, or None) must be a file.
+
+    One that is not is named where it came from (``name``: the flag, the variable, or the
+    file's table, key and line) — not by the flag a user may never have typed — and a relative
+    one (from a flag or a variable: the file's are made absolute) says the directory it was
+    looked up in.
+    """
+    for param, value in paths.items():
+        for path in [value] if isinstance(value, str) else value or ():
+            if not Path(path).is_file():
+                where = (
+                    ""
+                    if Path(path).is_absolute()
+                    else f" (relative to the working directory {Path.cwd()})"
+                )
+                raise ConfigError(f"{name(param)} {path!r}: no such file{where}")
 
 
 def take_plugin_options(

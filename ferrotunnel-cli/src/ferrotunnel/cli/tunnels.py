@@ -41,8 +41,15 @@ class TunnelOptions:
             try:
                 self.local_tls = ssl.create_default_context(cafile=local_ca)
                 self.local_tls_http2 = ssl.create_default_context(cafile=local_ca)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"{name('local_ca')} {local_ca}: {exc}") from None
+            except ssl.SSLError as exc:
+                raise ConfigError(
+                    f"{name('local_ca')} {local_ca!r}: not a PEM CA certificate "
+                    f"({exc.reason or exc})"
+                ) from None
+            except OSError as exc:
+                raise ConfigError(
+                    f"{name('local_ca')} {local_ca!r}: {exc.strerror or exc}"
+                ) from None
             self.local_tls_http2.set_alpn_protocols(["h2"])
         elif local_ca:
             raise ConfigError(f"{name('local_ca')} needs {name('local_https')}")

@@ -244,9 +244,13 @@ class Client:
             if self.session is not None and not self.session.closed:
                 await self.session.drain(self.config.drain_timeout)
         self.origin_pool.close()
-        await self._close_task_group()
-        self.status = ClientStatus.CLOSED
-        await self._shutdown_plugins()
+        try:
+            # under a cancellation (Ctrl-C, a cancelled task group) closing the task group
+            # raises it: the client is closed and its plugins are told all the same
+            await self._close_task_group()
+        finally:
+            self.status = ClientStatus.CLOSED
+            await self._shutdown_plugins()
 
     async def _shutdown_plugins(self) -> None:
         if self.plugins is not None:
@@ -269,9 +273,16 @@ class Client:
 
     async def serve_forever(self) -> None:
         """Start (if needed) and run until cancelled, rejected for good, or — with
-        ``reconnect=False`` — disconnected."""
-        if self._tg is None:
-            await self.start()
+        ``reconnect=False`` — disconnected.
+
+        A client it started is shut down when it returns; one already started (``async
+        with``, ``start()``) is left to its owner, so a deadline around this call
+        (``move_on_after``) ends only the wait.
+        """
+        if self._tg is not None:
+            await self._finished.wait()
+            return
+        await self.start()
         try:
             await self._finished.wait()
         finally:
@@ -339,7 +350,10 @@ class Client:
                     else:
                         self.status = ClientStatus.RECONNECTING
                     self._notify("ferrotunnel_tunnel_closed", session)
-                if self._stopping:
+                if self._stopping or not self.config.reconnect:
+                    # without reconnects the client ends here: its caller reports it (the
+                    # command line once, with session.close_reason), rather than a log line
+                    # saying "reconnecting"
                     return
                 self.reconnects += 1
                 log.warning(
@@ -347,8 +361,6 @@ class Client:
                     self.config.server_addr,
                     _describe(session.close_reason),
                 )
-                if not self.config.reconnect:
-                    return
                 continue
             delay = self.config.backoff.delay(attempt)
             attempt += 1

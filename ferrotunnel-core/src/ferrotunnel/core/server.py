@@ -250,9 +250,15 @@ class Server:
             await tg.__aexit__(None, None, None)
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and serve until cancelled."""
-        if self._tg is None:
-            await self.start()
+        """Start (if needed) and serve until cancelled.
+
+        A server it started is shut down when it is cancelled; one already started (``async
+        with``, ``start()``) is left to its owner, so a deadline around this call
+        (``move_on_after``) ends only the wait.
+        """
+        if self._tg is not None:
+            await anyio.sleep_forever()
+        await self.start()
         try:
             await anyio.sleep_forever()
         finally:

@@ -300,7 +300,7 @@ async def export(request: Request) -> Response:
         )
     if fmt == "pytest":
         return PlainTextResponse(
-            to_pytest(exchange, base),
+            to_pytest(exchange, base, keep_host=target == "origin"),
             headers={"content-disposition": f'attachment; filename="test_{filename}.py"'},
         )
     raise ApiError(400, "INVALID_PARAMETER", "format must be curl, har or pytest")

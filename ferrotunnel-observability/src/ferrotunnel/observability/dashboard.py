@@ -198,6 +198,9 @@ class Dashboard:
     async def _start_dashboard(self, client: Client) -> None:
         if running_asyncio_loop() is None:
             log.warning("the dashboard needs asyncio (uvicorn); not starting it")
+            # said where its URL would be (ferrotunnel client prints it), rather than nothing,
+            # which reads as "not installed"
+            client.endpoints["dashboard"] = "unavailable: it needs --loop asyncio or uvloop"
             return
         running = _ClientDashboard(client, self.settings)
         try:

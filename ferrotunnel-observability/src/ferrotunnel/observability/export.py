@@ -171,10 +171,12 @@ def to_har(exchange: Exchange, base_url: str) -> dict[str, Any]:
     }
 
 
-def to_pytest(exchange: Exchange, base_url: str) -> str:
+def to_pytest(exchange: Exchange, base_url: str, *, keep_host: bool = True) -> str:
     """A self-contained pytest module (httpx) that sends the request and checks the answer
     the original got: status, and the body when it was captured whole (JSON compared as
-    data)."""
+    data). The request's ``Host`` goes as it came (an origin may serve several names, as
+    the curl export and the replay send it); ``keep_host=False`` lets the URL's host stand
+    (for the public URL)."""
     name = re.sub(r"\W+", "_", f"{exchange.method}_{exchange.path}".lower()).strip("_")
     if not name.isidentifier() or keyword.iskeyword(name):
         name = "request"
@@ -209,7 +211,7 @@ def to_pytest(exchange: Exchange, base_url: str) -> str:
     lines += [
         f"{pad}        ({k!r}, {_raw(v)!r}),"
         for k, v in _headers(exchange)
-        if k.lower() not in ("host", "accept-encoding")
+        if k.lower() != "accept-encoding" and (keep_host or k.lower() != "host")
     ]
     lines.append(f"{pad}    ],")
     body = exchange.request_body

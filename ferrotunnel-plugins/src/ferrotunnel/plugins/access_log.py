@@ -252,6 +252,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         AccessLogSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="JSON access log",
         example={"enabled": True, "path": "access.log"},
     )

@@ -334,6 +334,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         AuthSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="client tokens with scopes",
         example={
             "tokens": [{"name": "alice", "token": "CHANGE-ME", "hosts": ["*.alice.example.com"]}],

@@ -154,6 +154,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         BasicAuthSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="visitor basic auth",
         example={"tunnels": {"admin.example.com": {"users": ["alice:CHANGE-ME"]}}},
     )

@@ -269,6 +269,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         CircuitBreakerSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="per-tunnel circuit breakers",
         example={"tunnels": {"*": {"failure_threshold": 5, "open_seconds": 30.0}}},
     )

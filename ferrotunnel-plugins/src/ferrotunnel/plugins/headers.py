@@ -192,6 +192,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         HeadersSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="per-tunnel header edits",
         example={
             "tunnels": {

@@ -179,6 +179,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         IpFilterSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="visitor address rules",
         example={"tunnels": {"*": {"allow": ["10.0.0.0/8"], "deny": ["10.0.0.66"]}}},
     )

@@ -291,6 +291,7 @@ def ferrotunnel_add_config(schema: ConfigSchema) -> None:
         TABLE,
         RateLimitSettings,
         owner=OWNER,
+        sides=("server",),  # HTTP middlewares, authenticators: a client has none
         help="request rate limits",
         example={
             "per_ip": {"rate": 10.0, "burst": 20},

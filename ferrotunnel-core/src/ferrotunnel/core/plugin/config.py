@@ -14,7 +14,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +34,9 @@ class TableSpec:
     help: str = ""
     #: example values (as TOML data) that ``ferrotunnel config init`` shows, commented out
     example: Mapping[str, object] | None = None
+    #: who reads the table: "server", "client" or both (a client's file refuses a table only
+    #: a server reads, which it would otherwise ignore, and its starter file leaves it out)
+    sides: frozenset[str] = frozenset({"server", "client"})
 
 
 class ConfigSchema:
@@ -53,6 +56,7 @@ class ConfigSchema:
         owner: str,
         help: str = "",
         example: Mapping[str, object] | None = None,
+        sides: Iterable[str] = ("server", "client"),
     ) -> None:
         """Declare ``[name]``, whose keys are the fields of the dataclass ``settings``.
 
@@ -60,7 +64,14 @@ class ConfigSchema:
         init`` shows commented out instead of a key's default: for keys without one (``None``),
         empty tables of entries (``{"tunnels": {"*": {"allow": ["10.0.0.0/8"]}}}``), or a
         setting another one needs. It must be valid: it is checked here.
+
+        ``sides`` says who reads the table: ``("server",)`` for one that only a server uses
+        (HTTP middlewares, authenticators), so that a client's file refuses it rather than
+        ignoring it (basic auth set there would protect nothing).
         """
+        side_set = frozenset(sides)
+        if not side_set or not side_set <= {"server", "client"}:
+            raise TypeError(f"sides of table [{name}] must be 'server' and/or 'client'")
         if not dataclasses.is_dataclass(settings):
             raise TypeError(f"settings of table [{name}] must be a dataclass")
         _check_types(settings, name)  # the plugin's mistake, found before a user sets the key
@@ -69,7 +80,7 @@ class ConfigSchema:
             raise ConfigError(f"table [{name}] is declared twice (by {other} and {owner})")
         if example is not None:  # refused now, not in a user's file
             _to_dataclass(settings, dict(example), name, _Locator(f"example of [{name}]", ""), name)
-        self.tables[name] = TableSpec(name, settings, owner, help, example)
+        self.tables[name] = TableSpec(name, settings, owner, help, example, side_set)
 
 
 class Config:
@@ -187,6 +198,12 @@ def load_toml(
             data = tomllib.loads(text)
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise ConfigError(
+                f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                "a TOML file must be UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     values = _convert_tables(schema, data, _Locator(source, text), unknown_table_hint)
