@@ -299,3 +299,26 @@ def test_cert_client_without_a_ca(tmp_path: Path) -> None:
     assert "ferrotunnel cert init" in result.stderr
     assert "Traceback" not in result.stderr
     assert not missing.exists()
+
+
+def test_cert_client_again_needs_force_and_says_so_in_one_line(tmp_path: Path) -> None:
+    certs = cert_init(tmp_path / "certs", "127.0.0.1")
+    assert run_cli(["cert", "client", "alice", "--ca-dir", str(certs.path)]).returncode == 0
+    before = (certs.path / "alice.pem").read_bytes()
+    again = run_cli(["cert", "client", "alice", "--ca-dir", str(certs.path)])
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"ferrotunnel: error: {certs.path / 'alice.pem'} already exists: use --force to replace it"
+    ]
+    forced = run_cli(["cert", "client", "alice", "--ca-dir", str(certs.path), "--force"])
+    assert forced.returncode == 0, forced.stderr
+    assert (certs.path / "alice.pem").read_bytes() != before
+
+
+def test_cert_client_without_a_ca_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(["cert", "client", "bob", "--ca-dir", str(tmp_path / "none")])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ferrotunnel: error: {tmp_path / 'none' / 'ca.pem'} not found: "
+        "create the CA with 'ferrotunnel cert init'"
+    ]

@@ -16,9 +16,19 @@ from pathlib import Path
 
 import click
 
-__all__ = ["cert"]
+__all__ = ["CertError", "cert"]
 
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class CertError(click.ClickException):
+    """A ``cert`` command that cannot do what it was asked: one line, as the other
+    commands' errors are (not click's usage lines), exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"ferrotunnel: error: {self.format_message()}", err=True)
 
 
 def _quote(path: Path) -> str:
@@ -61,7 +71,7 @@ def init(out: Path, hostnames: tuple[str, ...], days: int, force: bool) -> None:
                 f"{name!r} is not a host name or address", param_hint="--hostname"
             )
     if (out / "ca.pem").exists() and not force:
-        raise click.UsageError(
+        raise CertError(
             f"{out} already holds a CA: use --force to replace it, or "
             f"'ferrotunnel cert client NAME --ca-dir {out}' to issue another client certificate"
         )
@@ -109,7 +119,8 @@ def init(out: Path, hostnames: tuple[str, ...], days: int, force: bool) -> None:
     help="Where to write NAME.pem and NAME-key.pem (default: --ca-dir).",
 )
 @click.option("--days", type=click.IntRange(1, 3650), default=825, show_default=True)
-def client_command(name: str, ca_dir: Path, out: Path | None, days: int) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing certificate NAME.")
+def client_command(name: str, ca_dir: Path, out: Path | None, days: int, force: bool) -> None:
     """Issue a client certificate NAME (its subject is CN=NAME) from the CA in --ca-dir."""
     if not _CLIENT_NAME.fullmatch(name):
         raise click.BadParameter(
@@ -121,8 +132,8 @@ def client_command(name: str, ca_dir: Path, out: Path | None, days: int) -> None
     out = out or ca_dir
     out.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = out / f"{name}.pem", out / f"{name}-key.pem"
-    if cert_path.exists():
-        raise click.UsageError(f"{cert_path} already exists")
+    if cert_path.exists() and not force:
+        raise CertError(f"{cert_path} already exists: use --force to replace it")
     save(issue_certificate(ca, name, client=True, days=days), cert_path, key_path)
     click.echo(f"Wrote {cert_path} and {key_path} (subject CN={name}).")
     click.echo(f"  ferrotunnel client ... --tls --tls-ca {_quote(ca_dir / 'ca.pem')} "

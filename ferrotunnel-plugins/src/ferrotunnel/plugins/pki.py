@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .certs import CertError
 
 __all__ = ["Issued", "issue_certificate", "load_ca", "new_ca", "save"]
 
@@ -130,12 +131,12 @@ def load_ca(directory: Path) -> Issued:
     cert_path, key_path = directory / "ca.pem", directory / "ca-key.pem"
     for path in (cert_path, key_path):
         if not path.is_file():
-            raise click.UsageError(f"{path} not found: create the CA with 'ferrotunnel cert init'")
+            raise CertError(f"{path} not found: create the CA with 'ferrotunnel cert init'")
     try:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except ValueError as exc:
-        raise click.UsageError(f"{directory}: cannot read the CA ({exc})") from None
+        raise CertError(f"{directory}: cannot read the CA ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise click.UsageError(f"{key_path}: not a key made by 'ferrotunnel cert init'")
+        raise CertError(f"{key_path}: not a key made by 'ferrotunnel cert init'")
     return Issued(certificate, key)
