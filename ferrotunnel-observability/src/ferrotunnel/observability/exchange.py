@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from .http1 import Head
+from .http1 import Head, request_head, response_head
 
 __all__ = ["NO_BODY", "Body", "Exchange", "render_body"]
 
@@ -45,44 +45,130 @@ class Body:
 NO_BODY = Body(0)
 
 
-@dataclass(slots=True)
 class Exchange:
     """A request and (once it came) its response, as the origin saw and sent them.
 
-    The heads are kept raw (:class:`~.http1.Head`): header fields, the trace id and the
-    visitor's address are worked out when the API asks, not for every exchange relayed.
+    Most exchanges relayed are never looked at, so the capture records them raw: a request
+    head as its bytes (``request`` may be given as them, with its ``method``), a response that
+    came whole as its message (:meth:`whole_response`). The heads (:class:`~.http1.Head`) and
+    that response's :class:`Body` are made when first asked for; header fields, the trace id
+    and the visitor's address likewise, when the API asks.
     """
 
-    tunnel: str
-    request: Head
-    request_body: Body
-    #: the visitor's address, from the stream's OPEN frame
-    visitor: tuple[str, int] | None = None
-    #: the stream's ``traceparent`` (OPEN metadata), for a request that carries none
-    stream_traceparent: str | None = None
-    #: the exchange this one replays (None: real traffic)
-    replay_of: int | None = None
-    id: int = 0
-    started: float = field(default_factory=time.time)
-    started_mono: float = field(default_factory=time.monotonic)
-    response: Head | None = None
-    response_body: Body | None = None
-    #: seconds from the request head to the response head, and to the response's end
-    ttfb: float | None = None
-    duration: float | None = None
-    complete: bool = False
-    #: the request ended (head, and body to its framing's end) before the stream did
-    request_complete: bool = False
-    error: str | None = None
-    #: what the server's ingress answered the visitor instead, when the origin never answered
-    #: (502: the local service refused the connection or closed it; 504: it took too long)
-    ingress_status: int | None = None
-    #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
-    trailers: Head | None = None
+    __slots__ = (
+        "_body_size",
+        "_body_start",
+        "_message",
+        "_request",
+        "_response",
+        "_response_body",
+        "complete",
+        "duration",
+        "error",
+        "id",
+        "ingress_status",
+        "method",
+        "replay_of",
+        "request_body",
+        "request_complete",
+        "started",
+        "started_mono",
+        "stream_traceparent",
+        "trailers",
+        "ttfb",
+        "tunnel",
+        "visitor",
+    )
+
+    def __init__(
+        self,
+        tunnel: str,
+        request: Head | bytes,
+        request_body: Body = NO_BODY,
+        visitor: tuple[str, int] | None = None,
+        stream_traceparent: str | None = None,
+        replay_of: int | None = None,
+        method: str = "",
+    ) -> None:
+        self.tunnel = tunnel
+        self._request = request
+        self.method = request.method if isinstance(request, Head) else method
+        self.request_body = request_body
+        #: the visitor's address, from the stream's OPEN frame
+        self.visitor = visitor
+        #: the stream's ``traceparent`` (OPEN metadata), for a request that carries none
+        self.stream_traceparent = stream_traceparent
+        #: the exchange this one replays (None: real traffic)
+        self.replay_of = replay_of
+        self.id = 0
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self._response: Head | None = None
+        self._response_body: Body | None = None
+        self._message: bytes | None = None  # a whole response, until asked for
+        self._body_start = self._body_size = 0
+        #: seconds from the request head to the response head, and to the response's end
+        self.ttfb: float | None = None
+        self.duration: float | None = None
+        self.complete = False
+        #: the request ended (head, and body to its framing's end) before the stream did
+        self.request_complete = False
+        self.error: str | None = None
+        #: what the server's ingress answered the visitor instead, when the origin never
+        #: answered (502: the local service refused the connection or closed it; 504: it took
+        #: too long)
+        self.ingress_status: int | None = None
+        #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
+        self.trailers: Head | None = None
 
     @property
-    def method(self) -> str:
-        return self.request.method
+    def request(self) -> Head:
+        request = self._request
+        if isinstance(request, bytes):
+            request = self._request = request_head(request)
+        return request
+
+    @property
+    def response(self) -> Head | None:
+        if self._message is not None:
+            self._unpack()
+        return self._response
+
+    @response.setter
+    def response(self, head: Head | None) -> None:
+        self._response = head
+
+    @property
+    def response_body(self) -> Body | None:
+        if self._message is not None:
+            self._unpack()
+        return self._response_body
+
+    @response_body.setter
+    def response_body(self, body: Body | None) -> None:
+        self._response_body = body
+
+    @property
+    def response_size(self) -> int | None:
+        """The response body's size (None before the response's head came)."""
+        if self._message is not None:
+            return self._body_size
+        return None if self._response_body is None else self._response_body.size
+
+    def whole_response(self, message: bytes, body_start: int, limit: int) -> None:
+        """The response came whole, as ``message`` (its body from ``body_start``, of which
+        the first ``limit`` bytes are kept)."""
+        self._body_size = size = len(message) - body_start
+        self._message = message if size <= limit else message[: body_start + limit]
+        self._body_start = body_start
+
+    def _unpack(self) -> None:
+        message, start = self._message, self._body_start
+        assert message is not None
+        self._message = None
+        self._response = response_head(message, start)
+        kept = bytearray(message[start:])
+        self._response_body = Body(len(kept), kept, self._body_size)  # complete: never added to
 
     @property
     def target(self) -> str:
@@ -152,7 +238,7 @@ class Exchange:
             "started": self.started,
             "duration_ms": None if self.duration is None else round(self.duration * 1000, 3),
             "request_size": self.request_body.size,
-            "response_size": None if self.response_body is None else self.response_body.size,
+            "response_size": self.response_size,
             "visitor_ip": self.visitor_ip,
             "trace_id": self.trace_id,
             "replay_of": self.replay_of,

@@ -118,8 +118,7 @@ class Store:
         if exchange.complete or exchange.error is not None:
             tunnel = self.tunnels.get(exchange.tunnel)
             if tunnel is not None:
-                body = exchange.response_body
-                tunnel.count(exchange.request_body.size, 0 if body is None else body.size)
+                tunnel.count(exchange.request_body.size, exchange.response_size or 0)
         if self._subscribers and exchange.id in self._exchanges:
             self.publish("request", exchange.summary())
 
