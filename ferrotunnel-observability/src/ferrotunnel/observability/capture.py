@@ -327,18 +327,20 @@ def ingress_answer(stream: Stream) -> int | None:
 class _DeferredTap:
     """A tap whose calls wait in a :class:`Backlog` (see the module's docstring)."""
 
-    __slots__ = ("_backlog", "_stream", "_tap")
+    __slots__ = ("_backlog", "_stream", "_tap", "_to_origin", "_to_visitor")
 
     def __init__(self, tap: ExchangeTap, backlog: Backlog, stream: Stream) -> None:
         self._tap = tap
         self._backlog = backlog
         self._stream = stream
+        self._to_origin = tap.to_origin  # bound once, not for every chunk
+        self._to_visitor = tap.to_visitor
 
     def to_origin(self, data: bytes | memoryview) -> None:
-        self._backlog.add(self._tap.to_origin, data)
+        self._backlog.add(self._to_origin, data)
 
     def to_visitor(self, data: bytes) -> None:
-        self._backlog.add(self._tap.to_visitor, data)
+        self._backlog.add(self._to_visitor, data)
 
     def closed(self, error: str | None) -> None:
         self._backlog.add(self._closed, error)

@@ -55,30 +55,25 @@ class Exchange:
     and the visitor's address likewise, when the API asks.
     """
 
-    __slots__ = (
-        "_body_size",
-        "_body_start",
-        "_message",
-        "_request",
-        "_response",
-        "_response_body",
-        "complete",
-        "duration",
-        "error",
-        "id",
-        "ingress_status",
-        "method",
-        "replay_of",
-        "request_body",
-        "request_complete",
-        "started",
-        "started_mono",
-        "stream_traceparent",
-        "trailers",
-        "ttfb",
-        "tunnel",
-        "visitor",
-    )
+    # What most exchanges keep as they were made is a class attribute (no __slots__): making
+    # one, for every exchange relayed, sets only what differs.
+    id: int = 0
+    _response: Head | None = None
+    _response_body: Body | None = None
+    #: a response that came whole, until asked for: (message, body start, body size)
+    _message: tuple[bytes, int, int] | None = None
+    #: seconds from the request head to the response head, and to the response's end
+    ttfb: float | None = None
+    duration: float | None = None
+    complete: bool = False
+    #: the request ended (head, and body to its framing's end) before the stream did
+    request_complete: bool = False
+    error: str | None = None
+    #: what the server's ingress answered the visitor instead, when the origin never answered
+    #: (502: the local service refused the connection or closed it; 504: it took too long)
+    ingress_status: int | None = None
+    #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
+    trailers: Head | None = None
 
     def __init__(
         self,
@@ -100,26 +95,8 @@ class Exchange:
         self.stream_traceparent = stream_traceparent
         #: the exchange this one replays (None: real traffic)
         self.replay_of = replay_of
-        self.id = 0
         self.started = time.time()
         self.started_mono = time.monotonic()
-        self._response: Head | None = None
-        self._response_body: Body | None = None
-        self._message: bytes | None = None  # a whole response, until asked for
-        self._body_start = self._body_size = 0
-        #: seconds from the request head to the response head, and to the response's end
-        self.ttfb: float | None = None
-        self.duration: float | None = None
-        self.complete = False
-        #: the request ended (head, and body to its framing's end) before the stream did
-        self.request_complete = False
-        self.error: str | None = None
-        #: what the server's ingress answered the visitor instead, when the origin never
-        #: answered (502: the local service refused the connection or closed it; 504: it took
-        #: too long)
-        self.ingress_status: int | None = None
-        #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
-        self.trailers: Head | None = None
 
     @property
     def request(self) -> Head:
@@ -152,23 +129,23 @@ class Exchange:
     def response_size(self) -> int | None:
         """The response body's size (None before the response's head came)."""
         if self._message is not None:
-            return self._body_size
+            return self._message[2]
         return None if self._response_body is None else self._response_body.size
 
     def whole_response(self, message: bytes, body_start: int, limit: int) -> None:
         """The response came whole, as ``message`` (its body from ``body_start``, of which
         the first ``limit`` bytes are kept)."""
-        self._body_size = size = len(message) - body_start
-        self._message = message if size <= limit else message[: body_start + limit]
-        self._body_start = body_start
+        size = len(message) - body_start
+        kept = message if size <= limit else message[: body_start + limit]
+        self._message = (kept, body_start, size)
 
     def _unpack(self) -> None:
-        message, start = self._message, self._body_start
-        assert message is not None
+        assert self._message is not None
+        message, start, size = self._message
         self._message = None
         self._response = response_head(message, start)
         kept = bytearray(message[start:])
-        self._response_body = Body(len(kept), kept, self._body_size)  # complete: never added to
+        self._response_body = Body(len(kept), kept, size)  # complete: never added to
 
     @property
     def target(self) -> str:

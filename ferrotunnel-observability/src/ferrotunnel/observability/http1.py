@@ -161,9 +161,10 @@ def start_line(raw: bytes, *, response: bool) -> Head | str:
 # response, framing fields the expressions do not take) gets None, and the caller hands the
 # chunk to an Http1Parser instead, which reaches the same verdicts.
 
-#: a head's line that is neither the empty line ending it nor a framing field (repeated
-#: possessively below: a line never needs to be given back, and sre is faster not saving them)
-_OTHER_FIELD = rb"(?!\r?\n|(?i:content-length|transfer-encoding)[ \t]*:)[^\n]*\n"
+#: a head's line that is neither the empty line ending it nor a framing field: most lines
+#: are told by their first character, the rest are looked at (repeated possessively below:
+#: a line never needs to be given back, and the regex engine is faster not saving them)
+_OTHER_FIELD = rb"[^\r\ncCtT][^\n]*\n|(?!\r\n|(?i:content-length|transfer-encoding)[ \t]*:)[^\n]+\n"
 #: a request line as :func:`start_line` takes it (but CONNECT's and the HTTP/2 preface's),
 #: fields without framing ones, and the empty line
 _WHOLE_REQUEST = re.compile(
