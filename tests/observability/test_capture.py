@@ -18,7 +18,7 @@ from ferrotunnel.core import TunnelKind
 from ferrotunnel.observability.capture import CaptureObserver, ExchangeTap, ingress_answer
 from ferrotunnel.observability.exchange import Body, render_body
 from ferrotunnel.observability.replay import Edits, ReplayError, build_request
-from ferrotunnel.observability.store import Store
+from ferrotunnel.observability.store import Store, TunnelState
 from ferrotunnel.protocol import ErrorCode
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -496,3 +496,42 @@ def test_a_keep_alive_stream_of_whole_messages_records_each_exchange() -> None:
     ]
     assert shown[0]["response"]["body"]["text"] == "hello"
     assert shown == recorded(chunks, tap_class=ParserOnlyTap)
+
+
+def test_a_whole_response_over_the_limit_keeps_only_the_limit() -> None:
+    """A response that came whole is kept raw until asked for, but never more of its body
+    than the capture limit, and it reads as the parser's record does."""
+    chunks = [
+        (True, b"GET / HTTP/1.1\r\n\r\n"),
+        (False, b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b"x" * 20),
+    ]
+    store = Store()
+    tap = ExchangeTap(store, "app", 8)
+    tap.to_origin(chunks[0][1])
+    tap.to_visitor(chunks[1][1])
+    (exchange,) = store.query()
+    assert exchange.response_size == 20
+    assert exchange._message is not None  # kept raw: the head and the limit's worth of body
+    assert len(exchange._message[0]) == len(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n") + 8
+    body = exchange.response_body
+    assert body is not None
+    assert (bytes(body.data), body.size, body.truncated) == (b"x" * 8, 20, True)
+    assert recorded(chunks) == recorded(chunks, tap_class=ParserOnlyTap)
+
+
+def test_a_tunnels_traffic_is_counted_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.2]
+    monkeypatch.setattr("ferrotunnel.observability.store.time.time", lambda: now[0])
+    tunnel = TunnelState("app", "http", None)
+    for at, size_in, size_out in [
+        (1000.2, 1, 10),
+        (1000.9, 2, 20),
+        (1003.0, 3, 30),
+        (1003.5, 0, 5),
+    ]:
+        now[0] = at
+        tunnel.count(size_in, size_out)
+    assert tunnel.traffic == [[1000, 2, 33], [1003, 2, 38]]
+    assert (tunnel.requests, tunnel.bytes_in, tunnel.bytes_out) == (4, 6, 65)
+    now[0] = 1062.0  # a minute on: the seconds before it are no longer shown
+    assert tunnel.as_json()["traffic"] == [[1003, 2, 38]]

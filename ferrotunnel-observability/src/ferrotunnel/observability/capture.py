@@ -198,23 +198,31 @@ class ExchangeTap:
 
     def _whole_request(self, data: bytes | memoryview) -> bool:
         """Record ``data`` if it is one whole request without a body."""
-        head = whole_request(data)
-        if head is None:
-            return False
-        self._request_head(head)
-        self._request_end()
-        return True
-
-    def _whole_response(self, data: bytes | memoryview) -> bool:
-        """Record ``data`` if it is the whole response to the oldest request waiting."""
-        found = whole_response(data, self._sent[0].method)
+        found = whole_request(data)
         if found is None:
             return False
-        head, start = found
-        self._response_head(head)  # as the parser would have called them
-        if start < len(data):
-            self._response_chunk(memoryview(data)[start:])
-        self._response_end()
+        raw, method = found
+        exchange = self.last = Exchange(
+            self.tunnel, raw, NO_BODY, self.visitor, self.traceparent, self.replay_of, method
+        )
+        exchange.request_complete = True
+        self._sent.append(exchange)
+        if self._responses is not None:
+            self._responses.expect(method)
+        self.store.add(exchange)
+        return True
+
+    def _whole_response(self, data: bytes) -> bool:
+        """Record ``data`` if it is the whole response to the oldest request waiting."""
+        exchange = self._sent[0]
+        start = whole_response(data, exchange.method)
+        if start is None:
+            return False
+        self._sent.popleft()
+        exchange.whole_response(data, start, self.limit)
+        exchange.ttfb = exchange.duration = time.monotonic() - exchange.started_mono
+        exchange.complete = True
+        self.store.update(exchange)
         return True
 
     # ---- requests
@@ -319,18 +327,20 @@ def ingress_answer(stream: Stream) -> int | None:
 class _DeferredTap:
     """A tap whose calls wait in a :class:`Backlog` (see the module's docstring)."""
 
-    __slots__ = ("_backlog", "_stream", "_tap")
+    __slots__ = ("_backlog", "_stream", "_tap", "_to_origin", "_to_visitor")
 
     def __init__(self, tap: ExchangeTap, backlog: Backlog, stream: Stream) -> None:
         self._tap = tap
         self._backlog = backlog
         self._stream = stream
+        self._to_origin = tap.to_origin  # bound once, not for every chunk
+        self._to_visitor = tap.to_visitor
 
     def to_origin(self, data: bytes | memoryview) -> None:
-        self._backlog.add(self._tap.to_origin, data)
+        self._backlog.add(self._to_origin, data)
 
     def to_visitor(self, data: bytes) -> None:
-        self._backlog.add(self._tap.to_visitor, data)
+        self._backlog.add(self._to_visitor, data)
 
     def closed(self, error: str | None) -> None:
         self._backlog.add(self._closed, error)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from .http1 import Head
+from .http1 import Head, request_head, response_head
 
 __all__ = ["NO_BODY", "Body", "Exchange", "render_body"]
 
@@ -45,28 +45,23 @@ class Body:
 NO_BODY = Body(0)
 
 
-@dataclass(slots=True)
 class Exchange:
     """A request and (once it came) its response, as the origin saw and sent them.
 
-    The heads are kept raw (:class:`~.http1.Head`): header fields, the trace id and the
-    visitor's address are worked out when the API asks, not for every exchange relayed.
+    Most exchanges relayed are never looked at, so the capture records them raw: a request
+    head as its bytes (``request`` may be given as them, with its ``method``), a response that
+    came whole as its message (:meth:`whole_response`). The heads (:class:`~.http1.Head`) and
+    that response's :class:`Body` are made when first asked for; header fields, the trace id
+    and the visitor's address likewise, when the API asks.
     """
 
-    tunnel: str
-    request: Head
-    request_body: Body
-    #: the visitor's address, from the stream's OPEN frame
-    visitor: tuple[str, int] | None = None
-    #: the stream's ``traceparent`` (OPEN metadata), for a request that carries none
-    stream_traceparent: str | None = None
-    #: the exchange this one replays (None: real traffic)
-    replay_of: int | None = None
+    # What most exchanges keep as they were made is a class attribute (no __slots__): making
+    # one, for every exchange relayed, sets only what differs.
     id: int = 0
-    started: float = field(default_factory=time.time)
-    started_mono: float = field(default_factory=time.monotonic)
-    response: Head | None = None
-    response_body: Body | None = None
+    _response: Head | None = None
+    _response_body: Body | None = None
+    #: a response that came whole, until asked for: (message, body start, body size)
+    _message: tuple[bytes, int, int] | None = None
     #: seconds from the request head to the response head, and to the response's end
     ttfb: float | None = None
     duration: float | None = None
@@ -80,9 +75,77 @@ class Exchange:
     #: the response's trailer fields (HTTP/2: a gRPC call's ``grpc-status``), if it had any
     trailers: Head | None = None
 
+    def __init__(
+        self,
+        tunnel: str,
+        request: Head | bytes,
+        request_body: Body = NO_BODY,
+        visitor: tuple[str, int] | None = None,
+        stream_traceparent: str | None = None,
+        replay_of: int | None = None,
+        method: str = "",
+    ) -> None:
+        self.tunnel = tunnel
+        self._request = request
+        self.method = request.method if isinstance(request, Head) else method
+        self.request_body = request_body
+        #: the visitor's address, from the stream's OPEN frame
+        self.visitor = visitor
+        #: the stream's ``traceparent`` (OPEN metadata), for a request that carries none
+        self.stream_traceparent = stream_traceparent
+        #: the exchange this one replays (None: real traffic)
+        self.replay_of = replay_of
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+
     @property
-    def method(self) -> str:
-        return self.request.method
+    def request(self) -> Head:
+        request = self._request
+        if isinstance(request, bytes):
+            request = self._request = request_head(request)
+        return request
+
+    @property
+    def response(self) -> Head | None:
+        if self._message is not None:
+            self._unpack()
+        return self._response
+
+    @response.setter
+    def response(self, head: Head | None) -> None:
+        self._response = head
+
+    @property
+    def response_body(self) -> Body | None:
+        if self._message is not None:
+            self._unpack()
+        return self._response_body
+
+    @response_body.setter
+    def response_body(self, body: Body | None) -> None:
+        self._response_body = body
+
+    @property
+    def response_size(self) -> int | None:
+        """The response body's size (None before the response's head came)."""
+        if self._message is not None:
+            return self._message[2]
+        return None if self._response_body is None else self._response_body.size
+
+    def whole_response(self, message: bytes, body_start: int, limit: int) -> None:
+        """The response came whole, as ``message`` (its body from ``body_start``, of which
+        the first ``limit`` bytes are kept)."""
+        size = len(message) - body_start
+        kept = message if size <= limit else message[: body_start + limit]
+        self._message = (kept, body_start, size)
+
+    def _unpack(self) -> None:
+        assert self._message is not None
+        message, start, size = self._message
+        self._message = None
+        self._response = response_head(message, start)
+        kept = bytearray(message[start:])
+        self._response_body = Body(len(kept), kept, size)  # complete: never added to
 
     @property
     def target(self) -> str:
@@ -152,7 +215,7 @@ class Exchange:
             "started": self.started,
             "duration_ms": None if self.duration is None else round(self.duration * 1000, 3),
             "request_size": self.request_body.size,
-            "response_size": None if self.response_body is None else self.response_body.size,
+            "response_size": self.response_size,
             "visitor_ip": self.visitor_ip,
             "trace_id": self.trace_id,
             "replay_of": self.replay_of,

@@ -28,7 +28,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Head", "Http1Parser", "start_line", "whole_request", "whole_response"]
+__all__ = [
+    "Head",
+    "Http1Parser",
+    "request_head",
+    "response_head",
+    "start_line",
+    "whole_request",
+    "whole_response",
+]
 
 #: how many bytes to search for a head's end or a line's at a time
 _PROBE = 4096
@@ -147,46 +155,72 @@ def start_line(raw: bytes, *, response: bool) -> Head | str:
 #
 # Nearly every chunk a tunnel relays for a small exchange holds one whole message: a request
 # head without a body, or a response head with all of its Content-Length body. These two
-# functions recognise exactly that case, so a tap can record it without setting up a parser;
-# anything else (a body still to come, chunked framing, a protocol switch, a second message,
-# an interim response) gets None, and the caller hands the chunk to an Http1Parser instead,
-# which reaches the same verdicts.
+# functions recognise exactly that case, each with one regular expression, so a tap can record
+# it without setting up a parser (or even a Head: the raw bytes are kept); anything else (a
+# body still to come, chunked framing, a protocol switch, a second message, an interim
+# response, framing fields the expressions do not take) gets None, and the caller hands the
+# chunk to an Http1Parser instead, which reaches the same verdicts.
+
+#: a head's line that is neither the empty line ending it nor a framing field: most lines
+#: are told by their first character, the rest are looked at (repeated possessively below:
+#: a line never needs to be given back, and the regex engine is faster not saving them)
+_OTHER_FIELD = rb"[^\r\ncCtT][^\n]*\n|(?!\r\n|(?i:content-length|transfer-encoding)[ \t]*:)[^\n]+\n"
+#: a request line as :func:`start_line` takes it (but CONNECT's and the HTTP/2 preface's),
+#: fields without framing ones, and the empty line
+_WHOLE_REQUEST = re.compile(
+    rb"((?![\r\n]|CONNECT |PRI \* HTTP/2)([^ \n]*) [^ \n]* HTTP/[^\n]*\n(?:%s)*+)\r?\n"
+    % _OTHER_FIELD
+)
+#: a status line as :func:`start_line` takes it (its status), fields with at most one
+#: Content-Length of plain digits (its value) and no Transfer-Encoding, and the empty line
+_WHOLE_RESPONSE = re.compile(
+    rb"HTTP/[^ \n]* ([0-9]+)(?: [^\n]*)?\r*\n(?:%s)*+"
+    rb"(?:(?i:content-length)[ \t]*:[ \t]*([0-9]+)[ \t]*\r?\n(?:%s)*+)?\r?\n"
+    % (_OTHER_FIELD, _OTHER_FIELD)
+)
 
 
-def whole_request(data: bytes | memoryview) -> Head | None:
-    """The request that ``data`` holds exactly, if it is a head with no body to follow."""
-    if not data or data[0] == _CR or data[0] == _LF:
+def whole_request(data: bytes | memoryview) -> tuple[bytes, str] | None:
+    """The raw head and the method of the request that ``data`` holds exactly, if it is a
+    head with no body to follow."""
+    found = _WHOLE_REQUEST.fullmatch(data) if len(data) <= _PROBE else None
+    if found is None:
         return None
-    blank = _BLANK_LINE.search(data, 0, _PROBE)
-    if blank is None or blank.end() != len(data):
-        return None
-    raw = bytes(data[: blank.start() + 1])
-    head = start_line(raw, response=False)
-    if isinstance(head, str) or head.method == "CONNECT":
-        return None
-    return None if _REQUEST_FRAMING.search(raw.lower()) else head
+    raw, method = found.group(1, 2)
+    return bytes(raw), str(method, "latin-1")
 
 
-def whole_response(data: bytes | memoryview, method: str) -> tuple[Head, int] | None:
-    """The final response to ``method`` that ``data`` holds exactly, and where its body
-    starts (it runs to the end of ``data``)."""
-    if not data or data[0] == _CR or data[0] == _LF or method == "CONNECT":
+def whole_response(data: bytes, method: str) -> int | None:
+    """Where the body starts, if ``data`` is exactly the final response to ``method`` (its
+    body running to the end of ``data``)."""
+    found = _WHOLE_RESPONSE.match(data, 0, _PROBE)
+    if found is None or method == "CONNECT":
         return None
-    blank = _BLANK_LINE.search(data, 0, _PROBE)
-    if blank is None:
+    status_text, length = found.group(1, 2)
+    status = int(status_text)
+    start = found.end()
+    if status < 200:
         return None
-    raw = bytes(data[: blank.start() + 1])
-    head = start_line(raw, response=True)
-    if isinstance(head, str) or head.status < 200:
-        return None
-    start = blank.end()
-    if method == "HEAD" or head.status == 204 or head.status == 304:
-        return (head, start) if start == len(data) else None
-    low = raw.lower()
-    if _TRANSFER_ENCODING.search(low) is not None:
-        return None
-    size = _content_length(low)
-    return (head, start) if size is not None and size >= 0 and start + size == len(data) else None
+    if method == "HEAD" or status == 204 or status == 304:
+        return start if start == len(data) else None
+    return start if length is not None and start + int(length) == len(data) else None
+
+
+def response_head(message: bytes, body_start: int) -> Head:
+    """The head of a response :func:`whole_response` took (``body_start``: what it said)."""
+    end = body_start - 2 if message[body_start - 2] == _CR else body_start - 1
+    return _valid(start_line(message[:end], response=True))
+
+
+def request_head(raw: bytes) -> Head:
+    """The head :func:`whole_request` took (``raw``: the head it returned)."""
+    return _valid(start_line(raw, response=False))
+
+
+def _valid(head: Head | str) -> Head:
+    if isinstance(head, str):
+        raise ValueError(f"not a head the shortcut takes: {head}")
+    return head
 
 
 class Http1Parser:

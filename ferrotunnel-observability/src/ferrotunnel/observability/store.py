@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from .exchange import Exchange
@@ -38,22 +39,32 @@ class TunnelState:
     requests: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    #: (second, requests, bytes) for the last TRAFFIC_WINDOW seconds with traffic
-    traffic: deque[list[int]] = field(default_factory=lambda: deque(maxlen=TRAFFIC_WINDOW))
+    #: (second, requests, bytes) as they stood when each of the last TRAFFIC_WINDOW seconds
+    #: with traffic began: counting adds to the totals only, the chart takes differences
+    _marks: deque[tuple[int, int, int]] = field(
+        default_factory=lambda: deque(maxlen=TRAFFIC_WINDOW), repr=False
+    )
+    _next_second: float = 0.0  # when the current second ends
 
-    def count(self, exchange: Exchange) -> None:
-        size_in = exchange.request_body.size
-        size_out = exchange.response_body.size if exchange.response_body else 0
+    def count(self, size_in: int, size_out: int) -> None:
+        """One more exchange, finished now."""
+        now = time.time()
+        if now >= self._next_second:
+            second = int(now)
+            self._next_second = second + 1
+            self._marks.append((second, self.requests, self.bytes_in + self.bytes_out))
         self.requests += 1
         self.bytes_in += size_in
         self.bytes_out += size_out
-        second = int(time.time())
-        last = self.traffic[-1] if self.traffic else None
-        if last is not None and last[0] == second:
-            last[1] += 1
-            last[2] += size_in + size_out
-        else:
-            self.traffic.append([second, 1, size_in + size_out])
+
+    @property
+    def traffic(self) -> list[list[int]]:
+        """[second, requests, bytes] for each of the last TRAFFIC_WINDOW seconds with traffic."""
+        now = (0, self.requests, self.bytes_in + self.bytes_out)
+        return [
+            [second, requests - before, size - size_before]
+            for (second, before, size_before), (_, requests, size) in pairwise([*self._marks, now])
+        ]
 
     def as_json(self) -> dict[str, Any]:
         now = int(time.time())
@@ -66,7 +77,7 @@ class TunnelState:
             "requests": self.requests,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "traffic": [s for s in self.traffic if s[0] > now - TRAFFIC_WINDOW],
+            "traffic": [row for row in self.traffic if row[0] > now - TRAFFIC_WINDOW],
         }
 
 
@@ -107,7 +118,7 @@ class Store:
         if exchange.complete or exchange.error is not None:
             tunnel = self.tunnels.get(exchange.tunnel)
             if tunnel is not None:
-                tunnel.count(exchange)
+                tunnel.count(exchange.request_body.size, exchange.response_size or 0)
         if self._subscribers and exchange.id in self._exchanges:
             self.publish("request", exchange.summary())
 
