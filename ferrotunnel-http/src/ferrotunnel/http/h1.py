@@ -81,20 +81,13 @@ class RequestHead:
     def path(self) -> str:
         return self.target.split(b"?", 1)[0].decode("latin-1")
 
-    def _index(self) -> dict[bytes, list[bytes]] | None:
-        """The parser's index, while it still describes ``headers``."""
-        headers = self.headers
-        if self.indexed is headers and self.indexed_count == len(headers):
-            return self.names
-        return None
-
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case)."""
-        names = self._index()
-        if names is not None:
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
             values = names.get(name)
             return values[0] if values else None
-        for key, value in self.headers:
+        for key, value in headers:
             if key.lower() == name:
                 return value
         return None
@@ -110,7 +103,7 @@ class RequestHead:
         return self.method.decode("latin-1")
 
     def header(self, name: str) -> str | None:
-        value = self.get(_lower_name(name))
+        value = self.get(_lower_names.get(name) or _lower_name(name))
         return None if value is None else value.decode("latin-1")
 
     def header_values(self, name: str) -> list[str]:
@@ -121,15 +114,16 @@ class RequestHead:
 
     def add_header(self, name: str, value: str) -> None:
         line = _field(name, value)
-        names = self._index()
-        if names is not None:  # keep the index true: look-ups stay dict accesses
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
+            # keep the index true: look-ups stay dict accesses
             found = names.get(key := line[0].lower())
             if found is None:
                 names[key] = [line[1]]
             else:
                 found.append(line[1])
             self.indexed_count += 1
-        self.headers.append(line)
+        headers.append(line)
 
     def remove_header(self, name: str) -> None:
         self.headers = _without(self.headers, name)
