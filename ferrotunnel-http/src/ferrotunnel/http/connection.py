@@ -341,9 +341,10 @@ class IngressConnection(asyncio.Protocol):
                 head_only=head_only,
             )
             return
-        if self._chain.active:
+        chain = self._chain
+        if chain.active:
             ctx = self._begin_record(request, route)
-            decision = self._chain.on_request(request, ctx)
+            decision = chain.on_request(request, ctx) if chain.request_steps else None
             if isinstance(decision, Reply):
                 self._plugin_reply(decision, request)
                 return
