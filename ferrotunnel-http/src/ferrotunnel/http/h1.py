@@ -72,7 +72,8 @@ class RequestHead:
     expect_continue: bool = False
     #: the parser's index of ``headers`` by lower-case name, valid while ``headers`` is still
     #: the list it was built from, with as many lines (so a look-up is a dict access, not a
-    #: scan lowering every name, as long as nothing edited the head)
+    #: scan lowering every name, as long as nothing edited the head); the methods plugins
+    #: call on every request check that inline
     names: dict[bytes, list[bytes]] | None = None
     indexed: Headers | None = None
     indexed_count: int = 0
@@ -103,7 +104,11 @@ class RequestHead:
         return self.method.decode("latin-1")
 
     def header(self, name: str) -> str | None:
-        value = self.get(_lower_names.get(name) or _lower_name(name))
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
+            values = names.get(_lower_names.get(name) or _lower_name(name))  # get(), inline
+            return values[0].decode("latin-1") if values else None
+        value = self.get(_lower_name(name))
         return None if value is None else value.decode("latin-1")
 
     def header_values(self, name: str) -> list[str]:
