@@ -122,7 +122,8 @@ class RequestHead:
         names, headers = self.names, self.headers
         if names is not None and self.indexed is headers and self.indexed_count == len(headers):
             # keep the index true: look-ups stay dict accesses
-            found = names.get(key := line[0].lower())
+            key = _lower_names.get(name) or _lower_name(name)
+            found = names.get(key)
             if found is None:
                 names[key] = [line[1]]
             else:
