@@ -27,13 +27,14 @@ responses that completed it), with the exchange's own start and duration.
 
 How it is made depends on the provider. With the one :func:`otlp_provider` builds (what the
 CLI uses), whose only span processor is its :class:`~._batch.BatchExporter`, the span is
-encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object)
-and queued; the exporter's thread joins each batch into one request and posts it
-(``_otlp_http.py``). With another SDK provider the span is a finished ``ReadableSpan``
-handed to its span processors; with another API implementation, its tracer's
-``start_span``/``end``. On the client, a stream observer starts a span for each stream the
-server opens, as a child of the context in its OPEN, and ends it when the stream is over;
-these and the handshake spans take the SDK's usual path (and the same exporter).
+encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object;
+its string attributes, which repeat, kept encoded by their values) and queued; the
+exporter's thread joins each batch into one request and posts it (``_otlp_http.py``).
+With another SDK provider the span is a finished ``ReadableSpan`` handed to its span
+processors; with another API implementation, its tracer's ``start_span``/``end``. On the
+client, a stream observer starts a span for each stream the server opens, as a child of
+the context in its OPEN, and ends it when the stream is over; these and the handshake
+spans take the SDK's usual path (and the same exporter).
 
 A kept-alive visitor connection carries later requests on the stream its first request
 opened: each request still gets its server span and its own ``traceparent`` at the origin,
@@ -159,8 +160,13 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
 _Sampled = tuple[int, int, int | None, str | None]
 
 #: an exchange span's first attributes, all strings
-_TEXT_KEYS = ("http.request.method", "url.path", "server.address", "client.address",
-              "ferrotunnel.tunnel")  # fmt: skip
+_TEXT_KEYS = (
+    "http.request.method",
+    "url.path",
+    "server.address",
+    "client.address",
+    "ferrotunnel.tunnel",
+)
 _UNSET = Status(StatusCode.UNSET)
 _UNSET_CODE, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _ROOT = Context()
