@@ -614,13 +614,14 @@ def test_added_request_headers_keep_the_index_true() -> None:
     head = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Two: 1\r\n\r\n")
     head.add_header("X-Two", "2")
     head.add_header("traceparent", "00-abc")
-    assert head._index() is not None
+    assert head.indexed is head.headers
+    assert head.indexed_count == len(head.headers)
     assert head.header_values("x-two") == ["1", "2"]
     assert head.get(b"x-two") == b"1"
     assert head.header("TraceParent") == "00-abc"
     assert head.serialize().endswith(b"X-Two: 2\r\ntraceparent: 00-abc\r\n\r\n")
     head.remove_header("traceparent")  # a rebuilt list: the index no longer applies
-    assert head._index() is None
+    assert head.indexed is not head.headers
     assert head.header("traceparent") is None
 
 

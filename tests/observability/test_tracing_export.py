@@ -480,6 +480,26 @@ def test_the_fast_path_exports_what_the_sdk_path_does(status: int, traceparent: 
     assert collector.requests == [encode_spans([span])]
 
 
+def test_exchanges_with_the_same_strings_export_what_the_sdk_path_does() -> None:
+    """The second exchange's method, path, host, visitor and tunnel come from the plugin's
+    cache of encoded attributes."""
+    exchanges = [(1, 200), (2, 503), (3, 200)]
+    collector = Collector()
+    provider = fast_provider(collector)
+    fast = Tracing(provider)
+    for seed, status in exchanges:
+        exchange(fast, HEAD, status, seed)
+    provider.shutdown()
+
+    memory = InMemorySpanExporter()
+    sdk = TracerProvider(resource=RESOURCE)
+    sdk.add_span_processor(SimpleSpanProcessor(memory))
+    traced = Tracing(sdk)
+    for seed, status in exchanges:
+        exchange(traced, HEAD, status, seed)
+    assert collector.requests == [encode_spans(memory.get_finished_spans())]
+
+
 def test_another_processor_takes_the_sdk_path_and_both_get_the_span() -> None:
     collector = Collector()
     provider = fast_provider(collector)

@@ -72,7 +72,8 @@ class RequestHead:
     expect_continue: bool = False
     #: the parser's index of ``headers`` by lower-case name, valid while ``headers`` is still
     #: the list it was built from, with as many lines (so a look-up is a dict access, not a
-    #: scan lowering every name, as long as nothing edited the head)
+    #: scan lowering every name, as long as nothing edited the head); the methods plugins
+    #: call on every request check that inline
     names: dict[bytes, list[bytes]] | None = None
     indexed: Headers | None = None
     indexed_count: int = 0
@@ -81,20 +82,13 @@ class RequestHead:
     def path(self) -> str:
         return self.target.split(b"?", 1)[0].decode("latin-1")
 
-    def _index(self) -> dict[bytes, list[bytes]] | None:
-        """The parser's index, while it still describes ``headers``."""
-        headers = self.headers
-        if self.indexed is headers and self.indexed_count == len(headers):
-            return self.names
-        return None
-
     def get(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower case)."""
-        names = self._index()
-        if names is not None:
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
             values = names.get(name)
             return values[0] if values else None
-        for key, value in self.headers:
+        for key, value in headers:
             if key.lower() == name:
                 return value
         return None
@@ -110,6 +104,10 @@ class RequestHead:
         return self.method.decode("latin-1")
 
     def header(self, name: str) -> str | None:
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
+            values = names.get(_lower_names.get(name) or _lower_name(name))  # get(), inline
+            return values[0].decode("latin-1") if values else None
         value = self.get(_lower_name(name))
         return None if value is None else value.decode("latin-1")
 
@@ -121,15 +119,17 @@ class RequestHead:
 
     def add_header(self, name: str, value: str) -> None:
         line = _field(name, value)
-        names = self._index()
-        if names is not None:  # keep the index true: look-ups stay dict accesses
-            found = names.get(key := line[0].lower())
+        names, headers = self.names, self.headers
+        if names is not None and self.indexed is headers and self.indexed_count == len(headers):
+            # keep the index true: look-ups stay dict accesses
+            key = _lower_names.get(name) or _lower_name(name)
+            found = names.get(key)
             if found is None:
                 names[key] = [line[1]]
             else:
                 found.append(line[1])
             self.indexed_count += 1
-        self.headers.append(line)
+        headers.append(line)
 
     def remove_header(self, name: str) -> None:
         self.headers = _without(self.headers, name)

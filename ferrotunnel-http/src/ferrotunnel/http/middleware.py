@@ -79,6 +79,9 @@ class MiddlewareChain:
         self.notify = plugins.exchange_complete if plugins is not None and listening else None
         #: whether exchanges need a context at all, and a record when they end
         self.wants_records = bool(self.complete_steps or self.notify)
+        #: whether a middleware sees an exchange after its request went on (else the
+        #: ingress lets go of its context then)
+        self.after_request = bool(self.response_steps or self.wants_records)
         self._pending: list[tuple[RequestContext, tuple[Any, ...]]] = []
         self.active = bool(self.request_steps or self.response_steps or self.wants_records)
 

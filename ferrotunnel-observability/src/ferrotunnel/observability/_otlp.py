@@ -40,8 +40,9 @@ _FLAGS_REMOTE = b"\x85\x01" + struct.pack(
     "<I",
     SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
 )
-#: Span.kind (6): OTLP numbers kinds from 1 (0 is "unspecified")
-_KINDS = {kind: b"\x30" + _BYTE[kind.value + 1] for kind in SpanKind}
+#: Span.kind (6) by the kind's value (an enum member's hash is a Python call): OTLP numbers
+#: kinds from 1 (0 is "unspecified")
+_KINDS = {kind.value: b"\x30" + _BYTE[kind.value + 1] for kind in SpanKind}
 #: Span.status (15) without a message: Status.code (3)
 _STATUS = {
     0: b"\x7a\x00",
@@ -138,6 +139,7 @@ class SpanEncoder:
         attributes: Mapping[str, AttributeValue],
         status: int,
         message: str | None,
+        encoded: bytes = b"",
     ) -> bytes:
         """One span, as a ``ScopeSpans.spans`` field.
 
@@ -146,6 +148,9 @@ class SpanEncoder:
         form ("" for none); the times are ns since the epoch; ``status`` is a
         :class:`~opentelemetry.trace.StatusCode` value. The name and times must not be empty
         (the official encoder would leave those fields out).
+
+        ``encoded``: more attributes, from :meth:`attributes` (a caller that sees the same
+        values again keeps them encoded), placed before ``attributes``.
 
         Raises :class:`ValueError` for an attribute value that is not a str, bool, int (64
         bits) or float.
@@ -158,28 +163,26 @@ class SpanEncoder:
             parts += (b"\x22\x08", parent_span_id.to_bytes(8, "big"))
         parts += (
             self._names.get(name) or self._name(name),
-            _KINDS[kind],
+            _KINDS[kind._value_],
             _TIMES.pack(0x39, start, 0x41, end),
+            encoded,
         )
-        # The hot loop (every sampled exchange has eight or nine attributes). String values
-        # repeat (methods, hosts, tunnels, addresses, paths), so their whole field is cached,
-        # keyed by the (key, value) item itself; only str values are stored, so a value of
-        # another type never matches an entry. Small ints (status codes, sizes) are a cached
-        # prefix and their one or two varint bytes.
+        # The hot loop (an exchange span's sizes and status; its strings come ``encoded``).
+        # Small ints (status codes, sizes) are a cached prefix and their one or two varint
+        # bytes. String values repeat (methods, hosts, tunnels, addresses, paths), so their
+        # whole field is cached, keyed by the (key, value) item itself; only str values are
+        # stored, so a value of another type never matches an entry.
         strings, numbers = self._strings, self._numbers
         for item in attributes.items():
-            encoded = strings.get(item)
-            if encoded is None:
-                key, value = item
-                if type(value) is int and 0 <= value < 0x4000:
-                    prefix = numbers.get(key) or self._number_prefix(key)
-                    if value < 0x80:
-                        encoded = prefix[0] + _BYTE[value]
-                    else:
-                        encoded = prefix[1] + bytes((value & 0x7F | 0x80, value >> 7))
+            key, value = item
+            if value.__class__ is int and 0 <= value < 0x4000:
+                prefix = numbers.get(key) or self._number_prefix(key)
+                if value < 0x80:
+                    parts.append(prefix[0] + _BYTE[value])
                 else:
-                    encoded = self._attribute(key, value)
-            parts.append(encoded)
+                    parts.append(prefix[1] + bytes((value & 0x7F | 0x80, value >> 7)))
+            else:
+                parts.append(strings.get(item) or self._attribute(key, value))
         if message:  # (a code of 0 is left out, as protobuf does)
             text = _field(b"\x12", message.encode())
             parts.append(_field(b"\x7a", (text + b"\x18" + _BYTE[status]) if status else text))
@@ -191,6 +194,10 @@ class SpanEncoder:
         if 0x80 <= size < 0x4000:  # the usual size of a span: a two-byte length
             return bytes((0x12, size & 0x7F | 0x80, size >> 7)) + body
         return _field(b"\x12", body)
+
+    def attributes(self, attributes: Mapping[str, AttributeValue]) -> bytes:
+        """``Span.attributes`` fields, as :meth:`span` writes them."""
+        return b"".join(self._attribute(key, value) for key, value in attributes.items())
 
     def readable(self, span: ReadableSpan) -> bytes | None:
         """``span`` encoded as :meth:`span` does, or None if only the official encoder can

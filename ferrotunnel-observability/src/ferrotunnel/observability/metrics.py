@@ -21,9 +21,9 @@ response head and body to them); raw TCP tunnels are not counted per tunnel.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import logging
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,16 +131,18 @@ class ServerMetrics(Collector):
     # ---- the request path: once per exchange, after the batch
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-        counts = self._http.get(record.tunnel)
-        if counts is None:
-            counts = self._http[record.tunnel] = _TunnelCounts(len(self._bounds))
+        counts = self._http.get(record.tunnel) or self._new_tunnel(record.tunnel)
         status = record.status
         counts.requests[status // 100 if 100 <= status < 600 else 0] += 1
         counts.bytes_in += record.bytes_in
         counts.bytes_out += record.bytes_out
         duration = record.duration
-        counts.buckets[bisect.bisect_left(self._bounds, duration)] += 1
+        counts.buckets[bisect_left(self._bounds, duration)] += 1
         counts.duration_sum += duration
+
+    def _new_tunnel(self, tunnel: str) -> _TunnelCounts:
+        counts = self._http[tunnel] = _TunnelCounts(len(self._bounds))
+        return counts
 
     # ---- events
 

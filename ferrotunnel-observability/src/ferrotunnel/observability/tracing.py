@@ -27,13 +27,14 @@ responses that completed it), with the exchange's own start and duration.
 
 How it is made depends on the provider. With the one :func:`otlp_provider` builds (what the
 CLI uses), whose only span processor is its :class:`~._batch.BatchExporter`, the span is
-encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object)
-and queued; the exporter's thread joins each batch into one request and posts it
-(``_otlp_http.py``). With another SDK provider the span is a finished ``ReadableSpan``
-handed to its span processors; with another API implementation, its tracer's
-``start_span``/``end``. On the client, a stream observer starts a span for each stream the
-server opens, as a child of the context in its OPEN, and ends it when the stream is over;
-these and the handshake spans take the SDK's usual path (and the same exporter).
+encoded at once as OTLP protobuf by a hand-written encoder (``_otlp.py``, no span object;
+its string attributes, which repeat, kept encoded by their values) and queued; the
+exporter's thread joins each batch into one request and posts it (``_otlp_http.py``).
+With another SDK provider the span is a finished ``ReadableSpan`` handed to its span
+processors; with another API implementation, its tracer's ``start_span``/``end``. On the
+client, a stream observer starts a span for each stream the server opens, as a child of
+the context in its OPEN, and ends it when the stream is over; these and the handshake
+spans take the SDK's usual path (and the same exporter).
 
 A kept-alive visitor connection carries later requests on the stream its first request
 opened: each request still gets its server span and its own ``traceparent`` at the origin,
@@ -52,7 +53,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 from opentelemetry import trace
@@ -98,6 +99,9 @@ from ._context import (
 from ._options import add_options
 from ._otlp_http import OtlpHttpSender, OtlpHttpSettings, standard_exporter_reason
 from ._sampling import fast_sampler
+
+if TYPE_CHECKING:
+    from ._otlp import SpanEncoder
 
 __all__ = [
     "OtlpTracerProvider",
@@ -155,6 +159,14 @@ def tracing_wanted(settings: TracingSettings, env: Mapping[str, str] = os.enviro
 #: visitor's span as its id, trace flags and ``tracestate`` header (0, None, None for a root)
 _Sampled = tuple[int, int, int | None, str | None]
 
+#: an exchange span's first attributes, all strings
+_TEXT_KEYS = (
+    "http.request.method",
+    "url.path",
+    "server.address",
+    "client.address",
+    "ferrotunnel.tunnel",
+)
 _UNSET = Status(StatusCode.UNSET)
 _UNSET_CODE, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _ROOT = Context()
@@ -237,6 +249,8 @@ class Tracing:
             self._on_end = tracer.span_processor.on_end
             self._resource = tracer.resource
         self._fast = fast_sampler(self._sampler) if self._sampler is not None else None
+        #: an exchange span's string attributes (``_TEXT_KEYS``), encoded, by their values
+        self._texts: dict[tuple[str, ...], bytes] = {}
         #: the HTTP middleware: this object, or only its ``on_request`` when no exchange can
         #: be sampled (then the ingress needs no exchange records for it)
         self.middleware: Tracing | ContextOnly = (
@@ -301,19 +315,16 @@ class Tracing:
         ids, parent_id, parent_flags, state = cast(_Sampled, facts)
         status = record.status
         method = record.method
-        attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "url.path": record.path.partition("?")[0],
-            "server.address": record.host,
-            "client.address": record.visitor_ip,
-            "ferrotunnel.tunnel": record.tunnel,
+        path = record.path.partition("?")[0]
+        texts = (method, path, record.host, record.visitor_ip, record.tunnel)
+        numbers: dict[str, str | int] = {
             "ferrotunnel.bytes_in": record.bytes_in,
             "ferrotunnel.bytes_out": record.bytes_out,
         }
         if status:
-            attributes["http.response.status_code"] = status
+            numbers["http.response.status_code"] = status
         if record.error is not None:
-            attributes["error.type"] = record.error
+            numbers["error.type"] = record.error
         failed = status >= 500 or not status
         started = int(record.time * 1e9)
         ended = started + int(record.duration * 1e9)
@@ -328,12 +339,15 @@ class Tracing:
                     SpanKind.SERVER,
                     started,
                     ended,
-                    attributes,
+                    numbers,
                     _ERROR if failed else _UNSET_CODE,
                     record.error if failed else None,
+                    self._texts.get(texts) or self._encode_texts(otlp.encoder, texts),
                 )
             )
             return
+        attributes: dict[str, str | int] = dict(zip(_TEXT_KEYS, texts, strict=True))
+        attributes.update(numbers)
         trace_id = ids >> 64
         parent = _parent(trace_id, parent_id, parent_flags, state)
         on_end = self._on_end
@@ -369,6 +383,15 @@ class Tracing:
                 instrumentation_scope=SCOPE,
             )
         )
+
+    def _encode_texts(self, encoder: SpanEncoder, texts: tuple[str, ...]) -> bytes:
+        """An exchange span's string attributes, encoded and kept: they repeat (the same
+        method, path, host, visitor and tunnel), and the cache spares five look-ups."""
+        encoded = encoder.attributes(dict(zip(_TEXT_KEYS, texts, strict=True)))
+        if len(self._texts) >= encoder.MAX_STRINGS:
+            self._texts.clear()
+        self._texts[texts] = encoded
+        return encoded
 
     @hookimpl(tryfirst=True)
     def ferrotunnel_http_middlewares(self, config: Config) -> list[Tracing | ContextOnly]:
