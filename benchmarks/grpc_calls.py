@@ -15,6 +15,10 @@ the summary gives medians.
 
     uv run python benchmarks/grpc_calls.py --rounds 4 --calls 3000
     uv run python benchmarks/grpc_calls.py --side client --only off dashboard
+    uv run python benchmarks/grpc_calls.py --only off --compare OTHER/.venv/bin/ferrotunnel
+
+``--compare BIN`` adds ``off @ BIN``: the same as ``off`` with another build of ferrotunnel
+(a worktree of an older commit, say), in the same rounds.
 
 Every address is 127.0.0.1; every process is stopped; every wait is bounded.
 """
@@ -75,12 +79,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    config: tuple[str, list[str]], grpc_port: int, calls: int, size: int, side: str
+    config: tuple[str, list[str], str], grpc_port: int, calls: int, size: int, side: str
 ) -> tuple[float, float]:
     """Calls per second, and ``side``'s CPU µs per call, for one configuration."""
     tmp = tempfile.mkdtemp(prefix="ft-grpc-")
     path = Path(tmp, "server.toml")
-    server_toml, dashboard = config
+    server_toml, dashboard, ft = config
     path.write_text(server_toml.replace("{tmp}", tmp))
     control, public = free_port(), free_port()
     server_args = ["server", "--token", "t", "--bind", f"{HOST}:{control}", "--http-bind",
@@ -88,13 +92,13 @@ def measure(
     client_args = ["client", "--server", f"{HOST}:{control}", "--token", "t", *dashboard,
                    "--local-addr", f"{HOST}:{grpc_port}", "--tunnel-id", "g.localhost"]  # fmt: skip
     server = subprocess.Popen(
-        [FT, *server_args],
+        [ft, *server_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     client = subprocess.Popen(
-        [FT, *client_args],
+        [ft, *client_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -134,10 +138,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100, help="payload bytes each way")
     parser.add_argument("--side", choices=("server", "client"), default="server")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="these configurations")
+    parser.add_argument("--compare", metavar="BIN", help="also 'off' with this ferrotunnel")
     args = parser.parse_args()
+    configs = {name: (*config, FT) for name, config in CONFIGS.items()}
     names = args.only or list(CONFIGS)
     if names[0] != "off":
         names.insert(0, "off")
+    if args.compare:
+        configs[f"off @ {args.compare}"] = (*CONFIGS["off"], args.compare)
+        names.append(f"off @ {args.compare}")
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     server = grpc.server(ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers(
@@ -153,7 +162,7 @@ def main() -> None:
             order = names if round_number % 2 == 0 else names[::-1]
             this_round = {}
             for name in order:
-                rate, cpu = measure(CONFIGS[name], grpc_port, args.calls, args.size, args.side)
+                rate, cpu = measure(configs[name], grpc_port, args.calls, args.size, args.side)
                 this_round[name] = rate
                 rates[name].append(rate)
                 cpus[name].append(cpu)
