@@ -82,6 +82,8 @@ from ferrotunnel.core.h2wire import (
     INITIAL_MAX_FRAME_SIZE,
     INITIAL_TABLE_SIZE,
     MAX_WINDOW,
+    PADDED,
+    PRIORITY_FLAG,
     PUSH_PROMISE,
     RST_STREAM,
     SETTINGS,
@@ -190,41 +192,74 @@ class H2Gate:
         out = bytearray()
         view = memoryview(data)
         at, end = 0, len(view)
+        run = 0  # where the whole frames passed on as they are, not yet in ``out``, begin
         while at < end and not self.closing:
-            if self._left:
-                take = min(self._left, end - at)
-                chunk = view[at : at + take]
-                at += take
-                self._left -= take
-                if self._payload is not None:
-                    self._payload += chunk
-                if self._mode == _PASS:
-                    out += chunk
-                elif self._mode == _HOLD:
-                    self._held += chunk
-                if not self._left:
-                    self._frame_done(out)
-                continue
-            if not self._head and end - at >= 9 and self._block_mode is None:
-                # most frames come whole and go on as they are: no copy of their own
-                high, low, kind, _, stream = FRAME_HEADER.unpack_from(view, at)
-                size = high << 8 | low
-                if (
-                    end - at >= 9 + size
-                    and kind not in (HEADERS, CONTINUATION)
-                    and stream & 0x7FFFFFFF not in self._refused
-                ):
-                    if kind == SETTINGS and not view[at + 4] & ACK:
-                        self._visitor_settings(view[at + 9 : at + 9 + size])
-                    out += view[at : at + 9 + size]
-                    at += 9 + size
-                    continue
-            take = min(9 - len(self._head), end - at)
-            self._head += view[at : at + take]
-            at += take
-            if len(self._head) == 9:
-                self._frame_begin(out)
+            if not self._left and not self._head and self._block_mode is None and end - at >= 9:
+                # most frames come whole, and most go on as they are: no copy of their own
+                high, low, kind, flags, stream = FRAME_HEADER.unpack_from(view, at)
+                stop = at + 9 + (high << 8 | low)
+                if stop <= end:
+                    stream &= 0x7FFFFFFF
+                    if kind != HEADERS and kind != CONTINUATION and stream not in self._refused:
+                        if kind == SETTINGS and not flags & ACK:
+                            self._visitor_settings(view[at + 9 : stop])
+                        at = stop
+                        continue
+                    if (
+                        kind == HEADERS
+                        and flags & END_HEADERS
+                        and not flags & (PADDED | PRIORITY_FLAG)
+                        and stop - at - 9 <= self._max_block
+                        and stream not in self._refused
+                    ):  # a whole header block in one frame: a call's, nearly always
+                        out += view[run:at]
+                        self._whole_block(view[at:stop], stream, flags, out)
+                        at = run = stop
+                        continue
+            out += view[run:at]
+            at = run = self._step(view, at, end, out)
+        if run == 0 and not out and at == end:
+            return data  # all of it, as it came
+        out += view[run:at]
         return bytes(out)
+
+    def _step(self, view: memoryview, at: int, end: int, out: bytearray) -> int:
+        """Reads the visitor's bytes at ``at`` a piece at a time (a frame that did not come
+        whole, or one that needs its payload read); returns where it stopped."""
+        if self._left:
+            take = min(self._left, end - at)
+            chunk = view[at : at + take]
+            at += take
+            self._left -= take
+            if self._payload is not None:
+                self._payload += chunk
+            if self._mode == _PASS:
+                out += chunk
+            elif self._mode == _HOLD:
+                self._held += chunk
+            if not self._left:
+                self._frame_done(out)
+            return at
+        take = min(9 - len(self._head), end - at)
+        self._head += view[at : at + take]
+        at += take
+        if len(self._head) == 9:
+            self._frame_begin(out)
+        return at
+
+    def _whole_block(self, frame: memoryview, stream: int, flags: int, out: bytearray) -> None:
+        """A HEADERS frame holding a whole header block, unpadded: what :meth:`_frame_begin`,
+        :meth:`_frame_done` and :meth:`_block_done` do for it, in one step."""
+        mode = self._mode_of(HEADERS, stream)
+        if mode is None:
+            return
+        if mode == _PASS:
+            out += frame
+        elif mode == _HOLD:
+            self._held += frame
+        self._block_stream, self._block_mode = stream, mode
+        self._block_ended = bool(flags & END_STREAM)
+        self._block_done(out, bytes(frame[9:]))
 
     def _frame_begin(self, out: bytearray) -> None:
         header = bytes(self._head)
@@ -307,10 +342,10 @@ class H2Gate:
         else:
             return
         if flags & END_HEADERS:
-            self._block_done(out)
+            block, self._block = bytes(self._block), bytearray()
+            self._block_done(out, block)
 
-    def _block_done(self, out: bytearray) -> None:
-        block, self._block = bytes(self._block), bytearray()
+    def _block_done(self, out: bytearray, block: bytes) -> None:
         mode, self._block_mode = self._block_mode, None
         stream, ended = self._block_stream, self._block_ended
         before = self._reader.changes
@@ -437,14 +472,14 @@ class H2Gate:
                 if stop and not self._origin_in_block:
                     return at
                 while end - at >= 9:  # whole frames: skipped by their length alone
-                    size = int.from_bytes(data[at : at + 3], "big")
+                    high, low, kind, flags, _ = FRAME_HEADER.unpack_from(data, at)
+                    size = high << 8 | low
                     if end - at < 9 + size:
                         break
-                    kind = data[at + 3]
                     if kind in _BLOCK_KINDS:
-                        self._origin_frame(kind, data[at + 4])
+                        self._origin_frame(kind, flags)
                     elif kind == SETTINGS:
-                        self._origin_frame(kind, data[at + 4], data[at + 9 : at + 9 + size])
+                        self._origin_frame(kind, flags, data[at + 9 : at + 9 + size])
                     at += 9 + size
                     if stop and not self._origin_in_block:
                         return at
