@@ -212,6 +212,21 @@ async def test_a_cancelled_serve_forever_closes_the_client_it_started() -> None:
             assert plugin.shut_down == [client]
 
 
+@pytest.mark.anyio
+async def test_a_start_cancelled_before_it_connects_closes_the_client() -> None:
+    """``start()`` still trying to reach a server that is not there, then cancelled: the
+    client ends ``closed`` (not ``reconnecting``) and its plugins' shutdown hook runs."""
+    async with echo_server() as echo_port:
+        for _ in range(3):  # the task group's closing raised the cancellation only at times
+            plugin = _SeesShutdown()
+            nowhere = f"127.0.0.1:{free_port_range(1)[0]}"
+            client = make_client(nowhere, echo_port, plugins=PluginHost.with_plugins([plugin]))
+            with anyio.move_on_after(0.3):
+                await client.start()
+            assert status(client) is ClientStatus.CLOSED
+            assert plugin.shut_down == [client]
+
+
 def test_config_errors() -> None:
     """Bad or missing settings raise ConfigError naming the problem, at construction."""
     with pytest.raises(ConfigError, match="server_addr"):

@@ -230,8 +230,11 @@ class Client:
                 await self.plugins.startup(self)
             await tg.start(self._run)
         except BaseException:
-            await self._close_task_group()
-            await self._shutdown_plugins()
+            try:  # (under a cancellation closing the task group raises it: see shutdown)
+                await self._close_task_group()
+            finally:
+                self.status = ClientStatus.CLOSED
+                await self._shutdown_plugins()
             raise
         return self.tunnels
 
