@@ -354,8 +354,16 @@ def test_config_check_names_the_file_line_and_fix(
         pytest.param(
             '[client]\nserver = "127.0.0.1:7835"\n\n'
             '[[client.tunnels]]\nname = "a"\nlocal_addr = "127.0.0.1:1"\nprotocol = "udp"\n',
-            "[[client.tunnels]] 'a': protocol must be http or tcp",
+            "{dir}/settings.toml:7: [[client.tunnels]] 'a' protocol: must be http or tcp",
             id="client-tunnel-protocol",
+        ),
+        pytest.param(
+            '[client]\nserver = "127.0.0.1:7835"\n\n'
+            '[[client.tunnels]]\nname = "a"\nlocal_addr = "127.0.0.1:1"\n\n'
+            '[[client.tunnels]]\nname = "b"\nlocal_addr = "127.0.0.1"\n',
+            "{dir}/settings.toml:10: [[client.tunnels]] 'b' local_addr '127.0.0.1' must be "
+            "HOST:PORT",
+            id="client-second-tunnel-address",
         ),
         pytest.param(
             '[client]\nserver = "127.0.0.1:7835"\n\n[dashboard]\nport = 70000\n',

@@ -62,17 +62,21 @@ def _explicit(ctx: click.Context, param: str) -> bool:
     return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
-def _file_tunnel(entry: TunnelSettings, config: Config) -> Tunnel:
-    where = f"[[client.tunnels]] {entry.name!r}"
+def _file_tunnel(entry: TunnelSettings, config: Config, index: int) -> Tunnel:
+    """The ``index``-th ``[[client.tunnels]]``; errors name its FILE:LINE."""
+    table = "client.tunnels"
+    tunnel = f"[[client.tunnels]] {entry.name!r}"
+
+    def name(key: str) -> str:
+        return f"{config.where(table, key, entry=index)}: {tunnel} {key}"
+
     local_ca = file_path(config, entry.local_ca) if entry.local_ca else None
-    options = TunnelOptions(
-        entry.host_header, entry.local_https, local_ca, name=lambda key: f"{where} {key}"
-    )
+    options = TunnelOptions(entry.host_header, entry.local_https, local_ca, name=name)
     try:
         kind = TunnelKind(entry.protocol)
     except ValueError:
-        raise ConfigError(f"{where}: protocol must be http or tcp") from None
-    local = Address.parse(entry.local_addr, what=f"{where} local_addr")
+        raise ConfigError(f"{name('protocol')}: must be http or tcp") from None
+    local = Address.parse(entry.local_addr, what=name("local_addr"))
     return options.make(kind, entry.name, local, path=entry.path, remote_port=entry.remote_port)
 
 
@@ -281,7 +285,7 @@ def client(
                 raise ConfigError("--tunnel replaces --tunnel-id/--remote-port/--path")
             tunnels = tuple(parse_tunnel_spec(spec, options) for spec in specs)
         elif file_settings.tunnels and not single:
-            tunnels = tuple(_file_tunnel(t, loaded) for t in file_settings.tunnels)
+            tunnels = tuple(_file_tunnel(t, loaded, i) for i, t in enumerate(file_settings.tunnels))
         else:
             local = Address.parse(merged["local_addr"], what=source("local_addr"))
             kind = TunnelKind(merged["protocol"])

@@ -103,13 +103,17 @@ class Config:
         #: (table, key) -> the flag or variable that replaced the file's value ("": unknown)
         self._replaced: dict[tuple[str, str], str] = {}
 
-    def where(self, table: str, key: str | None = None) -> str:
+    def where(self, table: str, key: str | None = None, *, entry: int = 0) -> str:
         """``FILE:LINE`` of ``[table]`` (or of its ``key``), for messages; ``FILE`` alone
-        when the line is unknown."""
-        section = self.raw.get(table)
+        when the line is unknown. ``entry``: which ``[[table]]`` of an array of tables."""
+        section: object = self.raw
+        for part in table.split("."):  # [client.tunnels] is raw["client"]["tunnels"]
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, list):
+            section = section[entry] if entry < len(section) else None
         if key is not None and not (isinstance(section, dict) and key in section):
             key = key.replace("_", "-")  # written with dashes
-        return self._locate.where(table, key)
+        return self._locate.where(table, key, entry)
 
     def given(self, table: str, key: str) -> bool:
         """Whether the file set ``key`` of ``[table]``."""
@@ -224,13 +228,16 @@ class _Locator:
         self.source = source
         self.lines = text.splitlines()
 
-    def where(self, table: str, key: str | None = None) -> str:
+    def where(self, table: str, key: str | None = None, entry: int = 0) -> str:
         header = re.compile(r"^\s*\[+\s*" + re.escape(table) + r"\s*[\].]")
         # a key starts a line, or follows "{" or "," in an inline table (``{ rate = 1.0 }``)
         key_re = re.compile(r"(?:^|[{,])\s*[\"']?" + re.escape(key or "") + r"[\"']?\s*=")
-        in_table = key is None
+        in_table = False
         for number, line in enumerate(self.lines, 1):
             if header.match(line):
+                if entry:  # an earlier [[table]] of an array of tables
+                    entry -= 1
+                    continue
                 if key is None:
                     return f"{self.source}:{number}"
                 in_table = True
