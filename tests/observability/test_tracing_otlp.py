@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,6 +218,8 @@ def test_the_cli_traces_end_to_end(
         return launch(*args, *extra, env=child_env(**fast))
 
     server, control, ingress = start_server(launch_server)
+    # said at start, not first learnt from a failed export
+    server.expect_stderr(rf"traces to {re.escape(receiver.url)} \(OTLP/HTTP, ParentBased")
     # the client is configured by the standard variables alone
     client_env = child_env(
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.url, OTEL_SERVICE_NAME="laptop", **fast

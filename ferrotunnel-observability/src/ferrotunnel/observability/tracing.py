@@ -216,13 +216,19 @@ def otlp_provider(settings: TracingSettings) -> TracerProvider:
     resource = Resource.create(attributes)
     http = OtlpHttpSettings.from_env(settings.endpoint)
     reason = standard_exporter_reason(http)
+    provider: TracerProvider
     if reason is None:
-        return OtlpTracerProvider(resource, http)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        provider = OtlpTracerProvider(resource, http)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    log.info("spans are exported by the OpenTelemetry SDK's exporter: %s", reason)
-    provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.endpoint)))
+        log.info("spans are exported by the OpenTelemetry SDK's exporter: %s", reason)
+        provider = TracerProvider(resource=resource)
+        exporter = OTLPSpanExporter(endpoint=settings.endpoint)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    # said at start, as metrics say where they are: else the first sign of a wrong endpoint
+    # is a warning when the first batch fails
+    log.info("traces to %s (OTLP/HTTP, %s)", http.endpoint, provider.sampler.get_description())
     return provider
 
 
