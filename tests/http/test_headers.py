@@ -110,3 +110,28 @@ async def test_host_header_rewrite() -> None:
     (request,) = origin.requests
     assert request.header_all("host") == [rewritten]
     assert request.header_all("x-forwarded-host") == [f"{APP}:8443"]  # the original survives
+
+
+async def test_an_h2c_upgrade_offer_does_not_reach_the_origin() -> None:
+    """``Upgrade: h2c`` (deprecated by RFC 9113) would make an HTTP/2 connection that no gate
+    reads: the origin never sees the offer and answers in HTTP/1.1; another protocol on
+    offer beside it stays."""
+    offer = ("Connection: Upgrade, HTTP2-Settings", "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA")
+    async with (
+        Origin() as origin,
+        tunnel_stack([http_tunnel(APP, origin.port)]) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/a", APP, "Upgrade: h2c", *offer))
+        assert (await read_response(reader)).status == 200
+    async with (
+        Origin() as other,
+        tunnel_stack([http_tunnel(APP, other.port)]) as stack,
+        visitor(stack.port) as (reader, writer),
+    ):
+        writer.write(request_bytes("GET", "/b", APP, "Upgrade: foo/1, h2c", *offer))
+        await read_response(reader)
+    (alone,) = origin.requests
+    assert (alone.header("upgrade"), alone.header("http2-settings")) == (None, None)
+    (both,) = other.requests
+    assert (both.header("upgrade"), both.header("http2-settings")) == ("foo/1", None)

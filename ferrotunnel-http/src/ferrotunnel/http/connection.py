@@ -153,6 +153,23 @@ def _write_eof(transport: asyncio.Transport | None) -> bool:
     return True
 
 
+def _withdraw_h2c_offer(request: RequestHead) -> None:
+    """An offer to upgrade to HTTP/2 (``Upgrade: h2c``, deprecated by RFC 9113, 3.1) does
+    not reach the origin, which answers in HTTP/1.1: a connection upgraded so would be
+    HTTP/2 that no gate reads, its later requests passing around the middlewares and the
+    routing (HTTP/2 with prior knowledge goes through the gate, see h2gate.py)."""
+    offers = [o.strip() for value in request.header_values("upgrade") for o in value.split(",")]
+    if not any(offer.lower() == "h2c" for offer in offers):
+        return
+    request.remove_header("http2-settings")
+    others = [offer for offer in offers if offer and offer.lower() != "h2c"]
+    if others:  # websocket, say: still on offer
+        request.set_header("upgrade", ", ".join(others))
+    else:
+        request.remove_header("upgrade")
+        request.upgrade = False
+
+
 #: later requests of one HTTP/2 connection whose contexts wait for their records, at most
 _MAX_H2_CONTEXTS = 1024
 #: what the gate decodes when only routing matters: a request's route, and what its record
@@ -331,6 +348,8 @@ class IngressConnection(asyncio.Protocol):
 
     def _start_exchange(self, request: RequestHead) -> None:
         self._cancel_timer()
+        if request.upgrade:
+            _withdraw_h2c_offer(request)
         config = self._config
         accept = request.get(b"accept")
         close = request.framing is not Framing.NONE or not request.keep_alive
