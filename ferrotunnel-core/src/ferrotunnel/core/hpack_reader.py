@@ -31,6 +31,7 @@ _STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 _STATIC_SIZE = len(_STATIC)
 _ENTRY_OVERHEAD = 32  # RFC 7541, section 4.1
 _MAX_INT = 1 << 32  # no valid integer in a block is larger
+_MAX_SEEN, _MAX_SEEN_BLOCK = 16, 256  # blocks remembered (see HeaderReader._seen), bytes each
 
 
 class HpackError(ValueError):
@@ -49,7 +50,15 @@ EVERY_FIELD: Container[bytes] = _EveryField()
 class HeaderReader:
     """One peer's header blocks, read in the order it sent them."""
 
-    __slots__ = ("_entries", "_max_size", "_size", "changes", "max_allowed_table_size")
+    __slots__ = (
+        "_entries",
+        "_max_size",
+        "_seen",
+        "_seen_at",
+        "_size",
+        "changes",
+        "max_allowed_table_size",
+    )
 
     def __init__(self, max_allowed_table_size: int = INITIAL_TABLE_SIZE) -> None:
         #: how large the peer may make its table (what the other peer's SETTINGS allow)
@@ -60,9 +69,19 @@ class HeaderReader:
         #: how many table changes (entries added, size updates) the blocks read have made:
         #: a block that made none may be dropped without the peers' tables parting ways
         self.changes = 0
+        # blocks read since the table last changed that changed nothing (a client repeating
+        # a call sends the same bytes): block -> (wanted, fields), good until it changes
+        self._seen: dict[bytes, tuple[Container[bytes], list[tuple[bytes, bytes]]]] = {}
+        self._seen_at = 0
 
     def read(self, block: bytes, wanted: Container[bytes]) -> list[tuple[bytes, bytes]]:
         """The fields of ``block`` whose names are in ``wanted``, in order."""
+        if self._seen_at != self.changes:
+            self._seen.clear()
+            self._seen_at = self.changes
+        seen = self._seen.get(block)
+        if seen is not None and seen[0] is wanted:
+            return list(seen[1])
         found: list[tuple[bytes, bytes]] = []
         entries = self._entries
         every = wanted is EVERY_FIELD  # (its membership test is a Python call: skipped)
@@ -111,6 +130,10 @@ class HeaderReader:
                     found.append((name, value))
                 else:
                     pos = _skip_string(block, pos)
+        if self.changes == self._seen_at and len(block) <= _MAX_SEEN_BLOCK:
+            if len(self._seen) >= _MAX_SEEN:
+                self._seen.clear()
+            self._seen[block] = (wanted, list(found))
         return found
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
