@@ -158,3 +158,21 @@ async def test_pipelined_requests_with_bodies_across_hosts() -> None:
         ("app", "/c", 0),
     ]
     assert other.requests[0].body == b"abcdefg"
+
+
+async def test_the_404_page_names_the_tunnel_id_a_user_would_give() -> None:
+    """With ``domain``, a tunnel named ``shop`` serves ``shop.<domain>``: the page for an
+    unserved ``shop.<domain>`` suggests ``--tunnel-id shop``; a host outside the domain is
+    suggested as it is."""
+    async with (
+        Origin(name="app") as app,
+        tunnel_stack([http_tunnel("app", app.port)], domain="tunnel.test") as stack,
+        client_for(stack, "shop.tunnel.test") as client,
+    ):
+        inside = await client.get("/")
+        outside = await client.get("/", headers={"Host": "api.example.com"})
+        served = await client.get("/", headers={"Host": "app.tunnel.test"})
+    assert inside.status_code == outside.status_code == 404
+    assert "--tunnel-id shop --local-addr" in inside.text
+    assert "--tunnel-id api.example.com --local-addr" in outside.text
+    assert served.status_code == 200

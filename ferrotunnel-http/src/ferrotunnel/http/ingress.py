@@ -222,7 +222,12 @@ class HttpIngress:
                 f"no tunnel of the host {host!r} serves this path; "
                 f"its tunnels serve the path prefixes {', '.join(prefixes)}"
             )
+        # a tunnel named without a dot serves NAME.<domain>: the name a user would give
+        domain = self.config.domain
+        name = host.removesuffix(f".{domain}") if domain else host
+        if "." in name:
+            name = host
         return (
             f"no tunnel serves the host {host!r}. Start a client for it, e.g. "
-            f"ferrotunnel client --protocol http --tunnel-id {host} --local-addr HOST:PORT"
+            f"ferrotunnel client --protocol http --tunnel-id {name} --local-addr HOST:PORT"
         )
