@@ -35,6 +35,7 @@ from ferrotunnel.core.h2wire import (
     INITIAL_MAX_FRAME_SIZE,
     INITIAL_TABLE_SIZE,
     PREFACE,
+    RST_STREAM,
     SETTINGS,
     SETTINGS_HEADER_TABLE_SIZE,
     frame,
@@ -175,7 +176,13 @@ def reply_frames(
         block = table_size_update(table_size)
     if grpc:
         block += answer_block(status, headers, body, grpc=True)
-        return bytes(out + header_frames(stream_id, block, END_STREAM) + goaway)
+        out += header_frames(stream_id, block, END_STREAM)
+        # a call whose request is still coming (a body beyond the first window) is told to
+        # stop sending, without error (RFC 9113, 8.1), as gRPC servers do: else the closing
+        # connection fails its send, and grpc-core may report that (UNAVAILABLE, "Socket
+        # closed") instead of the answer it has
+        out += frame(RST_STREAM, 0, stream_id, struct.pack("!I", 0))
+        return bytes(out + goaway)
     fields = [(b":status", b"%d" % status)]
     fields += [(k.lower(), v) for k, v in headers if k.lower() not in _CONNECTION_SPECIFIC]
     block += b"".join(_literal(name, value) for name, value in fields)
