@@ -131,6 +131,18 @@ def measure(
                 process.wait(5)
 
 
+def echo_server() -> tuple[grpc.Server, int]:
+    """A started grpcio server whose ``/bench.Echo/Call`` answers with the request; its port."""
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Call": echo}),)
+    )
+    port: int = server.add_insecure_port(f"{HOST}:0")
+    server.start()
+    return server, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -147,13 +159,7 @@ def main() -> None:
     if args.compare:
         configs[f"off @ {args.compare}"] = (*CONFIGS["off"], args.compare)
         names.append(f"off @ {args.compare}")
-    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Call": echo}),)
-    )
-    grpc_port = server.add_insecure_port(f"{HOST}:0")
-    server.start()
+    server, grpc_port = echo_server()
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in names}

@@ -16,39 +16,18 @@ Every address is 127.0.0.1; every process is stopped; every wait is bounded.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on {HOST}:{port}")
-
-
-def total_instructions(dump: Path) -> int:
-    lines = dump.read_text(errors="replace").splitlines()
-    return max((int(line.split()[1]) for line in lines if line.startswith("totals:")), default=0)
+from grpc_calls import HOST, echo_server, free_port  # sibling scripts, not a package
+from request_instructions import total_instructions, wait_port
 
 
 def measure(ft: str, grpc_port: int, calls: int) -> float:
@@ -97,13 +76,7 @@ def main() -> None:
     parser.add_argument("builds", nargs="+", metavar="FERROTUNNEL")
     parser.add_argument("--calls", type=int, default=400)
     args = parser.parse_args()
-    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Call": echo}),)
-    )
-    grpc_port = server.add_insecure_port(f"{HOST}:0")
-    server.start()
+    server, grpc_port = echo_server()
     try:
         print(f"| build | server k instructions / call ({args.calls} calls) |\n|---|---:|")
         for ft in args.builds:

@@ -48,7 +48,7 @@ from request_cpu import (  # a sibling script, not a package
 PYTHON = str(Path(FT).parent / "python")
 
 
-def _wait_port(port: int, timeout: float) -> None:
+def wait_port(port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -59,7 +59,7 @@ def _wait_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on {HOST}:{port}")
 
 
-def _total_instructions(out: Path) -> int:
+def total_instructions(out: Path) -> int:
     """The ``totals:`` line of a callgrind dump (its ``summary:`` line may say 0)."""
     lines = out.read_text(errors="replace").splitlines()
     return max((int(line.split()[1]) for line in lines if line.startswith("totals:")), default=0)
@@ -80,7 +80,7 @@ def measure(config: Config, side: str, origin: int, seconds: float, tmp: Path) -
         server = subprocess.Popen(
             [*valgrind, *server_cmd] if side == "server" else server_cmd, **quiet
         )
-        _wait_port(control, 120)
+        wait_port(control, 120)
         client = subprocess.Popen(
             [*valgrind, *client_cmd] if side == "client" else client_cmd, **quiet
         )
@@ -104,7 +104,7 @@ def measure(config: Config, side: str, origin: int, seconds: float, tmp: Path) -
     assert match, report
     requests = int(match[1])
     dumps = sorted(tmp.glob(f"callgrind-{side}.out*"))
-    return requests, max(map(_total_instructions, dumps)) / requests
+    return requests, max(map(total_instructions, dumps)) / requests
 
 
 def main() -> None:
