@@ -835,3 +835,17 @@ tokens = [
     assert status == 200, response
     assert response.endswith("hello /scoped for app.alice.localhost\n")
     server.proc.expect_stderr(r"rejected .*invalid token")
+
+
+def test_config_check_says_what_it_could_not_check(tmp_path: Path) -> None:
+    empty = write(tmp_path / "empty.toml", "# nothing yet\n")
+    result = run_cli(["config", "check", str(empty)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{empty}: ok, but it has no tables: nothing was checked"
+    plugins_only = write(tmp_path / "limits.toml", "[rate_limit]\nper_ip = { rate = 1.0 }\n")
+    result = run_cli(["config", "check", str(plugins_only)])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"{plugins_only}: ok (rate_limit; with no [server] or [client] table, only their keys "
+        "and values were checked)"
+    )

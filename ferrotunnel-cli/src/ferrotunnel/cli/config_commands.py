@@ -229,4 +229,12 @@ def config_check(ctx: click.Context, file: str) -> None:
             with command.make_context(kind, ["--config", file, "--check"], parent=root) as sub:
                 command.invoke(sub)
     tables = sorted(name for name in loaded.raw)
-    click.echo(f"{file}: ok ({', '.join(tables) or 'no tables'})")
+    if not tables:
+        click.echo(f"{file}: ok, but it has no tables: nothing was checked")
+    elif "server" in loaded.raw or "client" in loaded.raw:
+        click.echo(f"{file}: ok ({', '.join(tables)})")
+    else:  # what a start would check of them depends on the side that reads them
+        click.echo(
+            f"{file}: ok ({', '.join(tables)}; with no [server] or [client] table, only "
+            "their keys and values were checked)"
+        )
