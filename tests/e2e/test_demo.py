@@ -52,6 +52,7 @@ def test_demo_serves_curl_and_stops_on_ctrl_c(launch: Launch) -> None:
     demo.signal(signal.SIGINT)
     assert demo.wait_exit(timeout=5.0) == 0, demo.describe()
     assert time.monotonic() - signalled < 5.0
+    assert demo.stdout.splitlines()[-1].startswith("Stopped:"), demo.describe()
     assert "Traceback" not in demo.stderr, demo.describe()
 
 

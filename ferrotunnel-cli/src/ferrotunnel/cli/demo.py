@@ -150,3 +150,4 @@ def demo(ctx: click.Context, log_level: str) -> None:
             tg.cancel_scope.cancel()
 
     run(main, ctx.obj["loop"])
+    click.echo("Stopped: the server, the client and the app are shut down.")
