@@ -166,6 +166,10 @@ def test_config_init_writes_a_private_file_that_config_check_accepts(
         assert (f"# [{table}]" in text) is (kind == "server"), text
     for table in ["metrics", "tracing", "dashboard"]:
         assert f"# [{table}]" in text
+    # the plugins' tables in alphabetical order, as a reader looks for one
+    sections = re.findall(r"^# ---- \[(\w+)\]", text, flags=re.MULTILINE)
+    assert len(sections) >= 3, text
+    assert sections == sorted(sections)
     checked = run_cli(["config", "check", str(path)])
     assert checked.returncode == 0, checked.stderr
     *checks, verdict = checked.stdout.splitlines()

@@ -135,7 +135,7 @@ def _table(
 
 def _plugin_tables(schema: ConfigSchema, kind: str) -> list[str]:
     lines = []
-    for name, spec in schema.tables.items():
+    for name, spec in sorted(schema.tables.items()):  # as a reader looks for them
         if name in ("server", "client") or kind not in spec.sides:
             continue
         lines.append(f"# ---- [{name}] from {spec.owner}" + (f": {spec.help}" if spec.help else ""))
