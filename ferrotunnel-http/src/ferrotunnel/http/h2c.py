@@ -5,7 +5,8 @@ The ingress does not terminate HTTP/2: it reads just far enough to learn where t
 connection is going — the connection preface, then frames up to the end of the first header
 block — decodes that block with hpack, and from then on passes the connection's bytes
 through untouched (so gRPC trailers and flow control are the origin's business). Every
-request on one HTTP/2 connection therefore goes to the tunnel of its first request.
+request on one HTTP/2 connection therefore goes to the tunnel of its first request; a later
+one that routes elsewhere is answered 421 by the gate (``h2gate.py``), never passed on.
 
 Some clients (gRPC's C core among them) send no request until the server's SETTINGS frame has
 arrived. So the ingress answers the preface with an empty SETTINGS frame of its own (it
