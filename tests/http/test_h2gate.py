@@ -158,6 +158,27 @@ async def test_a_plain_http2_client_gets_the_status_and_fields() -> None:
     assert len(set(turnstile.ports)) == 1  # one connection throughout
 
 
+async def test_an_httpx_client_reads_a_refusal_that_ends_its_connection() -> None:
+    """A refused request with a path new on the connection changes the HPACK table, so the
+    connection drains: the answer comes before the GOAWAY (the h2 library under httpx takes
+    any frame after a GOAWAY for a protocol error), and the next request goes on a new
+    connection."""
+    turnstile = Turnstile(allow=1)
+    async with (
+        h2_origin() as port,
+        tunnel_stack([http_tunnel(AUTHORITY, port)], middlewares=[turnstile]) as stack,
+        httpx.AsyncClient(
+            http1=False, http2=True, base_url=f"http://127.0.0.1:{stack.port}"
+        ) as client,
+    ):
+        with anyio.fail_after(20):
+            first = await client.get("/a", headers={"host": AUTHORITY})
+            refused = [await client.get(f"/new-{i}", headers={"host": AUTHORITY}) for i in range(3)]
+    assert first.status_code == 200
+    assert [r.status_code for r in refused] == [429, 429, 429]
+    assert len(set(turnstile.ports)) > 1  # drained: later requests on new connections
+
+
 async def test_a_refused_grpc_call_on_a_new_connection_is_a_grpc_failure_too() -> None:
     """Whatever connection a refused call comes on — the first call of a connection is
     decided before the connection is opened (and the connection then closed), a later one
@@ -238,8 +259,8 @@ def test_a_refusal_whose_block_changed_the_table_drains_the_connection() -> None
     assert h.draining
     assert not h.closing
     kinds = [(k, s, p) for k, _, s, p in frames_of(h.ready())]
-    assert kinds[0] == (GOAWAY, 0, struct.pack("!II", 3, 0))  # 3, answered, was the last
-    assert kinds[1][:2] == (HEADERS, 3)
+    assert kinds[0][:2] == (HEADERS, 3)  # the answer, then (in the same write) the GOAWAY
+    assert kinds[1] == (GOAWAY, 0, struct.pack("!II", 3, 0))  # 3, answered, was the last
     # the call in flight goes on; a stream opened anyway is refused, to be retried elsewhere
     late = h2_frame(DATA, END_STREAM, 1, b"the rest of call 1")
     assert h.from_visitor(late) == late

@@ -18,9 +18,10 @@ A refused request must leave both peers' views of the connection intact:
 * its header block is dropped, which the origin's HPACK table survives only if the block did
   not change the table (an entry added, a size update: :attr:`HeaderReader.changes`). When
   it did, the origin's table and the visitor's part ways, and no header block may reach the
-  origin any more: the gate *drains* the connection. A GOAWAY tells the visitor which streams
-  were processed (it opens new ones on a new connection), the refusal is answered, the
-  calls in flight go on to their end (their DATA needs no table), and a stream opened after
+  origin any more: the gate *drains* the connection. The refusal is answered, and a GOAWAY
+  right behind it (in the same write) tells the visitor which streams were processed (it
+  opens new ones on a new connection); the calls in flight go on to their end (their DATA
+  needs no table), and a stream opened after
   all is refused with RST_STREAM(REFUSED_STREAM), which a client may retry elsewhere. A
   header block for the origin after that (request trailers: gRPC clients send none) cannot
   be passed on: :attr:`closing` asks the connection to close;
@@ -376,12 +377,13 @@ class H2Gate:
             out += held
             return
         self._refused.add(stream)
+        self._pending.append(_Answer(stream, answer))
         # a block that changed the table: the origin's would lack what it added. The GOAWAY
-        # goes first, so that a client starting its next call on reading the answer knows
-        # already to start it on another connection
+        # follows the answer in the same write: a client of the h2 library (httpx) takes
+        # any frame after a GOAWAY for an error, and grpc-core reads both before it starts
+        # another call (one started on this connection anyway is refused, and retried)
         if changed or len(self._refused) > _MAX_REFUSED:
             self._drain()
-        self._pending.append(_Answer(stream, answer))
 
     def _visitor_settings(self, payload: bytes | bytearray | memoryview) -> None:
         """Remember what a SETTINGS frame does to the visitor's decoder, for when the origin
