@@ -332,25 +332,32 @@ async def test_the_first_requests_trace_goes_with_the_connections_stream() -> No
     assert opened == [{"traceparent": traceparent}]
 
 
+class PathsAndRecords:
+    """A middleware that notes the paths ``on_request`` saw and the records it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.records: list[ExchangeRecord] = []
+
+    def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
+        self.seen.append(request.path)
+
+    def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
+        self.records.append(record)
+
+
 async def test_a_first_request_the_watch_never_saw_is_still_recorded() -> None:
     """Routing skips frames before the first request's HEADERS; the watch decodes them all.
     A block there it cannot decode (a client's PUSH_PROMISE) stops it before it knows the
     first stream: that request — the one ``on_request`` saw, maybe a circuit breaker's probe
     — still reaches ``on_complete``, with why it was not followed."""
-    records: list[ExchangeRecord] = []
-    seen: list[str] = []
-
-    class Recorder:
-        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
-            seen.append(request.path)
-
-        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-            records.append(record)
+    recorder = PathsAndRecords()
+    records, seen = recorder.records, recorder.seen
 
     bogus = h2_frame(0x5, 0x4, 1, (2).to_bytes(4, "big") + b"\xff\xff\xff\xff")
     async with (
         RawOrigin(_silent_h2_origin) as origin,
-        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Recorder()]) as stack,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[recorder]) as stack,
         visitor(stack.port) as (_reader, writer),
     ):
         writer.write(PREFACE + bogus + _h2_request("/first"))
@@ -418,15 +425,8 @@ async def test_a_client_that_does_not_wait_for_settings() -> None:
 async def test_later_requests_the_watch_never_saw_end_are_still_recorded() -> None:
     """The same for a later request the middlewares saw (the gate decided it) after the
     watch stopped following: its ``ctx`` reaches ``on_complete`` too, not left behind."""
-    records: list[ExchangeRecord] = []
-    seen: list[str] = []
-
-    class Recorder:
-        def on_request(self, request: HttpRequest, ctx: RequestContext) -> None:
-            seen.append(request.path)
-
-        def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-            records.append(record)
+    recorder = PathsAndRecords()
+    records, seen = recorder.records, recorder.seen
 
     encoder = hpack.Encoder()
 
@@ -437,7 +437,7 @@ async def test_later_requests_the_watch_never_saw_end_are_still_recorded() -> No
     bogus = h2_frame(0x5, 0x4, 1, (2).to_bytes(4, "big") + b"\xff\xff\xff\xff")
     async with (
         RawOrigin(_silent_h2_origin) as origin,
-        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[Recorder()]) as stack,
+        tunnel_stack([http_tunnel(AUTHORITY, origin.port)], middlewares=[recorder]) as stack,
         visitor(stack.port) as (_reader, writer),
     ):
         writer.write(PREFACE + h2_frame(0x4, 0x0, 0, b"") + get(1, "/first"))
