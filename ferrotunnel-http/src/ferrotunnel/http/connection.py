@@ -507,11 +507,7 @@ class IngressConnection(asyncio.Protocol):
     def _stream_for(self, route: Route, *, own_connection: bool = False) -> Stream | None:
         current = self._stream
         if current is not None:
-            same = self._route is not None and (self._route.session, self._route.tunnel) == (
-                route.session,
-                route.tunnel,
-            )
-            if same and self._stream_usable and not current.done:
+            if route.same_tunnel(self._route) and self._stream_usable and not current.done:
                 return current
             self._stream = None
             self._release(current)
@@ -708,7 +704,7 @@ class IngressConnection(asyncio.Protocol):
             body, headers = reply_parts(Reply(exc.status, str(exc)))
             return answer_block(exc.status, headers, body, is_grpc(fields))
         own = self._ingress.routes.lookup(request.host, request.path)
-        misdirected = own is None or (own.session, own.tunnel) != (route.session, route.tunnel)
+        misdirected = not route.same_tunnel(own)
         if not misdirected:
             self._h2_authority = next((v for k, v in fields if k == b":authority"), b"")
             self._h2_host = request.host
@@ -730,12 +726,12 @@ class IngressConnection(asyncio.Protocol):
         else:
             decision = chain.on_request(request, ctx)
         if not isinstance(decision, Reply):  # None: every step is inline
-            if self._chain.wants_records and len(self._h2_seen) < _MAX_H2_CONTEXTS:
+            if chain.wants_records and len(self._h2_seen) < _MAX_H2_CONTEXTS:
                 self._h2_seen[stream_id] = (ctx, request, wall)
             return None
         body, headers = reply_parts(decision)
         block = answer_block(decision.status, headers, body, is_grpc(fields))
-        if self._chain.wants_records:  # out: the block, in its HEADERS frame
+        if chain.wants_records:  # out: the block, in its HEADERS frame
             facts = (wall, request.method, request.target, decision.status, 0, 9 + len(block))
             self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
         return block
@@ -756,7 +752,7 @@ class IngressConnection(asyncio.Protocol):
         )
         route = self._h2_route
         assert route is not None
-        return own is not None and own.session is route.session and own.tunnel == route.tunnel
+        return route.same_tunnel(own)
 
     def _h2_answer(self) -> None:
         """Write the gate's answers to the visitor (between two of the origin's frames), and

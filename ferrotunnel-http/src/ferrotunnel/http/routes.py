@@ -26,6 +26,10 @@ class Route:
         if not self.label:
             object.__setattr__(self, "label", self.tunnel)
 
+    def same_tunnel(self, other: Route | None) -> bool:
+        """Whether ``other`` goes to this route's tunnel (of the same session)."""
+        return other is not None and other.session is self.session and other.tunnel == self.tunnel
+
 
 def normalize_path_prefix(path: str | None) -> str:
     if not path or path == "/":
