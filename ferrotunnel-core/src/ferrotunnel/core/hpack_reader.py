@@ -74,6 +74,12 @@ class HeaderReader:
         self._seen: dict[bytes, tuple[Container[bytes], list[tuple[bytes, bytes]]]] = {}
         self._seen_at = 0
 
+    def allow(self, size: int, most: int) -> None:
+        """The other peer's SETTINGS_HEADER_TABLE_SIZE said ``size``: the largest allowed so
+        far is kept (a reader learns of a lowered limit before the encoder can act on it,
+        and the encoder may use the old one until then), never more than ``most``."""
+        self.max_allowed_table_size = max(self.max_allowed_table_size, min(size, most))
+
     def read(self, block: bytes, wanted: Container[bytes]) -> list[tuple[bytes, bytes]]:
         """The fields of ``block`` whose names are in ``wanted``, in order."""
         if self._seen_at != self.changes:

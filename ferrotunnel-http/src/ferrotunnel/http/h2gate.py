@@ -157,7 +157,7 @@ class H2Gate:
         self._head = bytearray()
         self._kind = self._flags = self._stream = self._size = self._left = 0
         self._mode = _PASS
-        self._payload: bytearray | None = None  # a header block frame's payload, read whole
+        self._payload: bytearray | None = None  # a header block's or SETTINGS frame's payload
         self._held = bytearray()  # the frames of a new request's header block, not forwarded
         self._block = bytearray()
         self._block_stream = 0
@@ -513,14 +513,11 @@ class H2Gate:
             if kind != CONTINUATION:
                 self._size_update = None
         elif kind == SETTINGS and not flags & ACK:
-            # the largest it allowed (a lowered limit applies once the visitor has seen it)
             allowed = (
                 _MAX_TABLE if payload is None else setting(payload, SETTINGS_HEADER_TABLE_SIZE)
             )
             if allowed is not None:
-                reader = self._reader
-                allowed = min(allowed, _MAX_TABLE)
-                reader.max_allowed_table_size = max(reader.max_allowed_table_size, allowed)
+                self._reader.allow(allowed, _MAX_TABLE)
         elif kind == SETTINGS and self._unacked:
             size = self._unacked.popleft()
             if size is None:

@@ -273,13 +273,10 @@ class H2Watch:
 
     def _settings(self, payload: bytearray, visitor: bool) -> None:
         """A peer's SETTINGS_HEADER_TABLE_SIZE is how large the *other* peer's encoder may make
-        its table. The watch sees it before that encoder can act on it; it keeps the largest
-        (a lowered limit applies only once the encoder has seen it) up to ``max_table``."""
-        decoder = (self._origin if visitor else self._visitor).decoder
+        its table (up to ``max_table``: see :meth:`HeaderReader.allow`)."""
         size = setting(payload, SETTINGS_HEADER_TABLE_SIZE)
         if size is not None:
-            size = min(size, self._max_table)
-            decoder.max_allowed_table_size = max(decoder.max_allowed_table_size, size)
+            (self._origin if visitor else self._visitor).decoder.allow(size, self._max_table)
 
     # ------------------------------------------------------------------ exchanges
 
