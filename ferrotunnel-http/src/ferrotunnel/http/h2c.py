@@ -23,6 +23,7 @@ applied to bytes that are passed through untouched.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from ferrotunnel.core.h2wire import (
     ACK,
@@ -95,33 +96,36 @@ def request_head(fields: list[tuple[bytes, bytes]]) -> RequestHead:
     )
 
 
+def _frames(data: bytes | bytearray) -> Iterator[tuple[int, int, int, bytes]]:
+    """The whole frames of ``data`` after the preface: type, flags, stream id, payload (a
+    copy: ``data`` is the connection's buffer, which a view would keep from growing)."""
+    pos = len(PREFACE)
+    while len(data) - pos >= 9:
+        high, low, ftype, flags, stream = FRAME_HEADER.unpack_from(data, pos)
+        end = pos + 9 + (high << 8 | low)
+        if end > len(data):
+            return
+        yield ftype, flags, stream & 0x7FFFFFFF, bytes(data[pos + 9 : end])
+        pos = end
+
+
 def _first_header_block(data: bytes | bytearray) -> tuple[int, bytes] | None:
     """The stream id and header block of the first request, or None if incomplete."""
-    pos = len(PREFACE)
     block = b""
     in_headers = False
     stream_id = 0
-    while len(data) - pos >= 9:
-        high, low, ftype, flags, stream = FRAME_HEADER.unpack_from(data, pos)
-        length = high << 8 | low
-        start, end = pos + 9, pos + 9 + length
-        if end > len(data):
-            return None
-        payload = bytes(data[start:end])
-        pos = end
+    for ftype, flags, stream, payload in _frames(data):
         if ftype == HEADERS:
             fragment = header_fragment(ftype, flags, payload)
             if fragment is None:
                 raise HttpError(400, "HTTP/2 HEADERS frame with impossible padding")
-            block, in_headers = bytes(fragment), True
+            block, in_headers, stream_id = bytes(fragment), True, stream
         elif ftype == CONTINUATION and in_headers:
             block += payload
         elif in_headers:
             raise HttpError(400, "HTTP/2 header block interrupted")
         else:
             continue  # SETTINGS, WINDOW_UPDATE, PRIORITY... before the first request
-        if ftype == HEADERS:
-            stream_id = stream & 0x7FFFFFFF
         if flags & END_HEADERS:
             return stream_id, block
     return None
@@ -202,15 +206,11 @@ def reply_frames(
 def decoder_table_size(data: bytes | bytearray) -> int | None:
     """The SETTINGS_HEADER_TABLE_SIZE of the client's first SETTINGS frame in ``data`` (which
     starts with the preface), if it names one before the first request."""
-    pos = len(PREFACE)
-    while len(data) - pos >= 9:
-        high, low, ftype, flags, _stream = FRAME_HEADER.unpack_from(data, pos)
-        end = pos + 9 + (high << 8 | low)
-        if ftype == HEADERS or end > len(data):
+    for ftype, flags, _, payload in _frames(data):
+        if ftype == HEADERS:
             return None
         if ftype == SETTINGS and not flags & ACK:
-            return setting(memoryview(data)[pos + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
-        pos = end
+            return setting(payload, SETTINGS_HEADER_TABLE_SIZE)
     return None
 
 
