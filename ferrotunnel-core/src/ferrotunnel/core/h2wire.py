@@ -40,6 +40,7 @@ __all__ = [
     "frame",
     "header_fragment",
     "header_frames",
+    "hpack_integer",
     "setting",
     "table_size_update",
 ]
@@ -141,14 +142,21 @@ def setting(payload: bytes | bytearray | memoryview, parameter: int) -> int | No
     return value
 
 
+def hpack_integer(value: int, prefix: int, first: int = 0) -> bytes:
+    """``value`` as an HPACK integer with a ``prefix``-bit prefix (RFC 7541, 5.1), the
+    first byte's other bits ``first``."""
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([first | value])
+    out, value = bytearray([first | limit]), value - limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def table_size_update(size: int) -> bytes:
     """An HPACK dynamic table size update to ``size`` (RFC 7541, 6.3): what must open the
     first header block a peer decodes after lowering its SETTINGS_HEADER_TABLE_SIZE."""
-    if size < 0x1F:
-        return bytes([0x20 | size])
-    out, size = bytearray([0x3F]), size - 0x1F
-    while size >= 0x80:
-        out.append(size & 0x7F | 0x80)
-        size >>= 7
-    out.append(size)
-    return bytes(out)
+    return hpack_integer(size, 5, 0x20)

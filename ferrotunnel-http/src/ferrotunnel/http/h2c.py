@@ -43,6 +43,7 @@ from ferrotunnel.core.h2wire import (
     frame,
     header_fragment,
     header_frames,
+    hpack_integer,
     setting,
     table_size_update,
 )
@@ -273,17 +274,7 @@ def _literal(name: bytes, value: bytes) -> bytes:
 
 
 def _hpack_string(data: bytes) -> bytes:
-    length, out = len(data), bytearray()
-    if length < 0x7F:
-        out.append(length)
-    else:
-        out.append(0x7F)
-        length -= 0x7F
-        while length >= 0x80:
-            out.append(length & 0x7F | 0x80)
-            length >>= 7
-        out.append(length)
-    return bytes(out) + data
+    return hpack_integer(len(data), 7) + data  # its length, then itself (no Huffman coding)
 
 
 def _percent_encoded(message: bytes) -> bytes:
