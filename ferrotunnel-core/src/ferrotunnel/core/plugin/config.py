@@ -106,14 +106,17 @@ class Config:
     def where(self, table: str, key: str | None = None, *, entry: int = 0) -> str:
         """``FILE:LINE`` of ``[table]`` (or of its ``key``), for messages; ``FILE`` alone
         when the line is unknown. ``entry``: which ``[[table]]`` of an array of tables."""
+        written = None if key is None else self._written(table, key, entry)
+        return self._locate.where(table, written, entry)
+
+    def _written(self, table: str, key: str, entry: int = 0) -> str:
+        """``key`` as the file writes it in ``[table]``: as given, or with dashes."""
         section: object = self.raw
         for part in table.split("."):  # [client.tunnels] is raw["client"]["tunnels"]
             section = section.get(part) if isinstance(section, dict) else None
         if isinstance(section, list):
             section = section[entry] if entry < len(section) else None
-        if key is not None and not (isinstance(section, dict) and key in section):
-            key = key.replace("_", "-")  # written with dashes
-        return self._locate.where(table, key, entry)
+        return key if isinstance(section, dict) and key in section else key.replace("_", "-")
 
     def given(self, table: str, key: str) -> bool:
         """Whether the file set ``key`` of ``[table]``."""
@@ -131,9 +134,7 @@ class Config:
 
     def file_source(self, table: str, key: str) -> str:
         """``FILE:LINE: [table] key``, the key as the file writes it (``-`` or ``_``)."""
-        section = self.raw.get(table)
-        written = key if isinstance(section, dict) and key in section else key.replace("_", "-")
-        return f"{self.where(table, key)}: [{table}] {written}"
+        return f"{self.where(table, key)}: [{table}] {self._written(table, key)}"
 
     def note_source(self, table: str, key: str, source: str) -> None:
         """Record which flag or variable set a key :meth:`replace` changed."""
