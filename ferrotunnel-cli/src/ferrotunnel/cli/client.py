@@ -39,7 +39,6 @@ from .settings import (
     ClientSettings,
     TunnelSettings,
     existing_files,
-    file_path,
     load_settings,
     merge,
     needs,
@@ -70,7 +69,7 @@ def _file_tunnel(entry: TunnelSettings, config: Config, index: int) -> Tunnel:
     def name(key: str) -> str:
         return f"{config.where(table, key, entry=index)}: {tunnel} {key}"
 
-    local_ca = file_path(config, entry.local_ca) if entry.local_ca else None
+    local_ca = str(config.path(entry.local_ca)) if entry.local_ca else None
     options = TunnelOptions(entry.host_header, entry.local_https, local_ca, name=name)
     try:
         kind = TunnelKind(entry.protocol)

@@ -169,27 +169,16 @@ def load_settings(plugins: PluginHost, path: str | None, table_hint: str = "") -
 
 
 #: settings that name files: a relative path in the configuration file is relative to the
-#: file's folder (as the plugins' ``tokens_file`` and ``access_log.path`` are), so that a start
-#: from another working directory (a service's) finds the same files
+#: file's folder (``Config.path``, as for the plugins' ``tokens_file`` and ``access_log.path``)
 PATH_KEYS = frozenset({"tls_cert", "tls_key", "tls_ca", "https_cert", "https_key", "local_ca"})
-
-
-def file_path(config: Config, path: str) -> str:
-    """``path`` as the configuration file means it: ``~`` expanded, a relative one taken from
-    the file's folder (unchanged when the configuration did not come from a file)."""
-    resolved = Path(path).expanduser()
-    source = Path(config.source)
-    if not resolved.is_absolute() and source.is_file():
-        resolved = source.parent / resolved
-    return str(resolved)
 
 
 def _file_value(config: Config, key: str, value: Any) -> Any:
     if key not in PATH_KEYS or not value:
         return value
     if isinstance(value, str):
-        return file_path(config, value)
-    return tuple(file_path(config, item) for item in value)
+        return str(config.path(value))
+    return tuple(str(config.path(item)) for item in value)
 
 
 def merge(

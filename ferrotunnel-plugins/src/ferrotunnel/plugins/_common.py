@@ -7,7 +7,6 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Generic, TypeVar
 
 from ferrotunnel.core.plugin import REPLIED_BY, Config, Reply, RequestContext
@@ -19,7 +18,6 @@ __all__ = [
     "TunnelMatcher",
     "parse_sha256",
     "reply",
-    "resolve_path",
     "retry_after",
     "settings_of",
     "sha256",
@@ -104,17 +102,6 @@ def settings_of(config: Config, name: str, settings: type[T]) -> T:
     if not isinstance(value, settings):
         raise TypeError(f"table [{name}] is a {type(value).__name__}, not {settings.__name__}")
     return value
-
-
-def resolve_path(config: Config, path: str) -> Path:
-    """``path`` with ``~`` expanded; a relative one is relative to the configuration file's
-    folder (to the working directory when the configuration did not come from a file)."""
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute():
-        source = Path(config.source)
-        if source.is_file():
-            return source.parent / resolved
-    return resolved
 
 
 def sha256(data: str) -> bytes:

@@ -42,7 +42,7 @@ from ferrotunnel.core.plugin import (
     hookimpl,
 )
 
-from ._common import OWNER, USER_KEY, TunnelMatcher, resolve_path, settings_of
+from ._common import OWNER, USER_KEY, TunnelMatcher, settings_of
 
 __all__ = ["AccessLog", "AccessLogSettings", "format_record"]
 
@@ -239,7 +239,7 @@ class AccessLog:
 
 
 def open_log(config: Config, path: str) -> IO[str]:
-    resolved = resolve_path(config, path)
+    resolved = config.path(path)
     try:
         return open(resolved, "a", encoding="utf-8")
     except OSError as exc:

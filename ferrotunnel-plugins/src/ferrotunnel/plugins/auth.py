@@ -61,7 +61,7 @@ from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import Config, ConfigSchema, Identity, Peer, hookimpl
 from ferrotunnel.core.tls import escape_dn_value
 
-from ._common import OWNER, parse_sha256, resolve_path, settings_of, sha256
+from ._common import OWNER, parse_sha256, settings_of, sha256
 
 if TYPE_CHECKING:
     from ferrotunnel.protocol import Hello
@@ -311,7 +311,7 @@ def load_credentials(config: Config) -> list[Credential]:
         _entry_credential(entry, f"[auth] tokens[{i}]") for i, entry in enumerate(settings.tokens)
     ]
     if settings.tokens_file is not None:
-        credentials += parse_tokens_file(resolve_path(config, settings.tokens_file))
+        credentials += parse_tokens_file(config.path(settings.tokens_file))
     seen: dict[bytes | str, Credential] = {}
     for credential in credentials:
         key = credential.subject or credential.digest

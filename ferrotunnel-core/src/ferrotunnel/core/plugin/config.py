@@ -118,6 +118,16 @@ class Config:
             section = section[entry] if entry < len(section) else None
         return key if isinstance(section, dict) and key in section else key.replace("_", "-")
 
+    def path(self, value: str) -> Path:
+        """A file a setting names: ``~`` expanded, a relative path taken from the
+        configuration file's folder (so that a start from another working directory, a
+        service's, finds the same file; unchanged when the configuration is not a file)."""
+        resolved = Path(value).expanduser()
+        source = Path(self.source)
+        if not resolved.is_absolute() and source.is_file():
+            return source.parent / resolved
+        return resolved
+
     def given(self, table: str, key: str) -> bool:
         """Whether the file set ``key`` of ``[table]``."""
         section = self.raw.get(table)
