@@ -169,8 +169,9 @@ class _OldTracing:
 
 def _record(index: int) -> ExchangeRecord:
     return ExchangeRecord(
-        time.time(), "bench.localhost", "bench.localhost", "GET", "/index.html", 200,
-        80, 1300 + index % 7, 0.001, "127.0.0.1", f"r{index}", None, "origin",
+        "bench.localhost", "bench.localhost", "127.0.0.1", 50000, f"r{index}",
+        time=time.time(), method="GET", path="/index.html", status=200, bytes_in=80,
+        bytes_out=1300 + index % 7, duration=0.001,
     )  # fmt: skip
 
 

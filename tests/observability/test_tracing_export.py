@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_OFF, Sampler
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from ferrotunnel.core.plugin import ExchangeRecord, RequestContext
+from ferrotunnel.core.plugin import RequestContext
 from ferrotunnel.core.testing import plugin_host
 from ferrotunnel.http.h1 import parse_request_head
 from ferrotunnel.observability._batch import BatchExporter, BatchSettings
@@ -436,12 +436,10 @@ def exchange(
     ctx = RequestContext("app", "app.localhost", "203.0.113.9", 40000, "r1")
     request = parse_request_head(head)
     tracing.on_request(request, ctx)
-    record = ExchangeRecord(
-        1_767_225_600.25, "app", "app.localhost", "GET", "/status/200?q=1", status,
-        len(head), 1300, 0.0125, "203.0.113.9", "r1", None if status < 500 else "timeout",
-        "origin",
-    )  # fmt: skip
-    tracing.on_complete(record, ctx)
+    ctx.time, ctx.method, ctx.path = 1_767_225_600.25, "GET", "/status/200?q=1"
+    ctx.status, ctx.bytes_in, ctx.bytes_out, ctx.duration = status, len(head), 1300, 0.0125
+    ctx.error = None if status < 500 else "timeout"
+    tracing.on_complete(ctx, ctx)
     return ctx
 
 

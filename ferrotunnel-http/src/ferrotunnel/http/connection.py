@@ -181,6 +181,34 @@ def _next_request_id() -> str:
     return _REQUEST_ID_PREFIX + hex(next(_request_counter))[3:]
 
 
+def _context(route: Route, request: RequestHead, visitor: tuple[str, int]) -> RequestContext:
+    """A new exchange's context, for a request the middlewares are to see."""
+    ctx = RequestContext(route.label, request.host, visitor[0], visitor[1], _next_request_id())
+    ctx.time = time.time()
+    ctx.method = request.method.decode("latin-1")
+    ctx.path = request.target.decode("latin-1")
+    return ctx
+
+
+def _ended(
+    ctx: RequestContext,
+    status: int,
+    bytes_in: int,
+    bytes_out: int,
+    error: str | None,
+    replied_by: str | None,
+) -> None:
+    """Note an exchange's outcome in its context (a middleware's word on who answered,
+    ``state[REPLIED_BY]``, is added when the record is delivered)."""
+    ctx.status = status
+    ctx.bytes_in = bytes_in
+    ctx.bytes_out = bytes_out
+    ctx.duration = time.monotonic() - ctx.started
+    ctx.error = error
+    if replied_by is not None:
+        ctx.replied_by = replied_by
+
+
 #: a body piece up to this size is joined to its response head for one write; a larger one
 #: goes with it through ``writelines`` (no copy)
 _JOIN_BODY = 16 << 10
@@ -227,14 +255,13 @@ class IngressConnection(asyncio.Protocol):
         self._h2_gate: H2Gate | None = None  # its later requests put to the middlewares
         #: by stream: the context and head of each request the middlewares saw, and when it
         #: came (wall clock), until its record is made
-        self._h2_seen: dict[int, tuple[RequestContext, RequestHead, float]] = {}
+        self._h2_seen: dict[int, RequestContext] = {}
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
         self._ctx: RequestContext | None = None  # the exchange, while middlewares watch it
         self._status = 0
         self._bytes_in = 0
         self._bytes_out = 0
-        self._wall = 0.0
 
     # ------------------------------------------------------------------ visitor side
 
@@ -604,7 +631,7 @@ class IngressConnection(asyncio.Protocol):
         if stream is None:
             self._h2_unavailable(route, why)
             return
-        first, request = self._ctx, self._request
+        first = self._ctx
         self._ctx = self._request = None  # a connection, not one exchange: see _h2_records
         buf = self._buf
         self._cancel_timer()
@@ -630,8 +657,8 @@ class IngressConnection(asyncio.Protocol):
         self._h2_answer()
         if self._chain.wants_records:
             self._h2_watch = H2Watch(max_block=self._config.max_head_size)
-            if first is not None and request is not None:
-                self._h2_seen[first_stream] = (first, request, self._wall)
+            if first is not None:
+                self._h2_seen[first_stream] = first
             self._h2_records(self._h2_watch.from_visitor(frames))
 
     def _h2_unavailable(self, route: Route, why: str) -> None:
@@ -648,10 +675,8 @@ class IngressConnection(asyncio.Protocol):
         route = self._h2_route
         assert route is not None
         for exchange in exchanges:
-            seen = self._h2_seen.pop(exchange.stream_id, None)
-            if seen is not None:
-                ctx = seen[0]
-            else:
+            ctx = self._h2_seen.pop(exchange.stream_id, None)
+            if ctx is None:
                 visitor_ip, visitor_port = self._visitor
                 ctx = RequestContext(
                     route.label,
@@ -660,21 +685,19 @@ class IngressConnection(asyncio.Protocol):
                     visitor_port,
                     _next_request_id(),
                     started=exchange.started,
+                    method=exchange.method.decode("latin-1"),
+                    path=exchange.target.decode("latin-1"),
                 )
-            self._chain.complete_later(
+            ctx.time = exchange.wall
+            _ended(
                 ctx,
-                (
-                    exchange.wall,
-                    exchange.method,
-                    exchange.target,
-                    exchange.status,
-                    exchange.bytes_in,
-                    exchange.bytes_out,
-                    time.monotonic(),
-                    exchange.error,
-                    None,
-                ),
+                exchange.status,
+                exchange.bytes_in,
+                exchange.bytes_out,
+                exchange.error,
+                None,
             )
+            self._chain.complete_later(ctx)
         watch = self._h2_watch
         if watch is not None and watch.failed is not None:
             self._h2_unseen(f"the ingress stopped following the connection: {watch.failed}")
@@ -683,9 +706,9 @@ class IngressConnection(asyncio.Protocol):
         """The watch will not see these requests end (it stopped following before it knew
         their streams, or the connection ended first): their records, at once."""
         seen, self._h2_seen = self._h2_seen, {}
-        for ctx, request, wall in seen.values():
-            facts = (wall, request.method, request.target, 0, 0, 0, time.monotonic(), error)
-            self._chain.complete_later(ctx, (*facts, None))
+        for ctx in seen.values():
+            _ended(ctx, 0, 0, 0, error, None)
+            self._chain.complete_later(ctx)
 
     def _h2_decide(
         self, stream_id: int, fields: list[tuple[bytes, bytes]], ended: bool
@@ -711,11 +734,7 @@ class IngressConnection(asyncio.Protocol):
             if not self._h2_judged:
                 return None  # (an async middleware decides the first request only)
         chain = self._chain
-        visitor_ip, visitor_port = self._visitor
-        ctx = RequestContext(
-            route.label, request.host, visitor_ip, visitor_port, _next_request_id()
-        )
-        wall = time.time()
+        ctx = _context(route, request, self._visitor)
         if misdirected:
             ctx.state[REPLIED_BY] = "ingress"
             decision: Reply | Awaitable[Reply | None] | None = Reply(
@@ -727,13 +746,13 @@ class IngressConnection(asyncio.Protocol):
             decision = chain.on_request(request, ctx)
         if not isinstance(decision, Reply):  # None: every step is inline
             if chain.wants_records and len(self._h2_seen) < _MAX_H2_CONTEXTS:
-                self._h2_seen[stream_id] = (ctx, request, wall)
+                self._h2_seen[stream_id] = ctx
             return None
         body, headers = reply_parts(decision)
         block = answer_block(decision.status, headers, body, is_grpc(fields))
         if chain.wants_records:  # out: the block, in its HEADERS frame
-            facts = (wall, request.method, request.target, decision.status, 0, 9 + len(block))
-            self._chain.complete_later(ctx, (*facts, time.monotonic(), None, None))
+            _ended(ctx, decision.status, 0, 9 + len(block), None, None)
+            self._chain.complete_later(ctx)
         return block
 
     def _h2_routed_here(self, fields: list[tuple[bytes, bytes]]) -> bool:
@@ -1074,37 +1093,21 @@ class IngressConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ exchange records
 
     def _begin_record(self, request: RequestHead, route: Route) -> RequestContext:
-        self._ctx = ctx = RequestContext(
-            route.label, request.host, self._visitor[0], self._visitor[1], _next_request_id()
-        )
+        self._ctx = ctx = _context(route, request, self._visitor)
         self._request = request
         self._status = 0
         self._bytes_in = self._bytes_out = 0
-        self._wall = time.time()
         return ctx
 
     def _finish_record(self, status: int, error: str | None, replied_by: str | None = None) -> None:
         """Tell the middlewares how the exchange ended (once)."""
         ctx, self._ctx = self._ctx, None
-        request = self._request
-        if ctx is None or request is None or not self._chain.wants_records:
+        if ctx is None or self._request is None or not self._chain.wants_records:
             return
-        # only the facts are taken now; the record is built and delivered after the batch
-        # of frames being processed (see MiddlewareChain.complete_later)
-        self._chain.complete_later(
-            ctx,
-            (
-                self._wall,
-                request.method,
-                request.target,
-                status,
-                self._bytes_in,
-                self._bytes_out,
-                time.monotonic(),
-                error,
-                replied_by,
-            ),
-        )
+        # only the outcome is noted now; the middlewares hear of it after the batch of
+        # frames being processed (see MiddlewareChain.complete_later)
+        _ended(ctx, status, self._bytes_in, self._bytes_out, error, replied_by)
+        self._chain.complete_later(ctx)
 
     # ------------------------------------------------------------------ helpers
 

@@ -32,7 +32,6 @@ from typing import Any, cast
 
 from ferrotunnel.core.plugin import (
     REPLIED_BY,
-    ExchangeRecord,
     HttpMiddleware,
     HttpRequest,
     HttpResponse,
@@ -82,7 +81,7 @@ class MiddlewareChain:
         #: whether a middleware sees an exchange after its request went on (else the
         #: ingress lets go of its context then)
         self.after_request = bool(self.response_steps or self.wants_records)
-        self._pending: list[tuple[RequestContext, tuple[Any, ...]]] = []
+        self._pending: list[RequestContext] = []
         self.active = bool(self.request_steps or self.response_steps or self.wants_records)
 
     def on_request(
@@ -126,44 +125,29 @@ class MiddlewareChain:
                 return False
         return True
 
-    def complete_later(self, ctx: RequestContext, facts: tuple[Any, ...]) -> None:
-        """Queue an exchange's end for :meth:`_flush` (one callback per batch).
-
-        ``facts``: wall-clock start, method, target (bytes), status, bytes in, bytes out,
-        the monotonic end, error, who answered (None: the origin, unless a middleware did).
-        """
+    def complete_later(self, ctx: RequestContext) -> None:
+        """Queue an exchange that ended (its outcome already in ``ctx``) for :meth:`_flush`:
+        one callback per batch."""
         if not self._pending:
             loop = asyncio.get_running_loop()
             loop.call_soon(loop.call_soon, self._flush)  # after one more poll: see above
-        self._pending.append((ctx, facts))
+        self._pending.append(ctx)
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         steps, notify = self.complete_steps, self.notify
-        for ctx, (wall, method, target, status, b_in, b_out, end, error, by) in pending:
-            record = ExchangeRecord(
-                wall,
-                ctx.tunnel,
-                ctx.host,
-                method.decode("latin-1"),
-                target.decode("latin-1"),
-                status,
-                b_in,
-                b_out,
-                end - ctx.started,
-                ctx.visitor_ip,
-                ctx.request_id,
-                error,
-                str(ctx.state.get(REPLIED_BY) or by or "origin"),
-            )
+        for ctx in pending:
+            by = ctx.state.get(REPLIED_BY)
+            if by:  # a middleware answered (or failed): it says so, not the ingress
+                ctx.replied_by = str(by)
             for label, step in steps:
                 try:
-                    step(record, ctx)
+                    step(ctx, ctx)
                 except Exception:
                     log.exception("plugin %s failed in on_complete", label)
             if notify is not None:
                 try:
-                    notify(record)
+                    notify(ctx)
                 except Exception:
                     log.exception("a plugin failed in ferrotunnel_exchange_complete")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind
@@ -181,16 +181,26 @@ class Reply:
 REPLIED_BY = "ferrotunnel.replied_by"
 
 
-@dataclass(slots=True)
+@dataclass(init=False, eq=False)
 class RequestContext:
-    """One exchange: where it goes and who asked. ``tunnel`` is the server's name for the
-    tunnel (``alice/web`` for a limited identity's: see :meth:`Identity.tunnel_name`).
-    ``state`` is scratch space for plugins
+    """One HTTP exchange, from its request to its end: what middlewares see in ``on_request``
+    and ``on_response``, and, completed, what ``on_complete`` and the
+    ``ferrotunnel_exchange_complete`` hook get as its record (:data:`ExchangeRecord`).
+
+    ``tunnel`` is the server's name for the tunnel (``alice/web`` for a limited identity's:
+    see :meth:`Identity.tunnel_name`). ``state`` is scratch space for plugins
     (``state[REPLIED_BY]`` says which middleware answered instead of the origin, if one did).
 
     ``trace`` (W3C ``traceparent``/``tracestate``), when a plugin sets it in ``on_request``,
     travels in the OPEN of the stream the ingress opens for this exchange, so the client side
     can continue the trace.
+
+    The fields from ``time`` on describe the exchange as a whole; the ingress fills
+    ``status``, ``bytes_in``, ``bytes_out``, ``duration``, ``error`` and ``replied_by`` when
+    it ends. One object plays both parts: an exchange's context and its record were two
+    objects per request, measurably slower (``docs/benchmark.md``, Issue 5). For the same
+    reason ``__init__`` stores only what every exchange has; the outcome's fields read as
+    their class defaults until the ingress sets them.
     """
 
     tunnel: str
@@ -198,31 +208,58 @@ class RequestContext:
     visitor_ip: str
     visitor_port: int
     request_id: str
-    kind: TunnelKind = TunnelKind.HTTP
-    started: float = field(default_factory=time.monotonic)
-    state: dict[str, object] = field(default_factory=dict)
-    trace: dict[str, str] | None = None
-
-
-@dataclass(slots=True)
-class ExchangeRecord:
-    """A finished request/response, for logs and metrics."""
-
-    time: float  # wall-clock start, seconds since the epoch
-    tunnel: str
-    host: str
-    method: str
-    path: str
-    status: int
-    bytes_in: int
-    bytes_out: int
-    duration: float
-    visitor_ip: str
-    request_id: str
+    kind: TunnelKind
+    started: float  # monotonic clock
+    state: dict[str, object]
+    trace: dict[str, str] | None
+    time: float = 0.0  # wall-clock start, seconds since the epoch
+    method: str = ""
+    path: str = ""  # the request target, query included
+    status: int = 0  # 0: the visitor got no response
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration: float = 0.0  # seconds
     error: str | None = None
     #: who produced the status: "origin", "ingress" (its own 404/502/504...) or the label
     #: of the plugin whose Reply answered
     replied_by: str = "origin"
+
+    def __init__(
+        self,
+        tunnel: str,
+        host: str,
+        visitor_ip: str,
+        visitor_port: int,
+        request_id: str,
+        kind: TunnelKind = TunnelKind.HTTP,
+        started: float | None = None,
+        state: dict[str, object] | None = None,
+        trace: dict[str, str] | None = None,
+        **outcome: object,
+    ) -> None:
+        self.tunnel = tunnel
+        self.host = host
+        self.visitor_ip = visitor_ip
+        self.visitor_port = visitor_port
+        self.request_id = request_id
+        self.kind = kind
+        self.started = monotonic() if started is None else started
+        self.state = {} if state is None else state
+        self.trace = trace
+        if outcome:  # time=, method=, status=...: a record made whole, as tests make them
+            for name, value in outcome.items():
+                if name not in _OUTCOME:
+                    raise TypeError(f"RequestContext has no field {name!r}")
+                setattr(self, name, value)
+
+
+#: a finished exchange, as ``on_complete`` and ``ferrotunnel_exchange_complete`` receive it:
+#: the exchange's :class:`RequestContext`, with its outcome filled in
+ExchangeRecord = RequestContext
+
+_OUTCOME = frozenset(
+    ["time", "method", "path", "status", "bytes_in", "bytes_out", "duration", "error", "replied_by"]
+)
 
 
 class HttpMiddleware(Protocol):
@@ -230,7 +267,8 @@ class HttpMiddleware(Protocol):
 
     ``on_request`` returns None to continue or a :class:`Reply` to answer instead;
     it may edit the request's headers. ``on_response`` may edit the response's headers.
-    ``on_complete`` learns how the exchange ended.
+    ``on_complete`` learns how the exchange ended: ``record`` is ``ctx`` itself, its
+    outcome filled in (two parameters, so the method reads as it always has).
 
     A Protocol cannot mark methods optional, so a class with only some of them does not
     type-check as ``HttpMiddleware``: annotate your hook's return with your own class
