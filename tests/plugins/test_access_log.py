@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ferrotunnel.core.errors import ConfigError
 from ferrotunnel.core.plugin import ExchangeRecord, RequestContext, load_toml
 from ferrotunnel.plugins import access_log
-from ferrotunnel.plugins.access_log import AccessLog, _Clock, format_record
+from ferrotunnel.plugins.access_log import AccessLog, _Clock, format_lines, format_record
 
 from .helpers import config_of, make_ctx, make_record, schema_of
 
@@ -108,14 +108,15 @@ async def test_one_write_per_batch_of_exchanges(tmp_path: Path) -> None:
 
         stream.write = counting_write  # type: ignore[method-assign]
         mw = AccessLog(stream)
-        ctx = make_ctx()
-        for status in (200, 201, 202):
+        for status in (200, 201, 202):  # an exchange each (its record is its context)
+            ctx = make_ctx()
             mw.on_complete(make_record(ctx, status), ctx)
-        assert writes == []  # formatted, not yet written: the batch is still running
+        assert writes == []  # kept, not yet written: the batch is still running
         await asyncio.sleep(0)
         assert len(writes) == 1
         lines = path.read_text(encoding="utf-8").splitlines()  # flushed, not just buffered
         assert [json.loads(line)["status"] for line in lines] == [200, 201, 202]
+        ctx = make_ctx()
         mw.on_complete(make_record(ctx, 203), ctx)
         mw.close()  # writes what is pending
     assert json.loads(path.read_text(encoding="utf-8").splitlines()[-1])["status"] == 203
@@ -220,3 +221,24 @@ def test_times_close_together_read_as_datetime_writes_them(
         moment += step
         expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
         assert clock.iso(moment) == expected.replace("+00:00", "Z")
+
+
+@given(
+    start=st.floats(min_value=1, max_value=4e9, allow_nan=False),
+    steps=st.lists(st.floats(min_value=-2e-3, max_value=2e-3, allow_nan=False), max_size=30),
+)
+@example(start=1_700_000_000.0009996, steps=[-0.0004996])  # the next ms's text, then this ms
+def test_a_batch_of_lines_reads_its_times_as_datetime_writes_them(
+    start: float, steps: list[float]
+) -> None:
+    """format_lines reuses a millisecond's text only inside that millisecond (a batch's
+    records are in the order their exchanges ended, not started)."""
+    moments, moment = [], start
+    for step in [0.0, *steps, 0.0005, 0.0009995, 0.0000005]:
+        moment += step
+        moments.append(moment)
+    records = [make_record(make_ctx(), time=m) for m in moments]
+    lines = format_lines(records).splitlines()
+    for line, m in zip(lines, moments, strict=True):
+        expected = datetime.fromtimestamp(m, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(line)["time"] == expected.replace("+00:00", "Z")

@@ -25,6 +25,7 @@ it stays open until the server stops.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ from ferrotunnel.core.plugin import (
 
 from ._common import OWNER, USER_KEY, TunnelMatcher, settings_of
 
-__all__ = ["AccessLog", "AccessLogSettings", "format_record"]
+__all__ = ["AccessLog", "AccessLogSettings", "format_lines", "format_record"]
 
 log = logging.getLogger("ferrotunnel.plugins.access_log")
 
@@ -142,53 +143,76 @@ class _Clock:
         return text
 
 
-def _milliseconds(seconds: float) -> str:
-    """``repr(round(seconds * 1000, 3))`` (what ``json.dumps`` writes), without round()'s
-    cost: both round correctly to three decimals, and repr then drops trailing zeros."""
-    text = f"{seconds * 1000.0:.3f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
 _clock = _Clock()
 
 
 def format_record(record: ExchangeRecord, ctx: RequestContext, *, query: bool = True) -> str:
-    """The JSON line (without its newline) for one exchange.
+    """The JSON line (without its newline) for one exchange (``ctx``: its context, which
+    the ingress passes as ``record`` too)."""
+    if ctx is not record:  # a record made apart from its context: show the context's state
+        record = copy.copy(record)
+        record.state = ctx.state
+    return format_lines([record], query=query)[:-1]
 
-    Written out field by field rather than through ``json.dumps`` of a dict: this runs for
-    every request, and it is three times faster (the strings are still escaped by ``json``).
+
+def format_lines(records: list[ExchangeRecord], *, query: bool = True) -> str:
+    """The JSON lines for a batch of exchanges, each ending in a newline.
+
+    Written out field by field rather than through ``json.dumps`` of a dict, and a batch at a
+    time with the helpers' work inline (the strings are still escaped by ``json``): this runs
+    for every request, and a call per field was a third of its cost.
     """
-    path = record.path if query else record.path.partition("?")[0]
-    route = (record.tunnel, record.host, record.method)
-    line = (
-        f'{{"time": "{_clock.iso(record.time)}", {_members.get(route) or _route_members(route)}, '
-        f'"path": {_encode(path)}, "status": {record.status}, "bytes_in": {record.bytes_in}, '
-        f'"bytes_out": {record.bytes_out}, "duration_ms": {_milliseconds(record.duration)}, '
-        f'"visitor_ip": {_quote(record.visitor_ip)}, "request_id": {_encode(record.request_id)}'
-    )
-    state = ctx.state
-    if state:
-        trace_id = state.get("trace_id")
-        if trace_id is not None:
-            line += ', "trace_id": ' + _encode(str(trace_id))
-        user = state.get(USER_KEY)
-        if user is not None:
-            line += ', "user": ' + _quote(str(user))
-    if record.error is not None:
-        line += ', "error": ' + _encode(record.error)
-    return line + "}"
+    iso, encode, quote, members = _clock.iso, _encode, _quoted.get, _members.get
+    last_ms, last_time = -1, ""
+    lines = []
+    for record in records:
+        # "time": the clock's text, asked for only when the millisecond changes (and away
+        # from its ends, where the clock's own rounding decides: see _Clock.iso)
+        scaled = record.time * 1000.0
+        ms = int(scaled)
+        if ms != last_ms or not 0.005 < scaled - ms < 0.995:
+            last_time = iso(record.time)
+            last_ms = ms if 0.005 < scaled - ms < 0.995 else -1
+        path = record.path if query else record.path.partition("?")[0]
+        route = (record.tunnel, record.host, record.method)
+        # duration_ms as repr(round(ms, 3)), what json.dumps writes, without round()'s cost:
+        # both round correctly to three decimals; repr then drops trailing zeros
+        duration = f"{record.duration * 1000.0:.3f}".rstrip("0")
+        if duration[-1] == ".":
+            duration += "0"
+        line = (
+            f'{{"time": "{last_time}", {members(route) or _route_members(route)}, '
+            f'"path": {encode(path)}, "status": {record.status}, '
+            f'"bytes_in": {record.bytes_in}, "bytes_out": {record.bytes_out}, '
+            f'"duration_ms": {duration}, '
+            f'"visitor_ip": {quote(record.visitor_ip) or _quote(record.visitor_ip)}, '
+            f'"request_id": {encode(record.request_id)}'
+        )
+        state = record.state
+        if state:
+            trace_id = state.get("trace_id")
+            if trace_id is not None:
+                line += ', "trace_id": ' + encode(str(trace_id))
+            user = state.get(USER_KEY)
+            if user is not None:
+                line += ', "user": ' + _quote(str(user))
+        if record.error is not None:
+            line += ', "error": ' + encode(record.error)
+        lines.append(line)
+    lines.append("")
+    return "}\n".join(lines)
 
 
 class AccessLog:
-    """The HTTP middleware: formats a line in ``on_complete``.
+    """The HTTP middleware: keeps each finished exchange in ``on_complete``.
 
     ``stream`` is a text file; None means ``sys.stderr`` at the time of each write. Lines are
-    written (and flushed) once per batch of completed exchanges — one ``write`` system call
-    for all of them, at the end of the event loop's current iteration — or at once when no
-    event loop runs.
+    formatted and written (and flushed) once per batch of completed exchanges — one ``write``
+    system call for all of them, at the end of the event loop's current iteration — or at
+    once when no event loop runs.
     """
 
-    __slots__ = ("_failed", "_lines", "_matcher", "_query", "_stream")
+    __slots__ = ("_failed", "_matcher", "_pending", "_query", "_stream")
 
     def __init__(
         self,
@@ -201,7 +225,7 @@ class AccessLog:
         self._matcher = None if "*" in tunnels else TunnelMatcher(dict.fromkeys(tunnels, True))
         self._query = query
         self._failed = False
-        self._lines: list[str] = []
+        self._pending: list[ExchangeRecord] = []
 
     def close(self) -> None:
         """Write what is pending and close the log file (not stderr)."""
@@ -212,9 +236,9 @@ class AccessLog:
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
         if self._matcher is not None and not self._matcher.lookup(record.host, record.tunnel):
             return
-        lines = self._lines
-        lines.append(format_record(record, ctx, query=self._query))
-        if len(lines) == 1:
+        pending = self._pending
+        pending.append(record)  # formatted with the rest of the batch, in flush()
+        if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no event loop: write now
@@ -222,10 +246,10 @@ class AccessLog:
 
     def flush(self) -> None:
         """Write the pending lines."""
-        if not self._lines:
+        if not self._pending:
             return
-        text = "\n".join(self._lines) + "\n"
-        self._lines.clear()
+        pending, self._pending = self._pending, []
+        text = format_lines(pending, query=self._query)
         stream = self._stream if self._stream is not None else sys.stderr
         try:
             stream.write(text)
