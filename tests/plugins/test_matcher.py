@@ -37,5 +37,14 @@ def test_no_match_and_caching() -> None:
     assert len(matcher._cache) <= 2
 
 
+def test_a_lone_star_applies_to_every_tunnel_without_a_cache() -> None:
+    matcher = TunnelMatcher({"*": "all"})
+    assert [matcher.lookup(f"h{i}.example.com", f"t{i}") for i in range(3)] == ["all"] * 3
+    assert not matcher._cache  # answered without a look-up
+    assert TunnelMatcher({"*": None}).lookup("a", "b") is None
+    both = TunnelMatcher({"*": "all", "db": "db"})  # not alone: the most specific key still wins
+    assert (both.lookup("x", "db"), both.lookup("x", "web")) == ("db", "all")
+
+
 def test_retry_after_rounds_up_to_whole_seconds() -> None:
     assert [retry_after(s) for s in (0.0, 0.01, 1.0, 1.2, 29.9)] == ["1", "1", "1", "2", "30"]

@@ -50,7 +50,7 @@ class TunnelMatcher(Generic[T]):
     meant for another tunnel by naming its own alike (see ``Identity.tunnel_name``).
     """
 
-    __slots__ = ("_cache", "_cache_size", "_exact", "_wild")
+    __slots__ = ("_cache", "_cache_size", "_everywhere", "_exact", "_wild")
 
     def __init__(self, entries: Mapping[str, T], *, cache_size: int = 4096) -> None:
         self._exact: dict[str, T] = {}
@@ -66,12 +66,18 @@ class TunnelMatcher(Generic[T]):
         self._wild = [(regex, value) for _, _, regex, value in wild]
         self._cache: dict[tuple[str, str], T | None] = {}
         self._cache_size = cache_size
+        #: the settings of every tunnel when ``"*"`` is the only key (the usual table, such
+        #: as ``[ip_filter.tunnels."*"]``): no look-up at all, on every request
+        only = list(entries.values()) if list(entries) == ["*"] else None
+        self._everywhere: object = only[0] if only else _MISSING
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._wild)
 
     def lookup(self, host: str, tunnel: str) -> T | None:
         """The settings that apply to ``host``/``tunnel``, or None if no key matches."""
+        if self._everywhere is not _MISSING:
+            return self._everywhere  # type: ignore[return-value]
         key = (host, tunnel)
         found = self._cache.get(key, _MISSING)
         if found is _MISSING:
