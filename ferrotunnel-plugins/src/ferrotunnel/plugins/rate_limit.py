@@ -173,17 +173,18 @@ class BucketTable:
             bucket = self.bucket(key, rate, now)
         else:
             buckets.move_to_end(key)
-        tokens = bucket.tokens
-        if now > bucket.stamp:
-            tokens = min(bucket.size, tokens + (now - bucket.stamp) * bucket.rate)
-            bucket.stamp = now
+        # the clock is monotonic: ``now`` is never before the bucket's stamp
+        tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+        if tokens > bucket.size:
+            tokens = bucket.size
+        bucket.stamp = now
         if tokens >= 1.0:
             bucket.tokens = tokens - 1.0
             wait = 0.0
         else:
             bucket.tokens = tokens
             wait = (1.0 - tokens) / bucket.rate
-        if next(iter(buckets)) != key:  # else the only bucket, just used
+        if len(buckets) > 1:  # else the only bucket, just used
             self.sweep(now)
         return wait
 
