@@ -224,3 +224,47 @@ def test_custom_failure_statuses_and_per_tunnel_circuits() -> None:
 def test_not_configured_means_no_middleware() -> None:
     config = config_of(circuit_breaker, "circuit-breaker", {})
     assert circuit_breaker.ferrotunnel_http_middlewares(config) == []
+
+
+def test_trips_after_failures_following_many_successes() -> None:
+    """Healthy outcomes leave nothing behind, and do not keep later failures from counting."""
+    clock = FakeClock()
+    mw = breaker(clock, failure_threshold=3, open_seconds=10)
+    assert all(exchange(mw, 200) is None for _ in range(1000))
+    assert len(mw) == 0
+    assert [exchange(mw, 502) for _ in range(3)] == [None, None, None]
+    assert state(mw) is CircuitState.OPEN
+    assert exchange(mw, 200) is not None
+
+
+def test_unguarded_tunnels_are_let_through_and_never_counted() -> None:
+    config = config_of(
+        circuit_breaker,
+        "circuit-breaker",
+        {"circuit_breaker": {"tunnels": {"api.example.com": {"failure_threshold": 1}}}},
+    )
+    mw = CircuitBreaker(config.table("circuit_breaker").tunnels, clock=FakeClock())
+    assert all(exchange(mw, 502, host="www.example.com") is None for _ in range(5))
+    assert state(mw, "www.example.com") is CircuitState.CLOSED
+    assert len(mw) == 0
+    assert exchange(mw, 502, host="api.example.com") is None
+    assert exchange(mw, 200, host="api.example.com") is not None
+
+
+def test_the_admission_cache_is_bounded_and_circuits_still_trip() -> None:
+    clock = FakeClock()
+    config = config_of(
+        circuit_breaker,
+        "circuit-breaker",
+        {"circuit_breaker": {"tunnels": {"*": {"failure_threshold": 2}}}},
+    )
+    mw = CircuitBreaker(config.table("circuit_breaker").tunnels, clock=clock, cache_size=8)
+    for i in range(50):
+        assert exchange(mw, 200, host=f"h{i}.example.com") is None
+        assert len(mw._admitted) <= 8
+    assert exchange(mw, 502) is None
+    for i in range(20):  # the cache is emptied meanwhile: the count so far is kept
+        exchange(mw, 200, host=f"x{i}.example.com")
+    assert exchange(mw, 502) is None
+    assert state(mw) is CircuitState.OPEN
+    assert exchange(mw, 200) is not None

@@ -104,3 +104,25 @@ def test_verdicts_are_cached_per_address_and_bounded() -> None:
     again = [rule.admits(ip) for ip in addresses]  # partly from the cache, partly not
     assert first == again == [i != 9 for i in range(12)] + [False, False]
     assert len(rule._verdicts) <= 4
+
+
+def test_admitted_visitors_are_remembered_per_tunnel_and_bounded() -> None:
+    """A visitor admitted to one tunnel is not thereby admitted to another whose rule differs,
+    a refused visitor stays refused, and the memory of admissions is bounded."""
+    rules = {"*": {"allow": ["10.0.0.0/8"]}, "admin.example.com": {"allow": ["10.1.0.0/16"]}}
+    mw = IpFilterHttp(tunnels(**rules), cache_size=4)
+
+    def admitted(host: str, ip: str, tunnel: str = "app") -> bool:
+        ctx = make_ctx(host=host, visitor_ip=ip, tunnel=tunnel)
+        return mw.on_request(FakeRequest(host=host), ctx) is None
+
+    for _ in range(2):  # the second round partly from the cache
+        assert admitted("app.example.com", "10.2.0.1")
+        assert not admitted("admin.example.com", "10.2.0.1")
+        assert admitted("admin.example.com", "10.1.0.1")
+        assert not admitted("app.example.com", "192.0.2.1")
+        assert not admitted("x.example.com", "10.2.0.1", tunnel="admin.example.com")
+    for i in range(20):
+        assert admitted("app.example.com", f"10.3.0.{i}")
+        assert len(mw._admitted) <= 4
+    assert not admitted("admin.example.com", "10.3.0.19")

@@ -172,3 +172,44 @@ def test_not_configured_means_no_middleware() -> None:
     config = config_of(rate_limit, "rate-limit", {"rate_limit": {"per_tunnel": {"rate": 5.0}}})
     assert [type(m) for m in rate_limit.ferrotunnel_http_middlewares(config)] == [RateLimit]
     assert RateLimitSettings().per_ip is None
+
+
+def test_plans_are_kept_per_tunnel_and_visitor_and_bounded() -> None:
+    """What a request takes from is worked out once per tunnel, host and address; a plan kept
+    for one tunnel does not apply to another with other limits, and the plans are bounded."""
+    config = config_of(
+        rate_limit,
+        "rate-limit",
+        {
+            "rate_limit": {
+                "per_ip": {"rate": 1.0, "burst": 1},
+                "tunnels": {
+                    "api.example.com": {"per_ip": {"rate": 1.0, "burst": 2}},
+                    "status.example.com": {"exempt": True},
+                },
+            }
+        },
+    )
+    mw = RateLimit(config.table("rate_limit"), clock=FakeClock(), cache_size=4)
+    for ip in ("192.0.2.1", "192.0.2.2"):
+        assert [hit(mw, ip, "api.example.com") is None for _ in range(3)] == [True, True, False]
+        assert [hit(mw, ip) is None for _ in range(2)] == [True, False]
+        assert all(hit(mw, ip, "status.example.com") is None for _ in range(3))
+        assert len(mw._plans) <= 4
+    # IPv6 visitors of one /64 still share a bucket, whichever plan each address has
+    assert hit(mw, "2001:db8::1") is None
+    assert hit(mw, "2001:db8::2") is not None
+    assert len(mw._plans) <= 4
+
+
+def test_the_tunnel_bucket_alone() -> None:
+    clock = FakeClock()
+    mw = limiter(clock, per_tunnel={"rate": 1.0, "burst": 2})
+    assert hit(mw, "192.0.2.1") is None
+    assert hit(mw, "192.0.2.2") is None
+    refused = hit(mw, "192.0.2.3")
+    assert refused is not None
+    assert dict(refused.headers) == {"Retry-After": "1"}
+    assert hit(mw, "192.0.2.3", host="other.example.com") is None
+    clock.advance(1.0)
+    assert hit(mw, "192.0.2.1") is None

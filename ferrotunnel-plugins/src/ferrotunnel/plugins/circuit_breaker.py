@@ -142,26 +142,35 @@ class Circuit:
 class _Admitted:
     """What ``on_request`` leaves in ``ctx.state`` for ``on_complete``."""
 
-    settings: BreakerSettings
+    settings: BreakerSettings | None  # None: no breaker guards this tunnel
     key: tuple[str, str]
     probe: int | None  # the circuit's epoch, for a half-open probe
+    #: the statuses that count as failures (none where no breaker guards the tunnel)
+    failing: tuple[int, ...]
 
 
 class CircuitBreaker:
     """The HTTP middleware: fast ``503`` while a tunnel's circuit is open."""
 
-    __slots__ = ("_admitted", "_circuits", "_clock", "_matcher")
+    __slots__ = ("_admitted", "_cache_size", "_circuits", "_clock", "_matcher")
 
     def __init__(
-        self, tunnels: Mapping[str, BreakerSettings], *, clock: Clock = time.monotonic
+        self,
+        tunnels: Mapping[str, BreakerSettings],
+        *,
+        clock: Clock = time.monotonic,
+        cache_size: int = 4096,
     ) -> None:
         self._matcher = TunnelMatcher(dict(tunnels))
         self._clock = clock
+        self._cache_size = cache_size
         self._circuits: dict[tuple[str, str], Circuit] = {}
         #: the (immutable) admission of a closed circuit, made once per tunnel and host and
-        #: replaced each time the circuit opens: it is the closed period's generation, and an
+        #: dropped each time the circuit opens: it is the closed period's generation, and an
         #: outcome whose admission is no longer the current one started before the circuit
-        #: last opened, so it does not count (emptying the cache when full loses a few counts)
+        #: last opened, so it does not count (emptying the cache when full loses a few counts).
+        #: A key is here only while its circuit is closed (or no breaker guards it), so a
+        #: request that finds its admission here is let through without further ado.
         self._admitted: dict[tuple[str, str], _Admitted] = {}
 
     def state(self, tunnel: str, host: str) -> CircuitState:
@@ -179,17 +188,23 @@ class CircuitBreaker:
         return len(self._circuits)
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
-        settings = self._matcher.lookup(ctx.host, ctx.tunnel)
-        if settings is None:
-            return None
+        admitted = self._admitted.get((ctx.tunnel, ctx.host))
+        if admitted is None:
+            return self._admit(ctx)
+        ctx.state[STATE_KEY] = admitted
+        return None
+
+    def _admit(self, ctx: RequestContext) -> Reply | None:
+        """``on_request`` for a tunnel seen for the first time (since the cache was emptied)
+        or whose circuit is not closed."""
         key = (ctx.tunnel, ctx.host)
+        settings = self._matcher.lookup(ctx.host, ctx.tunnel)
         circuit = self._circuits.get(key)
-        if circuit is None or circuit.state is CircuitState.CLOSED:
-            admitted = self._admitted.get(key)
-            if admitted is None:
-                if len(self._admitted) >= 4096:
-                    self._admitted.clear()
-                admitted = self._admitted[key] = _Admitted(settings, key, None)
+        if settings is None or circuit is None or circuit.state is CircuitState.CLOSED:
+            if len(self._admitted) >= self._cache_size:
+                self._admitted.clear()
+            failing = () if settings is None else settings.failure_statuses
+            admitted = self._admitted[key] = _Admitted(settings, key, None, failing)
             ctx.state[STATE_KEY] = admitted
             return None
         now = self._clock()
@@ -204,25 +219,28 @@ class CircuitBreaker:
             circuit.half_open(now)  # the probes' outcomes never came: try again
         circuit.in_flight += 1
         circuit.probe_at = now
-        ctx.state[STATE_KEY] = _Admitted(settings, key, circuit.epoch)
+        ctx.state[STATE_KEY] = _Admitted(settings, key, circuit.epoch, settings.failure_statuses)
         return None
 
     def on_complete(self, record: ExchangeRecord, ctx: RequestContext) -> None:
-        admitted = ctx.state.get(STATE_KEY)
-        if not isinstance(admitted, _Admitted):
+        admitted: _Admitted | None = ctx.state.get(STATE_KEY)  # type: ignore[assignment]
+        if admitted is None:
             return  # not let through by this breaker
+        if record.status not in admitted.failing and admitted.key not in self._circuits:
+            return  # the common case: a healthy tunnel, and nothing to count
+        self._count(record, ctx, admitted)
+
+    def _count(self, record: ExchangeRecord, ctx: RequestContext, admitted: _Admitted) -> None:
+        """``on_complete`` for an outcome that may change a circuit: a failure, or any outcome
+        while the tunnel has a circuit (failures counted, open or half-open)."""
+        settings = admitted.settings
+        assert settings is not None  # an unguarded tunnel has neither failures nor a circuit
         circuits = self._circuits
         circuit = circuits.get(admitted.key)
-        if (
-            circuit is None
-            and admitted.probe is None
-            and record.status not in admitted.settings.failure_statuses
-        ):
-            return  # the common case: a healthy tunnel, and nothing to count
         # another middleware answered (not the origin), or no response head ever came because
         # the visitor left (status 0): neither says anything about the origin's health
         neutral = REPLIED_BY in ctx.state or record.status == 0
-        failed = record.status in admitted.settings.failure_statuses
+        failed = record.status in admitted.failing
         if admitted.probe is not None:
             if (
                 circuit is None
@@ -237,7 +255,7 @@ class CircuitBreaker:
                 self._open(admitted.key, circuit)
             else:
                 circuit.successes += 1
-                if circuit.successes >= admitted.settings.success_threshold:
+                if circuit.successes >= settings.success_threshold:
                     del circuits[admitted.key]
             return
         if neutral or self._admitted.get(admitted.key) is not admitted:
@@ -250,7 +268,7 @@ class CircuitBreaker:
             del circuits[admitted.key]
             return
         circuit.failures += 1
-        if circuit.failures >= admitted.settings.failure_threshold:
+        if circuit.failures >= settings.failure_threshold:
             self._open(admitted.key, circuit)
 
     def _open(self, key: tuple[str, str], circuit: Circuit) -> None:

@@ -141,16 +141,30 @@ def _matcher(tunnels: Mapping[str, IpFilterRule]) -> TunnelMatcher[IpRule]:
 
 
 class IpFilterHttp:
-    """The HTTP middleware: ``403`` for visitors a tunnel's rule refuses."""
+    """The HTTP middleware: ``403`` for visitors a tunnel's rule refuses.
 
-    __slots__ = ("_matcher",)
+    Admitted visitors are remembered per (host, tunnel, address), at most ``cache_size`` of
+    them (the set is emptied when full): the rule that applies and its verdict are fixed for
+    those three, so a kept-alive visitor's next requests cost one set lookup."""
 
-    def __init__(self, tunnels: Mapping[str, IpFilterRule]) -> None:
+    __slots__ = ("_admitted", "_cache_size", "_matcher")
+
+    def __init__(self, tunnels: Mapping[str, IpFilterRule], *, cache_size: int = 4096) -> None:
         self._matcher = _matcher(tunnels)
+        self._admitted: set[tuple[str, str, str]] = set()
+        self._cache_size = cache_size
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        if (ctx.host, ctx.tunnel, ctx.visitor_ip) in self._admitted:
+            return None
+        return self._judge(ctx)
+
+    def _judge(self, ctx: RequestContext) -> Reply | None:
         rule = self._matcher.lookup(ctx.host, ctx.tunnel)
         if rule is None or rule.admits(ctx.visitor_ip):
+            if len(self._admitted) >= self._cache_size:
+                self._admitted.clear()
+            self._admitted.add((ctx.host, ctx.tunnel, ctx.visitor_ip))
             return None
         return reply(ctx, PLUGIN, 403, "forbidden\n")
 

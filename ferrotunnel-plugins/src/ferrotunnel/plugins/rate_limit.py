@@ -173,17 +173,18 @@ class BucketTable:
             bucket = self.bucket(key, rate, now)
         else:
             buckets.move_to_end(key)
-        tokens = bucket.tokens
-        if now > bucket.stamp:
-            tokens = min(bucket.size, tokens + (now - bucket.stamp) * bucket.rate)
-            bucket.stamp = now
+        # the clock is monotonic: ``now`` is never before the bucket's stamp
+        tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+        if tokens > bucket.size:
+            tokens = bucket.size
+        bucket.stamp = now
         if tokens >= 1.0:
             bucket.tokens = tokens - 1.0
             wait = 0.0
         else:
             bucket.tokens = tokens
             wait = (1.0 - tokens) / bucket.rate
-        if next(iter(buckets)) != key:  # else the only bucket, just used
+        if len(buckets) > 1:  # else the only bucket, just used
             self.sweep(now)
         return wait
 
@@ -221,6 +222,19 @@ class _Policy:
     per_tunnel: Rate | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The buckets one visitor's requests to one tunnel take from: none (exempt), one
+    (``key`` with ``rate``), or the visitor's and the tunnel's (``both``)."""
+
+    key: Hashable = None
+    rate: Rate | None = None
+    both: tuple[tuple[Hashable, Rate], tuple[Hashable, Rate]] | None = None
+
+
+_EXEMPT = _Plan()
+
+
 def _visitor_key(ip: str, prefix: int) -> str:
     if ":" not in ip:
         return ip
@@ -234,11 +248,22 @@ def _visitor_key(ip: str, prefix: int) -> str:
 
 
 class RateLimit:
-    """The HTTP middleware: ``429`` once a visitor's or tunnel's bucket is empty."""
+    """The HTTP middleware: ``429`` once a visitor's or tunnel's bucket is empty.
 
-    __slots__ = ("_buckets", "_clock", "_default", "_matcher", "_prefix")
+    Which buckets a request takes from depends only on its tunnel, host and visitor address:
+    that plan is worked out once for each of them and kept, at most ``cache_size`` plans (the
+    cache is emptied when full), so a kept-alive visitor's next requests skip the tunnel
+    patterns and the IPv6 grouping."""
 
-    def __init__(self, settings: RateLimitSettings, *, clock: Clock = time.monotonic) -> None:
+    __slots__ = ("_buckets", "_cache_size", "_clock", "_default", "_matcher", "_plans", "_prefix")
+
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        *,
+        clock: Clock = time.monotonic,
+        cache_size: int = 4096,
+    ) -> None:
         self._default = _Policy(settings.per_ip, settings.per_tunnel)
         policies = {}
         for pattern, entry in settings.tunnels.items():
@@ -251,32 +276,46 @@ class RateLimit:
         self._buckets = BucketTable(settings.max_buckets)
         self._clock = clock
         self._prefix = settings.ipv6_prefix
+        self._plans: dict[tuple[str, str, str], _Plan] = {}
+        self._cache_size = cache_size
 
     @property
     def buckets(self) -> BucketTable:
         return self._buckets
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
+        plan = self._plans.get((ctx.tunnel, ctx.host, ctx.visitor_ip))
+        if plan is None:
+            plan = self._plan(ctx)
+        if plan.rate is not None:
+            wait = self._buckets.take_one(self._clock(), plan.key, plan.rate)
+        elif plan.both is not None:
+            wait = self._buckets.take(self._clock(), *plan.both)
+        else:
+            return None
+        if not wait:
+            return None
+        return reply(ctx, PLUGIN, 429, "too many requests\n", [("Retry-After", retry_after(wait))])
+
+    def _plan(self, ctx: RequestContext) -> _Plan:
+        """The buckets of ``ctx``'s visitor and tunnel, worked out and kept."""
         policy = self._matcher.lookup(ctx.host, ctx.tunnel)
         if policy is None:
             policy = self._default
         per_ip, per_tunnel = policy.per_ip, policy.per_tunnel
-        if per_ip is None and per_tunnel is None:
-            return None
-        now = self._clock()
+        tunnel = (ctx.tunnel, ctx.host)
         if per_ip is None:
-            assert per_tunnel is not None
-            wait = self._buckets.take_one(now, (ctx.tunnel, ctx.host), per_tunnel)
+            plan = _EXEMPT if per_tunnel is None else _Plan(tunnel, per_tunnel)
         else:
             visitor = (ctx.tunnel, ctx.host, _visitor_key(ctx.visitor_ip, self._prefix))
             if per_tunnel is None:
-                wait = self._buckets.take_one(now, visitor, per_ip)
+                plan = _Plan(visitor, per_ip)
             else:
-                tunnel = (ctx.tunnel, ctx.host)
-                wait = self._buckets.take(now, (visitor, per_ip), (tunnel, per_tunnel))
-        if wait == 0.0:
-            return None
-        return reply(ctx, PLUGIN, 429, "too many requests\n", [("Retry-After", retry_after(wait))])
+                plan = _Plan(both=((visitor, per_ip), (tunnel, per_tunnel)))
+        if len(self._plans) >= self._cache_size:
+            self._plans.clear()
+        self._plans[(ctx.tunnel, ctx.host, ctx.visitor_ip)] = plan
+        return plan
 
 
 def _configured(settings: RateLimitSettings) -> bool:
