@@ -239,8 +239,8 @@ def _field(name: str, value: str) -> tuple[bytes, bytes]:
         encoded = name.encode("latin-1")
         if len(_checked_names) < 1024:
             _checked_names[name] = encoded
-    # printable ASCII has no control character: the common case needs no regular expression
-    if not (value.isascii() and value.isprintable()) and _FORBIDDEN_IN_FIELD.search(value):
+    # printable text has no control character: the common case needs no regular expression
+    if not value.isprintable() and _FORBIDDEN_IN_FIELD.search(value):
         raise ValueError(f"invalid header {name!r}: {value!r}")
     try:
         return encoded, value.encode("latin-1")
