@@ -191,7 +191,7 @@ class ResponseHead:
         if parsed is not None and self.raw:
             headers = self.headers
             if len(headers) == parsed + 1:  # the usual edit: one header added
-                return b"%s%s: %s\r\n\r\n" % (self.raw[:-2], *headers[parsed])
+                return self.raw[:-2] + b"%s: %s\r\n\r\n" % headers[parsed]
             added = [b"%s: %s\r\n" % pair for pair in headers[parsed:]]
             return b"".join([self.raw[:-2], *added, b"\r\n"])
         lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
