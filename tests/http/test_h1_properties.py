@@ -607,6 +607,14 @@ def test_set_header_replaces_whatever_the_head_has_by_that_name() -> None:
     assert head.serialize() == _RESPONSE[:-2] + b"x-served-by: two\r\n\r\n"
 
     head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("Strict-Transport-Security", "max-age=1")
+    head.set_header("X-Served-By", "one")  # another header added already: only those scanned
+    head.set_header("strict-transport-security", "max-age=2")
+    assert head.serialize() == _RESPONSE[:-2] + (
+        b"X-Served-By: one\r\nstrict-transport-security: max-age=2\r\n\r\n"
+    )
+
+    head = parse_response_head(_RESPONSE, b"GET")
     head.add_header("X-Served-By", "added")
     head.set_header("X-Served-By", "set")  # added by add_header
     assert head.header_values("x-served-by") == ["set"]

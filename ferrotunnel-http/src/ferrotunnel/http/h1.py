@@ -180,10 +180,15 @@ class ResponseHead:
         self.modified = True
 
     def _drop(self, wanted: bytes) -> None:
+        parsed = self.parsed
         if wanted in self.names:
             self.parsed = None  # a parsed header goes: rebuild the head
-        elif self.parsed is not None and len(self.headers) == self.parsed:
-            return  # neither parsed nor added: nothing to drop
+        elif parsed is not None:
+            # not parsed: only the added lines (usually none, or a plugin's few) can have it
+            headers = self.headers
+            if len(headers) > parsed:
+                headers[parsed:] = [(k, v) for k, v in headers[parsed:] if k.lower() != wanted]
+            return
         self.headers = [(k, v) for k, v in self.headers if k.lower() != wanted]
 
     def serialize(self) -> bytes:
