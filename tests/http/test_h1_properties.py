@@ -592,6 +592,66 @@ def test_added_headers_leave_the_parsed_head_as_it_came() -> None:
     assert out.lower().count(b"set-cookie") == 2
 
 
+def test_set_header_replaces_whatever_the_head_has_by_that_name() -> None:
+    """set_header skips looking for a line to replace only when the head is as parsed and
+    has no header of that name; every other case still replaces, whatever the case."""
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("SERVER", "ft")  # parsed, in another case
+    assert head.header_values("server") == ["ft"]
+    assert head.serialize().count(b"nginx") == 0
+
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("X-Served-By", "one")
+    head.set_header("x-served-by", "two")  # set twice: added by the first set
+    assert head.header_values("X-Served-By") == ["two"]
+    assert head.serialize() == _RESPONSE[:-2] + b"x-served-by: two\r\n\r\n"
+
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("Strict-Transport-Security", "max-age=1")
+    head.set_header("X-Served-By", "one")  # another header added already: only those scanned
+    head.set_header("strict-transport-security", "max-age=2")
+    assert head.serialize() == _RESPONSE[:-2] + (
+        b"X-Served-By: one\r\nstrict-transport-security: max-age=2\r\n\r\n"
+    )
+
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.add_header("X-Served-By", "added")
+    head.set_header("X-Served-By", "set")  # added by add_header
+    assert head.header_values("x-served-by") == ["set"]
+
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("X-Served-By", "one")
+    head.remove_header("X-SERVED-BY")  # back to the head as parsed
+    head.set_header("X-Served-By", "two")
+    assert head.serialize() == _RESPONSE[:-2] + b"X-Served-By: two\r\n\r\n"
+
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.remove_header("server")  # a parsed header gone: the head is rebuilt
+    head.set_header("Content-Type", "text/plain")
+    out = head.serialize()
+    assert b"Server" not in out
+    assert out.endswith(b"Content-Length: 3\r\nContent-Type: text/plain\r\n\r\n")
+    assert head.header_values("content-type") == ["text/plain"]
+
+
+def test_set_header_refuses_what_would_break_the_head() -> None:
+    refused = [
+        ("X-A", "a\r\nX-B: b", "invalid header 'X-A'"),
+        ("X-A", "a\x00", "invalid header 'X-A'"),
+        ("X A", "a", "invalid header name 'X A'"),
+        ("X-A", "\u20ac", "not Latin-1 text"),
+    ]
+    for name, value, why in refused:
+        head = parse_response_head(_RESPONSE, b"GET")
+        with pytest.raises(ValueError, match=why):
+            head.set_header(name, value)
+        assert not head.modified
+        assert head.serialize() == _RESPONSE
+    head = parse_response_head(_RESPONSE, b"GET")
+    head.set_header("X-A", "tab\there, \xe9t\xe9")  # HTAB and Latin-1 text are allowed
+    assert head.serialize().endswith(b"X-A: tab\there, \xe9t\xe9\r\n\r\n")
+
+
 def test_request_header_lookups_follow_edits() -> None:
     """Look-ups use the parser's index until the head is edited, then the edited lines."""
     head = parse_request_head(

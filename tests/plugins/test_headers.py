@@ -100,3 +100,39 @@ def test_request_forwarding_headers_are_refused(key: str, name: str) -> None:
         middlewares(**{"*": entry})
     [response_mw] = middlewares(**{"*": {"response_remove": [name]}})  # responses: theirs
     assert isinstance(response_mw, ResponseHeaders)
+
+
+def test_the_edits_run_in_order_on_every_message() -> None:
+    """remove, then set, then add: HeaderOps.apply and the middlewares' inline loop alike, on
+    each message (the calls are made once, when the plugin is built)."""
+    ops = headers.HeaderOps(("Server",), (("X-Set", "1"), ("Vary", "A")), (("Vary", "B"),))
+    assert len(ops.edits) == 4
+    assert ops == headers.HeaderOps(("Server",), (("X-Set", "1"), ("Vary", "A")), (("Vary", "B"),))
+    assert not headers.HeaderOps((), (), ())
+    for _ in range(2):
+        response = FakeResponse(200, {"server": "nginx", "vary": "Accept", "X-SET": "0"})
+        ops.apply(response)
+        assert response.lines == [("X-Set", "1"), ("Vary", "A"), ("Vary", "B")]
+    [response_mw] = middlewares(**{"*": {"response_set": {"X-Served-By": "ferrotunnel"}}})
+    assert isinstance(response_mw, ResponseHeaders)
+    for existing in ({}, {"x-served-by": "origin"}, {"X-SERVED-BY": "a", "X-Served-By": "b"}):
+        response = FakeResponse(200, {"ETag": '"1"', **existing})
+        response_mw.on_response(response, make_ctx())
+        assert response.lines == [("ETag", '"1"'), ("X-Served-By", "ferrotunnel")]
+
+
+def test_response_set_on_a_parsed_head() -> None:
+    """On the ingress's own response heads: an absent header is appended to the head as it
+    came, one the origin sent (in any case) is replaced."""
+    from ferrotunnel.http.h1 import parse_response_head
+
+    [response_mw] = middlewares(**{"*": {"response_set": {"X-Served-By": "ferrotunnel"}}})
+    assert isinstance(response_mw, ResponseHeaders)
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    head = parse_response_head(raw, b"GET")
+    response_mw.on_response(head, make_ctx())
+    assert head.modified
+    assert head.serialize() == raw[:-2] + b"X-Served-By: ferrotunnel\r\n\r\n"
+    head = parse_response_head(raw[:-2] + b"x-served-by: origin\r\n\r\n", b"GET")
+    response_mw.on_response(head, make_ctx())
+    assert head.serialize() == raw[:-2] + b"X-Served-By: ferrotunnel\r\n\r\n"

@@ -165,7 +165,9 @@ class ResponseHead:
 
     def set_header(self, name: str, value: str) -> None:
         line = _field(name, value)
-        self._drop(line[0].lower())
+        # the usual edit, a header the head as parsed does not have, has nothing to replace
+        if len(self.headers) != self.parsed or line[0].lower() in self.names:
+            self._drop(line[0].lower())
         self.headers.append(line)
         self.modified = True
 
@@ -178,10 +180,15 @@ class ResponseHead:
         self.modified = True
 
     def _drop(self, wanted: bytes) -> None:
+        parsed = self.parsed
         if wanted in self.names:
             self.parsed = None  # a parsed header goes: rebuild the head
-        elif self.parsed is not None and len(self.headers) == self.parsed:
-            return  # neither parsed nor added: nothing to drop
+        elif parsed is not None:
+            # not parsed: only the added lines (usually none, or a plugin's few) can have it
+            headers = self.headers
+            if len(headers) > parsed:
+                headers[parsed:] = [(k, v) for k, v in headers[parsed:] if k.lower() != wanted]
+            return
         self.headers = [(k, v) for k, v in self.headers if k.lower() != wanted]
 
     def serialize(self) -> bytes:
@@ -189,7 +196,7 @@ class ResponseHead:
         if parsed is not None and self.raw:
             headers = self.headers
             if len(headers) == parsed + 1:  # the usual edit: one header added
-                return b"%s%s: %s\r\n\r\n" % (self.raw[:-2], *headers[parsed])
+                return self.raw[:-2] + b"%s: %s\r\n\r\n" % headers[parsed]
             added = [b"%s: %s\r\n" % pair for pair in headers[parsed:]]
             return b"".join([self.raw[:-2], *added, b"\r\n"])
         lines = [b"HTTP/1.%d %d %s" % (self.minor, self.status, self.reason)]
@@ -239,8 +246,8 @@ def _field(name: str, value: str) -> tuple[bytes, bytes]:
         encoded = name.encode("latin-1")
         if len(_checked_names) < 1024:
             _checked_names[name] = encoded
-    # printable ASCII has no control character: the common case needs no regular expression
-    if not (value.isascii() and value.isprintable()) and _FORBIDDEN_IN_FIELD.search(value):
+    # printable text has no control character: the common case needs no regular expression
+    if not value.isprintable() and _FORBIDDEN_IN_FIELD.search(value):
         raise ValueError(f"invalid header {name!r}: {value!r}")
     try:
         return encoded, value.encode("latin-1")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import methodcaller
 
 from ferrotunnel.core.plugin import (
     Config,
@@ -123,6 +124,10 @@ class HeadersSettings:
     tunnels: dict[str, HeaderRules] = field(default_factory=dict)
 
 
+#: header edits as calls to make on a message, in the order they run
+Edits = tuple[methodcaller, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderOps:
     """The edits of one direction, ready to apply."""
@@ -130,9 +135,18 @@ class HeaderOps:
     remove: tuple[str, ...]
     set: tuple[tuple[str, str], ...]
     add: tuple[tuple[str, str], ...]
+    #: the same edits, made into calls once: a message then costs one short loop (the
+    #: middlewares run it on every request)
+    edits: Edits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        edits = [methodcaller("remove_header", name) for name in self.remove]
+        edits += [methodcaller("set_header", name, value) for name, value in self.set]
+        edits += [methodcaller("add_header", name, value) for name, value in self.add]
+        object.__setattr__(self, "edits", tuple(edits))
 
     def __bool__(self) -> bool:
-        return bool(self.remove or self.set or self.add)
+        return bool(self.edits)
 
     @classmethod
     def of(cls, rules: HeaderRules, direction: str) -> HeaderOps:
@@ -143,18 +157,14 @@ class HeaderOps:
         )
 
     def apply(self, message: HttpRequest | HttpResponse) -> None:
-        for name in self.remove:
-            message.remove_header(name)
-        for name, value in self.set:
-            message.set_header(name, value)
-        for name, value in self.add:
-            message.add_header(name, value)
+        for edit in self.edits:
+            edit(message)
 
 
-def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[HeaderOps | None]:
+def _matcher(tunnels: Mapping[str, HeaderRules], direction: str) -> TunnelMatcher[Edits | None]:
     """Edits by tunnel pattern; a pattern with no edits in this direction looks up as None."""
     ops = {pattern: HeaderOps.of(r, direction) for pattern, r in tunnels.items()}
-    return TunnelMatcher({pattern: op if op else None for pattern, op in ops.items()})
+    return TunnelMatcher({pattern: op.edits or None for pattern, op in ops.items()})
 
 
 class RequestHeaders:
@@ -166,9 +176,10 @@ class RequestHeaders:
         self._matcher = _matcher(tunnels, "request")
 
     def on_request(self, request: HttpRequest, ctx: RequestContext) -> Reply | None:
-        ops = self._matcher.lookup(ctx.host, ctx.tunnel)
-        if ops is not None:
-            ops.apply(request)
+        edits = self._matcher.lookup(ctx.host, ctx.tunnel)
+        if edits is not None:
+            for edit in edits:  # HeaderOps.apply, inline: it runs on every request
+                edit(request)
         return None
 
 
@@ -181,9 +192,10 @@ class ResponseHeaders:
         self._matcher = _matcher(tunnels, "response")
 
     def on_response(self, response: HttpResponse, ctx: RequestContext) -> None:
-        ops = self._matcher.lookup(ctx.host, ctx.tunnel)
-        if ops is not None:
-            ops.apply(response)
+        edits = self._matcher.lookup(ctx.host, ctx.tunnel)
+        if edits is not None:
+            for edit in edits:  # HeaderOps.apply, inline: it runs on every response
+                edit(response)
 
 
 @hookimpl
