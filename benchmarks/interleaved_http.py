@@ -16,12 +16,19 @@ CPU, and so every drop, smaller: the output says which).
     uv run python benchmarks/interleaved_http.py --suite observability \\
         --only "capture + metrics + tracing, all" "capture + metrics + tracing, 10 %"
 
+``--against BIN`` runs every configuration a second time with another build's executable
+(``BIN``: say a worktree of an older commit, ``git worktree add /tmp/old REV && cd /tmp/old &&
+uv sync --all-packages``, then ``/tmp/old/.venv/bin/ferrotunnel``), in the same rounds: an
+A/B of two commits that the machine's drift cannot tell apart from a change. Those rows are
+named ``NAME @BIN`` and compared with ``off @BIN``.
+
 Every address is 127.0.0.1; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -126,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="each wrk run")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--against", metavar="BIN", help="also run each configuration with BIN")
     add_plan_arguments(parser, "plugins")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ft-interleaved-"))
@@ -137,7 +145,13 @@ def main() -> None:
         origin, origin_text = start_origin(), "a Python origin (nginx is not installed)"
     tunnels: list[Tunnel] = []
     try:
-        tunnels = [Tunnel(config, origin, tmp) for config in plan_of(args)]
+        plan = plan_of(args)
+        if args.against:
+            plan += [
+                dataclasses.replace(c, name=f"{c.name} @{args.against}", binary=args.against)
+                for c in plan
+            ]
+        tunnels = [Tunnel(config, origin, tmp) for config in plan]
         for tunnel in tunnels:
             tunnel.req_per_second(1)  # warm-up: connection pools, caches
         rates: dict[str, list[float]] = {t.config.name: [] for t in tunnels}
@@ -156,7 +170,6 @@ def main() -> None:
         if nginx is not None:
             nginx.terminate()
             nginx.wait(10)
-    base = rates["off"]
     print(
         f"\n{args.rounds} rounds of wrk -t2 -c50 -d{args.seconds:g}s per configuration, "
         f"interleaved; origin: {origin_text}\n"
@@ -164,9 +177,11 @@ def main() -> None:
     print("| configuration | median req/s | drop vs off: median | quartiles | rounds better |")
     print("|---|---:|---:|---:|---:|")
     for name, values in rates.items():
-        if name == "off":
-            print(f"| off | {statistics.median(values):,.0f} | | | |")
+        label, at, binary = name.partition(" @")
+        if label == "off":
+            print(f"| {name} | {statistics.median(values):,.0f} | | | |")
             continue
+        base = rates["off" + at + binary]
         drops = [100 * (v / b - 1) for v, b in zip(values, base, strict=True)]
         low, high = quartiles(drops)
         better = sum(v >= b for v, b in zip(values, base, strict=True))

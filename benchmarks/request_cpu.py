@@ -47,6 +47,7 @@ class Config:
     env: dict[str, str] = field(default_factory=dict)
     server_toml: str = ""  # a server configuration file's text, if any
     client_flags: tuple[str, ...] = ()  # for the client only
+    binary: str = ""  # the ferrotunnel executable, if not FT (another build, compared)
 
     def commands(
         self, tmp: Path, control: int, public: int, origin: int
@@ -61,9 +62,10 @@ class Config:
         client_flags = [*self.flags, *self.client_flags]
         if "--dashboard-port" not in client_flags:
             client_flags.append("--no-dashboard")
-        server = [FT, "server", "--token", "t", "--bind", f"{HOST}:{control}",
+        ft = self.binary or FT
+        server = [ft, "server", "--token", "t", "--bind", f"{HOST}:{control}",
                   "--http-bind", f"{HOST}:{public}", *server_flags]  # fmt: skip
-        client = [FT, "client", "--server", f"{HOST}:{control}", "--token", "t",
+        client = [ft, "client", "--server", f"{HOST}:{control}", "--token", "t",
                   "--local-addr", f"{HOST}:{origin}", "--tunnel-id", "bench.localhost",
                   *client_flags]  # fmt: skip
         return server, client
