@@ -242,3 +242,18 @@ def test_a_batch_of_lines_reads_its_times_as_datetime_writes_them(
     for line, m in zip(lines, moments, strict=True):
         expected = datetime.fromtimestamp(m, UTC).isoformat(timespec="milliseconds")
         assert json.loads(line)["time"] == expected.replace("+00:00", "Z")
+
+
+def test_a_record_that_cannot_be_written_costs_only_its_own_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "access.log"
+    with path.open("a", encoding="utf-8") as stream:
+        mw = AccessLog(stream)
+        good, bad, last = (make_record(make_ctx(), status) for status in (200, 500, 201))
+        bad.time = float("inf")  # int() of it raises
+        mw._pending = [good, bad, last]  # one batch, as on_complete keeps them in a loop
+        mw.flush()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["status"] for line in lines] == [200, 201]
+    assert "cannot write the line of request req-1" in caplog.text

@@ -182,7 +182,9 @@ def _next_request_id() -> str:
 
 
 def _context(route: Route, request: RequestHead, visitor: tuple[str, int]) -> RequestContext:
-    """A new exchange's context, for a request the middlewares are to see."""
+    """A new exchange's context, for a request the middlewares are to see: with its start
+    and its method and path, which ``on_request`` may read too (whether or not a record will
+    be delivered)."""
     ctx = RequestContext(route.label, request.host, visitor[0], visitor[1], _next_request_id())
     ctx.time = time.time()
     ctx.method = request.method.decode("latin-1")
@@ -253,8 +255,7 @@ class IngressConnection(asyncio.Protocol):
         self._h2_authority = b""  # an :authority seen to route there (with _h2_host)
         self._h2_host = ""
         self._h2_gate: H2Gate | None = None  # its later requests put to the middlewares
-        #: by stream: the context and head of each request the middlewares saw, and when it
-        #: came (wall clock), until its record is made
+        #: by stream: the context of each request the middlewares saw, until it ends
         self._h2_seen: dict[int, RequestContext] = {}
         self._body_progress = 0.0  # loop time request body bytes last moved
         self._chain = ingress.chain
@@ -685,10 +686,10 @@ class IngressConnection(asyncio.Protocol):
                     visitor_port,
                     _next_request_id(),
                     started=exchange.started,
-                    method=exchange.method.decode("latin-1"),
-                    path=exchange.target.decode("latin-1"),
                 )
-            ctx.time = exchange.wall
+                ctx.method = exchange.method.decode("latin-1")
+                ctx.path = exchange.target.decode("latin-1")
+            ctx.time = exchange.wall  # the stream's start, as the watch saw it
             _ended(
                 ctx,
                 exchange.status,

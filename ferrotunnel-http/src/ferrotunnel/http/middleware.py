@@ -10,11 +10,12 @@ task (the connection stops reading meanwhile).
 that completed the exchange: an exchange usually completes while the session is delivering a
 batch of response frames for many visitor connections, and work done there delays every
 response behind it — measured, 3 µs per exchange there cost 16 % of req/s against 2 % when
-done elsewhere. So the connection hands over the facts, and one callback per batch builds
-the records and calls the middlewares. That callback first lets the event loop poll once
-more: requests that arrived meanwhile (the visitors answered by this batch send their next
-ones at once) are forwarded first, and the records are made while the tunnel waits for
-their answers (measured with all five built-ins: about 5 points of req/s).
+done elsewhere. So the connection notes the outcome in the exchange's context (which is its
+record) and queues it, and one callback per batch calls the middlewares. That callback first
+lets the event loop poll once more: requests that arrived meanwhile (the visitors answered by
+this batch send their next ones at once) are forwarded first, and the records are delivered
+while the tunnel waits for their answers (measured with all five built-ins: about 5 points
+of req/s).
 
 A middleware that raises is contained: the exchange gets a 500 (or, once the response is on
 its way, just the log line), the error is logged with the plugin's name and distribution, and

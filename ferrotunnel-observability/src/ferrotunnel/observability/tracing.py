@@ -43,7 +43,7 @@ through undecoded, so they get no request span.
 
 With tracing off the plugin returns no middleware and no observer: nothing is added to the
 request path. With a sampler that never samples (``always_off``) the middleware only sets the
-trace context: it has no ``on_complete``, so the ingress builds no exchange records for it.
+trace context: it has no ``on_complete``, so the ingress delivers no exchange records for it.
 """
 
 from __future__ import annotations
@@ -454,7 +454,7 @@ class Tracing:
 
 class ContextOnly:
     """The HTTP middleware of a :class:`Tracing` whose sampler never samples: it sets each
-    request's trace context and has no ``on_complete`` (so no exchange records are built)."""
+    request's trace context and has no ``on_complete`` (so no exchange records are delivered)."""
 
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing

@@ -68,8 +68,9 @@ class TunnelMatcher(Generic[T]):
         self._cache_size = cache_size
         #: the settings of every tunnel when ``"*"`` is the only key (the usual table, such
         #: as ``[ip_filter.tunnels."*"]``): no look-up at all, on every request
-        only = list(entries.values()) if list(entries) == ["*"] else None
-        self._everywhere: object = only[0] if only else _MISSING
+        self._everywhere: T | object = (
+            entries["*"] if len(entries) == 1 and "*" in entries else _MISSING
+        )
 
     def __bool__(self) -> bool:
         return bool(self._exact or self._wild)

@@ -31,6 +31,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -209,7 +210,8 @@ class AccessLog:
     ``stream`` is a text file; None means ``sys.stderr`` at the time of each write. Lines are
     formatted and written (and flushed) once per batch of completed exchanges — one ``write``
     system call for all of them, at the end of the event loop's current iteration — or at
-    once when no event loop runs.
+    once when no event loop runs. A line shows its record as the batch ends: after every
+    plugin's ``on_complete`` for it.
     """
 
     __slots__ = ("_failed", "_matcher", "_pending", "_query", "_stream")
@@ -244,12 +246,22 @@ class AccessLog:
             except RuntimeError:  # no event loop: write now
                 self.flush()
 
+    def _lines_of_each(self, records: list[ExchangeRecord]) -> Iterator[str]:
+        for record in records:
+            try:
+                yield format_lines([record], query=self._query)
+            except Exception:
+                log.exception("access log: cannot write the line of request %s", record.request_id)
+
     def flush(self) -> None:
         """Write the pending lines."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        text = format_lines(pending, query=self._query)
+        try:
+            text = format_lines(pending, query=self._query)
+        except Exception:  # a record that cannot be written must not cost the others theirs
+            text = "".join(self._lines_of_each(pending))
         stream = self._stream if self._stream is not None else sys.stderr
         try:
             stream.write(text)

@@ -61,7 +61,8 @@ __all__ = [
 
 TABLE = "circuit_breaker"
 PLUGIN = "circuit-breaker"
-STATE_KEY = "circuit_breaker"
+#: ``ctx.state`` key of the breaker's admission (named for this plugin: the dict is shared)
+STATE_KEY = "ferrotunnel.circuit_breaker"
 
 Clock = Callable[[], float]
 

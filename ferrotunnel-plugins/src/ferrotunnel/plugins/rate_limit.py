@@ -253,7 +253,11 @@ class RateLimit:
     Which buckets a request takes from depends only on its tunnel, host and visitor address:
     that plan is worked out once for each of them and kept, at most ``cache_size`` plans (the
     cache is emptied when full), so a kept-alive visitor's next requests skip the tunnel
-    patterns and the IPv6 grouping."""
+    patterns and the IPv6 grouping (a plan that names no visitor's bucket is kept per address
+    all the same: one look-up for every request).
+
+    ``clock`` must never go back (``time.monotonic``): a bucket refills by the time since it
+    was last used."""
 
     __slots__ = ("_buckets", "_cache_size", "_clock", "_default", "_matcher", "_plans", "_prefix")
 

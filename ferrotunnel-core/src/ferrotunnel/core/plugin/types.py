@@ -14,13 +14,15 @@ import fnmatch
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypedDict, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind
 
 from ..tls import TlsInfo
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from ..stream import Stream
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Identity",
+    "Outcome",
     "Peer",
     "Reply",
     "RequestContext",
@@ -181,6 +184,21 @@ class Reply:
 REPLIED_BY = "ferrotunnel.replied_by"
 
 
+class Outcome(TypedDict, total=False):
+    """The fields of a :class:`RequestContext` that describe the exchange as a whole, which
+    its constructor also takes as keywords (to make a finished record in a test, say)."""
+
+    time: float
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration: float
+    error: str | None
+    replied_by: str
+
+
 @dataclass(init=False, eq=False)
 class RequestContext:
     """One HTTP exchange, from its request to its end: what middlewares see in ``on_request``
@@ -235,7 +253,7 @@ class RequestContext:
         started: float | None = None,
         state: dict[str, object] | None = None,
         trace: dict[str, str] | None = None,
-        **outcome: object,
+        **outcome: Unpack[Outcome],
     ) -> None:
         self.tunnel = tunnel
         self.host = host
@@ -248,7 +266,7 @@ class RequestContext:
         self.trace = trace
         if outcome:  # time=, method=, status=...: a record made whole, as tests make them
             for name, value in outcome.items():
-                if name not in _OUTCOME:
+                if name not in Outcome.__annotations__:
                     raise TypeError(f"RequestContext has no field {name!r}")
                 setattr(self, name, value)
 
@@ -256,10 +274,6 @@ class RequestContext:
 #: a finished exchange, as ``on_complete`` and ``ferrotunnel_exchange_complete`` receive it:
 #: the exchange's :class:`RequestContext`, with its outcome filled in
 ExchangeRecord = RequestContext
-
-_OUTCOME = frozenset(
-    ["time", "method", "path", "status", "bytes_in", "bytes_out", "duration", "error", "replied_by"]
-)
 
 
 class HttpMiddleware(Protocol):
