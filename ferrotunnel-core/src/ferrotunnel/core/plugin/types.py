@@ -199,7 +199,7 @@ class Outcome(TypedDict, total=False):
     replied_by: str
 
 
-@dataclass(init=False, eq=False)
+@dataclass(init=False, eq=False, slots=True)
 class RequestContext:
     """One HTTP exchange, from its request to its end: what middlewares see in ``on_request``
     and ``on_response``, and, completed, what ``on_complete`` and the
@@ -216,9 +216,8 @@ class RequestContext:
     The fields from ``time`` on describe the exchange as a whole; the ingress fills
     ``status``, ``bytes_in``, ``bytes_out``, ``duration``, ``error`` and ``replied_by`` when
     it ends. One object plays both parts: an exchange's context and its record were two
-    objects per request, measurably slower (``docs/benchmark.md``, Issue 5). For the same
-    reason ``__init__`` stores only what every exchange has; the outcome's fields read as
-    their class defaults until the ingress sets them.
+    objects per request, measurably slower (``docs/benchmark.md``, Issue 5). Until the
+    ingress sets them, the outcome's fields hold their defaults (``status`` 0).
     """
 
     tunnel: str
@@ -264,6 +263,12 @@ class RequestContext:
         self.started = monotonic() if started is None else started
         self.state = {} if state is None else state
         self.trace = trace
+        self.time = 0.0
+        self.method = self.path = ""
+        self.status = self.bytes_in = self.bytes_out = 0
+        self.duration = 0.0
+        self.error = None
+        self.replied_by = "origin"
         if outcome:  # time=, method=, status=...: a record made whole, as tests make them
             for name, value in outcome.items():
                 if name not in Outcome.__annotations__:
