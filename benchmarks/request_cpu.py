@@ -85,12 +85,26 @@ PLUGIN_TABLES = {
 }
 
 
+def noop_plugins_path() -> str:
+    """A ``PYTHONPATH`` under which plugin discovery finds ``noop_plugins.py`` (a made-up
+    distribution's metadata, in a new temporary folder, and this folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="ft-noop-plugins-"))
+    info = folder / "ferrotunnel_noop_bench-0.dist-info"
+    info.mkdir()
+    metadata = "Metadata-Version: 2.1\nName: ferrotunnel-noop-bench\nVersion: 0\n"
+    (info / "METADATA").write_text(metadata)
+    (info / "entry_points.txt").write_text("[ferrotunnel]\nnoop-five = noop_plugins\n")
+    return os.pathsep.join([str(folder), str(Path(__file__).resolve().parent)])
+
+
 def plugin_configs() -> list[Config]:
     one_each = [Config(name, server_toml=toml) for name, toml in PLUGIN_TABLES.items()]
     return [
         Config("off"),
         *one_each,
         Config("all five", server_toml="\n".join(PLUGIN_TABLES.values())),
+        # the framework's floor: five middlewares shaped like the five, doing nothing
+        Config("five no-ops", env={"PYTHONPATH": noop_plugins_path()}),
     ]
 
 

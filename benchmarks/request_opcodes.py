@@ -76,7 +76,8 @@ def measure(config: Config, side: str, origin: int, seconds: float, tmp: Path) -
     (tmp / "sitecustomize.py").write_text(SITECUSTOMIZE)
     out = tmp / "opcodes.json"
     env = {**os.environ, **config.env}
-    traced = {**env, "PYTHONPATH": str(tmp), "FT_OPCODES_OUT": str(out)}
+    path = os.pathsep.join(filter(None, [str(tmp), env.get("PYTHONPATH")]))
+    traced = {**env, "PYTHONPATH": path, "FT_OPCODES_OUT": str(out)}
     server_cmd, client_cmd = config.commands(tmp, control, public, origin)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     server = client = None
