@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from ferrotunnel.core import SessionConfig
+from ferrotunnel.core.plugin import Reply
+from ferrotunnel.http.middleware import reply_bytes
 
 from .harness import (
     HOST,
@@ -438,3 +440,12 @@ async def test_slowloris_does_not_starve_other_visitors() -> None:
     assert len(answers) == 20
     assert all(status_of(a) == 408 for a in answers), answers
     assert all(head_timeout - 0.1 < t < head_timeout + 2 for t in cut_off_after), cut_off_after
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(401, b"Unauthorized"), (429, b"Too Many Requests"), (413, b"Content Too Large")],
+)
+def test_a_plugins_reply_carries_its_status_reason(status: int, reason: bytes) -> None:
+    head = reply_bytes(Reply(status, "no"), close=False, head_only=True)
+    assert head.startswith(b"HTTP/1.1 %d %s\r\n" % (status, reason))

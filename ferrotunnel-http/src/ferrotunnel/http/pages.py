@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import html
+from http import HTTPStatus
 
 __all__ = ["REASONS", "error_response", "wants_html"]
 
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    421: "Misdirected Request",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    505: "HTTP Version Not Supported",
-}
+#: reason phrases by status: the standard library's, with RFC 9110's name for 413
+REASONS = {status.value: status.phrase for status in HTTPStatus} | {413: "Content Too Large"}
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {reason}</title>
