@@ -1103,7 +1103,7 @@ class IngressConnection(asyncio.Protocol):
     def _finish_record(self, status: int, error: str | None, replied_by: str | None = None) -> None:
         """Tell the middlewares how the exchange ended (once)."""
         ctx, self._ctx = self._ctx, None
-        if ctx is None or self._request is None or not self._chain.wants_records:
+        if ctx is None or not self._chain.wants_records:
             return
         # only the outcome is noted now; the middlewares hear of it after the batch of
         # frames being processed (see MiddlewareChain.complete_later)

@@ -165,9 +165,10 @@ class ResponseHead:
 
     def set_header(self, name: str, value: str) -> None:
         line = _field(name, value)
+        wanted = line[0].lower()
         # the usual edit, a header the head as parsed does not have, has nothing to replace
-        if len(self.headers) != self.parsed or line[0].lower() in self.names:
-            self._drop(line[0].lower())
+        if len(self.headers) != self.parsed or wanted in self.names:
+            self._drop(wanted)
         self.headers.append(line)
         self.modified = True
 

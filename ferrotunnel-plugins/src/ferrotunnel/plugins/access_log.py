@@ -171,9 +171,10 @@ def format_lines(records: list[ExchangeRecord], *, query: bool = True) -> str:
         # from its ends, where the clock's own rounding decides: see _Clock.iso)
         scaled = record.time * 1000.0
         ms = int(scaled)
-        if ms != last_ms or not 0.005 < scaled - ms < 0.995:
+        inside = 0.005 < scaled - ms < 0.995
+        if ms != last_ms or not inside:
             last_time = iso(record.time)
-            last_ms = ms if 0.005 < scaled - ms < 0.995 else -1
+            last_ms = ms if inside else -1
         path = record.path if query else record.path.partition("?")[0]
         route = (record.tunnel, record.host, record.method)
         # duration_ms as repr(round(ms, 3)), what json.dumps writes, without round()'s cost:
