@@ -12,17 +12,15 @@ from __future__ import annotations
 import enum
 import fnmatch
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ferrotunnel.protocol import Hello, TunnelKind
 
 from ..tls import TlsInfo
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
     from ..stream import Stream
 
 __all__ = [
@@ -33,7 +31,6 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Identity",
-    "Outcome",
     "Peer",
     "Reply",
     "RequestContext",
@@ -184,22 +181,7 @@ class Reply:
 REPLIED_BY = "ferrotunnel.replied_by"
 
 
-class Outcome(TypedDict, total=False):
-    """The fields of a :class:`RequestContext` that describe the exchange as a whole, which
-    its constructor also takes as keywords (to make a finished record in a test, say)."""
-
-    time: float
-    method: str
-    path: str
-    status: int
-    bytes_in: int
-    bytes_out: int
-    duration: float
-    error: str | None
-    replied_by: str
-
-
-@dataclass(init=False, eq=False, slots=True)
+@dataclass(eq=False, slots=True)
 class RequestContext:
     """One HTTP exchange, from its request to its end: what middlewares see in ``on_request``
     and ``on_response``, and, completed, what ``on_complete`` and the
@@ -225,10 +207,10 @@ class RequestContext:
     visitor_ip: str
     visitor_port: int
     request_id: str
-    kind: TunnelKind
-    started: float  # monotonic clock
-    state: dict[str, object]
-    trace: dict[str, str] | None
+    kind: TunnelKind = TunnelKind.HTTP
+    started: float = field(default_factory=monotonic)  # monotonic clock
+    state: dict[str, object] = field(default_factory=dict)
+    trace: dict[str, str] | None = None
     time: float = 0.0  # wall-clock start, seconds since the epoch
     method: str = ""
     path: str = ""  # the request target, query included
@@ -240,40 +222,6 @@ class RequestContext:
     #: who produced the status: "origin", "ingress" (its own 404/502/504...) or the label
     #: of the plugin whose Reply answered
     replied_by: str = "origin"
-
-    def __init__(
-        self,
-        tunnel: str,
-        host: str,
-        visitor_ip: str,
-        visitor_port: int,
-        request_id: str,
-        kind: TunnelKind = TunnelKind.HTTP,
-        started: float | None = None,
-        state: dict[str, object] | None = None,
-        trace: dict[str, str] | None = None,
-        **outcome: Unpack[Outcome],
-    ) -> None:
-        self.tunnel = tunnel
-        self.host = host
-        self.visitor_ip = visitor_ip
-        self.visitor_port = visitor_port
-        self.request_id = request_id
-        self.kind = kind
-        self.started = monotonic() if started is None else started
-        self.state = {} if state is None else state
-        self.trace = trace
-        self.time = 0.0
-        self.method = self.path = ""
-        self.status = self.bytes_in = self.bytes_out = 0
-        self.duration = 0.0
-        self.error = None
-        self.replied_by = "origin"
-        if outcome:  # time=, method=, status=...: a record made whole, as tests make them
-            for name, value in outcome.items():
-                if name not in Outcome.__annotations__:
-                    raise TypeError(f"RequestContext has no field {name!r}")
-                setattr(self, name, value)
 
 
 #: a finished exchange, as ``on_complete`` and ``ferrotunnel_exchange_complete`` receive it:
